@@ -1,0 +1,74 @@
+"""Element-wise kernels (CPU, numba): the stabilised divide at the heart of every LRP rule."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def _stabilised_divide(r, z, eps, out):
+    for i in prange(r.size):
+        zi = z[i]
+        d = zi + eps if zi >= 0.0 else zi - eps
+        out[i] = r[i] / d if d != 0.0 else 0.0
+
+
+def stabilised_divide(r: np.ndarray, z: np.ndarray, eps: float) -> np.ndarray:
+    """``s = r / (z + eps·sign(z))`` with ``sign(0) = 1``; where the denominator is 0, ``s = 0``.
+
+    ``eps = 0`` is LRP-0's plain division, made safe: a zero denominator (only possible
+    when ``z`` is exactly 0) gives zero instead of ``inf``.
+    """
+    r = np.ascontiguousarray(r)
+    z = np.ascontiguousarray(z, dtype=r.dtype)
+    out = np.empty_like(r)
+    _stabilised_divide(r.reshape(-1), z.reshape(-1), r.dtype.type(eps), out.reshape(-1))
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _multiply(a, b, out):
+    for i in prange(a.size):
+        out[i] = a[i] * b[i]
+
+
+def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise ``a * b`` of two same-shape arrays, in parallel."""
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b, dtype=a.dtype)
+    out = np.empty_like(a)
+    _multiply(a.reshape(-1), b.reshape(-1), out.reshape(-1))
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _row_sums(x, out):
+    n, m = x.shape
+    chunks = 64
+    part = np.zeros((n, chunks))
+    for t in prange(n * chunks):
+        i = t // chunks
+        k = t % chunks
+        lo = m * k // chunks
+        hi = m * (k + 1) // chunks
+        acc = 0.0
+        for j in range(lo, hi):
+            acc += x[i, j]
+        part[i, k] = acc
+    for i in range(n):
+        acc = 0.0
+        for k in range(chunks):
+            acc += part[i, k]
+        out[i] = acc
+
+
+def sample_sums(x: np.ndarray) -> np.ndarray:
+    """Per-sample float64 totals of ``x`` (batch first); NaN/inf anywhere makes its total non-finite.
+
+    One parallel pass serves both the conservation bookkeeping and the NaN/inf check.
+    """
+    x2 = np.ascontiguousarray(x).reshape(x.shape[0], -1)
+    out = np.empty(x.shape[0], np.float64)
+    _row_sums(x2, out)
+    return out

@@ -1,0 +1,21 @@
+"""lrpath-onnx: Layer-wise Relevance Propagation for image classifiers exported to ONNX.
+
+Three thread pools share the CPU here (onnxruntime's, OpenBLAS's and numba's); each one
+spinning idly after its work slows the next one down by half on a small machine. Unless
+the user chose otherwise, idle OpenBLAS and OpenMP threads are told to sleep quickly
+(this must happen before numpy and numba load their libraries, hence here).
+"""
+
+import os as _os
+
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+__version__ = "0.1.0"
+
+from .api import Analyzer, Explanation, NeuronTarget, parse_target  # noqa: E402
+from .errors import (InputError, LrpathError, ModelError, NumericalError,  # noqa: E402
+                     OutputError, RuleError, UnsupportedOpError)
+
+__all__ = ["Analyzer", "Explanation", "NeuronTarget", "parse_target", "LrpathError", "ModelError",
+           "UnsupportedOpError", "InputError", "RuleError", "OutputError", "NumericalError"]

@@ -1,0 +1,307 @@
+"""Python API: ``Analyzer(model).explain(x)``, the same engine the CLI drives.
+
+An Analyzer loads and checks the model once, plans the rules, opens one onnxruntime
+session that returns every tensor the backward pass needs, and keeps modified weights
+cached across calls; ``explain`` then costs one forward and one backward pass per batch.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .backend import make_backend
+from .backward.bounds import box_bounds
+from .backward.linear_rules import WeightCache
+from .backward.propagate import LayerFlow, propagate
+from .errors import InputError
+from .graph.canonical import build_layer_graph
+from .graph.layers import LayerGraph
+from .graph.loader import load_model
+from .ops import handler_for
+from .ops.registry import BackwardContext
+from .plan.planner import Plan, make_plan
+from .runtime.session import ActivationRuntime, default_threads
+from .runtime.terms import term_nodes
+
+
+@dataclass(frozen=True)
+class NeuronTarget:
+    """An intermediate neuron to explain: a channel of a layer's output, or one position of it."""
+
+    layer: str
+    channel: int
+    y: int | None = None
+    x: int | None = None
+
+    def __str__(self) -> str:
+        pos = "" if self.y is None else f":{self.y}:{self.x}"
+        return f"{self.layer}:{self.channel}{pos}"
+
+
+Target = int | NeuronTarget | None
+
+
+def parse_target(text: str | None) -> Target:
+    """``None``/``""`` → top-1; ``"N"`` → class N; ``"LAYER:C"`` or ``"LAYER:C:Y:X"`` → neuron."""
+    if text is None or text.strip() == "":
+        return None
+    t = text.strip()
+    if re.fullmatch(r"-?\d+", t):
+        return int(t)
+    m = re.fullmatch(r"(.+):(-?\d+):(-?\d+):(-?\d+)", t)
+    if m:
+        return NeuronTarget(m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)))
+    m = re.fullmatch(r"(.+):(-?\d+)", t)
+    if m:
+        return NeuronTarget(m.group(1), int(m.group(2)))
+    raise InputError(f"--target '{text}': expected a class index N, LAYER:CHANNEL or LAYER:CHANNEL:Y:X")
+
+
+@dataclass
+class Explanation:
+    """LRP result for one batch.
+
+    Attributes
+    ----------
+    relevance : input relevance, float32, the model's input layout (batch first).
+    logits : the explained output (logits: a trailing Softmax is stripped), per sample.
+    targets : per sample, the class index explained, or the neuron.
+    start_relevance : per sample, the relevance put at the start (the logit / activation).
+    flows : per layer, relevance totals at its output and inputs (conservation per layer).
+    kept : per requested layer, the relevance at its output.
+    """
+
+    relevance: np.ndarray
+    logits: np.ndarray
+    targets: list
+    start_relevance: np.ndarray
+    flows: list[LayerFlow]
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
+    provider: str = "CPUExecutionProvider"
+    device: str = "cpu"
+    timings_s: dict[str, float] = field(default_factory=dict)
+    bounds_violation: float | None = None
+
+    @property
+    def input_relevance_sum(self) -> np.ndarray:
+        return self.relevance.reshape(len(self.relevance), -1).sum(axis=1, dtype=np.float64)
+
+    def conservation(self, i: int) -> dict:
+        """Totals for sample ``i``: output relevance, input relevance, their ratio, per layer."""
+        out_r = float(self.start_relevance[i])
+        in_r = float(self.input_relevance_sum[i])
+        return {
+            "output_relevance": out_r,
+            "input_relevance": in_r,
+            "ratio": in_r / out_r if out_r != 0 else None,
+            "per_layer": [{"layer": f.name, "op": f.op, "rule": f.rule,
+                           "relevance_out": float(f.relevance_out[i]),
+                           "relevance_in": float(f.relevance_in[i]),
+                           "ratio": float(f.relevance_in[i] / f.relevance_out[i]) if f.relevance_out[i] else None}
+                          for f in self.flows],
+        }
+
+
+def _fixed_batch(shape: tuple) -> int | None:
+    return shape[0] if shape and shape[0] else None
+
+
+class Analyzer:
+    """Explain an ONNX image classifier with LRP.
+
+    Parameters
+    ----------
+    model_path : the ``.onnx`` file.
+    preset : rule preset name (``lrpath plan`` lists them).
+    rules : overrides ``PATTERN=RULE[:PARAM]``, applied in order.
+    device : ``cpu``, ``cuda`` or ``auto``.
+    low, high : z^B bounds in the model's input space, broadcastable to the input
+        (e.g. shape (1, C, 1, 1)); default 0 and 1.
+    rule_forward : where the modified-weight forward products of γ/z⁺/αβ are computed:
+        ``runtime`` (extra nodes in the onnxruntime session, the default) or ``kernels``
+        (numba/BLAS during the backward pass).
+    """
+
+    def __init__(self, model_path: str | Path, preset: str = "epsilon-gamma-box",
+                 rules: Sequence[str] = (), device: str = "cpu",
+                 low: np.ndarray | float = 0.0, high: np.ndarray | float = 1.0,
+                 threads: int | None = None, rule_forward: str = "runtime") -> None:
+        self.model_path = Path(model_path)
+        self.backend = make_backend(device)
+        self.device = self.backend.name
+        self.model = load_model(self.model_path)
+        self.graph: LayerGraph = build_layer_graph(self.model)
+        self._plan = make_plan(self.graph, preset, rules)
+        self.low = np.asarray(low, np.float32)
+        self.high = np.asarray(high, np.float32)
+        if (self.low > self.high).any():
+            raise InputError("z^B bounds: low is above high")
+        self._requested_device = device
+        self._threads = threads if threads is not None else default_threads()
+        if rule_forward not in ("runtime", "kernels"):
+            raise InputError(f"rule_forward must be 'runtime' or 'kernels', got '{rule_forward}'")
+        self.rule_forward = rule_forward
+        self.cache = WeightCache(self.backend)
+        self._extra: set[str] = set()
+        self._runtime: ActivationRuntime | None = None
+
+    # ------------------------------------------------------------------ structure
+    def plan(self) -> Plan:
+        return self._plan
+
+    @property
+    def input_shape(self) -> tuple:
+        return self.graph.input_shape
+
+    @property
+    def num_classes(self) -> int | None:
+        s = self.graph.output_shape
+        return s[-1] if s and len(s) == 2 else None
+
+    def requests(self) -> set[str]:
+        """Every tensor the backward pass reads, by the plan."""
+        need: set[str] = set()
+        for layer in self.graph.layers:
+            need |= handler_for(layer.op).needs(layer, self._plan.rule_for(layer), self.graph.shapes)
+        return need | self._extra
+
+    def _term_nodes(self) -> tuple[list, list, set[str]]:
+        nodes, inits, outs = [], [], set()
+        if self.rule_forward != "runtime":
+            return nodes, inits, outs
+        for layer in self.graph.linear_layers():
+            h = handler_for(layer.op)
+            terms = h.terms(layer, self._plan.rule_for(layer)) if hasattr(h, "terms") else []
+            if terms:
+                n, i, o = term_nodes(layer, terms)
+                nodes += n
+                inits += i
+                outs |= set(o)
+        return nodes, inits, outs
+
+    def runtime(self) -> ActivationRuntime:
+        if self._runtime is None:
+            nodes, inits, outs = self._term_nodes()
+            self._runtime = ActivationRuntime(self.model, self.graph, self.requests() | outs,
+                                              self._requested_device, self._threads, nodes, inits)
+        return self._runtime
+
+    @property
+    def provider(self) -> str:
+        return self.runtime().provider
+
+    # ------------------------------------------------------------------ explaining
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as float32 with a batch axis, checked against the model's input shape."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise InputError(f"input tensor has dtype {x.dtype}; need a numeric array")
+        expected = self.graph.input_shape
+        if expected and x.ndim == len(expected) - 1:
+            x = x[None]
+        if expected and x.ndim != len(expected):
+            raise InputError(f"input has shape {tuple(x.shape)}, the model expects rank {len(expected)} "
+                             f"{_fmt_shape(expected)}")
+        for i, (got, want) in enumerate(zip(x.shape[1:], expected[1:]), start=1):
+            if want is not None and got != want:
+                raise InputError(f"input has shape {tuple(x.shape)}, the model expects {_fmt_shape(expected)}")
+        x = x.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise InputError("input tensor holds NaN or infinite values")
+        return np.ascontiguousarray(x)
+
+    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """onnxruntime forward of a checked batch, split to the model's fixed batch size if any."""
+        rt = self.runtime()
+        fixed = _fixed_batch(self.graph.input_shape)
+        if fixed is None or x.shape[0] == fixed:
+            return rt.run(x)
+        if x.shape[0] % fixed:
+            raise InputError(f"the model takes batches of exactly {fixed}; got {x.shape[0]}")
+        parts = [rt.run(x[i:i + fixed]) for i in range(0, x.shape[0], fixed)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _start(self, fwd: dict, target: Target | Sequence[int], n: int):
+        logits = fwd[self.graph.output]
+        if isinstance(target, NeuronTarget):
+            layer = self.graph.find(target.layer)
+            act = fwd[layer.output]
+            if act.ndim < 2 or not 0 <= target.channel < act.shape[1]:
+                raise InputError(f"--target {target}: layer '{layer.name}' has "
+                                 f"{act.shape[1] if act.ndim > 1 else 0} channels")
+            start = np.zeros_like(act)
+            if target.y is None:
+                start[:, target.channel] = act[:, target.channel]
+            else:
+                if act.ndim != 4 or not (0 <= target.y < act.shape[2] and 0 <= target.x < act.shape[3]):
+                    raise InputError(f"--target {target}: position outside the {act.shape[2:]} map "
+                                     f"of layer '{layer.name}'")
+                start[:, target.channel, target.y, target.x] = act[:, target.channel, target.y, target.x]
+            return layer.output, start, [str(target)] * n
+        flat = logits.reshape(n, -1)
+        if target is None:
+            idx = flat.argmax(axis=1)
+        else:
+            idx = np.broadcast_to(np.asarray(target, np.int64), (n,))
+            bad = [int(i) for i in idx if not 0 <= i < flat.shape[1]]
+            if bad:
+                raise InputError(f"--target {bad[0]} is out of range: the model has {flat.shape[1]} classes "
+                                 f"(0..{flat.shape[1] - 1})")
+        start = np.zeros_like(flat)
+        start[np.arange(n), idx] = flat[np.arange(n), idx]
+        return self.graph.output, start.reshape(logits.shape), [int(i) for i in idx]
+
+    def explain(self, x: np.ndarray, target: Target | Sequence[int] = None,
+                keep: Sequence[str] = ()) -> Explanation:
+        """LRP for a batch ``x`` (the model's input layout; a missing batch axis is added).
+
+        Parameters
+        ----------
+        target : ``None`` (top-1 per sample), a class index (or one per sample), or a
+            ``NeuronTarget`` to start from an intermediate neuron.
+        keep : layer names whose output relevance to return (``"*"`` for all).
+        """
+        x = self.check_input(x)
+        if isinstance(target, NeuronTarget):
+            layer = self.graph.find(target.layer)
+            if layer.output not in self.requests():
+                self._extra.add(layer.output)
+                self._runtime = None
+        for name in keep:
+            if name != "*":
+                self.graph.find(name)
+        t0 = time.perf_counter()
+        fwd = self.forward(x)
+        t1 = time.perf_counter()
+        n = x.shape[0]
+        start_tensor, start, targets = self._start(fwd, target, n)
+        fwd[self.graph.input] = x
+        shapes = {l.inputs[0]: fwd[l.inputs[0]].shape for l in self._plan.uses("zbox")}
+        bounds = box_bounds(self.graph, self._plan, self.low, self.high, x.shape, shapes)
+        violation = None
+        if bounds:
+            lows = np.broadcast_to(self.low, x.shape)
+            highs = np.broadcast_to(self.high, x.shape)
+            violation = float(((x < lows - 1e-6) | (x > highs + 1e-6)).mean())
+        ctx = BackwardContext(fwd=fwd, backend=self.backend, cache=self.cache, batch=n,
+                              shapes=self.graph.shapes, bounds=bounds)
+        prop = propagate(self.graph, self._plan, ctx, start_tensor, start, tuple(keep))
+        t2 = time.perf_counter()
+        logits = fwd[self.graph.output]
+        return Explanation(
+            relevance=np.asarray(self.backend.to_host(prop.input_relevance), np.float32),
+            logits=logits, targets=targets,
+            start_relevance=start.reshape(n, -1).sum(axis=1, dtype=np.float64),
+            flows=prop.flows, kept=prop.kept, provider=self.runtime().provider, device=self.device,
+            timings_s={"forward": t1 - t0, "backward": t2 - t1, "total": t2 - t0},
+            bounds_violation=violation)
+
+
+def _fmt_shape(shape: tuple) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"

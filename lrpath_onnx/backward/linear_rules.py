@@ -1,0 +1,222 @@
+"""Every LRP rule, written once over an abstract linear map.
+
+A linear layer (convolution, dense, average pool) is seen only through
+``forward(x, w, b) = x ⋆ w + b`` and ``transpose(s, w, mul) = mul ⊙ (wᵀ ⋆ s)``; the rules
+below are the four LRP steps (forward with ρ(w), stabilised divide, transposed product,
+multiply by the input) for their own ρ. Modified weights are computed once per layer and
+kept in a ``WeightCache``, so explaining many images never recomputes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+
+from ..plan.rules import TINY, Rule
+
+
+class LinearMap(Protocol):
+    """A layer's linear part with exchangeable weights (what each rule needs)."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+    def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray: ...
+
+    def transpose(self, s: np.ndarray, w: np.ndarray, mul: np.ndarray | None = None) -> np.ndarray: ...
+
+
+#: ρ(w) for each weight variant a rule may ask for.
+WEIGHT_MODIFIERS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
+    "id": lambda w, p: w,
+    "pos": lambda w, p: np.maximum(w, 0),
+    "neg": lambda w, p: np.minimum(w, 0),
+    "gamma": lambda w, p: w + p * np.maximum(w, 0),
+    "ones": lambda w, p: np.ones_like(w),
+    "square": lambda w, p: w * w,
+}
+
+
+class WeightCache:
+    """ρ(W) and ρ(b) per (layer, variant), computed on first use, in the compute dtype.
+
+    ``put`` lets a backend store device copies; on the CPU the arrays stay numpy.
+    """
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self._store: dict[tuple, Any] = {}
+
+    def get(self, layer_name: str, lin: LinearMap, variant: str, param: float = 0.0,
+            dtype=np.float32) -> tuple[Any, Any]:
+        key = (layer_name, variant, param, np.dtype(dtype).str)
+        hit = self._store.get(key)
+        if hit is None:
+            fn = WEIGHT_MODIFIERS[variant]
+            w = self.backend.asarray(fn(np.asarray(lin.weight, dtype), param), dtype)
+            b = None
+            if lin.bias is not None:
+                b = self.backend.asarray(fn(np.asarray(lin.bias, dtype), param), dtype)
+            hit = self._store[key] = (w, b)
+        return hit
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
+@dataclass(frozen=True)
+class Term:
+    """One modified forward product ``ρ_in(a) ⋆ ρ(W) (+ ρ(b))`` that a rule needs.
+
+    ``inp`` is ``id``, ``pos`` (a⁺) or ``neg`` (a⁻); ``weight`` a ``WEIGHT_MODIFIERS`` key.
+    Terms are what onnxruntime can compute during the forward pass (``ops.conv`` adds
+    them as extra nodes), so the backward pass only runs transposed products.
+    """
+
+    inp: str
+    weight: str
+    param: float = 0.0
+    bias: bool = True
+
+    def tag(self) -> str:
+        return f"{self.inp}:{self.weight}:{self.param:g}:{'b' if self.bias else 'nb'}"
+
+
+def forward_terms(rule: Rule, nonneg: bool) -> list[Term]:
+    """The input-dependent forward products ``rule`` needs (none where z is reused or constant).
+
+    ``nonneg``: the layer's input is known to be ≥ 0 (it comes from a ReLU), so a⁺ = a and
+    the a⁻ terms vanish.
+    """
+    pos_in = "id" if nonneg else "pos"
+    if rule.name == "gamma":
+        return [Term("id", "gamma", rule["gamma"])]
+    if rule.name in ("zplus", "alphabeta"):
+        beta = 0.0 if rule.name == "zplus" else rule["beta"]
+        terms = [Term(pos_in, "pos")] + ([] if nonneg else [Term("neg", "neg", bias=False)])
+        if beta != 0.0:
+            terms += [Term(pos_in, "neg")] + ([] if nonneg else [Term("neg", "pos", bias=False)])
+        return terms
+    return []
+
+
+def _split_input(a: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "pos":
+        return np.maximum(a, 0)
+    if mode == "neg":
+        return np.minimum(a, 0)
+    return a
+
+
+class _Forward:
+    """Gives a rule its forward terms: precomputed by onnxruntime, else by the kernels."""
+
+    def __init__(self, lin: LinearMap, a: np.ndarray, cache: WeightCache, name: str,
+                 terms: Mapping[Term, np.ndarray] | None) -> None:
+        self.lin, self.a, self.cache, self.name, self.terms = lin, a, cache, name, terms or {}
+
+    def weights(self, variant: str, param: float = 0.0):
+        return self.cache.get(self.name, self.lin, variant, param, self.a.dtype)
+
+    def __call__(self, term: Term) -> np.ndarray:
+        hit = self.terms.get(term)
+        if hit is not None:
+            return hit
+        w, b = self.weights(term.weight, term.param)
+        return self.lin.forward(_split_input(self.a, term.inp), w, b if term.bias else None)
+
+
+def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
+              cache: WeightCache, layer_name: str, z: np.ndarray | None = None,
+              bounds: tuple[np.ndarray, np.ndarray] | None = None, nonneg: bool = False,
+              terms: Mapping[Term, np.ndarray] | None = None) -> np.ndarray:
+    """Input relevance of one linear layer under ``rule``.
+
+    Parameters
+    ----------
+    a : the layer's input activation.
+    r : relevance of the layer's output (same shape as the output).
+    z : the layer's own output from onnxruntime; reused where ρ is the identity.
+    bounds : (low, high) arrays shaped like ``a``, for ``zbox``.
+    nonneg : ``a`` is known to be ≥ 0.
+    terms : forward terms already computed (by onnxruntime), keyed by ``Term``.
+    """
+    fwd = _Forward(lin, a, cache, layer_name, terms)
+    name = rule.name
+    if name in ("zero", "epsilon"):
+        w, b = fwd.weights("id")
+        if z is None:
+            z = lin.forward(a, w, b)
+        s = backend.stabilised_divide(r, z, rule.get("epsilon", 0.0))
+        return lin.transpose(s, w, mul=a)
+    if name == "gamma":
+        term = Term("id", "gamma", rule["gamma"])
+        s = backend.stabilised_divide(r, fwd(term), TINY)
+        return lin.transpose(s, fwd.weights("gamma", rule["gamma"])[0], mul=a)
+    if name in ("zplus", "alphabeta"):
+        alpha, beta = (1.0, 0.0) if name == "zplus" else (rule["alpha"], rule["beta"])
+        return _alpha_beta(alpha, beta, fwd, a, r, backend, nonneg)
+    if name in ("flat", "wsquare"):
+        w, _ = fwd.weights("ones" if name == "flat" else "square")
+        s = backend.stabilised_divide(r, lin.forward(np.ones_like(a), w), TINY)
+        return lin.transpose(s, w)
+    if name == "zbox":
+        if bounds is None:
+            raise ValueError("zbox needs bounds")
+        low, high = bounds
+        w, b = fwd.weights("id")
+        wp, _ = fwd.weights("pos")
+        wn, _ = fwd.weights("neg")
+        if z is None:
+            za = lin.forward(a, w)
+        else:  # onnxruntime's output minus the bias: z^B has no bias term
+            za = z if b is None else z - _bias_like(b, z)
+        zb = za - lin.forward(low, wp) - lin.forward(high, wn)
+        s = backend.stabilised_divide(r, zb, TINY)
+        return lin.transpose(s, w, mul=a) - lin.transpose(s, wp, mul=low) - lin.transpose(s, wn, mul=high)
+    raise ValueError(f"rule {name} does not apply to a linear layer")
+
+
+def _bias_like(b: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Broadcast a per-output bias against ``z`` (channel axis 1)."""
+    return b.reshape((1, -1) + (1,) * (z.ndim - 2)) if b.ndim == 1 else b
+
+
+def _alpha_beta(alpha: float, beta: float, fwd: _Forward, a: np.ndarray, r: np.ndarray,
+                backend, nonneg: bool) -> np.ndarray:
+    """αβ: positive and negative contributions normalised separately, weighted α and β.
+
+    Contributions are ``a_j w_jk``; for a mixed-sign input their positive part is
+    ``a⁺w⁺ + a⁻w⁻`` (and the negative part ``a⁺w⁻ + a⁻w⁺``). When the input is
+    non-negative (after a ReLU) the ``a⁻`` terms vanish and are skipped. ``z⁺`` is α=1, β=0.
+    """
+    lin = fwd.lin
+    pos_in = "id" if nonneg else "pos"
+    ap = a if nonneg else np.maximum(a, 0)
+    an = None if nonneg else np.minimum(a, 0)
+    wp, _ = fwd.weights("pos")
+    wn, _ = fwd.weights("neg")
+
+    def part(same: str, other: str, w_same, w_other) -> np.ndarray:
+        z = fwd(Term(pos_in, same))
+        if an is not None:
+            z = z + fwd(Term("neg", other, bias=False))
+        s = backend.stabilised_divide(r, z, 0.0)
+        out = lin.transpose(s, w_same, mul=ap)
+        if an is not None and an.any():
+            out = out + lin.transpose(s, w_other, mul=an)
+        return out
+
+    result = part("pos", "neg", wp, wn)
+    if alpha != 1.0:
+        result = result * a.dtype.type(alpha)
+    if beta != 0.0:
+        result = result - a.dtype.type(beta) * part("neg", "pos", wn, wp)
+    return result
+
+
+def is_identity(rule: Rule) -> bool:
+    """Whether the rule's forward is the layer's own (so onnxruntime's output can be reused)."""
+    return rule.name in ("zero", "epsilon", "zbox")

@@ -1,0 +1,156 @@
+"""Constant folding: every tensor computable from initializers alone, as a numpy array.
+
+Exporters often build weights and shapes from small constant sub-graphs (the onnx test
+models make every weight with ConstantOfShape; PyTorch builds Reshape targets from
+Shape/Gather/Concat). The analyzer needs those values (weights, BN statistics), never a
+guess. ConstantOfShape becomes a zero-stride broadcast view, so a 400 MB all-zero weight
+costs nothing until something writes to it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import ModelError
+
+#: largest input (elements) the generic reference-evaluator fallback may fold.
+FALLBACK_LIMIT = 1 << 20
+
+Folder = Callable[[onnx.NodeProto, list], np.ndarray]
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _constant(node: onnx.NodeProto, _: list) -> np.ndarray:
+    a = _attrs(node)
+    if "value" in a:
+        return numpy_helper.to_array(a["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in a:
+            return np.asarray(a[key], dtype)
+    raise ValueError("Constant without a numeric value")
+
+
+def _constant_of_shape(node: onnx.NodeProto, ins: list) -> np.ndarray:
+    value = _attrs(node).get("value")
+    v = numpy_helper.to_array(value).reshape(()) if value is not None else np.float32(0)
+    shape = tuple(int(d) for d in np.asarray(ins[0]).reshape(-1))
+    return np.broadcast_to(np.asarray(v), shape)
+
+
+def _axes(node: onnx.NodeProto, ins: list) -> list[int] | None:
+    a = _attrs(node)
+    if "axes" in a:
+        return list(a["axes"])
+    if len(ins) > 1 and ins[1] is not None:
+        return [int(v) for v in np.asarray(ins[1]).reshape(-1)]
+    return None
+
+
+def _unsqueeze(node, ins):
+    x = np.asarray(ins[0])
+    out_rank = x.ndim + len(_axes(node, ins))
+    for ax in sorted(a % out_rank for a in _axes(node, ins)):
+        x = np.expand_dims(x, ax)
+    return x
+
+
+def _squeeze(node, ins):
+    axes = _axes(node, ins)
+    x = np.asarray(ins[0])
+    return np.squeeze(x) if axes is None else np.squeeze(x, tuple(a % x.ndim for a in axes))
+
+
+def _reshape(node, ins):
+    x = np.asarray(ins[0])
+    shape = [int(v) for v in np.asarray(ins[1]).reshape(-1)]
+    if not _attrs(node).get("allowzero", 0):
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _binary(fn):
+    return lambda node, ins: fn(np.asarray(ins[0]), np.asarray(ins[1]))
+
+
+def _div(node, ins):
+    a, b = np.asarray(ins[0]), np.asarray(ins[1])
+    if a.dtype.kind in "iu":
+        return np.trunc(a / b).astype(a.dtype)
+    return a / b
+
+
+FOLDERS: dict[str, Folder] = {
+    "Constant": _constant,
+    "ConstantOfShape": _constant_of_shape,
+    "Identity": lambda node, ins: ins[0],
+    "Cast": lambda node, ins: np.asarray(ins[0]).astype(
+        helper.tensor_dtype_to_np_dtype(_attrs(node)["to"])),
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Reshape": _reshape,
+    "Transpose": lambda node, ins: np.transpose(np.asarray(ins[0]), _attrs(node).get("perm")),
+    "Concat": lambda node, ins: np.concatenate([np.asarray(i) for i in ins], _attrs(node)["axis"]),
+    "Gather": lambda node, ins: np.take(np.asarray(ins[0]), np.asarray(ins[1]),
+                                        axis=_attrs(node).get("axis", 0)),
+    "Shape": lambda node, ins: np.asarray(np.shape(ins[0]), np.int64),
+    "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply),
+    "Div": _div, "Pow": _binary(np.power),
+    "Neg": lambda node, ins: -np.asarray(ins[0]),
+    "Sqrt": lambda node, ins: np.sqrt(ins[0]),
+    "Reciprocal": lambda node, ins: 1.0 / np.asarray(ins[0]),
+}
+
+
+def _fallback(node: onnx.NodeProto, ins: list, opset: int) -> np.ndarray | None:
+    """Evaluate one node with onnx's reference evaluator (small inputs only)."""
+    if sum(np.asarray(i).size for i in ins if i is not None) > FALLBACK_LIMIT:
+        return None
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{i}" if n else "" for i, n in enumerate(node.input)]
+    clone = helper.make_node(node.op_type, names, [f"out{i}" for i in range(len(node.output))])
+    clone.attribute.extend(node.attribute)
+    inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), None)
+              for n, v in zip(names, ins) if n]
+    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in clone.output]
+    model = helper.make_model(helper.make_graph([clone], "fold", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    feeds = {n: np.asarray(v) for n, v in zip(names, ins) if n}
+    return ReferenceEvaluator(model).run(None, feeds)[0]
+
+
+def fold_constants(graph: onnx.GraphProto, initializers: dict[str, np.ndarray],
+                   opset: int) -> dict[str, np.ndarray]:
+    """All tensors of ``graph`` whose value does not depend on a graph input.
+
+    Nodes must be in topological order (the ONNX rule; the walker checks it first).
+    Nodes that cannot be folded simply stay dynamic; whoever needs a constant there
+    reports it.
+    """
+    consts: dict[str, np.ndarray] = dict(initializers)
+    for node in graph.node:
+        if node.op_type != "Constant" and (not node.input or not all(
+                (not n) or n in consts for n in node.input)):
+            continue
+        ins = [consts[n] if n else None for n in node.input]
+        try:
+            fold = FOLDERS.get(node.op_type)
+            out = fold(node, ins) if fold else _fallback(node, ins, opset)
+        except Exception:  # an op the folder cannot evaluate stays dynamic
+            out = None
+        if node.op_type == "Constant" and out is not None and np.asarray(out).dtype.kind == "f" \
+                and not np.isfinite(out).all():
+            raise ModelError(f"Constant node '{node.name or node.output[0]}' holds NaN or infinite values")
+        if out is not None and len(node.output) >= 1 and node.output[0]:
+            consts[node.output[0]] = out
+    return consts

@@ -1,0 +1,99 @@
+"""Conv: a linear layer; every LRP rule applies through ``backward.linear_rules``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph.layers import LINEAR
+from ..kernels.conv import ConvGeometry
+from .linear import LinearHandler
+from .registry import ParseContext, new_layer, register
+
+
+def resolve_pads(attrs: dict, in_hw: tuple | None, kernel: tuple[int, int], strides, dilations,
+                 node, ctx: ParseContext) -> tuple[int, int, int, int]:
+    """Explicit (top, left, bottom, right) pads, resolving ``auto_pad`` from the input size."""
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", ""):
+        p = list(attrs.get("pads", [0, 0, 0, 0]))
+        if len(p) != 4:
+            raise ctx.fail(node, f"pads {p} are not 2-D")
+        return tuple(int(v) for v in p)
+    if auto == "VALID":
+        return (0, 0, 0, 0)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ctx.fail(node, f"auto_pad={auto}")
+    if in_hw is None or any(d is None for d in in_hw):
+        raise ctx.fail(node, f"auto_pad={auto} needs a static input size")
+    begin, end = [], []
+    for n, k, s, d in zip(in_hw, kernel, strides, dilations):
+        out = -(-n // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+        small, big = total // 2, total - total // 2
+        b, e = (small, big) if auto == "SAME_UPPER" else (big, small)
+        begin.append(b)
+        end.append(e)
+    return (begin[0], begin[1], end[0], end[1])
+
+
+class ConvMap:
+    """``linear_rules.LinearMap`` of a Conv layer for one batch (sizes fixed by the tensors)."""
+
+    def __init__(self, layer, backend, in_hw, out_hw):
+        self.weight = layer.params["weight"]
+        self.bias = layer.params.get("bias")
+        self.geom: ConvGeometry = layer.attrs["geometry"]
+        self.backend, self.in_hw, self.out_hw = backend, in_hw, out_hw
+
+    def forward(self, x, w, b=None):
+        return self.backend.conv2d(x, w, self.geom, b, self.out_hw)
+
+    def transpose(self, s, w, mul=None):
+        return self.backend.conv2d_transpose(s, w, self.geom, self.in_hw, mul)
+
+
+@register
+class ConvHandler(LinearHandler):
+    """2-D Conv with pads (incl. auto_pad), strides, dilations and groups (depthwise too)."""
+
+    op_types = ("Conv",)
+
+    def parse(self, node, ctx: ParseContext):
+        if ctx.is_const(node.input[0]):
+            raise ctx.fail(node, "the data input is constant")
+        w = ctx.const(node, 1, "weight")
+        if w.ndim != 4:
+            raise ctx.fail(node, f"only 2-D convolutions are supported (weight rank {w.ndim})")
+        b = ctx.optional_const(node, 2, "bias")
+        attrs = ctx.attrs(node)
+        group = int(attrs.get("group", 1))
+        K, Cg, kh, kw = w.shape
+        if group < 1 or K % group:
+            raise ctx.fail(node, f"{K} output channels do not split into {group} groups")
+        shape = ctx.shape(node.input[0])
+        if shape is not None and len(shape) != 4:
+            raise ctx.fail(node, f"input rank {len(shape)} (need N, C, H, W)")
+        if shape is not None and shape[1] is not None and shape[1] != Cg * group:
+            raise ctx.fail(node, f"weight expects {Cg * group} input channels, input has {shape[1]}")
+        strides = tuple(int(v) for v in attrs.get("strides", [1, 1]))
+        dil = tuple(int(v) for v in attrs.get("dilations", [1, 1]))
+        pads = resolve_pads(attrs, None if shape is None else shape[2:], (kh, kw), strides, dil, node, ctx)
+        geom = ConvGeometry(strides, pads, dil, group)
+        params = {"weight": np.ascontiguousarray(w, np.float32)}
+        if b is not None:
+            params["bias"] = np.ascontiguousarray(b.reshape(-1), np.float32)
+        return new_layer(node, ctx, LINEAR, [node.input[0]], params=params,
+                         attrs={"geometry": geom, "strides": list(strides), "pads": list(pads),
+                                "dilations": list(dil), "group": group})
+
+    def linear_map(self, layer, a, r, backend) -> ConvMap:
+        return ConvMap(layer, backend, a.shape[2:], r.shape[2:])
+
+    def forward(self, layer, inputs):
+        from ..backend import CpuBackend
+
+        x = inputs[0]
+        w = layer.params["weight"].astype(x.dtype)
+        b = layer.params.get("bias")
+        return CpuBackend().conv2d(x, w, layer.attrs["geometry"], None if b is None else b.astype(x.dtype))

@@ -1,0 +1,55 @@
+"""Shared relevance step of every linear layer (Conv, dense, average pools).
+
+Subclasses only say how to read the node (``parse``) and how to build the layer's
+``LinearMap`` for a batch; the rule arithmetic is ``backward.linear_rules``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backward import linear_rules
+from ..backward.linear_rules import Term
+from ..runtime.terms import term_tensor
+from .registry import BackwardContext, OpHandler
+
+
+class LinearHandler(OpHandler):
+    """A layer ``z = a ⋆ W + b`` explained by its plan rule."""
+
+    #: whether onnxruntime may compute this op's rule forward terms as extra nodes
+    runtime_terms = True
+
+    def linear_map(self, layer, a: np.ndarray, r: np.ndarray, backend):
+        raise NotImplementedError
+
+    def terms(self, layer, rule) -> list[Term]:
+        """Input-dependent forward terms of ``rule`` (computed by onnxruntime when enabled)."""
+        if not self.runtime_terms:
+            return []
+        return linear_rules.forward_terms(rule, bool(layer.attrs.get("nonneg_input")))
+
+    def needs(self, layer, rule, shapes):
+        need = {layer.inputs[0]}
+        if linear_rules.is_identity(rule):
+            need.add(layer.output)
+        return need
+
+    def input_activation(self, layer, ctx: BackwardContext) -> np.ndarray:
+        return ctx.fwd[layer.inputs[0]]
+
+    def relevance(self, layer, rule, r, ctx: BackwardContext):
+        a = self.input_activation(layer, ctx)
+        lin = self.linear_map(layer, a, r, ctx.backend)
+        z = ctx.fwd.get(layer.output) if linear_rules.is_identity(rule) else None
+        terms = {}
+        for term in self.terms(layer, rule):
+            t = ctx.fwd.get(term_tensor(layer, term))
+            if t is not None:
+                terms[term] = t
+        return [linear_rules.relevance(rule, lin, a, r, ctx.backend, ctx.cache, self.cache_key(layer, a),
+                                       z, ctx.bounds.get(layer.name),
+                                       bool(layer.attrs.get("nonneg_input")), terms)]
+
+    def cache_key(self, layer, a: np.ndarray) -> str:
+        return layer.name

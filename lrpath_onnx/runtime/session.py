@@ -1,0 +1,175 @@
+"""One onnxruntime session that returns, with the logits, every tensor the backward pass reads.
+
+The session runs a copy of the original graph (not the canonical one), so activations are
+bit-for-bit what the model computes; its outputs are extended with the requested tensors
+and each MaxPool gains its ``Indices`` output. Large dense weights are not copied into
+onnxruntime: they become graph inputs bound once to the analyzer's own arrays, so VGG16's
+470 MB of classifier weights live in memory once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import InputError, ModelError
+from ..graph.layers import LayerGraph
+from ..graph.loader import LoadedModel
+
+#: dense weights with at least this many elements are shared with onnxruntime, not copied.
+SHARE_ELEMENTS = 1 << 20
+
+
+def cuda_driver_present() -> bool:
+    """Whether an NVIDIA driver can be loaded (the GPU build of onnxruntime needs it)."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def choose_providers(device: str) -> list[str]:
+    """Execution providers to ask for: CUDA first where wanted and usable, CPU always."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    usable = "CUDAExecutionProvider" in available and cuda_driver_present()
+    if device == "cuda" and not usable:
+        raise InputError("--device cuda: onnxruntime has no usable CUDA execution provider here "
+                         "(no NVIDIA driver or a CPU-only onnxruntime); use --device cpu or auto")
+    return (["CUDAExecutionProvider"] if usable else []) + ["CPUExecutionProvider"]
+
+
+def _shared_weights(model: LoadedModel) -> set[str]:
+    """Big initializers read only as the weight operand of Gemm/MatMul."""
+    uses: dict[str, list[tuple[str, int]]] = {}
+    for node in model.proto.graph.node:
+        for i, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node.op_type, i))
+    out = set()
+    for name in model.stubbed:
+        arr = model.initializers[name]
+        if arr.size < SHARE_ELEMENTS or arr.dtype != np.float32:
+            continue
+        if all(op in ("Gemm", "MatMul") and i == 1 for op, i in uses.get(name, [])):
+            out.add(name)
+    return out
+
+
+class ActivationRuntime:
+    """An onnxruntime session returning the explained output plus ``requests``.
+
+    Parameters
+    ----------
+    model : the loaded model (structure + weights).
+    graph : its canonical layer graph (for the output name and MaxPool layers).
+    requests : tensor names the backward pass needs (inputs, outputs, switches).
+    device : ``cpu``, ``cuda`` or ``auto`` for the execution provider.
+    extra_nodes, extra_initializers : nodes appended to the graph (rule forward terms).
+    """
+
+    def __init__(self, model: LoadedModel, graph: LayerGraph, requests: set[str],
+                 device: str = "cpu", threads: int | None = None,
+                 extra_nodes: list | None = None, extra_initializers: list | None = None) -> None:
+        self.graph = graph
+        self.input_name = graph.input
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model.proto)
+        g = proto.graph
+        shared = _shared_weights(model)
+        inits = []
+        for t in g.initializer:
+            if t.name in shared:
+                continue
+            if t.name in model.stubbed:
+                inits.append(numpy_helper.from_array(np.asarray(model.initializers[t.name]), t.name))
+            else:
+                inits.append(t)
+        del g.initializer[:]
+        g.initializer.extend(inits)
+        g.initializer.extend(extra_initializers or [])
+        g.node.extend(extra_nodes or [])
+        for name in sorted(shared):
+            arr = model.initializers[name]
+            g.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arr.shape)))
+        indices = {l.output: l.attrs["indices"] for l in graph.layers
+                   if l.op == "MaxPool" and l.attrs.get("add_indices_output") and l.attrs["indices"] in requests}
+        int_outputs = {l.attrs["indices"] for l in graph.layers if l.op == "MaxPool"}
+        for node in g.node:
+            if node.op_type == "MaxPool" and node.output[0] in indices:
+                if len(node.output) == 1:
+                    node.output.append(indices[node.output[0]])
+                else:
+                    node.output[1] = indices[node.output[0]]
+        existing = [o.name for o in g.output]
+        self.output_names = [graph.output] + sorted(r for r in requests if r not in (graph.output, graph.input))
+        del g.output[:]
+        for name in self.output_names:
+            dtype = TensorProto.INT64 if name in int_outputs else TensorProto.FLOAT
+            g.output.append(helper.make_tensor_value_info(name, dtype, None))
+        del g.value_info[:]  # stale shapes of renamed/extended outputs must not constrain ORT
+        self.original_outputs = existing
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        if os.environ.get("LRPATH_ORT_SPIN", "0") != "1":
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = choose_providers(device)
+        data = proto.SerializeToString()
+        del proto, g, inits
+        try:
+            self.session = ort.InferenceSession(data, opts, providers=providers)
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"onnxruntime cannot run {model.path.name}: {msg}") from None
+        del data
+        self.provider = self.session.get_providers()[0]
+        self._binding_values = {name: ort.OrtValue.ortvalue_from_numpy(
+            np.ascontiguousarray(model.initializers[name])) for name in sorted(shared)}
+        self._shapes: dict[tuple, dict[str, tuple]] = {}
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Forward ``x`` (the model's input layout, with batch axis); tensors by name.
+
+        Outputs are written by onnxruntime straight into fresh numpy arrays (their shapes
+        are learnt on the first run of each batch size), which saves a copy of every
+        requested activation.
+        """
+        x = np.ascontiguousarray(x, np.float32)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, x)
+        for name, value in self._binding_values.items():
+            binding.bind_ortvalue_input(name, value)
+        shapes = self._shapes.get(x.shape)
+        outs = None
+        if shapes is not None:
+            outs = {n: np.empty(shp, dt) for n, (shp, dt) in shapes.items()}
+            for n, arr in outs.items():
+                binding.bind_output(n, "cpu", element_type=arr.dtype, shape=arr.shape,
+                                    buffer_ptr=arr.ctypes.data)
+        else:
+            for name in self.output_names:
+                binding.bind_output(name, "cpu")
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"onnxruntime failed on this input: {msg}") from None
+        if outs is None:
+            outs = dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+            self._shapes[x.shape] = {n: (a.shape, a.dtype) for n, a in outs.items()}
+        return outs
+
+
+def default_threads() -> int | None:
+    """Threads for onnxruntime: ``LRPATH_THREADS`` if set, else its own default."""
+    v = os.environ.get("LRPATH_THREADS")
+    return int(v) if v and v.isdigit() else None
