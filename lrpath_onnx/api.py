@@ -269,38 +269,70 @@ class Analyzer:
         """
         x = self.check_input(x)
         if isinstance(target, NeuronTarget):
-            layer = self.graph.find(target.layer)
-            if layer.output not in self.requests():
-                self._extra.add(layer.output)
-                self._runtime = None
-        for name in keep:
-            if name != "*":
-                self.graph.find(name)
+            self._ensure_output(self.graph.find(target.layer).output)
         t0 = time.perf_counter()
         fwd = self.forward(x)
         t1 = time.perf_counter()
+        start_tensor, start, targets = self._start(fwd, target, x.shape[0])
+        exp = self._backward(x, fwd, start_tensor, start, keep)
+        exp.targets = targets
+        exp.timings_s["forward"] = t1 - t0
+        exp.timings_s["total"] = exp.timings_s["backward"] + t1 - t0
+        return exp
+
+    def relevance_from(self, x: np.ndarray, tensor: str, relevance: np.ndarray,
+                       keep: Sequence[str] = (), dtype=np.float32) -> Explanation:
+        """LRP from an arbitrary relevance ``relevance`` placed on ``tensor`` (any layer output).
+
+        The building block behind ``explain``; also how path analyses re-propagate masked
+        relevance. ``dtype=np.float64`` runs the whole backward pass in double precision
+        (used by the tests to compare with float64 references).
+        """
+        x = self.check_input(x)
+        if tensor != self.graph.output:
+            self._ensure_output(tensor)
+        t0 = time.perf_counter()
+        fwd = self.forward(x)
+        t1 = time.perf_counter()
+        if dtype != np.float32:
+            fwd = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in fwd.items()}
+        exp = self._backward(x.astype(dtype), fwd, tensor, np.asarray(relevance, dtype), keep)
+        exp.targets = [tensor] * x.shape[0]
+        exp.timings_s["forward"] = t1 - t0
+        exp.timings_s["total"] = exp.timings_s["backward"] + t1 - t0
+        return exp
+
+    def _ensure_output(self, tensor: str) -> None:
+        if tensor not in self.requests() and tensor != self.graph.output:
+            self._extra.add(tensor)
+            self._runtime = None
+
+    def _backward(self, x: np.ndarray, fwd: dict, start_tensor: str, start: np.ndarray,
+                  keep: Sequence[str]) -> Explanation:
+        for name in keep:
+            if name != "*":
+                self.graph.find(name)
+        t1 = time.perf_counter()
         n = x.shape[0]
-        start_tensor, start, targets = self._start(fwd, target, n)
         fwd[self.graph.input] = x
         shapes = {l.inputs[0]: fwd[l.inputs[0]].shape for l in self._plan.uses("zbox")}
         bounds = box_bounds(self.graph, self._plan, self.low, self.high, x.shape, shapes)
+        bounds = {k: (lo.astype(x.dtype), hi.astype(x.dtype)) for k, (lo, hi) in bounds.items()}
         violation = None
         if bounds:
             lows = np.broadcast_to(self.low, x.shape)
             highs = np.broadcast_to(self.high, x.shape)
             violation = float(((x < lows - 1e-6) | (x > highs + 1e-6)).mean())
         ctx = BackwardContext(fwd=fwd, backend=self.backend, cache=self.cache, batch=n,
-                              shapes=self.graph.shapes, bounds=bounds)
+                              shapes=self.graph.shapes, bounds=bounds, dtype=x.dtype)
         prop = propagate(self.graph, self._plan, ctx, start_tensor, start, tuple(keep))
         t2 = time.perf_counter()
-        logits = fwd[self.graph.output]
         return Explanation(
-            relevance=np.asarray(self.backend.to_host(prop.input_relevance), np.float32),
-            logits=logits, targets=targets,
+            relevance=np.asarray(self.backend.to_host(prop.input_relevance)),
+            logits=np.array(fwd[self.graph.output]), targets=[],
             start_relevance=start.reshape(n, -1).sum(axis=1, dtype=np.float64),
             flows=prop.flows, kept=prop.kept, provider=self.runtime().provider, device=self.device,
-            timings_s={"forward": t1 - t0, "backward": t2 - t1, "total": t2 - t0},
-            bounds_violation=violation)
+            timings_s={"backward": t2 - t1}, bounds_violation=violation)
 
 
 def _fmt_shape(shape: tuple) -> str:

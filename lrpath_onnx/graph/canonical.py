@@ -23,6 +23,10 @@ from .layers import LINEAR, MERGE, PASS, ROUTE, Layer, LayerGraph
 from .loader import LoadedModel
 
 
+#: ops that may end the graph and are removed there (LRP explains the logits before them)
+STRIPPABLE = ("Softmax", "LogSoftmax", "Identity", "Dropout")
+
+
 def topological_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
     """Nodes in a valid topological order; ``ModelError`` on a cycle or an undefined input."""
     producer: dict[str, int] = {}
@@ -121,12 +125,10 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     if out in consts or out == x:
         raise ModelError(f"graph output '{out}' does not depend on the input '{x}'")
     stripped: list[str] = []
-    while out in producer:  # strip trailing Softmax / Identity / Dropout
+    while out in producer and producer[out].op_type in STRIPPABLE:  # trailing Softmax/Identity/Dropout
         node = producer[out]
-        h = handler_for(node.op_type)
-        if h is None:
-            break
-        res = h.parse(node, ParseContext(consts, shapes, model.opset, node_names[id(node)]))
+        res = handler_for(node.op_type).parse(node, ParseContext(consts, shapes, model.opset,
+                                                                 node_names[id(node)]))
         if isinstance(res, (Alias, Strip)):
             if isinstance(res, Strip):
                 stripped.append(node_names[id(node)])

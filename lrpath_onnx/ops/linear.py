@@ -41,12 +41,13 @@ class LinearHandler(OpHandler):
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         a = self.input_activation(layer, ctx)
         lin = self.linear_map(layer, a, r, ctx.backend)
-        z = ctx.fwd.get(layer.output) if linear_rules.is_identity(rule) else None
-        terms = {}
-        for term in self.terms(layer, rule):
-            t = ctx.fwd.get(term_tensor(layer, term))
-            if t is not None:
-                terms[term] = t
+        z, terms = None, {}
+        if ctx.reuse_forward:  # onnxruntime's float32 products; a float64 run recomputes them
+            z = ctx.fwd.get(layer.output) if linear_rules.is_identity(rule) else None
+            for term in self.terms(layer, rule):
+                t = ctx.fwd.get(term_tensor(layer, term))
+                if t is not None:
+                    terms[term] = t
         return [linear_rules.relevance(rule, lin, a, r, ctx.backend, ctx.cache, self.cache_key(layer, a),
                                        z, ctx.bounds.get(layer.name),
                                        bool(layer.attrs.get("nonneg_input")), terms)]

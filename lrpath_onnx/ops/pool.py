@@ -58,6 +58,23 @@ class MaxPoolHandler(OpHandler):
         shape = ctx.shape_of(layer.inputs[0])
         return [ctx.backend.unpool(r, ctx.fwd[layer.attrs["indices"]], shape)]
 
+    def forward(self, layer, inputs):
+        """Max over each window (padding never wins), in numpy; for bounds and tests."""
+        x = inputs[0]
+        at = layer.attrs
+        (kh, kw), (sh, sw), (dh, dw), p = at["kernel_shape"], at["strides"], at["dilations"], at["pads"]
+        g = ConvGeometry((sh, sw), tuple(p), (dh, dw))
+        oh, ow = g.out_size(x.shape[2], x.shape[3], kh, kw, ceil=bool(at["ceil_mode"]))
+        padded = np.full(x.shape[:2] + (x.shape[2] + p[0] + p[2] + sh, x.shape[3] + p[1] + p[3] + sw), -np.inf,
+                         x.dtype)
+        padded[:, :, p[0]:p[0] + x.shape[2], p[1]:p[1] + x.shape[3]] = x
+        out = np.full(x.shape[:2] + (oh, ow), -np.inf, x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                win = padded[:, :, i * dh:i * dh + sh * oh:sh, j * dw:j * dw + sw * ow:sw]
+                out = np.maximum(out, win[:, :, :oh, :ow])
+        return out
+
 
 def window_counts(n: int, k: int, s: int, d: int, p0: int, p1: int, out: int,
                   include_pad: bool) -> np.ndarray:

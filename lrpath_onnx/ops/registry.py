@@ -79,7 +79,8 @@ class BackwardContext:
     """What a handler may use while propagating relevance through its layer.
 
     ``fwd`` maps tensor names to onnxruntime's values for this batch; ``bounds`` maps a
-    layer name to its z^B (low, high) arrays; ``cache`` holds modified weights.
+    layer name to its z^B (low, high) arrays; ``cache`` holds modified weights; ``dtype``
+    is the precision of the backward pass.
     """
 
     fwd: dict[str, np.ndarray]
@@ -89,6 +90,11 @@ class BackwardContext:
     shapes: dict[str, tuple]
     bounds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     dtype: Any = np.float32
+
+    @property
+    def reuse_forward(self) -> bool:
+        """Reuse onnxruntime's outputs as z only when computing in its own precision."""
+        return np.dtype(self.dtype) == np.float32
 
     def shape_of(self, tensor: str) -> tuple[int, ...]:
         """Run-time shape of ``tensor`` (static shape with this batch, or the fetched value's)."""

@@ -1,0 +1,145 @@
+"""Small ONNX models built in code with ``onnx.helper`` for the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def make_model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), "test", list(inputs), list(outputs),
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in dict(inits).items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def vi(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def conv_model(rng, x_shape, k_out, kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
+               dilations=(1, 1), groups=1, bias=True, pre_relu=False, auto_pad=None):
+    """X → [Relu] → Conv → Y; returns (model, weight, bias)."""
+    C = x_shape[1]
+    w = rng.standard_normal((k_out, C // groups, *kernel)).astype(np.float32)
+    b = rng.standard_normal(k_out).astype(np.float32) if bias else None
+    nodes, src = [], "X"
+    if pre_relu:
+        nodes.append(helper.make_node("Relu", ["X"], ["Xr"], name="relu_in"))
+        src = "Xr"
+    attrs = dict(kernel_shape=list(kernel), strides=list(strides), dilations=list(dilations), group=groups)
+    if auto_pad:
+        attrs["auto_pad"] = auto_pad
+    else:
+        attrs["pads"] = list(pads)
+    ins = [src, "W"] + (["B"] if bias else [])
+    nodes.append(helper.make_node("Conv", ins, ["Y"], name="conv", **attrs))
+    inits = {"W": w}
+    if bias:
+        inits["B"] = b
+    return make_model(nodes, [vi("X", ["N", *x_shape[1:]])], [vi("Y", None)], inits), w, b
+
+
+def gemm_model(rng, n_in, n_out, trans_b=0, alpha=1.0, beta=1.0, bias=True, pre_relu=False):
+    """X → [Relu] → Gemm → Y; returns (model, W (in, out) as applied, bias as applied)."""
+    B = rng.standard_normal((n_out, n_in) if trans_b else (n_in, n_out)).astype(np.float32)
+    C = rng.standard_normal(n_out).astype(np.float32) if bias else None
+    nodes, src = [], "X"
+    if pre_relu:
+        nodes.append(helper.make_node("Relu", ["X"], ["Xr"], name="relu_in"))
+        src = "Xr"
+    nodes.append(helper.make_node("Gemm", [src, "B"] + (["C"] if bias else []), ["Y"], name="gemm",
+                                  transB=trans_b, alpha=alpha, beta=beta))
+    inits = {"B": B, **({"C": C} if bias else {})}
+    W = (B.T if trans_b else B).astype(np.float64) * alpha
+    b = None if C is None else C.astype(np.float64) * beta
+    return make_model(nodes, [vi("X", ["N", n_in])], [vi("Y", None)], inits), W, b
+
+
+def matmul_add_model(rng, n_in, n_out, pre_relu=False):
+    """X → [Relu] → MatMul → Add(bias) → Y (the dense form tf2onnx and Keras produce)."""
+    W = rng.standard_normal((n_in, n_out)).astype(np.float32)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    nodes, src = [], "X"
+    if pre_relu:
+        nodes.append(helper.make_node("Relu", ["X"], ["Xr"], name="relu_in"))
+        src = "Xr"
+    nodes += [helper.make_node("MatMul", [src, "W"], ["M"], name="matmul"),
+              helper.make_node("Add", ["M", "b"], ["Y"], name="bias_add")]
+    return make_model(nodes, [vi("X", ["N", n_in])], [vi("Y", None)], {"W": W, "b": b}), W, b
+
+
+def pool_model(op, x_shape, **attrs):
+    """X → Relu → op → Y (pools see non-negative inputs, as in a CNN)."""
+    nodes = [helper.make_node("Relu", ["X"], ["Xr"], name="relu_in"),
+             helper.make_node(op, ["Xr"], ["Y"], name="pool", **attrs)]
+    return make_model(nodes, [vi("X", ["N", *x_shape[1:]])], [vi("Y", None)])
+
+
+def residual_model(rng, x_shape):
+    """Y = Add(Relu(X), Conv1x1(X)) — a residual merge of two branches."""
+    C = x_shape[1]
+    w = rng.standard_normal((C, C, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Relu", ["X"], ["A"], name="relu"),
+             helper.make_node("Conv", ["X", "W"], ["Cv"], name="conv", kernel_shape=[1, 1]),
+             helper.make_node("Add", ["A", "Cv"], ["Y"], name="add")]
+    return make_model(nodes, [vi("X", ["N", *x_shape[1:]])], [vi("Y", None)], {"W": w}), w
+
+
+def concat_model(rng, x_shape, k1, k2):
+    """Y = Concat(Conv3x3_a(X), Conv3x3_b(X)) along channels."""
+    C = x_shape[1]
+    wa = rng.standard_normal((k1, C, 3, 3)).astype(np.float32)
+    wb = rng.standard_normal((k2, C, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["X", "Wa"], ["Ya"], name="conv_a", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["X", "Wb"], ["Yb"], name="conv_b", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["Ya", "Yb"], ["Y"], name="concat", axis=1)]
+    return make_model(nodes, [vi("X", ["N", *x_shape[1:]])], [vi("Y", None)], {"Wa": wa, "Wb": wb}), wa, wb
+
+
+def small_cnn(rng, bias=True, bn=False, softmax=False, classes=5):
+    """A VGG-like CNN: Conv-[BN]-Relu-MaxPool-Conv-Relu-Flatten-Gemm-Relu-Gemm[-Softmax], 1×3×12×12."""
+    def w(*s):
+        return (rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:]))).astype(np.float32)
+
+    inits = {"W1": w(6, 3, 3, 3), "W2": w(8, 6, 3, 3), "W3": w(16, 8 * 3 * 3), "W4": w(classes, 16)}
+    if bias:
+        inits.update(B1=(rng.standard_normal(6) * 0.1).astype(np.float32),
+                     B2=(rng.standard_normal(8) * 0.1).astype(np.float32),
+                     B3=(rng.standard_normal(16) * 0.1).astype(np.float32),
+                     B4=(rng.standard_normal(classes) * 0.1).astype(np.float32))
+    nb = (lambda k: [k]) if bias else (lambda k: [])
+    nodes = [helper.make_node("Conv", ["X", "W1"] + nb("B1"), ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    src = "c1"
+    if bn:
+        inits.update(g=(1 + 0.3 * rng.standard_normal(6)).astype(np.float32),
+                     be=(0.2 * rng.standard_normal(6)).astype(np.float32),
+                     mu=(0.5 * rng.standard_normal(6)).astype(np.float32),
+                     var=(0.5 + rng.random(6)).astype(np.float32))
+        nodes.append(helper.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["bn1"], name="bn1",
+                                      epsilon=1e-5))
+        src = "bn1"
+    nodes += [
+        helper.make_node("Relu", [src], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "W2"] + nb("B2"), ["c2"], name="conv2", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Flatten", ["r2"], ["f"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["f", "W3"] + nb("B3"), ["d1"], name="fc1", transB=1),
+        helper.make_node("Relu", ["d1"], ["r3"], name="relu3"),
+        helper.make_node("Gemm", ["r3", "W4"] + nb("B4"), ["logits"], name="fc2", transB=1),
+    ]
+    out = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1))
+        out = "probs"
+    return make_model(nodes, [vi("X", ["N", 3, 12, 12])], [vi(out, ["N", classes])], inits), inits

@@ -1,0 +1,150 @@
+"""Plain float64 NumPy references, written for clarity, not speed.
+
+Every linear layer is unrolled into an explicit matrix ``M`` (inputs × outputs) plus a
+connectivity mask, and every LRP rule is written once over that matrix with the formulas
+of DESIGN.md. Tests compare the analyzer's relevance with these on random inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TINY = 1e-9
+
+
+# ----------------------------------------------------------------------------- unrolling
+
+def conv_matrix(w, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1):
+    """Unroll a 2-D convolution of an input (C, H, W) into M of shape (C*H*W, K*oh*ow)."""
+    w = np.asarray(w, np.float64)
+    C, H, W = in_shape
+    K, Cg, kh, kw = w.shape
+    sh, sw = strides
+    pt, pl, pb, pr = pads
+    dh, dw = dilations
+    oh = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    M = np.zeros((C * H * W, K * oh * ow))
+    mask = np.zeros_like(M)
+    Kg = K // groups
+    for k in range(K):
+        g = k // Kg
+        for oy in range(oh):
+            for ox in range(ow):
+                col = (k * oh + oy) * ow + ox
+                for cc in range(Cg):
+                    c = g * Cg + cc
+                    for i in range(kh):
+                        for j in range(kw):
+                            iy, ix = oy * sh - pt + i * dh, ox * sw - pl + j * dw
+                            if 0 <= iy < H and 0 <= ix < W:
+                                row = (c * H + iy) * W + ix
+                                M[row, col] += w[k, cc, i, j]
+                                mask[row, col] = 1.0
+    return M, mask, (K, oh, ow)
+
+
+def avgpool_matrix(in_shape, kernel, strides=(1, 1), pads=(0, 0, 0, 0), count_include_pad=False):
+    """Unroll AveragePool (floor mode) into M; the divisor follows ONNX's count_include_pad."""
+    C, H, W = in_shape
+    kh, kw = kernel
+    sh, sw = strides
+    pt, pl, pb, pr = pads
+    oh = (H + pt + pb - kh) // sh + 1
+    ow = (W + pl + pr - kw) // sw + 1
+    M = np.zeros((C * H * W, C * oh * ow))
+    for c in range(C):
+        for oy in range(oh):
+            for ox in range(ow):
+                taps = [(oy * sh - pt + i, ox * sw - pl + j) for i in range(kh) for j in range(kw)]
+                inside = [(y, x) for y, x in taps if 0 <= y < H and 0 <= x < W]
+                if count_include_pad:
+                    n = sum(1 for y, x in taps if -pt <= y < H + pb and -pl <= x < W + pr)
+                else:
+                    n = len(inside)
+                for y, x in inside:
+                    M[(c * H + y) * W + x, (c * oh + oy) * ow + ox] = 1.0 / n
+    return M, (M != 0).astype(float), (C, oh, ow)
+
+
+# ----------------------------------------------------------------------------- rules
+
+def _div(r, z, eps):
+    d = z + eps * np.where(z >= 0, 1.0, -1.0)
+    return np.where(d != 0, r / np.where(d != 0, d, 1.0), 0.0)
+
+
+def lrp_linear(rule: str, a, M, b, r, mask=None, gamma=0.25, eps=0.0, alpha=2.0, beta=1.0,
+               low=None, high=None):
+    """Input relevance of ``z = a @ M + b`` for one sample (a: (I,), r: (O,))."""
+    a = np.asarray(a, np.float64)
+    M = np.asarray(M, np.float64)
+    b = np.zeros(M.shape[1]) if b is None else np.asarray(b, np.float64)
+    r = np.asarray(r, np.float64)
+    mask = (M != 0).astype(float) if mask is None else mask
+    if rule in ("zero", "epsilon"):
+        Z = a[:, None] * M
+        return (Z * _div(r, Z.sum(0) + b, eps)[None, :]).sum(1)
+    if rule == "gamma":
+        Mg = M + gamma * np.maximum(M, 0)
+        bg = b + gamma * np.maximum(b, 0)
+        Z = a[:, None] * Mg
+        return (Z * _div(r, Z.sum(0) + bg, TINY)[None, :]).sum(1)
+    if rule in ("zplus", "alphabeta"):
+        if rule == "zplus":
+            alpha, beta = 1.0, 0.0
+        Z = a[:, None] * M
+        Zp, Zn = np.maximum(Z, 0), np.minimum(Z, 0)
+        zp, zn = Zp.sum(0) + np.maximum(b, 0), Zn.sum(0) + np.minimum(b, 0)
+        return alpha * (Zp * _div(r, zp, 0)[None, :]).sum(1) - beta * (Zn * _div(r, zn, 0)[None, :]).sum(1)
+    if rule == "flat":
+        return (mask * _div(r, mask.sum(0), TINY)[None, :]).sum(1)
+    if rule == "wsquare":
+        Z = M * M
+        return (Z * _div(r, Z.sum(0), TINY)[None, :]).sum(1)
+    if rule == "zbox":
+        Z = a[:, None] * M - low[:, None] * np.maximum(M, 0) - high[:, None] * np.minimum(M, 0)
+        return (Z * _div(r, Z.sum(0), TINY)[None, :]).sum(1)
+    raise ValueError(rule)
+
+
+def maxpool_wta(x, r, kernel, strides, pads=(0, 0, 0, 0)):
+    """Winner-take-all: each pooled relevance goes to the first maximum of its window."""
+    N, C, H, W = x.shape
+    kh, kw = kernel
+    sh, sw = strides
+    pt, pl = pads[:2]
+    out = np.zeros(x.shape)
+    oh, ow = r.shape[2:]
+    for n in range(N):
+        for c in range(C):
+            for oy in range(oh):
+                for ox in range(ow):
+                    best, where = -np.inf, None
+                    for i in range(kh):
+                        for j in range(kw):
+                            y, xx = oy * sh - pt + i, ox * sw - pl + j
+                            if 0 <= y < H and 0 <= xx < W and x[n, c, y, xx] > best:
+                                best, where = x[n, c, y, xx], (y, xx)
+                    out[n, c, where[0], where[1]] += r[n, c, oy, ox]
+    return out
+
+
+def relu_net_gradient_x_input(layers, x, target):
+    """Gradient × input of ``logits[target]`` for a bias-free chain of (matrix, relu?) layers.
+
+    ``layers`` is a list of (M, apply_relu); ``x`` is one flattened sample.
+    """
+    acts, masks = [np.asarray(x, np.float64)], []
+    h = acts[0]
+    for M, relu in layers:
+        z = h @ M
+        m = (z > 0).astype(float) if relu else np.ones_like(z)
+        masks.append(m)
+        h = z * m
+        acts.append(h)
+    g = np.zeros_like(h)
+    g[target] = 1.0
+    for (M, _), m in zip(layers[::-1], masks[::-1]):
+        g = (g * m) @ M.T
+    return g * acts[0]

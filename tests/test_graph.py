@@ -1,0 +1,207 @@
+"""Graph walking and canonicalisation: folding keeps the function, every op is explained or named."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from lrpath_onnx import Analyzer, ModelError, UnsupportedOpError
+from lrpath_onnx.graph.canonical import build_layer_graph
+from lrpath_onnx.graph.loader import load_model
+from lrpath_onnx.plan.planner import make_plan
+from tests import models
+from tests.canonical import canonical_forward
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LIGHT = sorted(glob.glob(os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/*.onnx")))
+
+
+def graph_of(path):
+    return build_layer_graph(load_model(path))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batchnorm_folding_keeps_logits(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    model, _ = models.small_cnn(rng, bn=True)
+    path = models.save(model, tmp_path / "bn.onnx")
+    an = Analyzer(path)
+    conv1 = an.graph.find("conv1")
+    assert conv1.nodes == ["conv1", "bn1"] and conv1.output == "bn1"
+    assert "BatchNormalization" not in {l.op for l in an.graph}
+    x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_trailing_softmax_dropout_identity_are_stripped(tmp_path):
+    rng = np.random.default_rng(0)
+    model, _ = models.small_cnn(rng, softmax=True)
+    g = model.graph
+    # put an Identity and a Dropout in the middle
+    for node in g.node:
+        if node.name == "fc1":
+            node.output[0] = "d1_raw"
+    g.node.insert(7, helper.make_node("Dropout", ["d1_raw"], ["d1_drop"], name="drop"))
+    g.node.insert(8, helper.make_node("Identity", ["d1_drop"], ["d1"], name="ident"))
+    path = models.save(model, tmp_path / "sm.onnx")
+    graph = graph_of(path)
+    assert graph.output == "logits" and graph.stripped == ["softmax"]
+    assert not {"Dropout", "Identity", "Softmax"} & {l.op for l in graph}
+    assert graph.find("relu3").inputs == ["d1_raw"]
+
+
+def test_all_unsupported_ops_are_named_at_once(tmp_path):
+    nodes = [helper.make_node("LRN", ["X"], ["n1"], name="norm1", size=3),
+             helper.make_node("Sigmoid", ["n1"], ["s"], name="gate"),
+             helper.make_node("Relu", ["s"], ["Y"], name="relu")]
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 4, 4])], [models.vi("Y", None)]),
+                       tmp_path / "u.onnx")
+    with pytest.raises(UnsupportedOpError) as err:
+        graph_of(path)
+    assert "LRN at 'norm1'" in str(err.value) and "Sigmoid at 'gate'" in str(err.value)
+    collected: list = []
+    graph = build_layer_graph(load_model(path), collect=collected)
+    assert {(e.op_type, e.node) for e in collected} == {("LRN", "norm1"), ("Sigmoid", "gate")}
+    assert [l.name for l in graph] == ["relu"]
+
+
+def test_mid_graph_softmax_and_dynamic_mul_are_unsupported(tmp_path):
+    nodes = [helper.make_node("Softmax", ["X"], ["s"], name="attn", axis=1),
+             helper.make_node("Mul", ["s", "X"], ["Y"], name="gate")]
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 6])], [models.vi("Y", None)]),
+                       tmp_path / "u.onnx")
+    with pytest.raises(UnsupportedOpError) as err:
+        graph_of(path)
+    assert "Mul at 'gate'" in str(err.value)
+
+
+def test_cycle_and_dangling_inputs_are_model_errors(tmp_path):
+    nodes = [helper.make_node("Relu", ["X", ], ["a"], name="r1"),
+             helper.make_node("Add", ["a", "c"], ["b"], name="add"),
+             helper.make_node("Relu", ["b"], ["c"], name="r2")]
+    cyc = models.save(models.make_model(nodes, [models.vi("X", ["N", 3])], [models.vi("c", None)]), tmp_path / "c.onnx")
+    with pytest.raises(ModelError, match="cycle"):
+        graph_of(cyc)
+    nodes = [helper.make_node("Add", ["X", "ghost"], ["Y"], name="add")]
+    dang = models.save(models.make_model(nodes, [models.vi("X", ["N", 3])], [models.vi("Y", None)]), tmp_path / "d.onnx")
+    with pytest.raises(ModelError, match="ghost"):
+        graph_of(dang)
+
+
+def _keras_like(rng):
+    """What tf2onnx makes of a Keras CNN: NHWC input scaled in-graph, Transpose, Conv,
+    Relu, Transpose back, Reshape, MatMul+Add, BN folded to Mul+Add, Softmax."""
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    wd = rng.standard_normal((6 * 6 * 4, 5)).astype(np.float32)
+    inits = {"s255": np.array(1 / 255, np.float32), "mean": np.array([0.4, 0.5, 0.6], np.float32),
+             "W": w, "Bc": rng.standard_normal(4).astype(np.float32), "Wd": wd,
+             "bd": rng.standard_normal(5).astype(np.float32),
+             "bn_s": (1 + 0.2 * rng.standard_normal(5)).astype(np.float32),
+             "bn_t": (0.1 * rng.standard_normal(5)).astype(np.float32),
+             "shape": np.array([-1, 6 * 6 * 4], np.int64)}
+    nodes = [helper.make_node("Mul", ["X", "s255"], ["xs"], name="scale"),
+             helper.make_node("Sub", ["xs", "mean"], ["xc"], name="center"),
+             helper.make_node("Transpose", ["xc"], ["xt"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "W", "Bc"], ["c"], name="conv", kernel_shape=[3, 3], strides=[2, 2],
+                              auto_pad="SAME_UPPER"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Transpose", ["r"], ["rt"], name="to_nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["rt", "shape"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "Wd"], ["m"], name="dense"),
+             helper.make_node("Add", ["m", "bd"], ["d"], name="dense_bias"),
+             helper.make_node("Mul", ["d", "bn_s"], ["bm"], name="bn_mul"),
+             helper.make_node("Add", ["bm", "bn_t"], ["logits"], name="bn_add"),
+             helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1)]
+    return models.make_model(nodes, [models.vi("X", ["N", 12, 12, 3])], [models.vi("probs", ["N", 5])], inits, opset=13)
+
+
+def test_nhwc_tf2onnx_style_graph_is_explained_end_to_end(tmp_path):
+    rng = np.random.default_rng(3)
+    path = models.save(_keras_like(rng), tmp_path / "keras.onnx")
+    an = Analyzer(path, low=0.0, high=255.0)
+    dense = an.graph.find("dense")
+    assert dense.nodes == ["dense", "dense_bias", "bn_mul", "bn_add"] and dense.output == "logits"
+    assert an.graph.find("conv").attrs["pads"] == [0, 0, 1, 1]  # SAME_UPPER, 12 → 6 with stride 2
+    assert [e.rule.name for e in an.plan().entries if e.layer.kind == "linear"] == ["zbox", "epsilon"]
+    x = (rng.random((2, 12, 12, 3)) * 255).astype(np.float32)
+    np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["logits"], rtol=1e-4, atol=1e-4)
+    exp = an.explain(x)
+    assert exp.relevance.shape == x.shape and np.isfinite(exp.relevance).all()
+    assert exp.bounds_violation == 0.0
+
+
+def test_zbox_bounds_follow_in_graph_normalisation(tmp_path):
+    """The same conv explained behind in-graph scaling (bounds 0..255) and on pre-normalised
+    input (bounds carried by hand) gives the same relevance."""
+    rng = np.random.default_rng(4)
+    full = _keras_like(rng)
+    path = models.save(full, tmp_path / "keras.onnx")
+    an = Analyzer(path, low=0.0, high=255.0, rules=["*=zero", "conv=zbox"])
+    x = (rng.random((1, 12, 12, 3)) * 255).astype(np.float32)
+    exp = an.explain(x, target=2)
+    # cut the graph after the normalisation: input = xt (NCHW, normalised)
+    mean = np.array([0.4, 0.5, 0.6], np.float32).reshape(1, 3, 1, 1)
+    onnx.utils.extract_model(str(path), str(tmp_path / "tail.onnx"), ["xt"], ["probs"])
+    tail = Analyzer(tmp_path / "tail.onnx", low=0.0 - mean, high=1.0 - mean, rules=["*=zero", "conv=zbox"])
+    xt = (x * np.float32(1 / 255)).transpose(0, 3, 1, 2) - mean
+    exp2 = tail.explain(xt, target=2)
+    np.testing.assert_allclose(exp.relevance.transpose(0, 3, 1, 2), exp2.relevance, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["torch_cnn_bn", "torch_cnn_bn_unfolded", "torch_resnet_block",
+                                  "torch_dense_bias_free", "torch_mlp_softmax"])
+def test_pytorch_exports_keep_logits_and_explain(name):
+    data = np.load(FIXTURES / f"{name}.npz")
+    an = Analyzer(FIXTURES / f"{name}.onnx")
+    x = data["x"]
+    want = data["pre_softmax"] if "pre_softmax" in data else data["logits"]
+    np.testing.assert_allclose(canonical_forward(an.graph, x), want, rtol=1e-4, atol=1e-5)
+    exp = an.explain(x)
+    assert exp.targets == [int(t) for t in data["target"]]
+    for i in range(len(x)):
+        c = exp.conservation(i)
+        assert c["output_relevance"] == pytest.approx(float(want[i, exp.targets[i]]), rel=1e-5)
+        assert np.isfinite(c["input_relevance"])
+    if name == "torch_cnn_bn_unfolded":
+        assert any("BatchNormalization" in n or len(l.nodes) > 1 for l in an.graph for n in l.nodes)
+        assert "BatchNormalization" not in {l.op for l in an.graph}
+    if name == "torch_mlp_softmax":
+        assert an.graph.stripped and an.graph.output != an.model.proto.graph.output[0].name
+
+
+def test_pytorch_bias_free_lrp0_equals_autograd_gradient_times_input():
+    data = np.load(FIXTURES / "torch_dense_bias_free.npz")
+    an = Analyzer(FIXTURES / "torch_dense_bias_free.onnx", rules=["*=zero"])
+    exp = an.explain(data["x"], target=list(data["target"]))
+    gxi = data["grad_x_input"]
+    np.testing.assert_allclose(exp.relevance, gxi, rtol=1e-4, atol=1e-5 * np.abs(gxi).max())
+
+
+def test_flat_everywhere_conserves_through_residual_depthwise_concat():
+    an = Analyzer(FIXTURES / "torch_resnet_block.onnx", rules=["*=flat"])
+    data = np.load(FIXTURES / "torch_resnet_block.npz")
+    exp = an.explain(data["x"])
+    for i in range(len(data["x"])):
+        assert exp.conservation(i)["ratio"] == pytest.approx(1.0, abs=1e-4)
+    ops = {l.op for l in an.graph}
+    assert {"Conv", "Add", "Clip", "Concat", "AveragePool", "Gemm"} <= ops
+
+
+@pytest.mark.parametrize("path", LIGHT, ids=[os.path.basename(p) for p in LIGHT])
+def test_onnx_light_models_load_and_plan(path):
+    model = load_model(path)
+    collected: list = []
+    graph = build_layer_graph(model, collect=collected)
+    plan = make_plan(graph, "epsilon-gamma-box")
+    assert len(plan.entries) == len(graph.layers) > 0
+    if any(op in {n.op_type for n in model.proto.graph.node} for op in ("LRN",)):
+        assert {e.op_type for e in collected} == {"LRN"}
+    else:
+        assert collected == []
+        assert plan.uses("zbox"), "the first conv gets z^B"

@@ -1,0 +1,224 @@
+"""Every rule on every linear layer type equals the float64 NumPy reference (tests/reference.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lrpath_onnx import Analyzer
+from tests import models, reference as ref
+
+RULES = ["zero", "epsilon", "gamma", "zplus", "alphabeta", "flat", "wsquare", "zbox"]
+RULE_TEXT = {"zero": "zero", "epsilon": "epsilon:0.5", "gamma": "gamma:0.25", "zplus": "zplus",
+             "alphabeta": "alphabeta:2,1", "flat": "flat", "wsquare": "wsquare", "zbox": "zbox"}
+RULE_KW = {"epsilon": dict(eps=0.5), "gamma": dict(gamma=0.25), "alphabeta": dict(alpha=2.0, beta=1.0)}
+SEEDS = [0, 1, 2]
+LOW, HIGH = -3.0, 3.0
+
+
+def run(tmp_path, model, layer, rule, x, r, dtype=np.float64, rule_forward="runtime"):
+    path = models.save(model, tmp_path / "m.onnx")
+    an = Analyzer(path, rules=[f"{layer}={RULE_TEXT[rule]}"], low=LOW, high=HIGH, rule_forward=rule_forward)
+    return an, an.relevance_from(x, an.graph.output, r, dtype=dtype)
+
+
+def reference_linear(rule, xs, M, b, rs, mask, relu=False):
+    out = []
+    for x, r in zip(xs, rs):
+        a = x.reshape(-1).astype(np.float64)
+        if relu:
+            a = np.maximum(a, 0)
+        low = np.full(a.shape, LOW if not relu else max(LOW, 0.0))
+        high = np.full(a.shape, HIGH)
+        out.append(ref.lrp_linear(rule, a, M, b, r.reshape(-1).astype(np.float64), mask,
+                                  low=low, high=high, **RULE_KW.get(rule, {})))
+    return np.stack(out).reshape(xs.shape)
+
+
+def assert_close(got, want, rtol=1e-5):
+    scale = max(np.abs(want).max(), 1e-30)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+
+
+CONV_CASES = {
+    "s1p1": dict(strides=(1, 1), pads=(1, 1, 1, 1)),
+    "s2p0": dict(strides=(2, 2), pads=(0, 0, 0, 0)),
+    "s2x1_asym_pad": dict(strides=(2, 1), pads=(1, 0, 2, 1)),
+    "dilation2": dict(dilations=(2, 2), pads=(2, 2, 2, 2)),
+    "groups2": dict(groups=2),
+    "depthwise": dict(groups=4),
+    "groups2_wide": dict(groups=2),
+}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv_rules_match_reference(tmp_path, case, rule, seed):
+    rng = np.random.default_rng(seed)
+    kw = dict(CONV_CASES[case])
+    C = 32 if case == "groups2_wide" else 4
+    k_out = 4 if case == "depthwise" else 6
+    x_shape = (2, C, 9, 7)
+    model, w, b = models.conv_model(rng, x_shape, k_out, **kw)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    geom = dict(strides=kw.get("strides", (1, 1)), pads=kw.get("pads", (1, 1, 1, 1)),
+                dilations=kw.get("dilations", (1, 1)), groups=kw.get("groups", 1))
+    M, mask, out_shape = ref.conv_matrix(w, x_shape[1:], **geom)
+    r = rng.standard_normal((2, *out_shape))
+    _, exp = run(tmp_path, model, "conv", rule, x, r)
+    want = reference_linear(rule, x, M, np.repeat(b.astype(np.float64), out_shape[1] * out_shape[2]), r, mask)
+    assert exp.relevance.dtype == np.float64
+    assert_close(exp.relevance, want)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rule", ["zero", "gamma", "zplus", "alphabeta", "zbox"])
+def test_conv_after_relu_uses_nonnegative_path(tmp_path, rule, seed):
+    rng = np.random.default_rng(seed)
+    model, w, b = models.conv_model(rng, (2, 5, 8, 8), 7, strides=(2, 2), pads=(1, 1, 1, 1), pre_relu=True)
+    x = rng.standard_normal((2, 5, 8, 8)).astype(np.float32)
+    M, mask, out_shape = ref.conv_matrix(w, (5, 8, 8), strides=(2, 2), pads=(1, 1, 1, 1))
+    r = rng.standard_normal((2, *out_shape))
+    an, exp = run(tmp_path, model, "conv", rule, x, r)
+    assert an.graph.find("conv").attrs["nonneg_input"] is True
+    want = reference_linear(rule, x, M, np.repeat(b.astype(np.float64), out_shape[1] * out_shape[2]), r, mask, relu=True)
+    assert_close(exp.relevance, want)
+
+
+@pytest.mark.parametrize("rule_forward", ["runtime", "kernels"])
+@pytest.mark.parametrize("rule", ["gamma", "alphabeta"])
+def test_float32_path_within_float32_rounding(tmp_path, rule, rule_forward):
+    rng = np.random.default_rng(7)
+    model, w, b = models.conv_model(rng, (2, 6, 10, 9), 8, pre_relu=True)
+    x = rng.standard_normal((2, 6, 10, 9)).astype(np.float32)
+    M, mask, out_shape = ref.conv_matrix(w, (6, 10, 9), pads=(1, 1, 1, 1))
+    r = rng.standard_normal((2, *out_shape)).astype(np.float32)
+    _, exp = run(tmp_path, model, "conv", rule, x, r, dtype=np.float32, rule_forward=rule_forward)
+    want = reference_linear(rule, x, M, np.repeat(b.astype(np.float64), out_shape[1] * out_shape[2]), r, mask, relu=True)
+    assert exp.relevance.dtype == np.float32
+    assert_close(exp.relevance, want, rtol=2e-4)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("variant", ["gemm", "gemm_transB_alpha_beta", "matmul_add"])
+def test_dense_rules_match_reference(tmp_path, variant, rule, seed):
+    rng = np.random.default_rng(seed)
+    if variant == "matmul_add":
+        model, W, b = models.matmul_add_model(rng, 11, 7)
+        layer = "matmul"
+    elif variant == "gemm":
+        model, W, b = models.gemm_model(rng, 11, 7)
+        layer = "gemm"
+    else:
+        model, W, b = models.gemm_model(rng, 11, 7, trans_b=1, alpha=0.7, beta=1.3)
+        layer = "gemm"
+    x = rng.standard_normal((3, 11)).astype(np.float32)
+    r = rng.standard_normal((3, 7))
+    an, exp = run(tmp_path, model, layer, rule, x, r)
+    if variant == "matmul_add":
+        assert an.graph.find("matmul").nodes == ["matmul", "bias_add"]  # the bias Add was folded in
+    want = reference_linear(rule, x, np.asarray(W, np.float64), np.asarray(b, np.float64), r, None)
+    assert_close(exp.relevance, want)
+
+
+POOL_CASES = {
+    "avg_k3s2p1_incl": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1),
+    "avg_k3s2p1_excl": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0),
+    "avg_k2s1": dict(kernel_shape=[2, 2], strides=[1, 1]),
+    "avg_k3s2_asym": dict(kernel_shape=[3, 2], strides=[2, 1], pads=[0, 1, 1, 0]),
+}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rule", [r for r in RULES if r != "zbox"])
+@pytest.mark.parametrize("case", list(POOL_CASES))
+def test_average_pool_rules_match_reference(tmp_path, case, rule, seed):
+    rng = np.random.default_rng(seed)
+    attrs = POOL_CASES[case]
+    x_shape = (2, 3, 9, 8)
+    model = models.pool_model("AveragePool", x_shape, **attrs)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    M, mask, out_shape = ref.avgpool_matrix(x_shape[1:], attrs["kernel_shape"], attrs["strides"],
+                                            tuple(attrs.get("pads", (0, 0, 0, 0))),
+                                            bool(attrs.get("count_include_pad", 0)))
+    r = rng.standard_normal((2, *out_shape))
+    an, exp = run(tmp_path, model, "pool", rule, x, r)
+    np.testing.assert_allclose(an.forward(x)["Y"].reshape(2, -1),
+                               np.maximum(x, 0).reshape(2, -1) @ M, rtol=1e-5, atol=1e-6)
+    want = reference_linear(rule, x, M, None, r, mask, relu=True)
+    assert_close(exp.relevance, want)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rule", [r for r in RULES if r != "zbox"])
+def test_global_average_pool_rules_match_reference(tmp_path, rule, seed):
+    rng = np.random.default_rng(seed)
+    x_shape = (2, 5, 7, 6)
+    model = models.pool_model("GlobalAveragePool", x_shape)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    M, mask, _ = ref.avgpool_matrix(x_shape[1:], (7, 6))
+    r = rng.standard_normal((2, 5, 1, 1))
+    _, exp = run(tmp_path, model, "pool", rule, x, r)
+    assert_close(exp.relevance, reference_linear(rule, x, M, None, r, mask, relu=True))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("attrs", [dict(kernel_shape=[2, 2], strides=[2, 2]),
+                                   dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+                                   dict(kernel_shape=[3, 2], strides=[1, 2])],
+                         ids=["k2s2", "k3s2p1_overlap", "k3x2_s1x2"])
+def test_maxpool_winner_take_all(tmp_path, attrs, seed):
+    rng = np.random.default_rng(seed)
+    x_shape = (2, 3, 9, 7)
+    model = models.pool_model("MaxPool", x_shape, **attrs)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    path = models.save(model, tmp_path / "m.onnx")
+    an = Analyzer(path)
+    y = an.forward(x)["Y"]
+    r = rng.standard_normal(y.shape)
+    exp = an.relevance_from(x, "Y", r, dtype=np.float64)
+    want = ref.maxpool_wta(np.maximum(x, 0).astype(np.float64), r, attrs["kernel_shape"], attrs["strides"],
+                           tuple(attrs.get("pads", (0, 0, 0, 0))))
+    assert_close(exp.relevance, want, rtol=1e-12)
+    np.testing.assert_allclose(exp.relevance.sum(), r.sum(), rtol=1e-12)  # WTA conserves exactly
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+def test_residual_add_splits_by_contribution(tmp_path, seed, eps):
+    rng = np.random.default_rng(seed)
+    model, w = models.residual_model(rng, (2, 3, 5, 4))
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    r = rng.standard_normal((2, 3, 5, 4))
+    path = models.save(model, tmp_path / "m.onnx")
+    an = Analyzer(path, rules=[f"add=epsilon:{eps}", "conv=zero"])
+    exp = an.relevance_from(x, "Y", r, dtype=np.float64)
+    M, mask, _ = ref.conv_matrix(w, (3, 5, 4), pads=(0, 0, 0, 0))
+    xf = x.reshape(2, -1).astype(np.float64)
+    want = []
+    for n in range(2):
+        a_relu, a_conv = np.maximum(xf[n], 0), xf[n] @ M
+        z = a_relu + a_conv
+        s = ref._div(r[n].reshape(-1), z, eps)
+        r_conv = ref.lrp_linear("zero", xf[n], M, None, a_conv * s, mask)
+        want.append(a_relu * s + r_conv)
+    assert_close(exp.relevance, np.stack(want).reshape(x.shape))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rule", ["zero", "gamma", "flat"])
+def test_concat_routes_each_slice_to_its_branch(tmp_path, seed, rule):
+    rng = np.random.default_rng(seed)
+    model, wa, wb = models.concat_model(rng, (2, 3, 6, 5), 4, 2)
+    x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    r = rng.standard_normal((2, 6, 6, 5))
+    path = models.save(model, tmp_path / "m.onnx")
+    an = Analyzer(path, rules=[f"conv_*={RULE_TEXT[rule]}"])
+    exp = an.relevance_from(x, "Y", r, dtype=np.float64)
+    Ma, ma, _ = ref.conv_matrix(wa, (3, 6, 5), pads=(1, 1, 1, 1))
+    Mb, mb, _ = ref.conv_matrix(wb, (3, 6, 5), pads=(1, 1, 1, 1))
+    want = (reference_linear(rule, x, Ma, None, r[:, :4], ma)
+            + reference_linear(rule, x, Mb, None, r[:, 4:], mb))
+    assert_close(exp.relevance, want)
