@@ -138,10 +138,7 @@ class Analyzer:
         self.model = load_model(self.model_path)
         self.graph: LayerGraph = build_layer_graph(self.model)
         self._plan = make_plan(self.graph, preset, rules)
-        self.low = np.asarray(low, np.float32)
-        self.high = np.asarray(high, np.float32)
-        if (self.low > self.high).any():
-            raise InputError("z^B bounds: low is above high")
+        self.set_bounds(low, high)
         self._requested_device = device
         self._threads = threads if threads is not None else default_threads()
         if rule_forward not in ("runtime", "kernels"):
@@ -150,6 +147,14 @@ class Analyzer:
         self.cache = WeightCache(self.backend)
         self._extra: set[str] = set()
         self._runtime: ActivationRuntime | None = None
+
+    def set_bounds(self, low: np.ndarray | float, high: np.ndarray | float) -> None:
+        """z^B bounds in the model's input space (broadcastable to the input batch)."""
+        low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        if (np.broadcast_to(low, np.broadcast_shapes(low.shape, high.shape))
+                > np.broadcast_to(high, np.broadcast_shapes(low.shape, high.shape))).any():
+            raise InputError("z^B bounds: low is above high")
+        self.low, self.high = low, high
 
     # ------------------------------------------------------------------ structure
     def plan(self) -> Plan:

@@ -174,9 +174,14 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
             stubbed.add(t.name)
         else:
             new_inits.append(numpy_helper.from_array(np.array(arr), t.name))
+    # A fresh message for the skeleton: protobuf keeps a parsed message's bytes in one arena
+    # until the whole message dies, so clearing fields of the original would free nothing.
+    skeleton = onnx.ModelProto()
     del proto.graph.initializer[:]
-    proto.graph.initializer.extend(new_inits)
-    for t in _all_tensors(proto.graph):
+    skeleton.CopyFrom(proto)
+    del proto
+    skeleton.graph.initializer.extend(new_inits)
+    for t in _all_tensors(skeleton.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:  # Constant attributes with external data
             onnx.external_data_helper.load_external_data_for_tensor(t, str(base))
-    return LoadedModel(path=path, proto=proto, initializers=inits, opset=opset, stubbed=stubbed)
+    return LoadedModel(path=path, proto=skeleton, initializers=inits, opset=opset, stubbed=stubbed)

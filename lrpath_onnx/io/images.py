@@ -20,8 +20,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 
-#: Pillow format names accepted by :func:`load_image` (MPO is how phones save JPEGs).
-FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "TIFF", "WEBP")
+#: Pillow format names accepted by :func:`load_image` (JPEG includes phones' MPO files,
+#: PPM covers pbm/pgm/ppm). Others are refused: some (EPS) would run external programs.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 _WIDE_GRAY = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _GRAY = ("1", "L", "LA", "La") + _WIDE_GRAY
 _ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -33,7 +34,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = 50_000_000) -> Im
     The size is checked from the header before any pixel is decoded, so a small file that
     declares a huge picture (a decompression bomb) costs nothing. Grayscale sources stay
     grayscale so 16-bit data is not squeezed through RGB on its way to a 1-channel model.
-    Accepts png, jpg, bmp, gif (first frame), tiff (first page) and webp; anything
+    Accepts png, jpg, bmp, gif (first frame), tiff (first page), webp and pnm; anything
     missing, a folder, not such an image, truncated or over ``max_pixels`` (width *
     height) raises ``InputError``. The returned image is detached from the file.
     """
@@ -100,7 +101,7 @@ def _scale_to_l(img: Image.Image) -> Image.Image:
         raise InputError("image holds NaN or infinite pixel values")
     lo = min(float(a.min()), 0.0) if a.size else 0.0
     span = (float(a.max()) - lo) if a.size else 0.0
-    out = np.zeros(a.shape) if span == 0 else (a - lo) * (255.0 / span)
+    out = np.zeros(a.shape) if span == 0 else (a - lo) * 255.0 / span
     return Image.fromarray(np.rint(out).astype(np.uint8))
 
 
@@ -317,7 +318,8 @@ def load_npy(path: str | os.PathLike[str], expected_shape: tuple) -> np.ndarray:
     else:
         got, want_s = tuple(arr.shape), _fmt(expected_shape)
         raise InputError(f"{p} has shape {got}, expected {want_s} (batch axis optional)")
-    x = np.array(arr, dtype=np.float32).reshape(shape)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+        x = np.array(arr, dtype=np.float32).reshape(shape)
     del arr  # release the memory map
     if x.size == 0:
         raise InputError(f"{p} holds no values")
@@ -344,5 +346,5 @@ def tensor_display(x: np.ndarray, layout: str, channel_order: str = "rgb") -> np
     else:
         hwc = np.repeat(hwc.mean(axis=2, keepdims=True), 3, axis=2)
     lo, hi = (float(hwc.min()), float(hwc.max())) if hwc.size else (0.0, 0.0)
-    out = np.zeros(hwc.shape) if hi == lo else (hwc - lo) * (255.0 / (hi - lo))
+    out = np.zeros(hwc.shape) if hi == lo else (hwc - lo) * 255.0 / (hi - lo)
     return np.rint(out).astype(np.uint8)

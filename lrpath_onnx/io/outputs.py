@@ -189,7 +189,7 @@ def write_npy(path: str | os.PathLike[str], arr: np.ndarray) -> Path:
     return final
 
 
-def clean_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+def clean_temporaries(folder: str | os.PathLike[str], depth: int = 1) -> list[Path]:
     """Remove temporary files left by killed runs; return what was removed.
 
     Files written by a process that is still alive (another run into the same folder,
@@ -199,6 +199,9 @@ def clean_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     ----------
     folder : str or PathLike
         The output folder; a missing folder has nothing to clean.
+    depth : int
+        How many levels of sub-folders to visit too (a run writes one sub-folder per
+        input); bounded so that ``--out ~`` does not walk a whole home directory.
 
     Returns
     -------
@@ -209,7 +212,11 @@ def clean_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         return []
     removed = []
-    for entry in root.glob(".*.tmp-*"):
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            if depth > 0:
+                removed.extend(clean_temporaries(entry, depth - 1))
+            continue
         match = _TEMP_NAME.match(entry.name)
         if match is None or not entry.is_file() or _alive(int(match.group(1))):
             continue

@@ -1,0 +1,138 @@
+"""``lrpath bench MODEL``: stage timings against onnxruntime's own forward pass, same run."""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..api import Analyzer
+from ..errors import InputError
+from ..io.outputs import write_json
+from .options import model_options
+
+
+def cache_dir() -> Path:
+    """Where built models go (``LRPATH_CACHE`` or ~/.cache/lrpath-onnx)."""
+    return Path(os.environ.get("LRPATH_CACHE", Path.home() / ".cache" / "lrpath-onnx"))
+
+
+def resolve_model(name: str) -> Path:
+    """A model path, or ``vgg16`` for VGG16 with seeded random weights (built once, cached)."""
+    if name != "vgg16":
+        return Path(name)
+    from ..models.vgg16 import export_vgg16
+
+    path = cache_dir() / "vgg16-random-seed0.onnx"
+    if not path.exists():
+        click.echo(f"building VGG16 (random weights, seed 0) into {path} …", err=True)
+        export_vgg16(path, seed=0)
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine() -> dict:
+    import numba
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__, "numba": numba.__version__}
+
+
+def _median(ts: list[float]) -> float:
+    return float(np.median(ts))
+
+
+@click.command()
+@click.argument("model")
+@model_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--runs", type=click.IntRange(min=5), default=5, show_default=True, help="Timed runs per stage (≥ 5).")
+@click.option("--warmup", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--rule-forward", type=click.Choice(["runtime", "kernels"]), default="runtime", show_default=True,
+              help="Where γ/z⁺/αβ modified forwards run: extra onnxruntime nodes, or numba/BLAS kernels.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write the results as JSON here (default: bench-<model>-b<B>.json in the current folder).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input batch.")
+def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, json_path, seed):
+    """Time explain stages on MODEL (a path, or 'vgg16') and compare with onnxruntime's forward.
+
+    Stages: onnxruntime forward (a plain session, as a user would run the model), forward
+    with activations (the analyzer's session), backward, total. Reported as median seconds
+    per image and as ratios to the plain forward, all measured in this run; plus peak RSS.
+    """
+    import onnxruntime as ort
+
+    path = resolve_model(model)
+    t0 = time.perf_counter()
+    an = Analyzer(path, preset=preset, rules=rules, device=device, rule_forward=rule_forward)
+    shape = tuple(batch_size if i == 0 else d for i, d in enumerate(an.input_shape))
+    if any(d is None for d in shape):
+        raise InputError(f"model input {an.input_shape} has unknown dims; bench needs a fixed input size")
+    x = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    first = an.explain(x)
+    first_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        an.explain(x)
+    rss_explain = peak_rss_mb()
+
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {plain.get_inputs()[0].name: x}
+    for _ in range(warmup):
+        plain.run(None, feed)
+    t_plain, t_fwd, t_bwd, t_total = [], [], [], []
+    for _ in range(runs):  # interleaved, so drift hits every stage alike
+        t = time.perf_counter()
+        plain.run(None, feed)
+        t_plain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        an.forward(x)
+        t_fwd.append(time.perf_counter() - t)
+        e = an.explain(x)
+        t_bwd.append(e.timings_s["backward"])
+        t_total.append(e.timings_s["total"])
+    del plain
+    gc.collect()
+    base = _median(t_plain) / batch_size
+    stages = []
+    for name, ts in (("onnxruntime_forward", t_plain), ("forward_with_activations", t_fwd),
+                     ("backward", t_bwd), ("explain_total", t_total)):
+        per = _median(ts) / batch_size
+        stages.append({"stage": name, "median_s_per_image": per, "ratio_to_ort_forward": per / base,
+                       "runs": len(ts)})
+    result = {"machine": machine(), "model": str(path), "input_shape": list(shape), "batch_size": batch_size,
+              "preset": preset, "rules": list(rules), "rule_forward": rule_forward, "provider": first.provider,
+              "device": an.device, "warmup": warmup, "stages": stages,
+              "peak_rss_mb_explain": rss_explain, "first_explain_s_incl_load": first_s,
+              "conservation_ratio_sample0": first.conservation(0)["ratio"]}
+    click.echo(f"{path.name}  batch {batch_size}  preset {preset}  provider {first.provider}  "
+               f"({result['machine']['cpu']}, {result['machine']['cores']} cores)")
+    click.echo(f"{'stage':28s} {'s/image':>10s} {'x ort fwd':>10s}")
+    for s in stages:
+        click.echo(f"{s['stage']:28s} {s['median_s_per_image']:10.4f} {s['ratio_to_ort_forward']:10.2f}")
+    click.echo(f"peak RSS {rss_explain:.0f} MB (explain only, before the plain session)   "
+               f"first explain incl. load {first_s:.2f} s")
+    json_path = json_path or Path(f"bench-{path.stem}-b{batch_size}.json")
+    write_json(json_path, result)
+    click.echo(f"wrote {json_path}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,53 @@
+"""Options shared by several subcommands, and their parsing into checked values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from ..plan.planner import PRESETS
+
+
+def floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    """``"0.485,0.456,0.406"`` → a tuple; one clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{name} '{text}': expected comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+    if not vals or any(v != v or v in (float("inf"), float("-inf")) for v in vals):
+        raise InputError(f"{name} '{text}': values must be finite numbers")
+    return vals
+
+
+def size(text: str | None) -> tuple[int, int] | None:
+    """``"224"`` or ``"224,192"`` (height, width)."""
+    if text is None:
+        return None
+    try:
+        parts = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--size '{text}': expected H or H,W in pixels") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise InputError(f"--size '{text}': expected one or two positive integers")
+    return (parts[0], parts[-1])
+
+
+def model_options(fn):
+    """--preset, --rule, --device: how the model is explained."""
+    fn = click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+                      help="Where the backward kernels run (cuda needs the CUDA kernels and a GPU).")(fn)
+    fn = click.option("--rule", "rules", multiple=True, metavar="PATTERN=RULE[:PARAM]",
+                      help="Override the preset for layers whose name (glob) or index matches; "
+                           "repeatable, applied in order. E.g. 'features.0=zbox', '*=epsilon:0.25'.")(fn)
+    fn = click.option("--preset", default="epsilon-gamma-box", show_default=True, metavar="NAME",
+                      help=f"Rule preset: {', '.join(sorted(PRESETS))}.")(fn)
+    return fn
+
+
+def model_path(ctx, param, value):
+    """Click callback: the model argument is a path; checks happen in the loader (one line)."""
+    return Path(value)

@@ -1,0 +1,64 @@
+"""``lrpath plan MODEL``: the rule for every layer, and every op that cannot be explained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import UnsupportedOpError
+from ..graph.canonical import build_layer_graph
+from ..graph.loader import load_model
+from ..plan.planner import PRESETS, make_plan
+from ..plan.rules import SPECS
+from .options import model_options
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")" if shape else "?"
+
+
+def presets_text() -> str:
+    lines = ["presets:"] + [f"  {name:22s} {doc}" for name, (_, doc) in sorted(PRESETS.items())]
+    lines += ["rules (for --rule PATTERN=RULE[:PARAM]):"]
+    for s in SPECS.values():
+        if s.kinds == ("linear",) or "merge" in s.kinds:
+            params = ",".join(f"{p}={d:g}" for p, d in zip(s.params, s.defaults) if d == d)
+            lines.append(f"  {s.name + (':' + params if params else ''):22s} {s.doc}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--presets", "list_presets", is_flag=True, help="List presets and rules, then exit.")
+def plan(model, preset, rules, device, as_json, list_presets):
+    """Print the LRP rule plan of MODEL: index, layer, op, rule, parameters."""
+    if list_presets:
+        click.echo(presets_text())
+        return 0
+    if model is None:
+        raise click.UsageError("missing MODEL (or use --presets)")
+    loaded = load_model(model)
+    unsupported: list[UnsupportedOpError] = []
+    graph = build_layer_graph(loaded, collect=unsupported)
+    p = make_plan(graph, preset, rules)
+    if as_json:
+        click.echo(json.dumps({"model": str(model), "input": graph.input, "input_shape": graph.input_shape,
+                               "output": graph.output, "stripped": graph.stripped, "preset": preset,
+                               "layers": p.to_json(),
+                               "unsupported": [{"op": e.op_type, "node": e.node, "detail": e.detail}
+                                               for e in unsupported]}, indent=2, default=str))
+    else:
+        click.echo(f"model  {model}  (opset {loaded.opset})")
+        click.echo(f"input  {graph.input} {_fmt(graph.input_shape)}   explained output  {graph.output} "
+                   f"{_fmt(graph.output_shape)}" + (f"   (stripped: {', '.join(graph.stripped)})" if graph.stripped else ""))
+        click.echo(f"preset {preset}" + (f"   overrides: {' '.join(rules)}" if rules else "") + "   (* = override)")
+        click.echo(p.table())
+    if unsupported:
+        listed = "; ".join(f"{e.op_type} at '{e.node}'" + (f" ({e.detail})" if e.detail else "") for e in unsupported)
+        raise UnsupportedOpError(unsupported[0].op_type, unsupported[0].node,
+                                 f"{len(unsupported)} unsupported op(s) in all: {listed}")
+    return 0

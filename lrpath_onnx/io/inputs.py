@@ -1,0 +1,78 @@
+"""Command-line inputs (images or ``.npy`` tensors) turned into model inputs, batch by batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import InputError
+from .images import Preprocess, load_image, load_npy, tensor_display
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@dataclass
+class Sample:
+    """One model input with what is needed to write its results."""
+
+    source: Path
+    name: str            # output sub-folder, unique within the run
+    tensor: np.ndarray   # model input without the batch axis
+    display: np.ndarray  # uint8 RGB picture for overlays
+
+
+def check_paths(paths: list[Path]) -> None:
+    """Refuse missing inputs and folders before any work starts."""
+    if not paths:
+        raise InputError("no INPUT given (image files or .npy tensors)")
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"input not found: {p}")
+        if p.is_dir():
+            raise InputError(f"input is a directory, not a file: {p}")
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Output folder names from file stems; repeated stems get ``-2``, ``-3`` …"""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = p.stem or "input"
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return out
+
+
+class InputReader:
+    """Reads inputs for a model: images through ``pre``, ``.npy`` files used as they are."""
+
+    def __init__(self, input_shape: tuple, pre: Preprocess | None, layout: str,
+                 max_pixels: int = 50_000_000) -> None:
+        self.input_shape, self.pre, self.layout, self.max_pixels = input_shape, pre, layout, max_pixels
+
+    def read(self, path: Path, name: str) -> list[Sample]:
+        if path.suffix.lower() == ".npy":
+            x = load_npy(path, self.input_shape)
+            many = x.shape[0] > 1
+            return [Sample(path, f"{name}-{i}" if many else name, x[i],
+                           tensor_display(x[i], self.layout) if x[i].ndim == 3 else np.zeros((1, 1, 3), np.uint8))
+                    for i in range(x.shape[0])]
+        if self.pre is None:
+            raise InputError(f"{path.name}: this model's input {self.input_shape} is not an image; "
+                             "pass a .npy tensor instead")
+        img = load_image(path, self.max_pixels)
+        return [Sample(path, name, self.pre.apply(img), self.pre.display(img))]
+
+    def batches(self, paths: list[Path], batch_size: int) -> Iterator[list[Sample]]:
+        """Samples in groups of ``batch_size`` (a multi-sample .npy is split across groups)."""
+        pending: list[Sample] = []
+        for path, name in zip(paths, unique_names(paths)):
+            pending.extend(self.read(path, name))
+            while len(pending) >= batch_size:
+                yield pending[:batch_size]
+                pending = pending[batch_size:]
+        if pending:
+            yield pending

@@ -1,0 +1,83 @@
+"""What ``lrpath explain`` writes for one input: relevance, pictures, and explanation.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..api import Analyzer, Explanation
+from ..errors import InputError
+from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png
+from .inputs import Sample
+from .outputs import write_json, write_npy
+
+
+def read_labels(path: Path | None, num_classes: int | None) -> list[str] | None:
+    """One class name per line; the file must name every class the model has."""
+    if path is None:
+        return None
+    try:
+        lines = [l.strip() for l in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read labels file {path}: {exc}") from None
+    while lines and not lines[-1]:
+        lines.pop()
+    if num_classes is not None and len(lines) < num_classes:
+        raise InputError(f"labels file {path} has {len(lines)} lines, the model has {num_classes} classes")
+    return lines
+
+
+def top_k(logits: np.ndarray, labels: Sequence[str] | None, k: int = 5) -> list[dict]:
+    """Best ``k`` classes with logit, softmax probability and label."""
+    z = np.asarray(logits, np.float64).reshape(-1)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-z, kind="stable")[:k]
+    return [{"index": int(i), "label": labels[i] if labels else None, "logit": float(z[i]),
+             "probability": float(p[i])} for i in order]
+
+
+def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch_size: int) -> dict:
+    """The explanation.json content for sample ``i`` of a batch."""
+    target = exp.targets[i]
+    logits = exp.logits[i]
+    is_class = isinstance(target, (int, np.integer))
+    return {
+        "model": str(an.model_path),
+        "input": str(sample.source),
+        "target": {"index": int(target), "label": labels[target] if labels and is_class else None}
+        if is_class else {"neuron": str(target)},
+        "logit": float(np.asarray(logits).reshape(-1)[target]) if is_class else None,
+        "top5": top_k(logits, labels) if np.asarray(logits).ndim == 1 else [],
+        "preset": an.plan().preset,
+        "overrides": list(an.plan().overrides),
+        "rules": [{"index": e.layer.index, "name": e.layer.name, "op": e.layer.op, **e.rule.to_json()}
+                  for e in an.plan().entries],
+        "conservation": exp.conservation(i),
+        "zbox_bounds": {"low": np.asarray(an.low).reshape(-1).tolist(),
+                        "high": np.asarray(an.high).reshape(-1).tolist(),
+                        "share_of_input_outside": exp.bounds_violation},
+        "provider": exp.provider,
+        "device": exp.device,
+        "batch_size": batch_size,
+        "timings_s": {k: v / max(len(exp.targets), 1) for k, v in exp.timings_s.items()},
+        "timings_note": "per input: the batch's time divided by its size",
+    }
+
+
+def write_sample(folder: Path, sample: Sample, relevance: np.ndarray, rec: dict, layout: str) -> list[Path]:
+    """Write relevance.npy, heatmap.png, overlay.png and explanation.json into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rel = np.asarray(relevance, np.float32)
+    m = relevance_map(rel, layout) if rel.ndim == 3 else np.asarray(rel, np.float64).reshape(1, -1)
+    scale = 224 if rel.ndim == 3 and min(m.shape) < 224 else None
+    paths = [write_npy(folder / "relevance.npy", rel)]
+    save_png(folder / "heatmap.png", heatmap_rgb(m), scale_to=scale)
+    paths.append(folder / "heatmap.png")
+    if rel.ndim == 3:
+        save_png(folder / "overlay.png", overlay_rgb(sample.display, m), scale_to=scale)
+        paths.append(folder / "overlay.png")
+    paths.append(write_json(folder / "explanation.json", rec))
+    return paths
