@@ -185,17 +185,18 @@ TILE_ELEMENTS = 1 << 20
 
 
 class Workspace:
-    """Reusable scratch buffers, so unfolded blocks are not re-allocated per call."""
+    """Reusable scratch buffers, so large temporaries are not re-allocated (and re-faulted) per call."""
 
     def __init__(self) -> None:
-        self._buf: dict[np.dtype, np.ndarray] = {}
+        self._buf: dict[tuple[str, np.dtype], np.ndarray] = {}
 
-    def get(self, shape: tuple[int, int], dtype) -> np.ndarray:
+    def get(self, shape: tuple[int, ...], dtype, slot: str = "cols") -> np.ndarray:
+        """A C-contiguous array of ``shape``; one buffer per (slot, dtype), grown on demand."""
         dtype = np.dtype(dtype)
-        n = shape[0] * shape[1]
-        buf = self._buf.get(dtype)
+        n = int(np.prod(shape))
+        buf = self._buf.get((slot, dtype))
         if buf is None or buf.size < n:
-            buf = self._buf[dtype] = np.empty(n, dtype)
+            buf = self._buf[(slot, dtype)] = np.empty(n, dtype)
         return buf[:n].reshape(shape)
 
 

@@ -330,7 +330,8 @@ class Analyzer:
             violation = float(((x < lows - 1e-6) | (x > highs + 1e-6)).mean())
         ctx = BackwardContext(fwd=fwd, backend=self.backend, cache=self.cache, batch=n,
                               shapes=self.graph.shapes, bounds=bounds, dtype=x.dtype)
-        prop = propagate(self.graph, self._plan, ctx, start_tensor, start, tuple(keep))
+        with self.backend.threads.blas_single():
+            prop = propagate(self.graph, self._plan, ctx, start_tensor, start, tuple(keep))
         t2 = time.perf_counter()
         return Explanation(
             relevance=np.asarray(self.backend.to_host(prop.input_relevance)),

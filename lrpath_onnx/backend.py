@@ -13,7 +13,9 @@ from .kernels import conv as _conv
 from .kernels import dense as _dense
 from .kernels import elementwise as _ew
 from .kernels import pooling as _pool
+from .kernels import winograd as _wino
 from .kernels.conv import ConvGeometry
+from .threads import ThreadControl
 
 
 class CpuBackend:
@@ -21,15 +23,20 @@ class CpuBackend:
 
     name = "cpu"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: ThreadControl | None = None) -> None:
+        self.threads = threads or ThreadControl()
         self.workspace = _conv.Workspace()
-        self._flipped: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._derived: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
 
-    def _flip(self, w: np.ndarray, groups: int) -> np.ndarray:
-        """``flip_kernel(w)``, computed once per weight array (weights live as long as the cache)."""
-        hit = self._flipped.get(id(w))
+    def _derive(self, w: np.ndarray, kind: str, fn) -> np.ndarray:
+        """``fn(w)`` computed once per weight array and kind (flipped, Winograd-transformed).
+
+        Keyed by identity: the entry holds ``w`` itself, so its id cannot be reused while
+        cached. Weights come from the analyzer's WeightCache and live as long as it does.
+        """
+        hit = self._derived.get((id(w), kind))
         if hit is None or hit[0] is not w:
-            hit = self._flipped[id(w)] = (w, _conv.flip_kernel(w, groups))
+            hit = self._derived[(id(w), kind)] = (w, fn(w))
         return hit[1]
 
     # conversions ---------------------------------------------------------------
@@ -41,15 +48,32 @@ class CpuBackend:
         return x
 
     # kernels ---------------------------------------------------------------------
-    def conv2d(self, x, w, geom: ConvGeometry, bias=None, out_hw=None):
-        return _conv.conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w, x.dtype), geom,
-                            bias, out_hw, self.workspace)
+    def conv2d(self, x, w, geom: ConvGeometry, bias=None, out_hw=None, exact: bool = False):
+        """Convolution; Winograd for stride-1 3x3 layers unless ``exact`` (zeros stay zeros)."""
+        x = np.ascontiguousarray(x)
+        w = np.ascontiguousarray(w, x.dtype)
+        K, _, kh, kw = w.shape
+        if not exact and _wino.applies(kh, kw, geom.strides, geom.dilations, geom.groups):
+            out_hw = out_hw or geom.out_size(x.shape[2], x.shape[3], kh, kw)
+            U = self._derive(w, "winograd", _wino.transform_kernel)
+            return _wino.conv3x3(x, U, geom.pads, out_hw, bias, None, self.workspace, self.threads.matmul)
+        return _conv.conv2d(x, w, geom, bias, out_hw, self.workspace)
 
-    def conv2d_transpose(self, s, w, geom: ConvGeometry, in_hw, mul=None):
+    def conv2d_transpose(self, s, w, geom: ConvGeometry, in_hw, mul=None, exact: bool = False):
+        """Transposed convolution (times ``mul``); Winograd for stride-1 3x3 unless ``exact``."""
+        s = np.ascontiguousarray(s)
         m = None if mul is None else np.ascontiguousarray(mul, s.dtype)
         w = np.ascontiguousarray(w, s.dtype)
-        flipped = self._flip(w, geom.groups) if geom.strides == (1, 1) else None
-        return _conv.conv2d_transpose(np.ascontiguousarray(s), w, geom, in_hw, m, self.workspace, flipped)
+        kh, kw = w.shape[2:]
+        as_conv = _conv.transpose_as_conv(geom, kh, kw)
+        if not exact and as_conv is not None and _wino.applies(kh, kw, as_conv.strides, as_conv.dilations,
+                                                               geom.groups):
+            U = self._derive(w, "winograd_transposed",
+                             lambda a: _wino.transform_kernel(_conv.flip_kernel(a, 1)))
+            return _wino.conv3x3(s, U, as_conv.pads, tuple(in_hw), None, m, self.workspace, self.threads.matmul)
+        flipped = self._derive(w, f"flip{geom.groups}", lambda a: _conv.flip_kernel(a, geom.groups)) \
+            if as_conv is not None else None
+        return _conv.conv2d_transpose(s, w, geom, in_hw, m, self.workspace, flipped)
 
     def dense(self, a, w, bias=None):
         return _dense.dense(a, w, bias)

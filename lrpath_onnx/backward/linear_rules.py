@@ -18,14 +18,21 @@ from ..plan.rules import TINY, Rule
 
 
 class LinearMap(Protocol):
-    """A layer's linear part with exchangeable weights (what each rule needs)."""
+    """A layer's linear part with exchangeable weights (what each rule needs).
+
+    ``exact=True`` asks for products whose exact zeros stay exact zeros (no Winograd
+    convolution): the rules that normalise positive and negative parts separately (z⁺,
+    αβ) or rely on a sum being exactly zero (z^B, flat, w²) need it; LRP-0/ε/γ do not.
+    """
 
     weight: np.ndarray
     bias: np.ndarray | None
 
-    def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray: ...
+    def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+                exact: bool = False) -> np.ndarray: ...
 
-    def transpose(self, s: np.ndarray, w: np.ndarray, mul: np.ndarray | None = None) -> np.ndarray: ...
+    def transpose(self, s: np.ndarray, w: np.ndarray, mul: np.ndarray | None = None,
+                  exact: bool = False) -> np.ndarray: ...
 
 
 #: ρ(w) for each weight variant a rule may ask for.
@@ -114,8 +121,9 @@ class _Forward:
     """Gives a rule its forward terms: precomputed by onnxruntime, else by the kernels."""
 
     def __init__(self, lin: LinearMap, a: np.ndarray, cache: WeightCache, name: str,
-                 terms: Mapping[Term, np.ndarray] | None) -> None:
+                 terms: Mapping[Term, np.ndarray] | None, exact: bool = False) -> None:
         self.lin, self.a, self.cache, self.name, self.terms = lin, a, cache, name, terms or {}
+        self.exact = exact
 
     def weights(self, variant: str, param: float = 0.0):
         return self.cache.get(self.name, self.lin, variant, param, self.a.dtype)
@@ -125,7 +133,7 @@ class _Forward:
         if hit is not None:
             return hit
         w, b = self.weights(term.weight, term.param)
-        return self.lin.forward(_split_input(self.a, term.inp), w, b if term.bias else None)
+        return self.lin.forward(_split_input(self.a, term.inp), w, b if term.bias else None, exact=self.exact)
 
 
 def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
@@ -143,8 +151,9 @@ def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
     nonneg : ``a`` is known to be ≥ 0.
     terms : forward terms already computed (by onnxruntime), keyed by ``Term``.
     """
-    fwd = _Forward(lin, a, cache, layer_name, terms)
     name = rule.name
+    exact = name not in ("zero", "epsilon", "gamma")
+    fwd = _Forward(lin, a, cache, layer_name, terms, exact)
     if name in ("zero", "epsilon"):
         w, b = fwd.weights("id")
         if z is None:
@@ -160,8 +169,8 @@ def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         return _alpha_beta(alpha, beta, fwd, a, r, backend, nonneg)
     if name in ("flat", "wsquare"):
         w, _ = fwd.weights("ones" if name == "flat" else "square")
-        s = backend.stabilised_divide(r, lin.forward(np.ones_like(a), w), TINY)
-        return lin.transpose(s, w)
+        s = backend.stabilised_divide(r, lin.forward(np.ones_like(a), w, exact=True), TINY)
+        return lin.transpose(s, w, exact=True)
     if name == "zbox":
         if bounds is None:
             raise ValueError("zbox needs bounds")
@@ -170,12 +179,13 @@ def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         wp, _ = fwd.weights("pos")
         wn, _ = fwd.weights("neg")
         if z is None:
-            za = lin.forward(a, w)
+            za = lin.forward(a, w, exact=True)
         else:  # onnxruntime's output minus the bias: z^B has no bias term
             za = z if b is None else z - _bias_like(b, z)
-        zb = za - lin.forward(low, wp) - lin.forward(high, wn)
+        zb = za - lin.forward(low, wp, exact=True) - lin.forward(high, wn, exact=True)
         s = backend.stabilised_divide(r, zb, TINY)
-        return lin.transpose(s, w, mul=a) - lin.transpose(s, wp, mul=low) - lin.transpose(s, wn, mul=high)
+        return (lin.transpose(s, w, mul=a, exact=True) - lin.transpose(s, wp, mul=low, exact=True)
+                - lin.transpose(s, wn, mul=high, exact=True))
     raise ValueError(f"rule {name} does not apply to a linear layer")
 
 
@@ -204,9 +214,9 @@ def _alpha_beta(alpha: float, beta: float, fwd: _Forward, a: np.ndarray, r: np.n
         if an is not None:
             z = z + fwd(Term("neg", other, bias=False))
         s = backend.stabilised_divide(r, z, 0.0)
-        out = lin.transpose(s, w_same, mul=ap)
+        out = lin.transpose(s, w_same, mul=ap, exact=True)
         if an is not None and an.any():
-            out = out + lin.transpose(s, w_other, mul=an)
+            out = out + lin.transpose(s, w_other, mul=an, exact=True)
         return out
 
     result = part("pos", "neg", wp, wn)

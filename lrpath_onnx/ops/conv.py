@@ -46,11 +46,11 @@ class ConvMap:
         self.geom: ConvGeometry = layer.attrs["geometry"]
         self.backend, self.in_hw, self.out_hw = backend, in_hw, out_hw
 
-    def forward(self, x, w, b=None):
-        return self.backend.conv2d(x, w, self.geom, b, self.out_hw)
+    def forward(self, x, w, b=None, exact=False):
+        return self.backend.conv2d(x, w, self.geom, b, self.out_hw, exact=exact)
 
-    def transpose(self, s, w, mul=None):
-        return self.backend.conv2d_transpose(s, w, self.geom, self.in_hw, mul)
+    def transpose(self, s, w, mul=None, exact=False):
+        return self.backend.conv2d_transpose(s, w, self.geom, self.in_hw, mul, exact=exact)
 
 
 @register

@@ -17,10 +17,10 @@ class DenseMap:
         self.bias = layer.params.get("bias")
         self.backend = backend
 
-    def forward(self, x, w, b=None):
+    def forward(self, x, w, b=None, exact=False):
         return self.backend.dense(x, w, b)
 
-    def transpose(self, s, w, mul=None):
+    def transpose(self, s, w, mul=None, exact=False):
         return self.backend.dense_transpose(s, w, mul)
 
 

@@ -109,13 +109,13 @@ class PoolMap:
         self.bias = None
         self.ones = np.ones((C, 1, kh, kw), np.float32)
 
-    def forward(self, x, w, b=None):
-        box = self.backend.conv2d(x, self.ones.astype(x.dtype), self.geom, None, self.out_hw)
+    def forward(self, x, w, b=None, exact=False):
+        box = self.backend.conv2d(x, self.ones.astype(x.dtype), self.geom, None, self.out_hw, exact=True)
         return box * w
 
-    def transpose(self, s, w, mul=None):
+    def transpose(self, s, w, mul=None, exact=False):
         return self.backend.conv2d_transpose(s * w, self.ones.astype(s.dtype), self.geom,
-                                             self.in_hw, mul)
+                                             self.in_hw, mul, exact=True)
 
 
 @register

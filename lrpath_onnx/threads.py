@@ -1,0 +1,79 @@
+"""Thread control: one pool for everything the backward pass runs on the CPU.
+
+OpenBLAS's own worker threads keep spinning after each call and halve the speed of the
+numba kernels that follow on a small machine (measured: numba kernels 2x faster with
+single-threaded BLAS on the 2-core CI machine). So during a backward pass BLAS runs
+single-threaded and the backend splits large products over its own thread pool instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_", "openblas_set_num_threads")
+_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+            "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+
+def _openblas():
+    """(get, set) functions of the OpenBLAS numpy uses, or None where it is another BLAS."""
+    try:
+        maps = open("/proc/self/maps").read().splitlines()
+    except OSError:
+        return None
+    libs = sorted({l.split()[-1] for l in maps if "openblas" in l.lower() and l.split()[-1].startswith("/")})
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        get = next((getattr(lib, n) for n in _GETTERS if hasattr(lib, n)), None)
+        put = next((getattr(lib, n) for n in _SETTERS if hasattr(lib, n)), None)
+        if get is not None and put is not None:
+            get.restype = ctypes.c_int
+            put.argtypes = [ctypes.c_int]
+            return get, put
+    return None
+
+
+class ThreadControl:
+    """A pool of ``workers`` threads and a way to make BLAS single-threaded meanwhile."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        np.ones(1) @ np.ones(1)  # make sure numpy's BLAS is loaded before looking for it
+        self.workers = max(1, workers or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                           else os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        self._blas = _openblas()
+
+    @contextlib.contextmanager
+    def blas_single(self):
+        """Within the block numpy's OpenBLAS uses one thread (restored after)."""
+        if self._blas is None or self.pool is None:
+            yield
+            return
+        get, put = self._blas
+        before = get()
+        put(1)
+        try:
+            yield
+        finally:
+            put(before)
+
+    def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Stacked ``a @ b`` into ``out``, the stack split over the pool's threads."""
+        if self.pool is None or a.shape[0] < 2:
+            return np.matmul(a, b, out=out)
+        n = a.shape[0]
+        cuts = np.linspace(0, n, self.workers + 1).astype(int)
+        futures = [self.pool.submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
+                   for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+        for f in futures:
+            f.result()
+        return out

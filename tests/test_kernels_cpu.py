@@ -1,0 +1,149 @@
+"""CPU kernels against plain float64 NumPy (odd shapes, strides, pads, dilations, groups)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lrpath_onnx.backend import CpuBackend
+from lrpath_onnx.kernels import conv as K
+from lrpath_onnx.kernels import winograd as W
+from lrpath_onnx.kernels.elementwise import multiply, sample_sums, stabilised_divide
+from lrpath_onnx.kernels.pooling import unpool
+from tests import reference as ref
+
+SEEDS = [0, 1, 2]
+GEOMS = {
+    "s1p1": ((1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "s2p0": ((2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "s2x1_asym": ((2, 1), (1, 0, 2, 1), (1, 1), 1),
+    "dil2": ((1, 1), (2, 2, 2, 2), (2, 2), 1),
+    "dil2_s2": ((2, 2), (1, 2, 0, 1), (2, 1), 1),
+    "groups3": ((1, 1), (1, 1, 1, 1), (1, 1), 3),
+    "depthwise_s2": ((2, 2), (1, 1, 1, 1), (1, 1), 6),
+    "groups2_wide": ((1, 2), (0, 1, 1, 0), (1, 1), 2),
+}
+
+
+def _case(rng, name, n=2, h=9, w=7):
+    strides, pads, dil, groups = GEOMS[name]
+    C = 32 if name == "groups2_wide" else 6
+    Kc = 6 if name == "depthwise_s2" else 12
+    x = rng.standard_normal((n, C, h, w))
+    wt = rng.standard_normal((Kc, C // groups, 3, 3))
+    return x, wt, K.ConvGeometry(strides, pads, dil, groups)
+
+
+def _ref_conv(x, wt, g):
+    M, _, out = ref.conv_matrix(wt, x.shape[1:], g.strides, g.pads, g.dilations, g.groups)
+    return np.stack([xi.reshape(-1) @ M for xi in x]).reshape((len(x),) + out), M
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", list(GEOMS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_conv_forward_and_transpose_match_unrolled_matrix(name, seed, dtype):
+    rng = np.random.default_rng(seed)
+    x, wt, g = _case(rng, name)
+    want, M = _ref_conv(x, wt, g)
+    be = CpuBackend()
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    for exact in (False, True):
+        got = be.conv2d(x.astype(dtype), wt.astype(dtype), g, exact=exact)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, **tol)
+    s = rng.standard_normal(want.shape)
+    mul = rng.standard_normal(x.shape)
+    want_t = np.stack([(M @ si.reshape(-1)).reshape(x.shape[1:]) for si in s])
+    for exact in (False, True):
+        got_t = be.conv2d_transpose(s.astype(dtype), wt.astype(dtype), g, x.shape[2:], exact=exact)
+        np.testing.assert_allclose(got_t, want_t, **tol)
+        got_m = be.conv2d_transpose(s.astype(dtype), wt.astype(dtype), g, x.shape[2:], mul.astype(dtype), exact=exact)
+        np.testing.assert_allclose(got_m, want_t * mul, **tol)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_direct_and_gemm_paths_agree(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    x, wt, g = _case(rng, "s2x1_asym")
+    gemm = K.conv2d(x, wt, g)
+    monkeypatch.setattr(K, "GEMM_MIN_CHANNELS", 10 ** 6)
+    g2 = K.ConvGeometry(g.strides, g.pads, g.dilations, 2)  # grouped → direct loops
+    wt2 = np.concatenate([wt[:, :3], wt[:, 3:]], axis=0)
+    np.testing.assert_allclose(K.conv2d(x, wt2, g2), _ref_conv(x, wt2, g2)[0], rtol=1e-10, atol=1e-10)
+    monkeypatch.setattr(K, "TILE_ELEMENTS", 50)  # tiny tiles: many bands per sample
+    np.testing.assert_allclose(K.conv2d(x, wt, g), gemm, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("pads,h,w", [((1, 1, 1, 1), 9, 8), ((0, 0, 0, 0), 7, 6), ((2, 1, 0, 2), 5, 5),
+                                      ((1, 1, 1, 1), 1, 1)])
+def test_winograd_matches_direct_convolution(seed, pads, h, w):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 4, h, w))
+    wt = rng.standard_normal((5, 4, 3, 3))
+    b = rng.standard_normal(5)
+    g = K.ConvGeometry((1, 1), pads)
+    oh, ow = g.out_size(h, w, 3, 3)
+    want = _ref_conv(x, wt, g)[0] + b.reshape(1, -1, 1, 1)
+    mul = rng.standard_normal(want.shape)
+    got = W.conv3x3(x, W.transform_kernel(wt), pads, (oh, ow), b, mul)
+    np.testing.assert_allclose(got, want * mul, rtol=1e-10, atol=1e-10)
+
+
+def test_winograd_only_for_stride1_3x3_ungrouped():
+    assert W.applies(3, 3, (1, 1), (1, 1), 1)
+    assert not W.applies(3, 3, (2, 2), (1, 1), 1)
+    assert not W.applies(3, 3, (1, 1), (2, 2), 1)
+    assert not W.applies(3, 3, (1, 1), (1, 1), 2)
+    assert not W.applies(5, 5, (1, 1), (1, 1), 1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_transpose_is_the_adjoint(seed):
+    rng = np.random.default_rng(seed)
+    for name in GEOMS:
+        x, wt, g = _case(rng, name, h=8, w=11)
+        y = K.conv2d(x, wt, g)
+        s = rng.standard_normal(y.shape)
+        lhs = np.sum(y * s)
+        rhs = np.sum(x * K.conv2d_transpose(s, wt, g, x.shape[2:]))
+        assert lhs == pytest.approx(rhs, rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("eps", [0.0, 1e-3, 0.5])
+def test_stabilised_divide(seed, eps):
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal((3, 5, 7))
+    z = rng.standard_normal((3, 5, 7))
+    z[0, 0, :3] = 0.0
+    want = ref._div(r, z, eps)
+    np.testing.assert_allclose(stabilised_divide(r, z, eps), want, rtol=1e-14)
+    assert np.all(stabilised_divide(r, z, eps)[0, 0, :3] == (0.0 if eps == 0 else r[0, 0, :3] / eps))
+    assert np.isfinite(stabilised_divide(r, np.zeros_like(z), 0.0)).all()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_multiply_and_sample_sums(seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((4, 3, 5, 6)), rng.standard_normal((4, 3, 5, 6))
+    np.testing.assert_array_equal(multiply(a, b), a * b)
+    np.testing.assert_allclose(sample_sums(a), a.reshape(4, -1).sum(1), rtol=1e-12)
+    a[2, 1, 1, 1] = np.nan
+    assert not np.isfinite(sample_sums(a)[2]) and np.isfinite(sample_sums(a)[[0, 1, 3]]).all()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_unpool_scatters_to_switches_and_adds_ties(seed):
+    rng = np.random.default_rng(seed)
+    N, C, H, Wd = 2, 3, 5, 4
+    values = rng.standard_normal((N, C, 3, 3))
+    ys, xs = rng.integers(0, H, values.shape), rng.integers(0, Wd, values.shape)
+    ys[..., 1, 1], xs[..., 1, 1] = ys[..., 0, 0], xs[..., 0, 0]  # overlapping windows pick the same input
+    n, c = np.meshgrid(np.arange(N), np.arange(C), indexing="ij")
+    idx = ((n[..., None, None] * C + c[..., None, None]) * H + ys) * Wd + xs
+    want = np.zeros((N, C, H, Wd))
+    for (a, b, i, j), v in np.ndenumerate(values):
+        want[a, b, ys[a, b, i, j], xs[a, b, i, j]] += v
+    np.testing.assert_allclose(unpool(values, idx, (N, C, H, Wd)), want, rtol=1e-14)
