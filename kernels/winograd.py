@@ -17,8 +17,15 @@ from numba import njit, prange
 
 #: G of F(2, 3): kernel transform U = G g Gᵀ
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-#: transformed blocks larger than this (elements) are split over fewer samples per call.
-BLOCK_ELEMENTS = 1 << 24
+#: a transformed block (16 x channels x tiles) holds at most this many elements; larger
+#: maps are split into bands of tile rows, smaller ones stack several samples.
+BLOCK_ELEMENTS = 1 << 22
+#: slot order of the transform of the 180°-rotated kernel: G·J = P·G with P swapping rows
+#: 0 and 3, so U(rot g)[a, b] = U(g)[p(a), p(b)]; with the (K, C) matrices transposed, one
+#: transformed kernel serves a convolution and its transpose.
+_P = (3, 1, 2, 0)
+SLOTS_FLIPPED = np.array([4 * _P[a] + _P[b] for a in range(4) for b in range(4)], np.int64)
+SLOTS = np.arange(16, dtype=np.int64)
 
 
 def applies(kh: int, kw: int, strides, dilations, groups: int) -> bool:
@@ -27,25 +34,28 @@ def applies(kh: int, kw: int, strides, dilations, groups: int) -> bool:
 
 
 def transform_kernel(w: np.ndarray) -> np.ndarray:
-    """(K, C, 3, 3) → U (16, K, C) with U[4a+b] = (G g Gᵀ)[a, b]."""
+    """(K, C, 3, 3) → U (16, K, C) with U[4a+b] = (G g Gᵀ)[a, b] (float64 maths, w's dtype)."""
     K, C = w.shape[:2]
-    g = G.astype(w.dtype)
-    return np.ascontiguousarray(np.einsum("ai,kcij,bj->abkc", g, w, g).reshape(16, K, C))
+    u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G).reshape(16, K, C)
+    return np.ascontiguousarray(u, w.dtype)
 
 
 @njit(parallel=True, cache=True)
-def input_tiles(x, pt, pl, th, tw, V, col0):
-    """V[:, c, col0 + t] = Bᵀ d B for every 4x4 tile d of ``x`` (C, H, W); zero outside.
+def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio, slots):
+    """V[slots[4i+j], c, col0 + t] = (Bᵀ d B)[i, j] for the 4x4 tiles d of tile rows ty0:ty1.
 
-    Parallel over (channel, tile row). Bᵀ d combines four input rows element-wise
-    (vectorised over the row), then d B combines columns, each of the 16 results written
-    as a contiguous run over the row's tiles.
+    ``x`` is one sample (C, H, W); taps outside it are 0. With ``use_ratio`` the tiles are
+    read from ``x / (z + eps·sign z)`` (0 where that denominator is 0): LRP's stabilised
+    divide done while loading, so the ratio is never written to memory. Parallel over
+    (channel, tile row); Bᵀ d combines four input rows element-wise, then d B combines
+    columns, each result written as a contiguous run over the row's tiles.
     """
     C, H, W = x.shape
     Wp = 2 * tw + 2
-    for cy in prange(C * th):
-        c = cy // th
-        ty = cy % th
+    nrows = ty1 - ty0
+    for cy in prange(C * nrows):
+        c = cy // nrows
+        ty = ty0 + cy % nrows
         rows = np.zeros((4, Wp), x.dtype)
         for i in range(4):
             yy = 2 * ty - pt + i
@@ -53,50 +63,58 @@ def input_tiles(x, pt, pl, th, tw, V, col0):
                 for xx in range(Wp):
                     sx = xx - pl
                     if sx >= 0 and sx < W:
-                        rows[i, xx] = x[c, yy, sx]
+                        if use_ratio:
+                            zi = z[c, yy, sx]
+                            den = zi + eps if zi >= 0.0 else zi - eps
+                            rows[i, xx] = x[c, yy, sx] / den if den != 0.0 else 0.0
+                        else:
+                            rows[i, xx] = x[c, yy, sx]
         t = np.empty((4, Wp), x.dtype)
         for xx in range(Wp):  # Bᵀ d over rows
             t[0, xx] = rows[0, xx] - rows[2, xx]
             t[1, xx] = rows[1, xx] + rows[2, xx]
             t[2, xx] = rows[2, xx] - rows[1, xx]
             t[3, xx] = rows[1, xx] - rows[3, xx]
-        base = col0 + ty * tw
+        base = col0 + (ty - ty0) * tw
         for i in range(4):  # (Bᵀ d) B over columns
+            s0, s1, s2, s3 = slots[4 * i], slots[4 * i + 1], slots[4 * i + 2], slots[4 * i + 3]
             for tx in range(tw):
                 q = 2 * tx
-                V[4 * i + 0, c, base + tx] = t[i, q] - t[i, q + 2]
+                V[s0, c, base + tx] = t[i, q] - t[i, q + 2]
             for tx in range(tw):
                 q = 2 * tx
-                V[4 * i + 1, c, base + tx] = t[i, q + 1] + t[i, q + 2]
+                V[s1, c, base + tx] = t[i, q + 1] + t[i, q + 2]
             for tx in range(tw):
                 q = 2 * tx
-                V[4 * i + 2, c, base + tx] = t[i, q + 2] - t[i, q + 1]
+                V[s2, c, base + tx] = t[i, q + 2] - t[i, q + 1]
             for tx in range(tw):
                 q = 2 * tx
-                V[4 * i + 3, c, base + tx] = t[i, q + 1] - t[i, q + 3]
+                V[s3, c, base + tx] = t[i, q + 1] - t[i, q + 3]
 
 
 @njit(parallel=True, cache=True)
-def output_tiles(M, oh, ow, tw, col0, out, bias, use_bias, mul, use_mul):
-    """out (K, oh, ow) = Aᵀ m A of each tile m = M[:, k, col0 + t]; then + bias, × mul.
+def output_tiles(M, oh, ow, ty0, ty1, tw, col0, out, bias, use_bias, mul, use_mul, slots):
+    """out[k, rows of ty0:ty1] = Aᵀ m A of each tile m[i, j] = M[slots[4i+j], k, col0 + t].
 
-    Parallel over (output channel, tile row); every step runs over the row's tiles.
+    Then + bias, × mul. Parallel over (output channel, tile row); every step runs over the
+    row's tiles.
     """
     K = out.shape[0]
-    th = (oh + 1) // 2
-    for ky in prange(K * th):
-        k = ky // th
-        ty = ky % th
-        base = col0 + ty * tw
+    nrows = ty1 - ty0
+    for ky in prange(K * nrows):
+        k = ky // nrows
+        ty = ty0 + ky % nrows
+        base = col0 + (ty - ty0) * tw
         b = bias[k] if use_bias else 0.0
         s0 = np.empty((4, tw), M.dtype)
         s1 = np.empty((4, tw), M.dtype)
         for j in range(4):  # Aᵀ m: s0_j = m0j + m1j + m2j, s1_j = m1j - m2j - m3j
+            r0, r1, r2, r3 = slots[j], slots[4 + j], slots[8 + j], slots[12 + j]
             for tx in range(tw):
-                m1 = M[4 + j, k, base + tx]
-                m2 = M[8 + j, k, base + tx]
-                s0[j, tx] = M[j, k, base + tx] + m1 + m2
-                s1[j, tx] = m1 - m2 - M[12 + j, k, base + tx]
+                m1 = M[r1, k, base + tx]
+                m2 = M[r2, k, base + tx]
+                s0[j, tx] = M[r0, k, base + tx] + m1 + m2
+                s1[j, tx] = m1 - m2 - M[r3, k, base + tx]
         y = 2 * ty
         for r in range(2):
             if y + r >= oh:
@@ -115,36 +133,55 @@ def output_tiles(M, oh, ow, tw, col0, out, bias, use_bias, mul, use_mul):
                     out[k, y + r, x + 1] = v
 
 
+def _blocks(n: int, th: int, tw: int, channels: int):
+    """(first sample, last sample, first tile row, last tile row) per block of work."""
+    per_row = 16 * channels * tw
+    rows = max(1, BLOCK_ELEMENTS // per_row)
+    if rows >= th:  # whole samples fit: stack as many as the block holds
+        per = max(1, min(n, rows // th))
+        for lo in range(0, n, per):
+            yield lo, min(n, lo + per), 0, th
+    else:
+        for i in range(n):
+            for r0 in range(0, th, rows):
+                yield i, i + 1, r0, min(th, r0 + rows)
+
+
 def conv3x3(x: np.ndarray, U: np.ndarray, pads: tuple[int, int, int, int], out_hw: tuple[int, int],
             bias: np.ndarray | None = None, mul: np.ndarray | None = None, ws=None,
-            matmul=None) -> np.ndarray:
-    """Stride-1 3x3 convolution of ``x`` (N, C, H, W) with transformed kernel ``U`` (16, K, C).
+            matmul=None, ratio: tuple[np.ndarray, float] | None = None,
+            transposed: bool = False) -> np.ndarray:
+    """Stride-1 3x3 convolution of ``x`` (N, C, H, W) with a transformed kernel ``U``.
 
-    Returns (N, K, oh, ow) = conv + ``bias``, times ``mul`` (same shape) when given.
+    ``U`` is ``transform_kernel(w)`` of a (K, C, 3, 3) kernel; with ``transposed`` the same
+    ``U`` computes the convolution with the flipped, channel-swapped kernel — the transpose
+    of the convolution with ``w`` for stride 1 — so a layer's two directions share one
+    transformed kernel. Returns (N, K_out, oh, ow) = conv + ``bias``, × ``mul`` when given.
     ``matmul(a, b, out=)`` runs the 16 stacked products (the backend may split them over
-    threads).
-    Samples are transformed together while the blocks stay under ``BLOCK_ELEMENTS``, so
-    small feature maps still make large matrix products.
+    threads). ``ratio=(z, eps)`` convolves ``x / (z + eps·sign z)`` instead of ``x``.
     """
     N, C, H, W = x.shape
-    K = U.shape[1]
+    Um = U.transpose(0, 2, 1) if transposed else U
+    slots = SLOTS_FLIPPED if transposed else SLOTS
+    K = Um.shape[1]
+    if Um.shape[2] != C:
+        raise ValueError(f"kernel expects {Um.shape[2]} input channels, got {C}")
     oh, ow = out_hw
     th, tw = (oh + 1) // 2, (ow + 1) // 2
-    T = th * tw
     out = np.empty((N, K, oh, ow), x.dtype)
-    per = max(1, min(N, BLOCK_ELEMENTS // (16 * max(C, K) * T)))
-    zero1 = np.zeros(1, x.dtype)
-    zero3 = np.zeros((1, 1, 1), x.dtype)
-    b = zero1 if bias is None else np.ascontiguousarray(bias, x.dtype)
-    for lo in range(0, N, per):
-        hi = min(N, lo + per)
-        cols = (hi - lo) * T
+    none3 = np.zeros((1, 1, 1), x.dtype)
+    b = np.zeros(1, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
+    eps = x.dtype.type(0 if ratio is None else ratio[1])
+    for lo, hi, r0, r1 in _blocks(N, th, tw, max(C, K)):
+        cols = (hi - lo) * (r1 - r0) * tw
         V = ws.get((16, C, cols), x.dtype, "winograd_in") if ws else np.empty((16, C, cols), x.dtype)
         Mt = ws.get((16, K, cols), x.dtype, "winograd_out") if ws else np.empty((16, K, cols), x.dtype)
+        per = (r1 - r0) * tw
         for n in range(lo, hi):
-            input_tiles(x[n], pads[0], pads[1], th, tw, V, (n - lo) * T)
-        (matmul or np.matmul)(U, V, out=Mt)
+            zn = none3 if ratio is None else ratio[0][n]
+            input_tiles(x[n], pads[0], pads[1], r0, r1, tw, V, (n - lo) * per, zn, eps, ratio is not None, slots)
+        (matmul or np.matmul)(Um, V, out=Mt)
         for n in range(lo, hi):
-            output_tiles(Mt, oh, ow, tw, (n - lo) * T, out[n], b, bias is not None,
-                         zero3 if mul is None else mul[n], mul is not None)
+            output_tiles(Mt, oh, ow, r0, r1, tw, (n - lo) * per, out[n], b, bias is not None,
+                         none3 if mul is None else mul[n], mul is not None, slots)
     return out

@@ -131,7 +131,7 @@ class Analyzer:
     def __init__(self, model_path: str | Path, preset: str = "epsilon-gamma-box",
                  rules: Sequence[str] = (), device: str = "cpu",
                  low: np.ndarray | float = 0.0, high: np.ndarray | float = 1.0,
-                 threads: int | None = None, rule_forward: str = "runtime") -> None:
+                 threads: int | None = None, rule_forward: str = "kernels") -> None:
         self.model_path = Path(model_path)
         self.backend = make_backend(device)
         self.device = self.backend.name

@@ -59,8 +59,12 @@ class CpuBackend:
             return _wino.conv3x3(x, U, geom.pads, out_hw, bias, None, self.workspace, self.threads.matmul)
         return _conv.conv2d(x, w, geom, bias, out_hw, self.workspace)
 
-    def conv2d_transpose(self, s, w, geom: ConvGeometry, in_hw, mul=None, exact: bool = False):
-        """Transposed convolution (times ``mul``); Winograd for stride-1 3x3 unless ``exact``."""
+    def conv2d_transpose(self, s, w, geom: ConvGeometry, in_hw, mul=None, exact: bool = False,
+                         ratio=None):
+        """Transposed convolution (times ``mul``); Winograd for stride-1 3x3 unless ``exact``.
+
+        ``ratio=(z, eps)``: transpose ``s / (z + eps·sign z)`` (fused into Winograd's loads).
+        """
         s = np.ascontiguousarray(s)
         m = None if mul is None else np.ascontiguousarray(mul, s.dtype)
         w = np.ascontiguousarray(w, s.dtype)
@@ -68,9 +72,12 @@ class CpuBackend:
         as_conv = _conv.transpose_as_conv(geom, kh, kw)
         if not exact and as_conv is not None and _wino.applies(kh, kw, as_conv.strides, as_conv.dilations,
                                                                geom.groups):
-            U = self._derive(w, "winograd_transposed",
-                             lambda a: _wino.transform_kernel(_conv.flip_kernel(a, 1)))
-            return _wino.conv3x3(s, U, as_conv.pads, tuple(in_hw), None, m, self.workspace, self.threads.matmul)
+            U = self._derive(w, "winograd", _wino.transform_kernel)  # shared with conv2d
+            rz = None if ratio is None else (np.ascontiguousarray(ratio[0], s.dtype), ratio[1])
+            return _wino.conv3x3(s, U, as_conv.pads, tuple(in_hw), None, m, self.workspace,
+                                 self.threads.matmul, rz, transposed=True)
+        if ratio is not None:
+            s = self.stabilised_divide(s, ratio[0], ratio[1])
         flipped = self._derive(w, f"flip{geom.groups}", lambda a: _conv.flip_kernel(a, geom.groups)) \
             if as_conv is not None else None
         return _conv.conv2d_transpose(s, w, geom, in_hw, m, self.workspace, flipped)

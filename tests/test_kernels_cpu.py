@@ -89,6 +89,20 @@ def test_winograd_matches_direct_convolution(seed, pads, h, w):
     mul = rng.standard_normal(want.shape)
     got = W.conv3x3(x, W.transform_kernel(wt), pads, (oh, ow), b, mul)
     np.testing.assert_allclose(got, want * mul, rtol=1e-10, atol=1e-10)
+    # the same transformed kernel computes the transpose (flipped, channel-swapped kernel)
+    s = rng.standard_normal((3, 5, oh, ow))
+    tpads = K.transpose_as_conv(g, 3, 3).pads
+    got_t = W.conv3x3(s, W.transform_kernel(wt), tpads, (h, w), transposed=True)
+    want_t = K.conv2d_transpose(s, wt, g, (h, w))
+    np.testing.assert_allclose(got_t, want_t, rtol=1e-10, atol=1e-10)
+    # tiny blocks: bands of tile rows and stacked samples give the same result
+    monkey = W.BLOCK_ELEMENTS
+    try:
+        W.BLOCK_ELEMENTS = 16 * 5 * 2
+        np.testing.assert_allclose(W.conv3x3(x, W.transform_kernel(wt), pads, (oh, ow), b, mul),
+                                   want * mul, rtol=1e-10, atol=1e-10)
+    finally:
+        W.BLOCK_ELEMENTS = monkey
 
 
 def test_winograd_only_for_stride1_3x3_ungrouped():

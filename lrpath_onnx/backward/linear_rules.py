@@ -32,7 +32,9 @@ class LinearMap(Protocol):
                 exact: bool = False) -> np.ndarray: ...
 
     def transpose(self, s: np.ndarray, w: np.ndarray, mul: np.ndarray | None = None,
-                  exact: bool = False) -> np.ndarray: ...
+                  exact: bool = False, ratio: tuple | None = None) -> np.ndarray:
+        """``mul ⊙ (wᵀ ⋆ s)``; with ``ratio=(z, eps)`` the product is taken of the
+        stabilised ratio ``s / (z + eps·sign z)`` (the divide may be fused into the kernel)."""
 
 
 #: ρ(w) for each weight variant a rule may ask for.
@@ -43,7 +45,12 @@ WEIGHT_MODIFIERS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
     "gamma": lambda w, p: w + p * np.maximum(w, 0),
     "ones": lambda w, p: np.ones_like(w),
     "square": lambda w, p: w * w,
+    # W, W⁺ and W⁻ side by side along the input axis: z^B's three transposed products in one
+    "zbox_stack": lambda w, p: np.concatenate([w, np.maximum(w, 0), np.minimum(w, 0)],
+                                              axis=1 if w.ndim == 4 else 0),
 }
+#: variants that are not element-wise maps of the weights (no bias counterpart)
+STACKED = {"zbox_stack"}
 
 
 class WeightCache:
@@ -64,7 +71,7 @@ class WeightCache:
             fn = WEIGHT_MODIFIERS[variant]
             w = self.backend.asarray(fn(np.asarray(lin.weight, dtype), param), dtype)
             b = None
-            if lin.bias is not None:
+            if lin.bias is not None and variant not in STACKED:
                 b = self.backend.asarray(fn(np.asarray(lin.bias, dtype), param), dtype)
             hit = self._store[key] = (w, b)
         return hit
@@ -158,12 +165,10 @@ def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         w, b = fwd.weights("id")
         if z is None:
             z = lin.forward(a, w, b)
-        s = backend.stabilised_divide(r, z, rule.get("epsilon", 0.0))
-        return lin.transpose(s, w, mul=a)
+        return lin.transpose(r, w, mul=a, ratio=(z, rule.get("epsilon", 0.0)))
     if name == "gamma":
         term = Term("id", "gamma", rule["gamma"])
-        s = backend.stabilised_divide(r, fwd(term), TINY)
-        return lin.transpose(s, fwd.weights("gamma", rule["gamma"])[0], mul=a)
+        return lin.transpose(r, fwd.weights("gamma", rule["gamma"])[0], mul=a, ratio=(fwd(term), TINY))
     if name in ("zplus", "alphabeta"):
         alpha, beta = (1.0, 0.0) if name == "zplus" else (rule["alpha"], rule["beta"])
         return _alpha_beta(alpha, beta, fwd, a, r, backend, nonneg)
@@ -182,10 +187,15 @@ def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
             za = lin.forward(a, w, exact=True)
         else:  # onnxruntime's output minus the bias: z^B has no bias term
             za = z if b is None else z - _bias_like(b, z)
-        zb = za - lin.forward(low, wp, exact=True) - lin.forward(high, wn, exact=True)
-        s = backend.stabilised_divide(r, zb, TINY)
-        return (lin.transpose(s, w, mul=a, exact=True) - lin.transpose(s, wp, mul=low, exact=True)
-                - lin.transpose(s, wn, mul=high, exact=True))
+        # the bounds are the same for every sample: their part of z^B is computed once
+        box = lin.forward(low[:1], wp, exact=True) + lin.forward(high[:1], wn, exact=True)
+        s = backend.stabilised_divide(r, za - box, TINY)
+        if getattr(lin, "stackable", False):
+            c = lin.transpose(s, fwd.weights("zbox_stack")[0], exact=True)
+            c_w, c_pos, c_neg = np.split(c, 3, axis=1)
+        else:
+            c_w, c_pos, c_neg = (lin.transpose(s, v, exact=True) for v in (w, wp, wn))
+        return a * c_w - low * c_pos - high * c_neg
     raise ValueError(f"rule {name} does not apply to a linear layer")
 
 

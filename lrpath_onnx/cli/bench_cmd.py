@@ -68,7 +68,7 @@ def _median(ts: list[float]) -> float:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--runs", type=click.IntRange(min=5), default=5, show_default=True, help="Timed runs per stage (≥ 5).")
 @click.option("--warmup", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--rule-forward", type=click.Choice(["runtime", "kernels"]), default="runtime", show_default=True,
+@click.option("--rule-forward", type=click.Choice(["kernels", "runtime"]), default="kernels", show_default=True,
               help="Where γ/z⁺/αβ modified forwards run: extra onnxruntime nodes, or numba/BLAS kernels.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the results as JSON here (default: bench-<model>-b<B>.json in the current folder).")

@@ -45,12 +45,13 @@ class ConvMap:
         self.bias = layer.params.get("bias")
         self.geom: ConvGeometry = layer.attrs["geometry"]
         self.backend, self.in_hw, self.out_hw = backend, in_hw, out_hw
+        self.stackable = self.geom.groups == 1  # weights may be stacked along input channels
 
     def forward(self, x, w, b=None, exact=False):
         return self.backend.conv2d(x, w, self.geom, b, self.out_hw, exact=exact)
 
-    def transpose(self, s, w, mul=None, exact=False):
-        return self.backend.conv2d_transpose(s, w, self.geom, self.in_hw, mul, exact=exact)
+    def transpose(self, s, w, mul=None, exact=False, ratio=None):
+        return self.backend.conv2d_transpose(s, w, self.geom, self.in_hw, mul, exact=exact, ratio=ratio)
 
 
 @register

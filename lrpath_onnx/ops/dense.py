@@ -16,11 +16,14 @@ class DenseMap:
         self.weight = layer.params["weight"]
         self.bias = layer.params.get("bias")
         self.backend = backend
+        self.stackable = True  # weights may be stacked along the input axis
 
     def forward(self, x, w, b=None, exact=False):
         return self.backend.dense(x, w, b)
 
-    def transpose(self, s, w, mul=None, exact=False):
+    def transpose(self, s, w, mul=None, exact=False, ratio=None):
+        if ratio is not None:
+            s = self.backend.stabilised_divide(s, *ratio)
         return self.backend.dense_transpose(s, w, mul)
 
 

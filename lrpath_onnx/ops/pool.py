@@ -113,7 +113,9 @@ class PoolMap:
         box = self.backend.conv2d(x, self.ones.astype(x.dtype), self.geom, None, self.out_hw, exact=True)
         return box * w
 
-    def transpose(self, s, w, mul=None, exact=False):
+    def transpose(self, s, w, mul=None, exact=False, ratio=None):
+        if ratio is not None:
+            s = self.backend.stabilised_divide(s, *ratio)
         return self.backend.conv2d_transpose(s * w, self.ones.astype(s.dtype), self.geom,
                                              self.in_hw, mul, exact=True)
 
