@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from ..allocator import tune_allocator
 from ..errors import LrpathError
 from . import bench_cmd, demo_cmd, explain_cmd, plan_cmd
 
@@ -34,6 +35,7 @@ def _one_line(msg: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map every outcome to an exit code."""
+    tune_allocator()
     try:
         rv = cli.main(args=argv, prog_name="lrpath", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError
+from . import protoscan
 
 #: initializers with more elements than this are stubbed in the skeleton proto.
 STUB_ELEMENTS = 4096
@@ -53,19 +54,25 @@ def _check_path(path: Path) -> None:
         raise ModelError(f"model file is empty: {path}")
 
 
-def _parse(path: Path) -> onnx.ModelProto:
+def _parse(path: Path) -> tuple[onnx.ModelProto, list[protoscan.RawTensor]]:
+    """The model's structure, and where its large inline weights lie in the file."""
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"not an ONNX model ({path.name}): {reason}") from None
+        skeleton, raw = protoscan.scan_file(path)
+        proto = onnx.load_model_from_string(skeleton)
+    except Exception:  # not the plain layout the scanner knows: let protobuf judge it
+        raw = []
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf raises DecodeError and friends
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"not an ONNX model ({path.name}): {reason}") from None
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise ModelError(f"not an ONNX model ({path.name}): no graph in the protobuf")
     if len(proto.graph.node) == 0:
         raise ModelError(f"ONNX model {path.name} has an empty graph")
     if len(proto.graph.output) == 0:
         raise ModelError(f"ONNX model {path.name} has no graph outputs")
-    return proto
+    return proto, raw
 
 
 def _opset(proto: onnx.ModelProto, path: Path) -> int:
@@ -153,19 +160,23 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     """
     path = Path(path)
     _check_path(path)
-    proto = _parse(path)
+    proto, raw = _parse(path)
     opset = _opset(proto, path)
     base = path.parent
     for t in _all_tensors(proto.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             _check_external(t, base, path)
+    try:
+        big = protoscan.read_arrays(path, raw)
+    except (protoscan.NotPlainProtobuf, OSError) as exc:
+        raise ModelError(f"cannot read the weights of {path.name}: {exc}") from None
     inits: dict[str, np.ndarray] = {}
     stubbed: set[str] = set()
     new_inits = []
     for t in proto.graph.initializer:
         if not t.name:
             raise ModelError(f"{path.name} has an initializer without a name")
-        arr = _tensor_to_array(t, base, path)
+        arr = big.pop(t.name) if t.name in big else _tensor_to_array(t, base, path)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise ModelError(f"initializer '{t.name}' of {path.name} holds NaN or infinite values")
         inits[t.name] = arr
