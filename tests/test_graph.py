@@ -205,3 +205,39 @@ def test_onnx_light_models_load_and_plan(path):
     else:
         assert collected == []
         assert plan.uses("zbox"), "the first conv gets z^B"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_affine_after_relu_folds_forward_into_the_next_layer(tmp_path, seed):
+    """Keras puts BatchNorm after the ReLU: it is folded into the following dense/conv, whose
+    input then stays the (non-negative) ReLU output; a shift before a padded conv is kept."""
+    rng = np.random.default_rng(seed)
+    inits = {"W1": rng.standard_normal((6, 5)).astype(np.float32), "s1": (1 + rng.random(5)).astype(np.float32),
+             "t1": rng.standard_normal(5).astype(np.float32), "W2": rng.standard_normal((5, 3)).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["X", "W1"], ["m1"], name="fc1"),
+             helper.make_node("Relu", ["m1"], ["r1"], name="relu1"),
+             helper.make_node("Mul", ["r1", "s1"], ["bn_m"], name="bn_mul"),
+             helper.make_node("Add", ["bn_m", "t1"], ["bn"], name="bn_add"),
+             helper.make_node("MatMul", ["bn", "W2"], ["Y"], name="fc2")]
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 6])], [models.vi("Y", None)], inits),
+                       tmp_path / "fwd.onnx")
+    an = Analyzer(path)
+    fc2 = an.graph.find("fc2")
+    assert fc2.inputs == ["r1"] and fc2.nodes == ["bn_mul", "bn_add", "fc2"] and fc2.attrs["nonneg_input"]
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["Y"], rtol=1e-5, atol=1e-5)
+
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    for pads, folded in (([0, 0, 0, 0], True), ([1, 1, 1, 1], False)):
+        nodes = [helper.make_node("Relu", ["X"], ["r"], name="relu"),
+                 helper.make_node("Mul", ["r", "s"], ["m"], name="scale"),
+                 helper.make_node("Add", ["m", "t"], ["a"], name="shift"),
+                 helper.make_node("Conv", ["a", "W"], ["Y"], name="conv", kernel_shape=[3, 3], pads=pads)]
+        inits = {"s": (1 + rng.random((3, 1, 1))).astype(np.float32),
+                 "t": rng.standard_normal((3, 1, 1)).astype(np.float32), "W": w}
+        path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 6, 6])], [models.vi("Y", None)], inits),
+                           tmp_path / f"conv{pads[0]}.onnx")
+        an = Analyzer(path)
+        assert (an.graph.find("conv").inputs == ["r"]) is folded
+        x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+        np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["Y"], rtol=1e-4, atol=1e-4)

@@ -226,42 +226,89 @@ def _per_channel(arr: np.ndarray, k: int, rank: int) -> np.ndarray | None:
 
 
 def _fold_affine(layers: list[Layer], consumers: dict[str, int], out: str) -> list[Layer]:
-    """Fold PASS affine layers into the Conv/Gemm/MatMul that alone feeds them."""
-    by_output = {l.output: l for l in layers}
+    """Fold constant affine PASS layers into the Conv/Gemm/MatMul next to them.
+
+    Backward: ``affine(linear(x))`` (BatchNorm after a conv, a MatMul's bias Add, tf2onnx's
+    BN as Mul+Add) becomes one linear layer. Forward: ``linear(affine(x))`` (Keras' BN after
+    the ReLU) becomes one linear layer reading the affine's input, which keeps that input
+    non-negative for the rules that need it. Only exact folds are made (a shift before a
+    padded convolution is not, the padding would not be shifted).
+    """
     changed = True
     while changed:
         changed = False
+        by_output = {l.output: l for l in layers}
         for layer in layers:
             if layer.kind != PASS or not layer.attrs.get("affine"):
                 continue
             prev = by_output.get(layer.inputs[0])
-            if prev is None or prev.kind != LINEAR or prev.op not in ("Conv", "Gemm", "MatMul"):
-                continue
-            if consumers.get(prev.output, 0) != 1 or prev.output == out:
-                continue
-            if prev.attrs.get("transA"):
-                continue
-            w = prev.params["weight"]
-            k = w.shape[0] if prev.op == "Conv" else w.shape[1]
-            rank = 4 if prev.op == "Conv" else 2
-            scale = _per_channel(layer.params["scale"], k, rank)
-            shift = _per_channel(layer.params["shift"], k, rank)
-            if scale is None or shift is None:
-                continue
-            w64 = w.astype(np.float64)
-            w64 = w64 * (scale.reshape(-1, 1, 1, 1) if prev.op == "Conv" else scale.reshape(1, -1))
-            bias = prev.params.get("bias")
-            b64 = (np.zeros(k) if bias is None else bias.astype(np.float64)) * scale + shift
-            prev.params["weight"] = np.ascontiguousarray(w64, np.float32)
-            prev.params["bias"] = np.ascontiguousarray(b64, np.float32)
-            prev.nodes.extend(layer.nodes)
-            del by_output[prev.output]
-            prev.output = layer.output
-            by_output[prev.output] = prev
-            layers = [l for l in layers if l is not layer]
-            changed = True
-            break
+            if _fold_into_previous(layer, prev, consumers, out):
+                layers = [l for l in layers if l is not layer]
+                changed = True
+                break
+            nxt = [l for l in layers if layer.output in l.inputs]
+            if len(nxt) == 1 and consumers.get(layer.output, 0) == 1 and layer.output != out \
+                    and _fold_into_next(layer, nxt[0]):
+                layers = [l for l in layers if l is not layer]
+                changed = True
+                break
     return layers
+
+
+def _foldable(layer: Layer | None) -> bool:
+    return (layer is not None and layer.kind == LINEAR and layer.op in ("Conv", "Gemm", "MatMul")
+            and not layer.attrs.get("transA"))
+
+
+def _fold_into_previous(layer: Layer, prev: Layer | None, consumers: dict[str, int], out: str) -> bool:
+    if not _foldable(prev) or consumers.get(prev.output, 0) != 1 or prev.output == out:
+        return False
+    w = prev.params["weight"]
+    k = w.shape[0] if prev.op == "Conv" else w.shape[1]
+    rank = 4 if prev.op == "Conv" else 2
+    scale = _per_channel(layer.params["scale"], k, rank)
+    shift = _per_channel(layer.params["shift"], k, rank)
+    if scale is None or shift is None:
+        return False
+    w64 = w.astype(np.float64) * (scale.reshape(-1, 1, 1, 1) if prev.op == "Conv" else scale.reshape(1, -1))
+    bias = prev.params.get("bias")
+    b64 = (np.zeros(k) if bias is None else bias.astype(np.float64)) * scale + shift
+    prev.params["weight"] = np.ascontiguousarray(w64, np.float32)
+    prev.params["bias"] = np.ascontiguousarray(b64, np.float32)
+    prev.nodes.extend(layer.nodes)
+    prev.output = layer.output
+    return True
+
+
+def _fold_into_next(layer: Layer, nxt: Layer) -> bool:
+    if not _foldable(nxt) or nxt.inputs[0] != layer.output:
+        return False
+    w = nxt.params["weight"]
+    conv = nxt.op == "Conv"
+    if conv and nxt.attrs["group"] != 1:
+        return False
+    c = w.shape[1] if conv else w.shape[0]
+    scale = _per_channel(layer.params["scale"], c, 4 if conv else 2)
+    shift = _per_channel(layer.params["shift"], c, 4 if conv else 2)
+    if scale is None or shift is None:
+        return False
+    if conv and shift.any() and any(nxt.attrs["pads"]):
+        return False
+    w64 = w.astype(np.float64)
+    bias = nxt.params.get("bias")
+    k = w.shape[0] if conv else w.shape[1]
+    b64 = np.zeros(k) if bias is None else bias.astype(np.float64)
+    if conv:
+        b64 = b64 + np.einsum("kcij,c->k", w64, shift)
+        w64 = w64 * scale.reshape(1, -1, 1, 1)
+    else:
+        b64 = b64 + shift @ w64
+        w64 = w64 * scale.reshape(-1, 1)
+    nxt.params["weight"] = np.ascontiguousarray(w64, np.float32)
+    nxt.params["bias"] = np.ascontiguousarray(b64, np.float32)
+    nxt.nodes[:0] = layer.nodes
+    nxt.inputs = [layer.inputs[0]]
+    return True
 
 
 def _mark_nonnegative(layers: list[Layer]) -> None:

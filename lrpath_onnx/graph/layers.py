@@ -58,8 +58,9 @@ class Layer:
             v = self.attrs.get(key)
             if v is not None and v != 1 and v != [1, 1] and v != [0, 0, 0, 0]:
                 parts.append(f"{key}={v}")
-        if len(self.nodes) > 1:
-            parts.append("+" + "+".join(self.nodes[1:]))
+        folded = [n for n in self.nodes if n != self.name]
+        if folded:
+            parts.append("+" + "+".join(folded))
         return " ".join(parts)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph.layers import MERGE, ROUTE
+from ..graph.layers import MERGE, PASS, ROUTE
 from ..plan.rules import make_rule
-from .elementwise import affine_layer
+from .elementwise import AffineHandler, PassHandler, affine_layer
 from .registry import BackwardContext, OpHandler, ParseContext, new_layer, register, static_dims, unbroadcast
 
 
@@ -31,12 +31,16 @@ class AddHandler(OpHandler):
         return new_layer(node, ctx, MERGE, dyn, attrs={"has_const": bool(consts)})
 
     def default_rule(self, layer):
-        return make_rule("epsilon", 1e-6)
+        return make_rule("epsilon", 1e-6) if layer.kind == MERGE else make_rule("pass")
 
     def needs(self, layer, rule, shapes):
+        if layer.kind == PASS:
+            return PassHandler().needs(layer, rule, shapes)
         return set(layer.inputs) | {layer.output}
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
+        if layer.kind == PASS:
+            return PassHandler().relevance(layer, rule, r, ctx)
         z = ctx.fwd[layer.output]
         s = ctx.backend.stabilised_divide(r, z, rule.get("epsilon", 0.0))
         out = []
@@ -46,6 +50,8 @@ class AddHandler(OpHandler):
         return out
 
     def forward(self, layer, inputs):
+        if layer.kind == PASS:
+            return AffineHandler().forward(layer, inputs)
         return sum(inputs[1:], inputs[0])
 
 
