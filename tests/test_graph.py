@@ -208,9 +208,9 @@ def test_onnx_light_models_load_and_plan(path):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_affine_after_relu_folds_forward_into_the_next_layer(tmp_path, seed):
-    """Keras puts BatchNorm after the ReLU: it is folded into the following dense/conv, whose
-    input then stays the (non-negative) ReLU output; a shift before a padded conv is kept."""
+def test_affine_after_relu_folds_forward_only_as_a_pure_scale(tmp_path, seed):
+    """A scale after a ReLU folds into the next dense/conv, whose input then stays the
+    (non-negative) ReLU output; with a shift (Keras' BatchNorm) it stays a pass-through."""
     rng = np.random.default_rng(seed)
     inits = {"W1": rng.standard_normal((6, 5)).astype(np.float32), "s1": (1 + rng.random(5)).astype(np.float32),
              "t1": rng.standard_normal(5).astype(np.float32), "W2": rng.standard_normal((5, 3)).astype(np.float32)}
@@ -223,18 +223,25 @@ def test_affine_after_relu_folds_forward_into_the_next_layer(tmp_path, seed):
                        tmp_path / "fwd.onnx")
     an = Analyzer(path)
     fc2 = an.graph.find("fc2")
-    assert fc2.inputs == ["r1"] and fc2.nodes == ["bn_mul", "bn_add", "fc2"] and fc2.attrs["nonneg_input"]
+    assert fc2.inputs == ["bn"] and not fc2.attrs["nonneg_input"]  # the shift keeps BN apart
     x = rng.standard_normal((4, 6)).astype(np.float32)
+    np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["Y"], rtol=1e-5, atol=1e-5)
+    inits["t1"] = np.zeros(5, np.float32)
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 6])], [models.vi("Y", None)], inits),
+                       tmp_path / "fwd0.onnx")
+    an = Analyzer(path)
+    fc2 = an.graph.find("fc2")
+    assert fc2.inputs == ["r1"] and fc2.nodes == ["bn_mul", "bn_add", "fc2"] and fc2.attrs["nonneg_input"]
     np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["Y"], rtol=1e-5, atol=1e-5)
 
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    for pads, folded in (([0, 0, 0, 0], True), ([1, 1, 1, 1], False)):
+    for pads, shift, folded in (([1, 1, 1, 1], 0.0, True), ([0, 0, 0, 0], 1.0, False)):
         nodes = [helper.make_node("Relu", ["X"], ["r"], name="relu"),
                  helper.make_node("Mul", ["r", "s"], ["m"], name="scale"),
                  helper.make_node("Add", ["m", "t"], ["a"], name="shift"),
                  helper.make_node("Conv", ["a", "W"], ["Y"], name="conv", kernel_shape=[3, 3], pads=pads)]
         inits = {"s": (1 + rng.random((3, 1, 1))).astype(np.float32),
-                 "t": rng.standard_normal((3, 1, 1)).astype(np.float32), "W": w}
+                 "t": (shift * rng.standard_normal((3, 1, 1))).astype(np.float32), "W": w}
         path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 6, 6])], [models.vi("Y", None)], inits),
                            tmp_path / f"conv{pads[0]}.onnx")
         an = Analyzer(path)

@@ -10,14 +10,13 @@ from PIL import Image
 
 from ..io.outputs import atomic_path, ensure_out_dir
 from ..models.demo import build_demo_cnn, demo_picture
-from .explain_cmd import explain
+from .explain_cmd import run_explain
 
 
 @click.command()
 @click.option("--out", default="lrpath-demo", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
-@click.pass_context
-def demo(ctx, out):
+def demo(out):
     """Build a small demo CNN and picture, explain it, and say where the pictures are.
 
     The demo network has seeded random weights (a trained demo model is on its way);
@@ -30,9 +29,6 @@ def demo(ctx, out):
     with atomic_path(picture) as tmp:
         Image.fromarray(demo_picture()).save(tmp)
     click.echo(f"demo model {model_path} (random weights), picture {picture}")
-    ctx.invoke(explain, model=model_path, inputs=(picture,), out=out / "explain", preset="epsilon-gamma-box",
-               rules=(), device="cpu", target=None, mean=None, std=None, scale=None, low=None, high=None,
-               size_=None, resize=None, fit=None, layout="auto", channel_order=None, batch_size=1, labels=None,
-               keep_layers=None, max_pixels=50_000_000)
+    run_explain(model_path, [picture], out / "explain", {}, batch_size=1)
     click.echo(f"open {out / 'explain' / 'shapes' / 'overlay.png'} and heatmap.png beside it")
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ..io.images import Preprocess, preprocess_from_input_shape, z_bounds
 from ..io.inputs import InputReader, check_paths
 from ..io.outputs import atomic_path, clean_temporaries, ensure_out_dir
 from ..io.results import read_labels, record, write_sample
-from .options import floats, model_options, size
+from .options import floats, model_options, progress, size
 
 
 def image_preprocess(shape: tuple, opts: dict) -> Preprocess | None:
@@ -50,10 +49,25 @@ def check_out(out: Path) -> None:
         raise OutputError(f"--out {out} exists and is not a folder")
 
 
+def resolve_model(args: tuple, model_name: str | None):
+    """(model path, inputs, zoo entry or None) from the positional args and --model-name."""
+    from ..models.registry import ZOO, get
+
+    paths = [Path(a) for a in args]
+    if model_name is None and paths and not paths[0].exists() and str(paths[0]) in ZOO:
+        model_name, paths = str(paths[0]), paths[1:]
+    if model_name is not None:
+        entry = get(model_name)
+        return entry.path(), paths, entry
+    if not paths:
+        raise click.UsageError("missing MODEL (a .onnx file, or a zoo name: see `lrpath models`)")
+    return paths[0], paths[1:], None
+
+
 @click.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("args", nargs=-1, metavar="[MODEL] INPUT...")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--model-name", default=None, help="A zoo model (`lrpath models`); MODEL is then left out.")
 @model_options
 @click.option("--target", default=None, help="Class index N, LAYER:CHANNEL or LAYER:CHANNEL:Y:X (default: top-1).")
 @click.option("--mean", default=None, help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406.")
@@ -71,22 +85,46 @@ def check_out(out: Path) -> None:
 @click.option("--keep-layers", default=None, help="Comma-separated layers whose relevance is saved too ('*' = all).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=50_000_000, show_default=True,
               help="Refuse larger images (decompression bombs).")
-def explain(model, inputs, out, preset, rules, device, target, mean, std, scale, low, high, size_, resize,
+def explain(args, out, model_name, preset, rules, device, target, mean, std, scale, low, high, size_, resize,
             fit, layout, channel_order, batch_size, labels, keep_layers, max_pixels):
-    """Explain MODEL's decision on each INPUT (image or .npy tensor) and write to --out."""
-    paths = [Path(p) for p in inputs]
-    check_paths(paths)
-    check_out(out)
-    tgt = parse_target(target)
+    """Explain MODEL's decision on each INPUT (image or .npy tensor) and write to --out.
+
+    MODEL is a .onnx file, or a zoo name (`lrpath models`), whose preprocessing and class
+    names are then used unless options say otherwise.
+    """
+    model, paths, entry = resolve_model(args, model_name)
     opts = {"mean": floats(mean, "--mean"), "std": floats(std, "--std"), "scale": scale,
             "size": size(size_), "resize": resize, "fit": fit, "channel_order": channel_order,
             "layout": None if layout == "auto" else layout}
-    lo_v, hi_v = floats(low, "--low"), floats(high, "--high")
+    run_explain(model, paths, out, opts, preset=preset, rules=rules, device=device, target=target,
+                low=floats(low, "--low"), high=floats(high, "--high"), batch_size=batch_size,
+                labels_file=labels, keep_layers=keep_layers, max_pixels=max_pixels, entry=entry)
+    return 0
+
+
+def _zoo_opts(entry) -> dict:
+    pre = dict(entry.preprocessing) if entry is not None else {}
+    if "size" in pre:
+        pre["size"] = tuple(pre["size"])
+    for k in ("mean", "std"):
+        if k in pre:
+            pre[k] = tuple(pre[k])
+    return pre
+
+
+def run_explain(model: Path, paths: list[Path], out: Path, opts: dict, *, preset="epsilon-gamma-box",
+                rules=(), device="cpu", target=None, low=None, high=None, batch_size=8,
+                labels_file=None, keep_layers=None, max_pixels=50_000_000, entry=None) -> Path:
+    """The explain pipeline: checks first, then batches, files written atomically; returns --out."""
+    check_paths(paths)
+    check_out(out)
+    tgt = parse_target(target)
+    opts = {**_zoo_opts(entry), **{k: v for k, v in opts.items() if v is not None}}
     an = Analyzer(model, preset=preset, rules=rules, device=device)
     pre = image_preprocess(an.input_shape, opts)
-    lay = pre.layout if pre else (opts["layout"] or "nchw")
-    an.set_bounds(*bounds(an, pre, lo_v, hi_v, lay))
-    names = read_labels(labels, an.num_classes)
+    lay = pre.layout if pre else (opts.get("layout") or "nchw")
+    an.set_bounds(*bounds(an, pre, low, high, lay))
+    names = read_labels(labels_file, an.num_classes) if labels_file else (entry.labels() if entry else None)
     if isinstance(tgt, int) and an.num_classes is not None and not 0 <= tgt < an.num_classes:
         raise InputError(f"--target {tgt} is out of range: the model has {an.num_classes} classes "
                          f"(0..{an.num_classes - 1})")
@@ -115,20 +153,7 @@ def explain(model, inputs, out, preset, rules, device, target, mean, std, scale,
                 _summary(sample.name, rec, folder)
             bar.update(len({s.source for s in batch}))
     click.echo(f"wrote {written} explanation(s) to {out}")
-    return 0
-
-
-@contextlib.contextmanager
-def progress(total: int, label: str):
-    """A progress bar on stderr when it is a terminal; silent otherwise (CI logs stay clean)."""
-    if sys.stderr.isatty():
-        with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
-            yield bar
-    else:
-        class _Silent:
-            def update(self, n: int) -> None:
-                pass
-        yield _Silent()
+    return out
 
 
 def _summary(name: str, rec: dict, folder: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import click
@@ -48,6 +50,14 @@ def model_options(fn):
     return fn
 
 
-def model_path(ctx, param, value):
-    """Click callback: the model argument is a path; checks happen in the loader (one line)."""
-    return Path(value)
+@contextlib.contextmanager
+def progress(total: int, label: str):
+    """A progress bar on stderr when it is a terminal; silent otherwise (CI logs stay clean)."""
+    if sys.stderr.isatty():
+        with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
+            yield bar
+    else:
+        class _Silent:
+            def update(self, n: int) -> None:
+                pass
+        yield _Silent()
