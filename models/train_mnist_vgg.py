@@ -118,7 +118,7 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, seed: int) -
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         sched.step()
         print(f"epoch {epoch + 1:2d}/{EPOCHS}  loss {total / len(perm):.4f}  "
               f"{time.perf_counter() - t0:6.1f} s")

@@ -168,13 +168,17 @@ def test_out_that_is_a_file_or_under_a_file(bad, cnn):
     assert_one_line_error(lrpath("explain", cnn[1], cnn[0] / "a.png", "--out", bad / "afile" / "sub"), "afile")
 
 
-def test_demo_runs_offline(tmp_path):
+def test_demo_runs_offline_on_the_shipped_model(tmp_path):
     res = lrpath("demo", "--out", tmp_path / "demo")
     assert res.returncode == 0, res.stderr
-    folder = tmp_path / "demo" / "explain" / "shapes"
-    with Image.open(folder / "overlay.png") as im:
-        assert im.size == (256, 256)
-    assert json.loads((folder / "explanation.json").read_text())["conservation"]["ratio"] is not None
+    assert "held-out accuracy" in res.stdout
+    for digit in (3, 7):
+        folder = tmp_path / "demo" / "explain" / f"digit_{digit}"
+        with Image.open(folder / "overlay.png") as im:
+            assert im.size == (224, 224)
+        info = json.loads((folder / "explanation.json").read_text())
+        assert info["target"] == {"index": digit, "label": str(digit)}
+        assert 0.8 < info["conservation"]["ratio"] < 1.1
 
 
 def test_bench_writes_json_with_ratios(cnn, tmp_path):

@@ -16,25 +16,7 @@ import numpy as np
 from ..api import Analyzer
 from ..errors import InputError
 from ..io.outputs import write_json
-from .options import model_options
-
-
-def cache_dir() -> Path:
-    """Where built models go (``LRPATH_CACHE`` or ~/.cache/lrpath-onnx)."""
-    return Path(os.environ.get("LRPATH_CACHE", Path.home() / ".cache" / "lrpath-onnx"))
-
-
-def resolve_model(name: str) -> Path:
-    """A model path, or ``vgg16`` for VGG16 with seeded random weights (built once, cached)."""
-    if name != "vgg16":
-        return Path(name)
-    from ..models.vgg16 import export_vgg16
-
-    path = cache_dir() / "vgg16-random-seed0.onnx"
-    if not path.exists():
-        click.echo(f"building VGG16 (random weights, seed 0) into {path} …", err=True)
-        export_vgg16(path, seed=0)
-    return path
+from .options import model_file, model_options
 
 
 def peak_rss_mb() -> float:
@@ -74,7 +56,7 @@ def _median(ts: list[float]) -> float:
               help="Write the results as JSON here (default: bench-<model>-b<B>.json in the current folder).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input batch.")
 def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, json_path, seed):
-    """Time explain stages on MODEL (a path, or 'vgg16') and compare with onnxruntime's forward.
+    """Time explain stages on MODEL (a path or a zoo name, e.g. vgg16) against onnxruntime's forward.
 
     Stages: onnxruntime forward (a plain session, as a user would run the model), forward
     with activations (the analyzer's session), backward, total. Reported as median seconds
@@ -82,7 +64,7 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
     """
     import onnxruntime as ort
 
-    path = resolve_model(model)
+    path = model_file(model)
     t0 = time.perf_counter()
     an = Analyzer(path, preset=preset, rules=rules, device=device, rule_forward=rule_forward)
     shape = tuple(batch_size if i == 0 else d for i, d in enumerate(an.input_shape))

@@ -1,34 +1,27 @@
-"""``lrpath demo``: the whole pipeline on a model and picture it builds itself, offline."""
+"""``lrpath demo``: the whole pipeline on the shipped ``mnist-vgg`` model and digits, offline."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-import onnx
-from PIL import Image
 
-from ..io.outputs import atomic_path, ensure_out_dir
-from ..models.demo import build_demo_cnn, demo_picture
+from ..models.registry import HERE, get
 from .explain_cmd import run_explain
+
+DIGITS = ("digit_3.png", "digit_7.png")
 
 
 @click.command()
 @click.option("--out", default="lrpath-demo", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
 def demo(out):
-    """Build a small demo CNN and picture, explain it, and say where the pictures are.
-
-    The demo network has seeded random weights (a trained demo model is on its way);
-    it shows every output `lrpath explain` writes.
-    """
-    out = ensure_out_dir(out)
-    model_path, picture = out / "demo_cnn.onnx", out / "shapes.png"
-    with atomic_path(model_path) as tmp:
-        onnx.save(build_demo_cnn(), str(tmp))
-    with atomic_path(picture) as tmp:
-        Image.fromarray(demo_picture()).save(tmp)
-    click.echo(f"demo model {model_path} (random weights), picture {picture}")
-    run_explain(model_path, [picture], out / "explain", {}, batch_size=1)
-    click.echo(f"open {out / 'explain' / 'shapes' / 'overlay.png'} and heatmap.png beside it")
+    """Explain the shipped mnist-vgg digit classifier on shipped digits; say where the pictures are."""
+    entry = get("mnist-vgg")
+    model = entry.path()
+    click.echo(f"model mnist-vgg: {model} ({entry.quality})")
+    folder = run_explain(model, [HERE / "digits" / d for d in DIGITS], Path(out) / "explain", {},
+                         batch_size=len(DIGITS), entry=entry)
+    for d in DIGITS:
+        click.echo(f"pictures: {folder / Path(d).stem / 'overlay.png'} and heatmap.png beside it")
     return 0

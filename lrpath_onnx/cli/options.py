@@ -61,3 +61,13 @@ def progress(total: int, label: str):
             def update(self, n: int) -> None:
                 pass
         yield _Silent()
+
+
+def model_file(arg: str | Path) -> Path:
+    """A model argument: a .onnx path, or a zoo name (built into the cache if needed)."""
+    from ..models.registry import ZOO
+
+    p = Path(arg)
+    if not p.exists() and str(arg) in ZOO:
+        return ZOO[str(arg)].path()
+    return p

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -12,7 +11,7 @@ from ..graph.canonical import build_layer_graph
 from ..graph.loader import load_model
 from ..plan.planner import PRESETS, make_plan
 from ..plan.rules import SPECS
-from .options import model_options
+from .options import model_file, model_options
 
 
 def _fmt(shape) -> str:
@@ -30,17 +29,18 @@ def presets_text() -> str:
 
 
 @click.command()
-@click.argument("model", type=click.Path(path_type=Path), required=False)
+@click.argument("model", required=False)
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--presets", "list_presets", is_flag=True, help="List presets and rules, then exit.")
 def plan(model, preset, rules, device, as_json, list_presets):
-    """Print the LRP rule plan of MODEL: index, layer, op, rule, parameters."""
+    """Print the LRP rule plan of MODEL (a .onnx file or a zoo name): index, layer, op, rule, parameters."""
     if list_presets:
         click.echo(presets_text())
         return 0
     if model is None:
         raise click.UsageError("missing MODEL (or use --presets)")
+    model = model_file(model)
     loaded = load_model(model)
     unsupported: list[UnsupportedOpError] = []
     graph = build_layer_graph(loaded, collect=unsupported)

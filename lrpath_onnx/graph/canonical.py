@@ -19,6 +19,7 @@ from ..errors import ModelError, UnsupportedOpError
 from ..ops import handler_for
 from ..ops.registry import Alias, ParseContext, Strip
 from .constants import fold_constants
+from ..kernels.conv import ConvGeometry
 from .layers import LINEAR, MERGE, PASS, ROUTE, Layer, LayerGraph
 from .loader import LoadedModel
 
@@ -78,12 +79,41 @@ def infer_shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
     return shapes
 
 
+def _module_name(node_name: str) -> str | None:
+    """``/features/features.0/Conv`` → ``features.0``; ``/_blocks.3/_swish/Clip`` → ``_blocks.3._swish``.
+
+    PyTorch's exporter scopes node names by module path, sometimes repeating the parent
+    (``features/features.0``); the result is the module's name as ``named_modules`` gives it.
+    """
+    if not node_name.startswith("/") or node_name.count("/") < 2:
+        return None
+    parts = node_name.strip("/").split("/")[:-1]
+    name = parts[0]
+    for part in parts[1:]:
+        name = part if part.startswith(name + ".") else f"{name}.{part}"
+    return name
+
+
 def _unique_names(nodes: list[onnx.NodeProto]) -> dict[int, str]:
-    names, seen = {}, set()
+    """A unique, readable name per node.
+
+    PyTorch's exporter names nodes after the module path; the module name (``features.0``)
+    is what users know from the model's code and the paper's figures, so it is used where it
+    is unique, then ``module/Op``, then the full node name.
+    """
+    candidates = []
     for i, node in enumerate(nodes):
-        name = node.name or f"{node.op_type}_{i}"
-        if name in seen:
-            name = f"{name}_{i}"
+        full = node.name or f"{node.op_type}_{i}"
+        module = _module_name(node.name or "")
+        op = (node.name or "").rsplit("/", 1)[-1]
+        first = module or (full[1:] if full.startswith("/") and "/" not in full[1:] else full)
+        candidates.append([first] + ([f"{module}/{op}"] if module else []) + [full, f"{full}_{i}"])
+    counts: dict[str, int] = {}
+    for c in candidates:
+        counts[c[0]] = counts.get(c[0], 0) + 1
+    names, seen = {}, set()
+    for node, options in zip(nodes, candidates):
+        name = next(o for o in options if o not in seen and (o != options[0] or counts[o] == 1 or len(options) == 2))
         seen.add(name)
         names[id(node)] = name
     return names
@@ -195,6 +225,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
         layer.inputs = [resolve(i) for i in layer.inputs]
     out = resolve(out)
     layers = _fold_affine(layers, consumers, out)
+    layers = _fold_pads(layers, consumers, out)
     for i, layer in enumerate(layers):
         layer.index = i
     _mark_nonnegative(layers)
@@ -301,6 +332,27 @@ def _fold_into_next(layer: Layer, nxt: Layer) -> bool:
     nxt.nodes[:0] = layer.nodes
     nxt.inputs = [layer.inputs[0]]
     return True
+
+
+def _fold_pads(layers: list[Layer], consumers: dict[str, int], out: str) -> list[Layer]:
+    """A zero Pad of H/W feeding only a Conv becomes part of that Conv's own pads (exact)."""
+    result = list(layers)
+    for pad in [l for l in layers if l.op == "Pad"]:
+        amounts = pad.attrs["pad_amounts"]
+        if len(amounts) != 8 or any(amounts[i] for i in (0, 1, 4, 5)):
+            continue
+        users = [l for l in result if pad.output in l.inputs]
+        if len(users) != 1 or consumers.get(pad.output, 0) != 1 or pad.output == out or users[0].op != "Conv":
+            continue
+        conv = users[0]
+        t, l, b, r = (p + q for p, q in zip(conv.attrs["pads"], (amounts[2], amounts[3], amounts[6], amounts[7])))
+        g = conv.attrs["geometry"]
+        conv.attrs["geometry"] = ConvGeometry(g.strides, (t, l, b, r), g.dilations, g.groups)
+        conv.attrs["pads"] = [t, l, b, r]
+        conv.inputs = [pad.inputs[0]]
+        conv.nodes[:0] = pad.nodes
+        result.remove(pad)
+    return result
 
 
 def _mark_nonnegative(layers: list[Layer]) -> None:

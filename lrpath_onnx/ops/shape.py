@@ -75,3 +75,50 @@ class SoftmaxHandler(OpHandler):
 
     def parse(self, node, ctx):
         return Strip(node.output[0], node.input[0])
+
+
+@register
+class PadHandler(OpHandler):
+    """Constant zero Pad (e.g. PyTorch's ZeroPad2d for TF-style "SAME"): relevance of the
+    padded border goes nowhere (those inputs are constant zeros), the rest is cropped back.
+    A Pad feeding only a Conv is folded into the Conv's own pads by the graph walker."""
+
+    op_types = ("Pad",)
+
+    def parse(self, node, ctx: ParseContext):
+        attrs = ctx.attrs(node)
+        mode = attrs.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode != "constant":
+            raise ctx.fail(node, f"Pad mode '{mode}' (only constant zero padding)")
+        if ctx.opset >= 11:
+            pads = ctx.const(node, 1, "pads")
+            value = ctx.optional_const(node, 2, "constant value")
+            axes = ctx.optional_const(node, 3, "axes")
+        else:
+            pads, value, axes = np.asarray(attrs.get("pads", [])), attrs.get("value", 0.0), None
+        if value is not None and float(np.asarray(value).reshape(-1)[0] if np.size(value) else 0.0) != 0.0:
+            raise ctx.fail(node, "Pad with a non-zero constant")
+        shape = ctx.shape(node.input[0])
+        rank = len(shape) if shape is not None else len(pads) // 2
+        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+        if axes is not None:
+            full = [0] * (2 * rank)
+            ax = [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+            for i, a in enumerate(ax):
+                full[a], full[rank + a] = pads[i], pads[len(ax) + i]
+            pads = full
+        if len(pads) != 2 * rank or min(pads) < 0:
+            raise ctx.fail(node, f"pads {pads} (negative pads crop; not supported)")
+        return new_layer(node, ctx, ROUTE, [node.input[0]], attrs={"pad_amounts": pads})
+
+    def relevance(self, layer, rule, r, ctx):
+        pads = layer.attrs["pad_amounts"]
+        rank = len(pads) // 2
+        index = tuple(slice(pads[i], r.shape[i] - pads[rank + i]) for i in range(rank))
+        return [np.ascontiguousarray(r[index])]
+
+    def forward(self, layer, inputs):
+        pads = layer.attrs["pad_amounts"]
+        rank = len(pads) // 2
+        return np.pad(inputs[0], [(pads[i], pads[rank + i]) for i in range(rank)])
