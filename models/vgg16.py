@@ -121,10 +121,43 @@ def load_state_dict_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: np.asarray(data[k], np.float32) for k in data.files}
 
 
+def load_state_dict_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A torchvision VGG16 ``.pth`` state_dict (needs torch; loaded with weights_only=True)."""
+    try:
+        import torch
+    except ImportError:
+        from ..errors import InputError
+
+        raise InputError("reading a .pth needs torch: pip install torch==2.13.0 (or save the "
+                         "state_dict as .npz with numpy)") from None
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in sd.items()}
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A torchvision-style VGG16 state_dict from ``.npz`` or ``.pth``, checked for every tensor."""
+    from ..errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"weights file not found: {p}")
+    try:
+        sd = load_state_dict_pth(p) if p.suffix in (".pth", ".pt") else load_state_dict_npz(p)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read VGG16 weights from {p.name}: {exc}") from None
+    names = [f"{n}.{k}" for n in conv_names() + [c[0] for c in CLASSIFIER] for k in ("weight", "bias")]
+    missing = [n for n in names if n not in sd]
+    if missing:
+        raise InputError(f"{p.name} is not a torchvision VGG16 state_dict: missing {', '.join(missing[:3])}")
+    return sd
+
+
 def export_vgg16(out: str | os.PathLike, seed: int = 0, weights: str | None = None,
                  bias_scale: float = 0.0) -> Path:
-    """Write VGG16 to ``out`` (atomically) from ``weights`` (.npz) or seeded random weights."""
-    sd = load_state_dict_npz(weights) if weights else random_state_dict(seed, bias_scale)
+    """Write VGG16 to ``out`` (atomically) from ``weights`` (.npz/.pth) or seeded random weights."""
+    sd = load_weights(weights) if weights else random_state_dict(seed, bias_scale)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

@@ -78,6 +78,12 @@ def test_vgg16_builder_matches_pytorch_vgg16(tmp_path):
     vgg16.export_vgg16(path, weights=str(tmp_path / "sd.npz"))
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    torch.save(net.state_dict(), tmp_path / "vgg16.pth")  # a torchvision-style .pth reads the same
+    from_pth = vgg16.load_weights(tmp_path / "vgg16.pth")
+    assert all(np.array_equal(from_pth[k], sd[k]) for k in sd)
+    np.savez(tmp_path / "bad.npz", a=np.zeros(3))
+    with pytest.raises(InputError, match="not a torchvision VGG16 state_dict"):
+        vgg16.load_weights(tmp_path / "bad.npz")
 
 
 # ----------------------------------------------------------------------------- mnist-vgg

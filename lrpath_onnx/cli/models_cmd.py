@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 
-from ..models.registry import ZOO, get
+from ..errors import InputError
+from ..models.registry import ZOO, cache_dir, get
 from .options import progress
 
 
@@ -48,8 +50,20 @@ def models(ctx, as_json):
 
 @models.command()
 @click.argument("name")
-def build(name):
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="vgg16 only: a torchvision VGG16 state_dict (.npz, or .pth with torch installed).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="vgg16 only: where to write the model.")
+def build(name, weights, out):
     """Build or export NAME into the cache (nothing is downloaded)."""
+    if weights is not None or out is not None:
+        if name != "vgg16":
+            raise InputError("--weights/--out apply to vgg16 only")
+        from ..models.vgg16 import export_vgg16
+
+        path = out or cache_dir() / f"vgg16-{weights.stem if weights else 'random-seed0'}.onnx"
+        export_vgg16(path, weights=str(weights) if weights else None)
+        click.echo(f"vgg16: wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MB)")
+        return 0
     entry = get(name)
     found = entry.locate()
     if found is not None:
