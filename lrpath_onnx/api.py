@@ -87,6 +87,7 @@ class Explanation:
     device: str = "cpu"
     timings_s: dict[str, float] = field(default_factory=dict)
     bounds_violation: float | None = None
+    forward: dict[str, np.ndarray] | None = None
 
     @property
     def input_relevance_sum(self) -> np.ndarray:
@@ -263,7 +264,8 @@ class Analyzer:
         return self.graph.output, start.reshape(logits.shape), [int(i) for i in idx]
 
     def explain(self, x: np.ndarray, target: Target | Sequence[int] = None,
-                keep: Sequence[str] = ()) -> Explanation:
+                keep: Sequence[str] = (), masks: dict[str, np.ndarray] | None = None,
+                keep_forward: bool = False) -> Explanation:
         """LRP for a batch ``x`` (the model's input layout; a missing batch axis is added).
 
         Parameters
@@ -271,6 +273,9 @@ class Analyzer:
         target : ``None`` (top-1 per sample), a class index (or one per sample), or a
             ``NeuronTarget`` to start from an intermediate neuron.
         keep : layer names whose output relevance to return (``"*"`` for all).
+        masks : per layer name, a 0/1 vector over the layer's output channels: relevance of
+            the other channels is dropped there (K-path heatmaps).
+        keep_forward : return the forward tensors too (``Explanation.forward``).
         """
         x = self.check_input(x)
         if isinstance(target, NeuronTarget):
@@ -279,14 +284,15 @@ class Analyzer:
         fwd = self.forward(x)
         t1 = time.perf_counter()
         start_tensor, start, targets = self._start(fwd, target, x.shape[0])
-        exp = self._backward(x, fwd, start_tensor, start, keep)
+        exp = self._backward(x, fwd, start_tensor, start, keep, masks, keep_forward)
         exp.targets = targets
         exp.timings_s["forward"] = t1 - t0
         exp.timings_s["total"] = exp.timings_s["backward"] + t1 - t0
         return exp
 
     def relevance_from(self, x: np.ndarray, tensor: str, relevance: np.ndarray,
-                       keep: Sequence[str] = (), dtype=np.float32) -> Explanation:
+                       keep: Sequence[str] = (), dtype=np.float32, masks: dict | None = None,
+                       keep_forward: bool = False) -> Explanation:
         """LRP from an arbitrary relevance ``relevance`` placed on ``tensor`` (any layer output).
 
         The building block behind ``explain``; also how path analyses re-propagate masked
@@ -301,7 +307,7 @@ class Analyzer:
         t1 = time.perf_counter()
         if dtype != np.float32:
             fwd = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in fwd.items()}
-        exp = self._backward(x.astype(dtype), fwd, tensor, np.asarray(relevance, dtype), keep)
+        exp = self._backward(x.astype(dtype), fwd, tensor, np.asarray(relevance, dtype), keep, masks, keep_forward)
         exp.targets = [tensor] * x.shape[0]
         exp.timings_s["forward"] = t1 - t0
         exp.timings_s["total"] = exp.timings_s["backward"] + t1 - t0
@@ -312,13 +318,9 @@ class Analyzer:
             self._extra.add(tensor)
             self._runtime = None
 
-    def _backward(self, x: np.ndarray, fwd: dict, start_tensor: str, start: np.ndarray,
-                  keep: Sequence[str]) -> Explanation:
-        for name in keep:
-            if name != "*":
-                self.graph.find(name)
-        t1 = time.perf_counter()
-        n = x.shape[0]
+    def _context(self, x: np.ndarray, fwd: dict) -> tuple[BackwardContext, float | None]:
+        """The backward context of a batch (z^B bounds included) and the share of input
+        values outside those bounds."""
         fwd[self.graph.input] = x
         shapes = {l.inputs[0]: fwd[l.inputs[0]].shape for l in self._plan.uses("zbox")}
         bounds = box_bounds(self.graph, self._plan, self.low, self.high, x.shape, shapes)
@@ -328,17 +330,46 @@ class Analyzer:
             lows = np.broadcast_to(self.low, x.shape)
             highs = np.broadcast_to(self.high, x.shape)
             violation = float(((x < lows - 1e-6) | (x > highs + 1e-6)).mean())
-        ctx = BackwardContext(fwd=fwd, backend=self.backend, cache=self.cache, batch=n,
+        ctx = BackwardContext(fwd=fwd, backend=self.backend, cache=self.cache, batch=x.shape[0],
                               shapes=self.graph.shapes, bounds=bounds, dtype=x.dtype)
+        return ctx, violation
+
+    def _backward(self, x: np.ndarray, fwd: dict, start_tensor: str, start: np.ndarray,
+                  keep: Sequence[str], masks: dict | None = None, keep_forward: bool = False) -> Explanation:
+        for name in list(keep) + list(masks or {}):
+            if name != "*":
+                self.graph.find(name)
+        t1 = time.perf_counter()
+        n = x.shape[0]
+        ctx, violation = self._context(x, fwd)
         with self.backend.threads.blas_single():
-            prop = propagate(self.graph, self._plan, ctx, start_tensor, start, tuple(keep))
+            prop = propagate(self.graph, self._plan, ctx, start_tensor, start, tuple(keep), masks)
         t2 = time.perf_counter()
         return Explanation(
             relevance=np.asarray(self.backend.to_host(prop.input_relevance)),
             logits=np.array(fwd[self.graph.output]), targets=[],
             start_relevance=start.reshape(n, -1).sum(axis=1, dtype=np.float64),
             flows=prop.flows, kept=prop.kept, provider=self.runtime().provider, device=self.device,
-            timings_s={"backward": t2 - t1}, bounds_violation=violation)
+            timings_s={"backward": t2 - t1}, bounds_violation=violation,
+            forward=fwd if keep_forward else None)
+
+    def channel_flows(self, exp: Explanation, layer_name: str, rows, cols) -> np.ndarray:
+        """F[n, i, j]: relevance that output channel ``cols[j]`` of a Conv/dense layer sends to
+        its input channel ``rows[i]``, for an explanation made with ``keep=[layer_name]`` and
+        ``keep_forward=True``. Summed over every output channel, F gives the relevance of
+        each input channel; over every input channel, the output channel's relevance minus
+        its bias/ε share."""
+        layer = self.graph.find(layer_name)
+        if exp.forward is None or layer.name not in exp.kept:
+            raise InputError(f"channel flows of '{layer.name}' need explain(keep=[...], keep_forward=True)")
+        h = handler_for(layer.op)
+        if not hasattr(h, "flows") or layer.attrs.get("transA"):
+            raise InputError(f"layer '{layer.name}' ({layer.op}) has no channel flows")
+        r = exp.kept[layer.name]
+        x = exp.forward[self.graph.input]
+        ctx, _ = self._context(x, exp.forward)
+        with self.backend.threads.blas_single():
+            return h.flows(layer, self._plan.rule_for(layer), r, ctx, np.asarray(rows), np.asarray(cols))
 
 
 def _fmt_shape(shape: tuple) -> str:

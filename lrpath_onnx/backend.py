@@ -12,6 +12,7 @@ from .errors import InputError
 from .kernels import conv as _conv
 from .kernels import dense as _dense
 from .kernels import elementwise as _ew
+from .kernels import flow as _flow
 from .kernels import pooling as _pool
 from .kernels import winograd as _wino
 from .kernels.conv import ConvGeometry
@@ -81,6 +82,12 @@ class CpuBackend:
         flipped = self._derive(w, f"flip{geom.groups}", lambda a: _conv.flip_kernel(a, geom.groups)) \
             if as_conv is not None else None
         return _conv.conv2d_transpose(s, w, geom, in_hw, m, self.workspace, flipped)
+
+    def conv_flow(self, mul, s, w, geom: ConvGeometry, in_shape, rows, cols):
+        return _flow.conv_flow(mul, np.ascontiguousarray(s), np.asarray(w, s.dtype), geom, in_shape, rows, cols)
+
+    def dense_flow(self, mul, s, w, rows, cols):
+        return _flow.dense_flow(mul, s, w, rows, cols)
 
     def dense(self, a, w, bias=None):
         return _dense.dense(a, w, bias)

@@ -74,9 +74,13 @@ def _div(r, z, eps):
     return np.where(d != 0, r / np.where(d != 0, d, 1.0), 0.0)
 
 
-def lrp_linear(rule: str, a, M, b, r, mask=None, gamma=0.25, eps=0.0, alpha=2.0, beta=1.0,
-               low=None, high=None):
-    """Input relevance of ``z = a @ M + b`` for one sample (a: (I,), r: (O,))."""
+def lrp_contributions(rule: str, a, M, b, r, mask=None, gamma=0.25, eps=0.0, alpha=2.0, beta=1.0,
+                      low=None, high=None):
+    """C[p, q]: relevance output q sends to input p for ``z = a @ M + b`` (one sample).
+
+    Summing over q gives the input relevance; summing blocks of C over the positions of two
+    channels gives the channel-pair flow.
+    """
     a = np.asarray(a, np.float64)
     M = np.asarray(M, np.float64)
     b = np.zeros(M.shape[1]) if b is None else np.asarray(b, np.float64)
@@ -84,28 +88,39 @@ def lrp_linear(rule: str, a, M, b, r, mask=None, gamma=0.25, eps=0.0, alpha=2.0,
     mask = (M != 0).astype(float) if mask is None else mask
     if rule in ("zero", "epsilon"):
         Z = a[:, None] * M
-        return (Z * _div(r, Z.sum(0) + b, eps)[None, :]).sum(1)
+        return Z * _div(r, Z.sum(0) + b, eps)[None, :]
     if rule == "gamma":
         Mg = M + gamma * np.maximum(M, 0)
         bg = b + gamma * np.maximum(b, 0)
         Z = a[:, None] * Mg
-        return (Z * _div(r, Z.sum(0) + bg, TINY)[None, :]).sum(1)
+        return Z * _div(r, Z.sum(0) + bg, TINY)[None, :]
     if rule in ("zplus", "alphabeta"):
         if rule == "zplus":
             alpha, beta = 1.0, 0.0
         Z = a[:, None] * M
         Zp, Zn = np.maximum(Z, 0), np.minimum(Z, 0)
         zp, zn = Zp.sum(0) + np.maximum(b, 0), Zn.sum(0) + np.minimum(b, 0)
-        return alpha * (Zp * _div(r, zp, 0)[None, :]).sum(1) - beta * (Zn * _div(r, zn, 0)[None, :]).sum(1)
+        return alpha * Zp * _div(r, zp, 0)[None, :] - beta * Zn * _div(r, zn, 0)[None, :]
     if rule == "flat":
-        return (mask * _div(r, mask.sum(0), TINY)[None, :]).sum(1)
+        return mask * _div(r, mask.sum(0), TINY)[None, :]
     if rule == "wsquare":
         Z = M * M
-        return (Z * _div(r, Z.sum(0), TINY)[None, :]).sum(1)
+        return Z * _div(r, Z.sum(0), TINY)[None, :]
     if rule == "zbox":
         Z = a[:, None] * M - low[:, None] * np.maximum(M, 0) - high[:, None] * np.minimum(M, 0)
-        return (Z * _div(r, Z.sum(0), TINY)[None, :]).sum(1)
+        return Z * _div(r, Z.sum(0), TINY)[None, :]
     raise ValueError(rule)
+
+
+def lrp_linear(rule: str, a, M, b, r, mask=None, **kw):
+    """Input relevance of ``z = a @ M + b`` for one sample (a: (I,), r: (O,))."""
+    return lrp_contributions(rule, a, M, b, r, mask, **kw).sum(1)
+
+
+def channel_blocks(C, in_shape, out_shape):
+    """Sum a (C_in·H·W, K·oh·ow) contribution matrix into (C_in, K) channel-pair flows."""
+    ci, co = in_shape[0], out_shape[0]
+    return C.reshape(ci, -1, co, C.shape[1] // co).sum(axis=(1, 3))
 
 
 def maxpool_wta(x, r, kernel, strides, pads=(0, 0, 0, 0)):

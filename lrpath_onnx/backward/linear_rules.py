@@ -143,11 +143,32 @@ class _Forward:
         return self.lin.forward(_split_input(self.a, term.inp), w, b if term.bias else None, exact=self.exact)
 
 
-def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
-              cache: WeightCache, layer_name: str, z: np.ndarray | None = None,
-              bounds: tuple[np.ndarray, np.ndarray] | None = None, nonneg: bool = False,
-              terms: Mapping[Term, np.ndarray] | None = None) -> np.ndarray:
-    """Input relevance of one linear layer under ``rule``.
+@dataclass
+class Product:
+    """One term ``coef · mul ⊙ (wᵀ ⋆ signal)`` of a rule's input relevance.
+
+    ``signal`` is ``s``, or ``s / (z + eps·sign z)`` when ``ratio=(z, eps)``; ``mul`` is the
+    input-side factor (the activation a, its positive or negative part, or a z^B bound),
+    None meaning 1. The input relevance is the sum of a rule's products; the neuron graph's
+    channel-pair flows are the same sum taken per (input channel, output channel) pair.
+    """
+
+    coef: float
+    s: np.ndarray
+    w: np.ndarray
+    mul: np.ndarray | None
+    ratio: tuple | None = None
+    exact: bool = False
+
+    def signal(self, backend) -> np.ndarray:
+        return self.s if self.ratio is None else backend.stabilised_divide(self.s, *self.ratio)
+
+
+def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
+             cache: WeightCache, layer_name: str, z: np.ndarray | None = None,
+             bounds: tuple[np.ndarray, np.ndarray] | None = None, nonneg: bool = False,
+             terms: Mapping[Term, np.ndarray] | None = None) -> list[Product]:
+    """The products whose sum is the input relevance of one linear layer under ``rule``.
 
     Parameters
     ----------
@@ -165,17 +186,17 @@ def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         w, b = fwd.weights("id")
         if z is None:
             z = lin.forward(a, w, b)
-        return lin.transpose(r, w, mul=a, ratio=(z, rule.get("epsilon", 0.0)))
+        return [Product(1.0, r, w, a, (z, rule.get("epsilon", 0.0)))]
     if name == "gamma":
         term = Term("id", "gamma", rule["gamma"])
-        return lin.transpose(r, fwd.weights("gamma", rule["gamma"])[0], mul=a, ratio=(fwd(term), TINY))
+        return [Product(1.0, r, fwd.weights("gamma", rule["gamma"])[0], a, (fwd(term), TINY))]
     if name in ("zplus", "alphabeta"):
         alpha, beta = (1.0, 0.0) if name == "zplus" else (rule["alpha"], rule["beta"])
         return _alpha_beta(alpha, beta, fwd, a, r, backend, nonneg)
     if name in ("flat", "wsquare"):
         w, _ = fwd.weights("ones" if name == "flat" else "square")
         s = backend.stabilised_divide(r, lin.forward(np.ones_like(a), w, exact=True), TINY)
-        return lin.transpose(s, w, exact=True)
+        return [Product(1.0, s, w, None, exact=True)]
     if name == "zbox":
         if bounds is None:
             raise ValueError("zbox needs bounds")
@@ -190,15 +211,47 @@ def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         # the bounds are the same for every sample: their part of z^B is computed once
         box = lin.forward(low[:1], wp, exact=True) + lin.forward(high[:1], wn, exact=True)
         s = backend.stabilised_divide(r, za - box, TINY)
-        # z^B > 0 away from degenerate inputs, and nothing divides by these products: the
+        # z^B > 0 away from degenerate inputs and nothing divides by these products, so the
         # fast (Winograd) transpose is as good as an exact one here
-        if getattr(lin, "stackable", False):
-            c = lin.transpose(s, fwd.weights("zbox_stack")[0])
-            c_w, c_pos, c_neg = np.split(c, 3, axis=1)
-        else:
-            c_w, c_pos, c_neg = (lin.transpose(s, v) for v in (w, wp, wn))
-        return a * c_w - low * c_pos - high * c_neg
+        return [Product(1.0, s, w, a), Product(-1.0, s, wp, low), Product(-1.0, s, wn, high)]
     raise ValueError(f"rule {name} does not apply to a linear layer")
+
+
+def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
+              cache: WeightCache, layer_name: str, z: np.ndarray | None = None,
+              bounds: tuple[np.ndarray, np.ndarray] | None = None, nonneg: bool = False,
+              terms: Mapping[Term, np.ndarray] | None = None) -> np.ndarray:
+    """Input relevance of one linear layer under ``rule``: the sum of its ``products``."""
+    prods = products(rule, lin, a, r, backend, cache, layer_name, z, bounds, nonneg, terms)
+    if rule.name == "zbox" and getattr(lin, "stackable", False):
+        # the three products share their signal: one transposed product with W, W⁺, W⁻ side by side
+        stacked, _ = cache.get(layer_name, lin, "zbox_stack", 0.0, a.dtype)
+        parts = np.split(lin.transpose(prods[0].s, stacked), 3, axis=1)
+        return sum(a.dtype.type(p.coef) * (p.mul * part) for p, part in zip(prods, parts))
+    result = None
+    for p in prods:
+        t = lin.transpose(p.s, p.w, mul=p.mul, exact=p.exact, ratio=p.ratio)
+        if p.coef != 1.0:
+            t = t * a.dtype.type(p.coef)
+        result = t if result is None else result + t
+    return result
+
+
+def channel_flows(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
+                  cache: WeightCache, layer_name: str, rows: np.ndarray, cols: np.ndarray,
+                  z: np.ndarray | None = None, bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                  nonneg: bool = False, terms: Mapping[Term, np.ndarray] | None = None) -> np.ndarray:
+    """F[n, i, j]: relevance flowing from output channel ``cols[j]`` to input channel ``rows[i]``.
+
+    The same products as ``relevance``, summed per channel pair over positions and taps:
+    summing F over every output channel gives each input channel's relevance.
+    """
+    total = None
+    for p in products(rule, lin, a, r, backend, cache, layer_name, z, bounds, nonneg, terms):
+        f = lin.flow(p.signal(backend), p.w, p.mul, rows, cols)
+        f = f * p.coef if p.coef != 1.0 else f
+        total = f if total is None else total + f
+    return total
 
 
 def _bias_like(b: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -207,36 +260,33 @@ def _bias_like(b: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def _alpha_beta(alpha: float, beta: float, fwd: _Forward, a: np.ndarray, r: np.ndarray,
-                backend, nonneg: bool) -> np.ndarray:
+                backend, nonneg: bool) -> list[Product]:
     """αβ: positive and negative contributions normalised separately, weighted α and β.
 
     Contributions are ``a_j w_jk``; for a mixed-sign input their positive part is
     ``a⁺w⁺ + a⁻w⁻`` (and the negative part ``a⁺w⁻ + a⁻w⁺``). When the input is
     non-negative (after a ReLU) the ``a⁻`` terms vanish and are skipped. ``z⁺`` is α=1, β=0.
     """
-    lin = fwd.lin
     pos_in = "id" if nonneg else "pos"
     ap = a if nonneg else np.maximum(a, 0)
     an = None if nonneg else np.minimum(a, 0)
     wp, _ = fwd.weights("pos")
     wn, _ = fwd.weights("neg")
 
-    def part(same: str, other: str, w_same, w_other) -> np.ndarray:
+    def part(coef: float, same: str, other: str, w_same, w_other) -> list[Product]:
         z = fwd(Term(pos_in, same))
         if an is not None:
             z = z + fwd(Term("neg", other, bias=False))
         s = backend.stabilised_divide(r, z, 0.0)
-        out = lin.transpose(s, w_same, mul=ap, exact=True)
+        out = [Product(coef, s, w_same, ap, exact=True)]
         if an is not None and an.any():
-            out = out + lin.transpose(s, w_other, mul=an, exact=True)
+            out.append(Product(coef, s, w_other, an, exact=True))
         return out
 
-    result = part("pos", "neg", wp, wn)
-    if alpha != 1.0:
-        result = result * a.dtype.type(alpha)
+    prods = part(alpha, "pos", "neg", wp, wn)
     if beta != 0.0:
-        result = result - a.dtype.type(beta) * part("neg", "pos", wn, wp)
-    return result
+        prods += part(-beta, "neg", "pos", wn, wp)
+    return prods
 
 
 def is_identity(rule: Rule) -> bool:

@@ -41,13 +41,15 @@ class Propagation:
 
 
 def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor: str,
-              start: np.ndarray, keep: tuple[str, ...] = ()) -> Propagation:
+              start: np.ndarray, keep: tuple[str, ...] = (), masks: dict | None = None) -> Propagation:
     """Run LRP from ``start`` (relevance of ``start_tensor``) to the graph input.
 
     Parameters
     ----------
     keep : layer names whose output relevance is returned in ``Propagation.kept``
         (``"*"`` keeps every layer).
+    masks : layer name → 0/1 per output channel; the relevance arriving at that layer's
+        output is multiplied by it before it goes on (only chosen neurons pass).
     """
     rel: dict[str, np.ndarray] = {start_tensor: start}
     totals: dict[str, np.ndarray] = {start_tensor: sample_sums(start)}  # per-sample sums of rel
@@ -59,6 +61,10 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         if r is None:
             continue
         r_total = totals.pop(layer.output)
+        if masks and layer.name in masks:
+            m = np.asarray(masks[layer.name], r.dtype)
+            r = r * m.reshape((1, -1) + (1,) * (r.ndim - 2))
+            r_total = sample_sums(r)
         if keep_all or layer.name in wanted:
             out.kept[layer.name] = r
         rule = plan.rule_for(layer)

@@ -53,6 +53,11 @@ class ConvMap:
     def transpose(self, s, w, mul=None, exact=False, ratio=None):
         return self.backend.conv2d_transpose(s, w, self.geom, self.in_hw, mul, exact=exact, ratio=ratio)
 
+    def flow(self, s, w, mul, rows, cols):
+        """Channel-pair flows (see ``kernels.flow``) between input ``rows`` and output ``cols``."""
+        return self.backend.conv_flow(mul, s, w, self.geom, (s.shape[0], self.weight.shape[1] * self.geom.groups,
+                                                             *self.in_hw), rows, cols)
+
 
 @register
 class ConvHandler(LinearHandler):

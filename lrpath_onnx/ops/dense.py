@@ -26,6 +26,10 @@ class DenseMap:
             s = self.backend.stabilised_divide(s, *ratio)
         return self.backend.dense_transpose(s, w, mul)
 
+    def flow(self, s, w, mul, rows, cols):
+        """Unit-pair flows ``m_i w_ij s_j`` between input ``rows`` and output ``cols``."""
+        return self.backend.dense_flow(mul, s, w, rows, cols)
+
 
 @register
 class DenseHandler(LinearHandler):

@@ -38,7 +38,7 @@ class LinearHandler(OpHandler):
     def input_activation(self, layer, ctx: BackwardContext) -> np.ndarray:
         return ctx.fwd[layer.inputs[0]]
 
-    def relevance(self, layer, rule, r, ctx: BackwardContext):
+    def _setup(self, layer, rule, r, ctx: BackwardContext):
         a = self.input_activation(layer, ctx)
         lin = self.linear_map(layer, a, r, ctx.backend)
         z, terms = None, {}
@@ -48,9 +48,16 @@ class LinearHandler(OpHandler):
                 t = ctx.fwd.get(term_tensor(layer, term))
                 if t is not None:
                     terms[term] = t
-        return [linear_rules.relevance(rule, lin, a, r, ctx.backend, ctx.cache, self.cache_key(layer, a),
-                                       z, ctx.bounds.get(layer.name),
-                                       bool(layer.attrs.get("nonneg_input")), terms)]
+        return dict(lin=lin, a=a, r=r, backend=ctx.backend, cache=ctx.cache, layer_name=self.cache_key(layer, a),
+                    z=z, bounds=ctx.bounds.get(layer.name), nonneg=bool(layer.attrs.get("nonneg_input")),
+                    terms=terms)
+
+    def relevance(self, layer, rule, r, ctx: BackwardContext):
+        return [linear_rules.relevance(rule, **self._setup(layer, rule, r, ctx))]
+
+    def flows(self, layer, rule, r, ctx: BackwardContext, rows, cols) -> np.ndarray:
+        """F[n, i, j]: relevance from output channel ``cols[j]`` to input channel ``rows[i]``."""
+        return linear_rules.channel_flows(rule, rows=rows, cols=cols, **self._setup(layer, rule, r, ctx))
 
     def cache_key(self, layer, a: np.ndarray) -> str:
         return layer.name
