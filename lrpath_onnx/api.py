@@ -318,6 +318,11 @@ class Analyzer:
             self._extra.add(tensor)
             self._runtime = None
 
+    def request(self, *tensors: str) -> None:
+        """Have onnxruntime return these tensors too (``Explanation.forward``, with keep_forward)."""
+        for t in tensors:
+            self._ensure_output(t)
+
     def _context(self, x: np.ndarray, fwd: dict) -> tuple[BackwardContext, float | None]:
         """The backward context of a batch (z^B bounds included) and the share of input
         values outside those bounds."""

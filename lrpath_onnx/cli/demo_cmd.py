@@ -8,6 +8,7 @@ import click
 
 from ..models.registry import HERE, get
 from .explain_cmd import run_explain
+from .session import open_session
 
 DIGITS = ("digit_3.png", "digit_7.png")
 
@@ -18,10 +19,10 @@ DIGITS = ("digit_3.png", "digit_7.png")
 def demo(out):
     """Explain the shipped mnist-vgg digit classifier on shipped digits; say where the pictures are."""
     entry = get("mnist-vgg")
-    model = entry.path()
-    click.echo(f"model mnist-vgg: {model} ({entry.quality})")
-    folder = run_explain(model, [HERE / "digits" / d for d in DIGITS], Path(out) / "explain", {},
-                         batch_size=len(DIGITS), entry=entry)
+    click.echo(f"model mnist-vgg: {entry.path()} ({entry.quality})")
+    target = Path(out) / "explain"
+    ses = open_session(["mnist-vgg", *(HERE / "digits" / d for d in DIGITS)], target)
+    folder = run_explain(ses, target, batch_size=len(DIGITS))
     for d in DIGITS:
         click.echo(f"pictures: {folder / Path(d).stem / 'overlay.png'} and heatmap.png beside it")
     return 0

@@ -75,11 +75,14 @@ class ActivationRuntime:
     requests : tensor names the backward pass needs (inputs, outputs, switches).
     device : ``cpu``, ``cuda`` or ``auto`` for the execution provider.
     extra_nodes, extra_initializers : nodes appended to the graph (rule forward terms).
+    extra_inputs, rewire : more graph inputs, and tensor → replacement for the existing
+        nodes that read it (neuron masks inserted after layers).
     """
 
     def __init__(self, model: LoadedModel, graph: LayerGraph, requests: set[str],
                  device: str = "cpu", threads: int | None = None,
-                 extra_nodes: list | None = None, extra_initializers: list | None = None) -> None:
+                 extra_nodes: list | None = None, extra_initializers: list | None = None,
+                 extra_inputs: list | None = None, rewire: dict[str, str] | None = None) -> None:
         self.graph = graph
         self.input_name = graph.input
         proto = onnx.ModelProto()
@@ -97,7 +100,12 @@ class ActivationRuntime:
         del g.initializer[:]
         g.initializer.extend(inits)
         g.initializer.extend(extra_initializers or [])
+        for node in g.node:  # consumers of a rewired tensor read its replacement instead
+            for i, name in enumerate(node.input):
+                if rewire and name in rewire:
+                    node.input[i] = rewire[name]
         g.node.extend(extra_nodes or [])
+        g.input.extend(extra_inputs or [])
         for name in sorted(shared):
             arr = model.initializers[name]
             g.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arr.shape)))
@@ -139,7 +147,7 @@ class ActivationRuntime:
             np.ascontiguousarray(model.initializers[name])) for name in sorted(shared)}
         self._shapes: dict[tuple, dict[str, tuple]] = {}
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Forward ``x`` (the model's input layout, with batch axis); tensors by name.
 
         Outputs are written by onnxruntime straight into fresh numpy arrays (their shapes
@@ -151,6 +159,8 @@ class ActivationRuntime:
         binding.bind_cpu_input(self.input_name, x)
         for name, value in self._binding_values.items():
             binding.bind_ortvalue_input(name, value)
+        for name, value in (extra or {}).items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value, np.float32))
         shapes = self._shapes.get(x.shape)
         outs = None
         if shapes is not None:

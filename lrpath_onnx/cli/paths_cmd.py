@@ -1,0 +1,46 @@
+"""``lrpath paths MODEL INPUT --k 5 --out DIR``: neuron graph, K best paths, path heatmaps."""
+
+from __future__ import annotations
+
+import click
+
+from ..io.outputs import clean_temporaries, ensure_out_dir
+from ..paths.run import explain_paths
+from .options import progress
+from .session import input_options, open_session
+
+
+def path_options(fn):
+    fn = click.option("--threshold", type=float, default=1.0, show_default=True,
+                      help="GetOptimizer: keep neurons whose value is above mean − threshold·std.")(fn)
+    fn = click.option("--select", "how", type=click.Choice(["top", "getoptimizer"]), default="top",
+                      show_default=True, help="Neurons per layer: the most relevant, or GetOptimizer's.")(fn)
+    fn = click.option("--per-layer", type=click.IntRange(min=1), default=16, show_default=True,
+                      help="Neurons kept per layer (with --select top).")(fn)
+    return fn
+
+
+@click.command()
+@input_options
+@path_options
+@click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="How many best paths.")
+def paths(args, out, k, per_layer, how, threshold, **opts):
+    """Neuron graph of MODEL for each INPUT, its K best paths, and the K-path heatmaps.
+
+    Writes graph.png/.svg/.graphml/.json, paths.json, heatmap_full.png,
+    heatmap_k_paths_relevance.png and heatmap_k_paths_activation.png per input.
+    """
+    ses = open_session(args, out, **opts)
+    out = ensure_out_dir(out)
+    clean_temporaries(out)
+    with progress(len(ses.paths), "paths") as bar:
+        for batch in ses.reader.batches(ses.paths, 1):
+            sample = batch[0]
+            rec = explain_paths(ses.an, sample, out / sample.name, k, per_layer, how, threshold, ses.target,
+                                ses.layout, ses.labels)
+            best = rec["paths"][0] if rec["paths"] else None
+            route = " > ".join(f"{n['layer']}:{n['neuron']}" for n in best["neurons"]) if best else "none"
+            click.echo(f"{sample.name}: {rec['graph']['nodes']} neurons, {rec['graph']['edges']} flows; "
+                       f"best path ({best['weight'] if best else 0:.4g}): {route} -> {out / sample.name}")
+            bar.update(1)
+    return 0

@@ -1,0 +1,183 @@
+"""The neuron graph: the most relevant neurons of each layer and the relevance flowing between them.
+
+A neuron is a channel of a Conv layer or a unit of a dense layer (the "graph layers"). The
+edge from neuron i of one graph layer to neuron j of the next carries the relevance j sends
+to i (``Analyzer.channel_flows``: summed over positions and kernel taps), so the graph
+conserves like the explanation does. Between two graph layers only channel-preserving
+layers may stand (activations, pools, constant affine maps, reshapes and transposes), as
+in VGG-like networks; a branch (Add, Concat) is refused with the layer that causes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from ..api import Analyzer, Explanation
+from ..errors import InputError
+from ..graph.layers import LINEAR, PASS, ROUTE, WTA, Layer
+from .optimizer import get_optimizer
+
+SOURCE, SINK = "input", "target"
+GRAPH_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def graph_layers(an: Analyzer) -> list[Layer]:
+    """The Conv/dense layers in order, checked to form a chain; raises with the culprit."""
+    layers = [l for l in an.graph.layers if l.kind == LINEAR and l.op in GRAPH_OPS]
+    if not layers:
+        raise InputError("the model has no Conv or dense layer to build a neuron graph from")
+    names = {l.name for l in layers}
+    for layer in layers:
+        _chain_to_previous(an, layer, names)
+    return layers
+
+
+def _chain_to_previous(an: Analyzer, layer: Layer, graph_names: set[str]) -> list[Layer]:
+    """Layers between ``layer`` and the previous graph layer (or the input), last first."""
+    chain, t = [], layer.inputs[0]
+    while t != an.graph.input:
+        prev = an.graph.producer.get(t)
+        if prev is None:
+            break
+        if prev.name in graph_names:
+            return chain
+        ok = len(prev.inputs) == 1 and (prev.kind in (PASS, WTA, ROUTE) or
+                                        prev.op in ("AveragePool", "GlobalAveragePool"))
+        if not ok:
+            raise InputError(f"neuron paths need a chain of layers (VGG-like); '{prev.name}' ({prev.op}) "
+                             f"before '{layer.name}' joins or mixes channels")
+        chain.append(prev)
+        t = prev.inputs[0]
+    return chain
+
+
+def channel_of_inputs(an: Analyzer, layer: Layer, prev: Layer) -> np.ndarray:
+    """For each input feature of ``layer`` (its channel, or its unit for a dense layer),
+    the output channel of ``prev`` it comes from (pools keep channels; Flatten/Reshape/
+    Transpose move them)."""
+    chain = _chain_to_previous(an, layer, {prev.name})[::-1]
+    shape = an.graph.shapes.get(prev.output)
+    if shape is None or any(d is None for d in shape[1:]):
+        raise InputError(f"neuron graph needs the static shape of '{prev.output}'")
+    ids = np.broadcast_to(np.arange(shape[1]).reshape((1, -1) + (1,) * (len(shape) - 2)),
+                          (1,) + tuple(shape[1:])).astype(np.float64)
+    for step in chain:
+        out = an.graph.shapes.get(step.output)
+        if out is None or any(d is None for d in out[1:]):
+            raise InputError(f"neuron graph needs the static shape of '{step.output}'")
+        if step.kind == ROUTE:
+            ids = ids.reshape((1,) + tuple(out[1:])) if step.op != "Transpose" else \
+                np.transpose(ids, step.attrs["perm"])
+        else:  # element-wise or pooling: channel axis 1 kept, spatial size may change
+            ids = np.broadcast_to(ids.reshape(ids.shape[0], ids.shape[1], -1)[:, :, :1].reshape(
+                (1, ids.shape[1]) + (1,) * (len(out) - 2)), (1,) + tuple(out[1:]))
+    feats = ids.reshape(ids.shape[0], ids.shape[1], -1) if layer.op == "Conv" else ids.reshape(1, -1)
+    return (feats[0, :, 0] if layer.op == "Conv" else feats[0]).astype(np.int64)
+
+
+def activation_tensor(an: Analyzer, layer: Layer) -> str:
+    """The tensor a layer's neurons are seen by: its output after a following ReLU/Clip."""
+    users = an.graph.consumers(layer.output)
+    if len(users) == 1 and users[0].op in ("Relu", "Clip", "LeakyRelu"):
+        return users[0].output
+    return layer.output
+
+
+@dataclass
+class NeuronGraph:
+    """The graph of one input, and what it was built from."""
+
+    graph: nx.DiGraph
+    layers: list[str]
+    kept: dict[str, np.ndarray]
+    relevance: dict[str, np.ndarray] = field(default_factory=dict)
+    activation: dict[str, np.ndarray] = field(default_factory=dict)
+    target: object = None
+
+    def path_masks(self, paths: list[list]) -> dict[str, np.ndarray]:
+        """Per graph layer, a 0/1 vector marking the neurons on any of ``paths``."""
+        masks = {name: np.zeros(len(self.relevance[name]), np.float32) for name in self.layers}
+        for path in paths:
+            for node in path:
+                if isinstance(node, tuple):
+                    masks[node[0]][node[1]] = 1.0
+        return masks
+
+
+def _per_neuron(t: np.ndarray) -> np.ndarray:
+    return t.reshape(t.shape[0], t.shape[1], -1).sum(axis=2, dtype=np.float64) if t.ndim > 2 else \
+        t.astype(np.float64)
+
+
+def select(relevance: np.ndarray, activation: np.ndarray | None, how: str, per_layer: int,
+           threshold: float = 1.0) -> np.ndarray:
+    """Neuron indices to keep: the ``per_layer`` most relevant, or GetOptimizer's choice."""
+    if how == "top":
+        order = np.argsort(-relevance, kind="stable")
+        return np.sort(order[:per_layer])
+    if how == "getoptimizer":
+        mask, _ = get_optimizer(activation[None], relevance[None], 0, threshold)
+        return np.nonzero(mask)[0]
+    raise InputError(f"unknown neuron selection '{how}'; choose top or getoptimizer")
+
+
+def build(an: Analyzer, exp: Explanation, sample: int = 0, per_layer: int = 16, how: str = "top",
+          threshold: float = 1.0) -> NeuronGraph:
+    """The neuron graph of ``sample`` from an explanation made with the graph layers kept
+    (``keep=[...]``) and ``keep_forward=True`` (see ``explain_for_graph``)."""
+    if per_layer < 1:
+        raise InputError(f"--per-layer must be at least 1, got {per_layer}")
+    layers = graph_layers(an)
+    g = nx.DiGraph()
+    g.add_node(SOURCE, layer="input", column=0, neuron=-1, relevance=float(exp.start_relevance[sample]))
+    target = exp.targets[sample]
+    sink_label = f"{target}" if not isinstance(target, (int, np.integer)) else f"class {target}"
+    g.add_node(SINK, layer="target", column=len(layers) + 1, neuron=-1,
+               relevance=float(exp.start_relevance[sample]), label=sink_label)
+    ng = NeuronGraph(g, [l.name for l in layers], {}, target=target)
+    for li, layer in enumerate(layers):
+        rel = _per_neuron(exp.kept[layer.name][sample:sample + 1])[0]
+        act = _per_neuron(exp.forward[activation_tensor(an, layer)][sample:sample + 1])[0]
+        size = exp.forward[activation_tensor(an, layer)][sample].size / max(len(act), 1)
+        ng.relevance[layer.name], ng.activation[layer.name] = rel, act / size
+        if li == len(layers) - 1 and layer.output == an.graph.output and isinstance(target, (int, np.integer)):
+            kept = np.array([int(target)])
+        else:
+            kept = select(rel, ng.activation[layer.name], how, per_layer, threshold)
+        ng.kept[layer.name] = kept
+        for j in kept:
+            g.add_node((layer.name, int(j)), layer=layer.name, column=li + 1, neuron=int(j),
+                       relevance=float(rel[j]), activation=float(ng.activation[layer.name][j]))
+    first = layers[0]
+    f0 = an.channel_flows(exp, first.name, np.arange(_in_features(an, first)), ng.kept[first.name])[sample]
+    for col, j in enumerate(ng.kept[first.name]):
+        g.add_edge(SOURCE, (first.name, int(j)), weight=float(f0[:, col].sum()))
+    for prev, layer in zip(layers, layers[1:]):
+        ids = channel_of_inputs(an, layer, prev)
+        keep_prev = ng.kept[prev.name]
+        rows = np.nonzero(np.isin(ids, keep_prev))[0]
+        f = an.channel_flows(exp, layer.name, rows, ng.kept[layer.name])[sample]
+        for ch in keep_prev:
+            share = f[ids[rows] == ch].sum(axis=0)
+            for col, j in enumerate(ng.kept[layer.name]):
+                g.add_edge((prev.name, int(ch)), (layer.name, int(j)), weight=float(share[col]))
+    last = layers[-1]
+    for j in ng.kept[last.name]:
+        g.add_edge((last.name, int(j)), SINK, weight=float(ng.relevance[last.name][j]))
+    return ng
+
+
+def _in_features(an: Analyzer, layer: Layer) -> int:
+    w = layer.params["weight"]
+    return w.shape[1] * layer.attrs.get("group", 1) if layer.op == "Conv" else w.shape[0]
+
+
+def explain_for_graph(an: Analyzer, x: np.ndarray, target=None) -> Explanation:
+    """An explanation keeping what the neuron graph needs: every graph layer's relevance
+    and the forward tensors."""
+    layers = graph_layers(an)
+    an.request(*[activation_tensor(an, l) for l in layers])
+    return an.explain(x, target=target, keep=[l.name for l in layers], keep_forward=True)

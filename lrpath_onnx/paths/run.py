@@ -1,0 +1,89 @@
+"""``lrpath paths`` for one input: graph, K best paths, path heatmaps, all written to a folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from ..api import Analyzer
+from ..io.inputs import Sample
+from ..io.outputs import atomic_path, write_json
+from ..viz.graph_draw import draw_png, draw_svg
+from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png
+from .heatmaps import activation_heatmap, relevance_heatmap
+from .kbest import k_best_paths
+from .neurons import SINK, SOURCE, NeuronGraph, build, explain_for_graph
+
+
+def node_id(node) -> str:
+    """A string id for GraphML/JSON: ``layer:neuron`` or input/target."""
+    return f"{node[0]}:{node[1]}" if isinstance(node, tuple) else str(node)
+
+
+def graph_json(ng: NeuronGraph) -> dict:
+    g = ng.graph
+    return {"nodes": [{"id": node_id(n), **{k: v for k, v in d.items()}} for n, d in g.nodes(data=True)],
+            "edges": [{"source": node_id(u), "target": node_id(v), "weight": d["weight"]}
+                      for u, v, d in g.edges(data=True)]}
+
+
+def write_graphml(ng: NeuronGraph, path: Path) -> None:
+    plain = nx.relabel_nodes(ng.graph, {n: node_id(n) for n in ng.graph.nodes})
+    with atomic_path(path) as tmp:
+        nx.write_graphml(plain, str(tmp))
+
+
+def path_record(weight: float, path: list, ng: NeuronGraph) -> dict:
+    return {"weight": weight, "neurons": [{"layer": n[0], "neuron": n[1],
+                                           "relevance": ng.graph.nodes[n]["relevance"]}
+                                          for n in path if isinstance(n, tuple)]}
+
+
+def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer: int = 16,
+                  how: str = "top", threshold: float = 1.0, target=None, layout: str = "nchw",
+                  labels: list[str] | None = None) -> dict:
+    """Everything ``lrpath paths`` writes for one input into ``out``; returns paths.json's content."""
+    t0 = time.perf_counter()
+    x = sample.tensor[None]
+    exp = explain_for_graph(an, x, target)
+    t1 = time.perf_counter()
+    ng = build(an, exp, 0, per_layer, how, threshold)
+    if labels and isinstance(ng.target, (int, np.integer)) and ng.target < len(labels):
+        name = labels[ng.target]
+        ng.graph.nodes[SINK]["label"] = f"class {ng.target}" + ("" if name == str(ng.target) else f" {name}")
+    best = k_best_paths(ng.graph, SOURCE, SINK, k)
+    t2 = time.perf_counter()
+    masks = ng.path_masks([p for _, p in best])
+    rel_k = relevance_heatmap(an, x, target if target is not None else exp.targets[0], masks)
+    hw = sample.display.shape[:2]
+    act_k = activation_heatmap(an, exp, ng, masks, hw)
+    t3 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    title = (f"{len(best)} best relevance paths to {ng.graph.nodes[SINK].get('label', 'target')}, "
+             f"{per_layer if how == 'top' else 'GetOptimizer'} neurons per layer")
+    draw_png(ng.graph, [p for _, p in best], out / "graph.png", title=title)
+    draw_svg(ng.graph, [p for _, p in best], out / "graph.svg", title=title)
+    write_graphml(ng, out / "graph.graphml")
+    write_json(out / "graph.json", graph_json(ng))
+    full = relevance_map(exp.relevance[0], layout)
+    scale = 224 if min(full.shape) < 224 else None
+    save_png(out / "heatmap_full.png", heatmap_rgb(full), scale_to=scale)
+    save_png(out / "heatmap_k_paths_relevance.png", heatmap_rgb(relevance_map(rel_k, layout)), scale_to=scale)
+    save_png(out / "heatmap_k_paths_activation.png", overlay_rgb(sample.display, act_k), scale_to=scale)
+    record = {
+        "input": str(sample.source), "target": ng.target if not isinstance(ng.target, np.integer) else int(ng.target),
+        "k": k, "selection": how, "per_layer": per_layer if how == "top" else None,
+        "threshold": threshold if how == "getoptimizer" else None,
+        "layers": ng.layers, "kept": {name: ng.kept[name].tolist() for name in ng.layers},
+        "graph": {"nodes": ng.graph.number_of_nodes(), "edges": ng.graph.number_of_edges()},
+        "longest": path_record(*best[0], ng) if best else None,
+        "paths": [{"rank": i + 1, **path_record(w, p, ng)} for i, (w, p) in enumerate(best)],
+        "relevance_share_k_paths": float(rel_k.sum() / exp.relevance[0].sum()) if exp.relevance[0].sum() else None,
+        "timings_s": {"explain": t1 - t0, "graph_and_paths": t2 - t1, "path_heatmaps": t3 - t2,
+                      "total": t3 - t0},
+    }
+    write_json(out / "paths.json", record)
+    return record
