@@ -290,6 +290,20 @@ class Analyzer:
         exp.timings_s["total"] = exp.timings_s["backward"] + t1 - t0
         return exp
 
+    def reexplain(self, exp: Explanation, masks: dict[str, np.ndarray] | None = None,
+                  keep: Sequence[str] = ()) -> Explanation:
+        """The backward pass of ``exp`` again (same inputs and targets, its forward tensors
+        reused; it must come from ``keep_forward=True``), with relevance masks per layer."""
+        if exp.forward is None:
+            raise InputError("reexplain needs an explanation made with keep_forward=True")
+        x = exp.forward[self.graph.input]
+        targets = exp.targets
+        target = targets if all(isinstance(t, (int, np.integer)) for t in targets) else parse_target(targets[0])
+        start_tensor, start, _ = self._start(exp.forward, target, x.shape[0])
+        out = self._backward(x, exp.forward, start_tensor, start, keep, masks, keep_forward=True)
+        out.targets = list(targets)
+        return out
+
     def relevance_from(self, x: np.ndarray, tensor: str, relevance: np.ndarray,
                        keep: Sequence[str] = (), dtype=np.float32, masks: dict | None = None,
                        keep_forward: bool = False) -> Explanation:
