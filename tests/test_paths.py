@@ -1,0 +1,119 @@
+"""Neuron graph, masked model, path heatmaps and the paths/optimize commands on mnist-vgg."""
+
+from __future__ import annotations
+
+import json
+
+import networkx as nx
+import numpy as np
+import pytest
+from PIL import Image
+
+from lrpath_onnx import Analyzer, InputError
+from lrpath_onnx.models.registry import HERE
+from lrpath_onnx.paths import SINK, SOURCE, build, explain_for_graph, graph_layers, k_best_paths
+from lrpath_onnx.paths.masking import MaskedModel
+from tests.test_cli import lrpath
+from tests.test_graph import FIXTURES
+
+DIGITS = HERE / "digits"
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    an = Analyzer(HERE / "mnist_vgg.onnx", low=0.0, high=1.0)
+    x = np.stack([np.asarray(Image.open(DIGITS / f"digit_{d}.png"), np.float32) / 255 for d in (3, 8)])[:, None]
+    return an, x
+
+
+def test_graph_layers_and_chain_check(mnist):
+    an, _ = mnist
+    assert [l.name for l in graph_layers(an)] == ["features.0", "features.2", "features.5", "features.7",
+                                                  "classifier.0", "classifier.3"]
+    with pytest.raises(InputError, match="joins or mixes channels"):
+        graph_layers(Analyzer(FIXTURES / "torch_resnet_block.onnx"))
+
+
+@pytest.mark.parametrize("sample", [0, 1])
+def test_full_graph_conserves_neuron_by_neuron(mnist, sample):
+    """With every neuron kept, a neuron's outgoing flows add up to its relevance, and the
+    first layer's neurons send all their (bias-free z^B) relevance to the input."""
+    an, x = mnist
+    exp = explain_for_graph(an, x)
+    ng = build(an, exp, sample, per_layer=10_000)
+    g = ng.graph
+    assert g.number_of_nodes() == 2 + 32 + 32 + 64 + 64 + 128 + 1
+    for layer in ng.layers[:-1]:
+        for j in ng.kept[layer]:
+            node = (layer, int(j))
+            into_lower = sum(d["weight"] for _, _, d in g.in_edges(node, data=True))
+            from_upper = sum(d["weight"] for _, _, d in g.out_edges(node, data=True))
+            rel = g.nodes[node]["relevance"]
+            assert from_upper == pytest.approx(rel, rel=1e-3, abs=1e-5 * abs(exp.start_relevance[sample]))
+            if layer == "features.0":  # z^B has no bias: everything reaches the input (up to the
+                # float32 rounding of onnxruntime's z, which the z^B denominator reuses)
+                assert into_lower == pytest.approx(rel, rel=5e-3, abs=1e-6)
+    assert g.nodes[SINK]["relevance"] == pytest.approx(float(exp.logits[sample].max()), rel=1e-6)
+    assert ng.kept["classifier.3"].tolist() == [int(exp.logits[sample].argmax())]
+
+
+def test_top_n_and_getoptimizer_selection(mnist):
+    an, x = mnist
+    exp = explain_for_graph(an, x[:1])
+    ng = build(an, exp, 0, per_layer=5)
+    for layer in ng.layers[:-1]:
+        rel = ng.relevance[layer]
+        assert len(ng.kept[layer]) == 5 and set(ng.kept[layer]) == set(np.argsort(-rel)[:5])
+    ng2 = build(an, exp, 0, how="getoptimizer", threshold=1.0)
+    assert all(0 < len(ng2.kept[l]) <= len(ng2.relevance[l]) for l in ng2.layers)
+    best = k_best_paths(ng.graph, SOURCE, SINK, 5)
+    assert len(best) == 5 and best[0][0] >= best[-1][0]
+    assert nx.dag_longest_path_length(ng.graph) >= best[0][0] - 1e-9
+
+
+def test_masked_model_and_masked_relevance(mnist):
+    an, x = mnist
+    mm = MaskedModel(an)
+    np.testing.assert_array_equal(mm.run(x), an.forward(x)["logits"])
+    cut = mm.run(x, {"features.5": np.zeros(64)})
+    assert np.abs(cut - an.forward(x)["logits"]).max() > 1.0
+    exp = explain_for_graph(an, x)
+    ones = {l: np.ones(len(v)) for l, v in build(an, exp, 0).relevance.items()}
+    np.testing.assert_allclose(an.reexplain(exp, ones).relevance, exp.relevance, rtol=1e-6, atol=1e-7)
+    zero = an.reexplain(exp, {"features.2": np.zeros(32)}).relevance
+    assert np.abs(zero).max() == 0.0
+    half = np.zeros(32)
+    half[:16] = 1
+    part = an.reexplain(exp, {"features.2": half})
+    assert 0 < np.abs(part.relevance).sum() < np.abs(exp.relevance).sum() * 1.5
+
+
+def test_paths_command_writes_everything(tmp_path):
+    res = lrpath("paths", "mnist-vgg", DIGITS / "digit_3.png", "--out", tmp_path, "--k", "4", "--per-layer", "6")
+    assert res.returncode == 0, res.stderr
+    folder = tmp_path / "digit_3"
+    for name in ("graph.png", "heatmap_full.png", "heatmap_k_paths_relevance.png", "heatmap_k_paths_activation.png"):
+        with Image.open(folder / name) as im:
+            assert im.size[0] >= 224 and len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 10
+    g = nx.read_graphml(folder / "graph.graphml")
+    assert g.number_of_nodes() == 2 + 6 * 5 + 1
+    info = json.loads((folder / "paths.json").read_text())
+    assert len(info["paths"]) == 4 and info["paths"][0]["weight"] >= info["paths"][3]["weight"]
+    assert [n["layer"] for n in info["paths"][0]["neurons"]] == info["layers"]
+    assert info["longest"] == {k: v for k, v in info["paths"][0].items() if k != "rank"}
+    assert "<svg" in (folder / "graph.svg").read_text()[:200]
+
+
+def test_optimize_command(tmp_path):
+    res = lrpath("optimize", "mnist-vgg", DIGITS / "digit_1.png", DIGITS / "digit_7.png", "--out", tmp_path,
+                 "--k-max", "4", "--per-layer", "6", "--thresholds", "-1,0,1,2")
+    assert res.returncode == 0, res.stderr
+    info = json.loads((tmp_path / "optimize.json").read_text())
+    assert info["inputs"] == 2 and info["k"] == [1, 2, 3, 4]
+    assert all(np.isfinite(v) for v in info["per_k"]["prob_mse"])
+    kept = info["neurons_kept_per_threshold"]
+    assert kept == sorted(kept)  # a larger t keeps more neurons
+    assert info["per_threshold"]["prob_mse"][-1] <= info["per_threshold"]["prob_mse"][0]
+    for png in ("optimize_k.png", "optimize_threshold.png"):
+        with Image.open(tmp_path / png) as im:
+            assert im.size == (1000, 600)
