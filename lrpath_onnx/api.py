@@ -88,6 +88,7 @@ class Explanation:
     timings_s: dict[str, float] = field(default_factory=dict)
     bounds_violation: float | None = None
     forward: dict[str, np.ndarray] | None = None
+    products: dict = field(default_factory=dict)
 
     @property
     def input_relevance_sum(self) -> np.ndarray:
@@ -361,6 +362,8 @@ class Analyzer:
         t1 = time.perf_counter()
         n = x.shape[0]
         ctx, violation = self._context(x, fwd)
+        if keep_forward:  # the neuron graph's channel flows reuse the kept layers' products
+            ctx.keep_products = frozenset(keep)
         with self.backend.threads.blas_single():
             prop = propagate(self.graph, self._plan, ctx, start_tensor, start, tuple(keep), masks)
         t2 = time.perf_counter()
@@ -370,7 +373,7 @@ class Analyzer:
             start_relevance=start.reshape(n, -1).sum(axis=1, dtype=np.float64),
             flows=prop.flows, kept=prop.kept, provider=self.runtime().provider, device=self.device,
             timings_s={"backward": t2 - t1}, bounds_violation=violation,
-            forward=fwd if keep_forward else None)
+            forward=fwd if keep_forward else None, products=ctx.products)
 
     def channel_flows(self, exp: Explanation, layer_name: str, rows, cols) -> np.ndarray:
         """F[n, i, j]: relevance that output channel ``cols[j]`` of a Conv/dense layer sends to
@@ -388,7 +391,8 @@ class Analyzer:
         x = exp.forward[self.graph.input]
         ctx, _ = self._context(x, exp.forward)
         with self.backend.threads.blas_single():
-            return h.flows(layer, self._plan.rule_for(layer), r, ctx, np.asarray(rows), np.asarray(cols))
+            return h.flows(layer, self._plan.rule_for(layer), r, ctx, np.asarray(rows), np.asarray(cols),
+                           exp.products.get(layer.name))
 
 
 def _fmt_shape(shape: tuple) -> str:

@@ -179,6 +179,8 @@ def test_demo_runs_offline_on_the_shipped_model(tmp_path):
         info = json.loads((folder / "explanation.json").read_text())
         assert info["target"] == {"index": digit, "label": str(digit)}
         assert 0.8 < info["conservation"]["ratio"] < 1.1
+    paths = tmp_path / "demo" / "paths" / "digit_3"
+    assert (paths / "graph.png").exists() and len(json.loads((paths / "paths.json").read_text())["paths"]) == 5
 
 
 def test_bench_writes_json_with_ratios(cnn, tmp_path):

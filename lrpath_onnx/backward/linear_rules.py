@@ -125,11 +125,13 @@ def _split_input(a: np.ndarray, mode: str) -> np.ndarray:
 
 
 class _Forward:
-    """Gives a rule its forward terms: precomputed by onnxruntime, else by the kernels."""
+    """Gives a rule its forward terms: precomputed (by onnxruntime, or by an earlier pass
+    over the same batch), else by the kernels — and records those it computes in ``terms``."""
 
     def __init__(self, lin: LinearMap, a: np.ndarray, cache: WeightCache, name: str,
-                 terms: Mapping[Term, np.ndarray] | None, exact: bool = False) -> None:
-        self.lin, self.a, self.cache, self.name, self.terms = lin, a, cache, name, terms or {}
+                 terms: dict[Term, np.ndarray] | None, exact: bool = False) -> None:
+        self.lin, self.a, self.cache, self.name = lin, a, cache, name
+        self.terms = terms if terms is not None else {}
         self.exact = exact
 
     def weights(self, variant: str, param: float = 0.0):
@@ -140,7 +142,9 @@ class _Forward:
         if hit is not None:
             return hit
         w, b = self.weights(term.weight, term.param)
-        return self.lin.forward(_split_input(self.a, term.inp), w, b if term.bias else None, exact=self.exact)
+        value = self.lin.forward(_split_input(self.a, term.inp), w, b if term.bias else None, exact=self.exact)
+        self.terms[term] = value
+        return value
 
 
 @dataclass
@@ -223,31 +227,36 @@ def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
               terms: Mapping[Term, np.ndarray] | None = None) -> np.ndarray:
     """Input relevance of one linear layer under ``rule``: the sum of its ``products``."""
     prods = products(rule, lin, a, r, backend, cache, layer_name, z, bounds, nonneg, terms)
+    return combine(rule, lin, prods, a.dtype, cache, layer_name)
+
+
+def combine(rule: Rule, lin: LinearMap, prods: list[Product], dtype, cache: WeightCache,
+            layer_name: str) -> np.ndarray:
+    """Sum the transposed products into the input relevance."""
+    dtype = np.dtype(dtype)
     if rule.name == "zbox" and getattr(lin, "stackable", False):
         # the three products share their signal: one transposed product with W, W⁺, W⁻ side by side
-        stacked, _ = cache.get(layer_name, lin, "zbox_stack", 0.0, a.dtype)
+        stacked, _ = cache.get(layer_name, lin, "zbox_stack", 0.0, dtype)
         parts = np.split(lin.transpose(prods[0].s, stacked), 3, axis=1)
-        return sum(a.dtype.type(p.coef) * (p.mul * part) for p, part in zip(prods, parts))
+        return sum(dtype.type(p.coef) * (p.mul * part) for p, part in zip(prods, parts))
     result = None
     for p in prods:
         t = lin.transpose(p.s, p.w, mul=p.mul, exact=p.exact, ratio=p.ratio)
         if p.coef != 1.0:
-            t = t * a.dtype.type(p.coef)
+            t = t * dtype.type(p.coef)
         result = t if result is None else result + t
     return result
 
 
-def channel_flows(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
-                  cache: WeightCache, layer_name: str, rows: np.ndarray, cols: np.ndarray,
-                  z: np.ndarray | None = None, bounds: tuple[np.ndarray, np.ndarray] | None = None,
-                  nonneg: bool = False, terms: Mapping[Term, np.ndarray] | None = None) -> np.ndarray:
+def channel_flows(lin: LinearMap, prods: list[Product], backend, rows: np.ndarray,
+                  cols: np.ndarray) -> np.ndarray:
     """F[n, i, j]: relevance flowing from output channel ``cols[j]`` to input channel ``rows[i]``.
 
     The same products as ``relevance``, summed per channel pair over positions and taps:
     summing F over every output channel gives each input channel's relevance.
     """
     total = None
-    for p in products(rule, lin, a, r, backend, cache, layer_name, z, bounds, nonneg, terms):
+    for p in prods:
         f = lin.flow(p.signal(backend), p.w, p.mul, rows, cols)
         f = f * p.coef if p.coef != 1.0 else f
         total = f if total is None else total + f

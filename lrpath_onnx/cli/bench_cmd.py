@@ -44,6 +44,19 @@ def _median(ts: list[float]) -> float:
     return float(np.median(ts))
 
 
+def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
+    """What `lrpath paths` computes for one image (files aside)."""
+    from ..paths import SINK, SOURCE, build, explain_for_graph, k_best_paths
+    from ..paths.heatmaps import activation_heatmap
+
+    exp = explain_for_graph(an, x)
+    ng = build(an, exp, 0, per_layer)
+    best = k_best_paths(ng.graph, SOURCE, SINK, k)
+    masks = ng.path_masks([p for _, p in best])
+    an.reexplain(exp, masks)
+    activation_heatmap(an, exp, ng, masks, x.shape[2:] if x.shape[1] in (1, 3) else x.shape[1:3])
+
+
 @click.command()
 @click.argument("model")
 @model_options
@@ -55,7 +68,12 @@ def _median(ts: list[float]) -> float:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the results as JSON here (default: bench-<model>-b<B>.json in the current folder).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input batch.")
-def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, json_path, seed):
+@click.option("--paths", "paths_k", type=click.IntRange(min=1), default=None,
+              help="Also time `lrpath paths` work per image (graph with --per-layer neurons, K best paths, "
+                   "K-path relevance and activation heatmaps) for this K.")
+@click.option("--per-layer", type=click.IntRange(min=1), default=16, show_default=True)
+def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, json_path, seed, paths_k,
+          per_layer):
     """Time explain stages on MODEL (a path or a zoo name, e.g. vgg16) against onnxruntime's forward.
 
     Stages: onnxruntime forward (a plain session, as a user would run the model), forward
@@ -81,7 +99,7 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
     feed = {plain.get_inputs()[0].name: x}
     for _ in range(warmup):
         plain.run(None, feed)
-    t_plain, t_fwd, t_bwd, t_total = [], [], [], []
+    t_plain, t_fwd, t_bwd, t_total, t_paths, t_explain2 = [], [], [], [], [], []
     for _ in range(runs):  # interleaved, so drift hits every stage alike
         t = time.perf_counter()
         plain.run(None, feed)
@@ -92,18 +110,29 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
         e = an.explain(x)
         t_bwd.append(e.timings_s["backward"])
         t_total.append(e.timings_s["total"])
+    if paths_k:  # after: the graph asks the session for more activations, which would slow explain
+        _paths_work(an, x[:1], paths_k, per_layer)
+        for _ in range(runs):
+            t_explain2.append(an.explain(x).timings_s["total"])
+            t = time.perf_counter()
+            for i in range(batch_size):
+                _paths_work(an, x[i:i + 1], paths_k, per_layer)
+            t_paths.append(time.perf_counter() - t)
     del plain
     gc.collect()
     base = _median(t_plain) / batch_size
     stages = []
     for name, ts in (("onnxruntime_forward", t_plain), ("forward_with_activations", t_fwd),
-                     ("backward", t_bwd), ("explain_total", t_total)):
+                     ("backward", t_bwd), ("explain_total", t_total), ("paths_total", t_paths)):
+        if not ts:
+            continue
         per = _median(ts) / batch_size
         stages.append({"stage": name, "median_s_per_image": per, "ratio_to_ort_forward": per / base,
                        "runs": len(ts)})
     result = {"machine": machine(), "model": str(path), "input_shape": list(shape), "batch_size": batch_size,
               "preset": preset, "rules": list(rules), "rule_forward": rule_forward, "provider": first.provider,
               "device": an.device, "warmup": warmup, "stages": stages,
+              "paths": {"k": paths_k, "per_layer": per_layer} if paths_k else None,
               "peak_rss_mb_explain": rss_explain, "first_explain_s_incl_load": first_s,
               "conservation_ratio_sample0": first.conservation(0)["ratio"]}
     click.echo(f"{path.name}  batch {batch_size}  preset {preset}  provider {first.provider}  "
@@ -111,6 +140,11 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
     click.echo(f"{'stage':28s} {'s/image':>10s} {'x ort fwd':>10s}")
     for s in stages:
         click.echo(f"{s['stage']:28s} {s['median_s_per_image']:10.4f} {s['ratio_to_ort_forward']:10.2f}")
+    if paths_k:
+        ratio = _median(t_paths) / _median(t_explain2)
+        result["paths"]["ratio_to_explain_same_session"] = ratio
+        click.echo(f"paths / explain = {ratio:.2f}  (K={paths_k}, {per_layer} neurons per layer, "
+                   "both timed with the graph's session)")
     click.echo(f"peak RSS {rss_explain:.0f} MB (explain only, before the plain session)   "
                f"first explain incl. load {first_s:.2f} s")
     json_path = json_path or Path(f"bench-{path.stem}-b{batch_size}.json")

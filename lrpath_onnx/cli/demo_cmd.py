@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..models.registry import HERE, get
+from ..paths.run import explain_paths
 from .explain_cmd import run_explain
 from .session import open_session
 
@@ -17,7 +18,8 @@ DIGITS = ("digit_3.png", "digit_7.png")
 @click.option("--out", default="lrpath-demo", show_default=True, type=click.Path(path_type=Path),
               help="Output folder.")
 def demo(out):
-    """Explain the shipped mnist-vgg digit classifier on shipped digits; say where the pictures are."""
+    """Explain the shipped mnist-vgg digit classifier on shipped digits, draw the neuron graph
+    and K best paths of one, and say where the pictures are."""
     entry = get("mnist-vgg")
     click.echo(f"model mnist-vgg: {entry.path()} ({entry.quality})")
     target = Path(out) / "explain"
@@ -25,4 +27,13 @@ def demo(out):
     folder = run_explain(ses, target, batch_size=len(DIGITS))
     for d in DIGITS:
         click.echo(f"pictures: {folder / Path(d).stem / 'overlay.png'} and heatmap.png beside it")
+    paths_out = Path(out) / "paths"
+    ses = open_session(["mnist-vgg", HERE / "digits" / DIGITS[0]], paths_out)
+    sample = next(ses.reader.batches(ses.paths, 1))[0]
+    rec = explain_paths(ses.an, sample, paths_out / sample.name, k=5, per_layer=8, labels=ses.labels)
+    best = rec["paths"][0]
+    click.echo(f"neuron graph: {rec['graph']['nodes']} neurons, 5 best paths, the best through "
+               + " > ".join(f"{n['layer']}:{n['neuron']}" for n in best["neurons"]))
+    click.echo(f"pictures: {paths_out / sample.name / 'graph.png'}, heatmap_k_paths_relevance.png and "
+               f"heatmap_k_paths_activation.png beside it")
     return 0

@@ -53,11 +53,24 @@ class LinearHandler(OpHandler):
                     terms=terms)
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
-        return [linear_rules.relevance(rule, **self._setup(layer, rule, r, ctx))]
+        setup = self._setup(layer, rule, r, ctx)
+        prods = linear_rules.products(rule, **setup)
+        if ctx.reuse_forward and ctx.keep_products:  # forward terms serve later passes (reexplain)
+            for term, value in setup["terms"].items():
+                ctx.fwd.setdefault(term_tensor(layer, term), value)
+        if layer.name in ctx.keep_products:  # the neuron graph's flows reuse them
+            ctx.products[layer.name] = (setup["lin"], prods)
+        return [linear_rules.combine(rule, setup["lin"], prods, setup["a"].dtype, ctx.cache, setup["layer_name"])]
 
-    def flows(self, layer, rule, r, ctx: BackwardContext, rows, cols) -> np.ndarray:
-        """F[n, i, j]: relevance from output channel ``cols[j]`` to input channel ``rows[i]``."""
-        return linear_rules.channel_flows(rule, rows=rows, cols=cols, **self._setup(layer, rule, r, ctx))
+    def flows(self, layer, rule, r, ctx: BackwardContext, rows, cols, kept=None) -> np.ndarray:
+        """F[n, i, j]: relevance from output channel ``cols[j]`` to input channel ``rows[i]``.
+
+        ``kept``: the (linear map, products) stored by the backward pass, if it kept them.
+        """
+        if kept is None:
+            setup = self._setup(layer, rule, r, ctx)
+            kept = (setup["lin"], linear_rules.products(rule, **setup))
+        return linear_rules.channel_flows(kept[0], kept[1], ctx.backend, rows, cols)
 
     def cache_key(self, layer, a: np.ndarray) -> str:
         return layer.name

@@ -90,6 +90,8 @@ class BackwardContext:
     shapes: dict[str, tuple]
     bounds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     dtype: Any = np.float32
+    keep_products: frozenset = frozenset()
+    products: dict = field(default_factory=dict)
 
     @property
     def reuse_forward(self) -> bool:
