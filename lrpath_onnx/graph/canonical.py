@@ -80,40 +80,55 @@ def infer_shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
 
 
 def _module_name(node_name: str) -> str | None:
-    """``/features/features.0/Conv`` → ``features.0``; ``/_blocks.3/_swish/Clip`` → ``_blocks.3._swish``.
+    """The name of the module/layer a node belongs to, from exporters' scoped node names.
 
-    PyTorch's exporter scopes node names by module path, sometimes repeating the parent
-    (``features/features.0``); the result is the module's name as ``named_modules`` gives it.
+    PyTorch: ``/features/features.0/Conv`` → ``features.0``, ``/_blocks.3/_swish/Clip`` →
+    ``_blocks.3._swish`` (the scope repeats the parent, as ``named_modules`` does not).
+    tf2onnx: ``functional_1/block1_conv1_1/BiasAdd`` → ``block1_conv1_1`` (the Keras layer).
     """
-    if not node_name.startswith("/") or node_name.count("/") < 2:
-        return None
-    parts = node_name.strip("/").split("/")[:-1]
-    name = parts[0]
-    for part in parts[1:]:
-        name = part if part.startswith(name + ".") else f"{name}.{part}"
-    return name
+    if node_name.startswith("/"):
+        if node_name.count("/") < 2:
+            return None
+        parts = node_name.strip("/").split("/")[:-1]
+        name = parts[0]
+        for part in parts[1:]:
+            name = part if part.startswith(name + ".") else f"{name}.{part}"
+        return name
+    parts = node_name.split("/")
+    return parts[-2] if len(parts) >= 3 else None
+
+
+#: ops that carry a module's name when several nodes share it (a Keras layer is BiasAdd + Relu)
+_PRINCIPAL = ("Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool")
 
 
 def _unique_names(nodes: list[onnx.NodeProto]) -> dict[int, str]:
     """A unique, readable name per node.
 
-    PyTorch's exporter names nodes after the module path; the module name (``features.0``)
-    is what users know from the model's code and the paper's figures, so it is used where it
-    is unique, then ``module/Op``, then the full node name.
+    Exporters scope node names by module (``_module_name``); the module name (``features.0``,
+    ``block1_conv1_1``) is what users know from the model's code and the paper's figures. It
+    goes to the module's only node, or to its one Conv/dense/pool node; the others get
+    ``module/Op``, and the full node name where even that repeats.
     """
-    candidates = []
+    modules = [_module_name(n.name or "") for n in nodes]
+    members: dict[str, list[int]] = {}
+    for i, m in enumerate(modules):
+        if m:
+            members.setdefault(m, []).append(i)
+    plain: set[int] = set()
+    for m, idx in members.items():
+        principal = [i for i in idx if nodes[i].op_type in _PRINCIPAL]
+        if len(idx) == 1:
+            plain.add(idx[0])
+        elif len(principal) == 1:
+            plain.add(principal[0])
+    names, seen = {}, set()
     for i, node in enumerate(nodes):
         full = node.name or f"{node.op_type}_{i}"
-        module = _module_name(node.name or "")
-        op = (node.name or "").rsplit("/", 1)[-1]
-        first = module or (full[1:] if full.startswith("/") and "/" not in full[1:] else full)
-        candidates.append([first] + ([f"{module}/{op}"] if module else []) + [full, f"{full}_{i}"])
-    counts: dict[str, int] = {}
-    for c in candidates:
-        counts[c[0]] = counts.get(c[0], 0) + 1
-    names, seen = {}, set()
-    for node, options in zip(nodes, candidates):
-        name = next(o for o in options if o not in seen and (o != options[0] or counts[o] == 1 or len(options) == 2))
+        module, op = modules[i], full.rsplit("/", 1)[-1]
+        options = ([module] if i in plain else []) + ([f"{module}/{op}"] if module else [])
+        options += [full[1:] if full.startswith("/") and "/" not in full[1:] else full, f"{full}_{i}"]
+        name = next(o for o in options if o not in seen)
         seen.add(name)
         names[id(node)] = name
     return names
