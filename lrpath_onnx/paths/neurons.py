@@ -134,7 +134,14 @@ def build(an: Analyzer, exp: Explanation, sample: int = 0, per_layer: int = 16, 
     g = nx.DiGraph()
     g.add_node(SOURCE, layer="input", column=0, neuron=-1, relevance=float(exp.start_relevance[sample]))
     target = exp.targets[sample]
-    sink_label = f"{target}" if not isinstance(target, (int, np.integer)) else f"class {target}"
+    out_shape = exp.logits.shape[1:]
+    if not isinstance(target, (int, np.integer)):
+        sink_label = f"{target}"
+    elif len(out_shape) == 3:  # a feature-map output: the flat index is a (channel, y, x) neuron
+        c, y, x = np.unravel_index(int(target), out_shape)
+        sink_label = f"channel {c} at ({y}, {x})"
+    else:
+        sink_label = f"class {target}"
     g.add_node(SINK, layer="target", column=len(layers) + 1, neuron=-1,
                relevance=float(exp.start_relevance[sample]), label=sink_label)
     ng = NeuronGraph(g, [l.name for l in layers], {}, target=target)

@@ -51,7 +51,7 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     exp = explain_for_graph(an, x, target)
     t1 = time.perf_counter()
     ng = build(an, exp, 0, per_layer, how, threshold)
-    if labels and isinstance(ng.target, (int, np.integer)) and ng.target < len(labels):
+    if labels and isinstance(ng.target, (int, np.integer)) and ng.target < len(labels) and exp.logits.ndim == 2:
         name = labels[ng.target]
         ng.graph.nodes[SINK]["label"] = f"class {ng.target}" + ("" if name == str(ng.target) else f" {name}")
     best = k_best_paths(ng.graph, SOURCE, SINK, k)
