@@ -83,6 +83,10 @@ class DenseHandler(LinearHandler):
         rin = super().relevance(layer, rule, r, ctx)[0]
         return [np.ascontiguousarray(rin.T) if layer.attrs.get("transA") else rin]
 
+    def deconv(self, layer, s, ctx: BackwardContext):
+        out = super().deconv(layer, s, ctx)[0]
+        return [np.ascontiguousarray(out.T) if layer.attrs.get("transA") else out]
+
     def forward(self, layer, inputs):
         x = inputs[0].T if layer.attrs.get("transA") else inputs[0]
         b = layer.params.get("bias")

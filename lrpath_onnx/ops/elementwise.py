@@ -25,6 +25,10 @@ class PassHandler(OpHandler):
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         return [unbroadcast(r, ctx.shape_of(layer.inputs[0]))]
 
+    def deconv(self, layer, s, ctx: BackwardContext):
+        """Constant affine maps pass the signal on (as in the relevance pass)."""
+        return self.relevance(layer, None, s, ctx)
+
 
 @register
 class ActivationHandler(PassHandler):
@@ -42,6 +46,10 @@ class ActivationHandler(PassHandler):
         if node.op_type == "LeakyRelu":
             attrs.setdefault("alpha", 0.01)
         return new_layer(node, ctx, PASS, [node.input[0]], attrs=attrs)
+
+    def deconv(self, layer, s, ctx: BackwardContext):
+        """Zeiler–Fergus: the reconstruction is rectified on its way through a ReLU."""
+        return [np.maximum(s, 0)]
 
     def forward(self, layer, inputs):
         x = inputs[0]

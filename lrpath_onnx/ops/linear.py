@@ -72,5 +72,13 @@ class LinearHandler(OpHandler):
             kept = (setup["lin"], linear_rules.products(rule, **setup))
         return linear_rules.channel_flows(kept[0], kept[1], ctx.backend, rows, cols)
 
+    def deconv(self, layer, s, ctx: BackwardContext):
+        """The transposed layer with its own (forward) weights, as the paper initialises its
+        deconvolution layers from the conv layers."""
+        a = self.input_activation(layer, ctx)
+        lin = self.linear_map(layer, a, s, ctx.backend)
+        w = np.asarray(lin.weight, s.dtype)
+        return [lin.transpose(s, w)]
+
     def cache_key(self, layer, a: np.ndarray) -> str:
         return layer.name

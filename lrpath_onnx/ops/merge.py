@@ -49,6 +49,12 @@ class AddHandler(OpHandler):
             out.append(unbroadcast(x * s, x.shape))
         return out
 
+    def deconv(self, layer, s, ctx: BackwardContext):
+        """A sum's signal goes back to every branch unchanged (the gradient of a sum)."""
+        if layer.kind == PASS:
+            return PassHandler().relevance(layer, None, s, ctx)
+        return [unbroadcast(s, ctx.shape_of(n)) for n in layer.inputs]
+
     def forward(self, layer, inputs):
         if layer.kind == PASS:
             return AffineHandler().forward(layer, inputs)

@@ -58,6 +58,11 @@ class MaxPoolHandler(OpHandler):
         shape = ctx.shape_of(layer.inputs[0])
         return [ctx.backend.unpool(r, ctx.fwd[layer.attrs["indices"]], shape)]
 
+    def deconv(self, layer, s, ctx: BackwardContext):
+        """Switch unpooling: each value goes back to where its maximum was (the same kernel
+        as the relevance pass)."""
+        return self.relevance(layer, None, s, ctx)
+
     def forward(self, layer, inputs):
         """Max over each window (padding never wins), in numpy; for bounds and tests."""
         x = inputs[0]

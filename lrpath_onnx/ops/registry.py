@@ -133,6 +133,17 @@ class OpHandler:
     def forward(self, layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError(f"no numpy forward for {layer.op}")
 
+    def deconv(self, layer: Layer, s: np.ndarray, ctx: BackwardContext) -> list[np.ndarray | None]:
+        """Zeiler–Fergus deconvolution: a signal at the layer's output back to its inputs.
+
+        Data-moving layers move it like relevance; others say how (ReLU rectifies, Conv
+        transposes with its own filters, MaxPool unpools by its switches)."""
+        if layer.kind == "route":
+            return self.relevance(layer, self.default_rule(layer), s, ctx)
+        from ..errors import InputError
+
+        raise InputError(f"deconvolution through {layer.op} ('{layer.name}') is not defined")
+
 
 HANDLERS: dict[str, OpHandler] = {}
 
