@@ -44,6 +44,16 @@ def _median(ts: list[float]) -> float:
     return float(np.median(ts))
 
 
+def _deconv_work(an: Analyzer, x: np.ndarray, layer: str, top: int) -> None:
+    """What `lrpath deconv --layer LAYER --top N` computes for one image (files aside)."""
+    from ..deconv.reconstruct import layer_activation, reconstruct, select_neurons
+    from ..paths.neurons import activation_tensor
+
+    an.request(activation_tensor(an, an.graph.find(layer)))
+    _, act = layer_activation(an, an.forward(x), layer)
+    reconstruct(an, x, select_neurons(act, layer, top=top))
+
+
 def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
     """What `lrpath paths` computes for one image (files aside)."""
     from ..paths import SINK, SOURCE, build, explain_for_graph, k_best_paths
@@ -72,8 +82,11 @@ def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
               help="Also time `lrpath paths` work per image (graph with --per-layer neurons, K best paths, "
                    "K-path relevance and activation heatmaps) for this K.")
 @click.option("--per-layer", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--deconv", "deconv_layer", default=None, metavar="LAYER",
+              help="Also time the deconvolution of the --deconv-top strongest channels of LAYER per image.")
+@click.option("--deconv-top", type=click.IntRange(min=1), default=9, show_default=True)
 def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, json_path, seed, paths_k,
-          per_layer):
+          per_layer, deconv_layer, deconv_top):
     """Time explain stages on MODEL (a path or a zoo name, e.g. vgg16) against onnxruntime's forward.
 
     Stages: onnxruntime forward (a plain session, as a user would run the model), forward
@@ -110,6 +123,14 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
         e = an.explain(x)
         t_bwd.append(e.timings_s["backward"])
         t_total.append(e.timings_s["total"])
+    t_deconv = []
+    if deconv_layer:  # after: it asks the session for one more activation
+        _deconv_work(an, x[:1], deconv_layer, deconv_top)
+        for _ in range(runs):
+            t = time.perf_counter()
+            for i in range(batch_size):
+                _deconv_work(an, x[i:i + 1], deconv_layer, deconv_top)
+            t_deconv.append(time.perf_counter() - t)
     if paths_k:  # after: the graph asks the session for more activations, which would slow explain
         _paths_work(an, x[:1], paths_k, per_layer)
         for _ in range(runs):
@@ -123,7 +144,8 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
     base = _median(t_plain) / batch_size
     stages = []
     for name, ts in (("onnxruntime_forward", t_plain), ("forward_with_activations", t_fwd),
-                     ("backward", t_bwd), ("explain_total", t_total), ("paths_total", t_paths)):
+                     ("backward", t_bwd), ("explain_total", t_total), ("paths_total", t_paths),
+                     (f"deconv_{deconv_top}_neurons", t_deconv)):
         if not ts:
             continue
         per = _median(ts) / batch_size
@@ -133,6 +155,7 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
               "preset": preset, "rules": list(rules), "rule_forward": rule_forward, "provider": first.provider,
               "device": an.device, "warmup": warmup, "stages": stages,
               "paths": {"k": paths_k, "per_layer": per_layer} if paths_k else None,
+              "deconv": {"layer": deconv_layer, "neurons": deconv_top} if deconv_layer else None,
               "peak_rss_mb_explain": rss_explain, "first_explain_s_incl_load": first_s,
               "conservation_ratio_sample0": first.conservation(0)["ratio"]}
     click.echo(f"{path.name}  batch {batch_size}  preset {preset}  provider {first.provider}  "

@@ -7,7 +7,10 @@ from pathlib import Path
 import click
 
 from ..models.registry import HERE, get
+from ..deconv.reconstruct import layer_activation, picture, reconstruct, select_neurons
+from ..paths.neurons import activation_tensor
 from ..paths.run import explain_paths
+from ..viz.grid import draw_grid
 from .explain_cmd import run_explain
 from .session import open_session
 
@@ -36,4 +39,16 @@ def demo(out):
                + " > ".join(f"{n['layer']}:{n['neuron']}" for n in best["neurons"]))
     click.echo(f"pictures: {paths_out / sample.name / 'graph.png'}, heatmap_k_paths_relevance.png and "
                f"heatmap_k_paths_activation.png beside it")
+    an = ses.an
+    tiles = [(sample.display, "input")]
+    for name in ("features.7", "features.2"):
+        an.request(activation_tensor(an, an.graph.find(name)))
+        _, act = layer_activation(an, an.forward(sample.tensor[None]), name)
+        neurons = select_neurons(act, name, top=4)
+        for nr, rec in zip(neurons, reconstruct(an, sample.tensor[None], neurons)):
+            tiles.append((picture(rec, ses.layout), nr.label()))
+    grid = Path(out) / "deconv" / "grid.png"
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    draw_grid(grid, tiles, columns=5, title="digit 3: what the top neurons of features.7 and features.2 see")
+    click.echo(f"deconvolution grid: {grid}")
     return 0

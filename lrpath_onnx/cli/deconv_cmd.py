@@ -1,0 +1,103 @@
+"""``lrpath deconv MODEL INPUT --layer L --top 9 --out DIR``: what single neurons see."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..deconv.reconstruct import layer_activation, picture, reconstruct, select_neurons
+from ..errors import InputError
+from ..io.outputs import clean_temporaries, ensure_out_dir, write_json
+from ..paths.neurons import activation_tensor
+from ..viz.grid import draw_grid
+from ..viz.heatmap import save_png
+from .session import input_options, open_session
+
+
+def neurons_from_paths(path: Path) -> dict[str, list[int]]:
+    """Layer → channels on the paths of a ``lrpath paths`` paths.json."""
+    try:
+        data = json.loads(Path(path).read_text())
+        out: dict[str, list[int]] = {}
+        for p in data["paths"]:
+            for n in p["neurons"]:
+                out.setdefault(n["layer"], [])
+                if n["neuron"] not in out[n["layer"]]:
+                    out[n["layer"]].append(int(n["neuron"]))
+        return out
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--from-paths {path}: not a paths.json of `lrpath paths` ({exc})") from None
+
+
+def _channels(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise InputError(f"--channels '{text}': expected comma-separated channel numbers") from None
+
+
+@click.command()
+@input_options
+@click.option("--layer", "layers", multiple=True, help="Layer to reconstruct from (repeatable).")
+@click.option("--channels", default=None, help="Channels of the layer, e.g. 3,17 (default: --top).")
+@click.option("--top", type=click.IntRange(min=1), default=9, show_default=True,
+              help="The channels with the highest activation for this input.")
+@click.option("--from-paths", type=click.Path(path_type=Path), default=None,
+              help="Reconstruct the Conv neurons on the paths of a `lrpath paths` paths.json.")
+@click.option("--whole-map", is_flag=True, help="Keep the channel's whole map, not only its strongest activation.")
+def deconv(args, out, layers, channels, top, from_paths, whole_map, **opts):
+    """Zeiler–Fergus reconstructions of single neurons of MODEL for each INPUT."""
+    ses = open_session(args, out, **opts)
+    an = ses.an
+    wanted = neurons_from_paths(from_paths) if from_paths else {}
+    if not from_paths and not layers:
+        raise InputError("give --layer NAME (see `lrpath plan`) or --from-paths paths.json")
+    for name in list(layers) + list(wanted):
+        layer = an.graph.find(name)
+        if layer.op != "Conv" and not from_paths:
+            raise InputError(f"--layer {name}: deconvolution starts at a Conv layer, not {layer.op}")
+    chosen = {l: _channels(channels) for l in layers}
+    chosen.update({l: c for l, c in wanted.items() if an.graph.find(l).op == "Conv"})
+    for name, chans in chosen.items():  # checked before anything is written
+        k = an.graph.find(name).params["weight"].shape[0]
+        bad = [c for c in chans or [] if not 0 <= c < k]
+        if bad:
+            raise InputError(f"--channels {bad[0]}: layer '{name}' has {k} channels (0..{k - 1})")
+    for name in chosen:
+        an.request(activation_tensor(an, an.graph.find(name)))
+    order = "bgr" if (ses.reader.pre and ses.reader.pre.channel_order == "bgr") else "rgb"
+    out = ensure_out_dir(out)
+    clean_temporaries(out)
+    for batch in ses.reader.batches(ses.paths, 1):
+        sample = batch[0]
+        folder = out / sample.name
+        folder.mkdir(parents=True, exist_ok=True)
+        x = sample.tensor[None]
+        fwd = an.forward(x)
+        tiles, records = [(sample.display, "input")], []
+        t0 = time.perf_counter()
+        for name, chans in chosen.items():
+            _, act = layer_activation(an, fwd, name)
+            neurons = select_neurons(act, name, chans, None if chans else top)
+            recs = reconstruct(an, x, neurons, whole_map)
+            for nr, rec in zip(neurons, recs):
+                pic = picture(rec, ses.layout, order)
+                fname = f"{name.replace('/', '_')}_c{nr.channel}.png"
+                save_png(folder / fname, pic, scale_to=224 if min(pic.shape[:2]) < 224 else None)
+                tiles.append((pic, nr.label()))
+                records.append({"layer": name, "channel": nr.channel, "y": nr.y, "x": nr.x,
+                                "activation": nr.activation, "file": fname,
+                                "max_abs": float(np.abs(rec).max())})
+        seconds = time.perf_counter() - t0
+        draw_grid(folder / "grid.png", tiles, columns=min(5, len(tiles)),
+                  title=f"{sample.name}: deconvolution of {len(records)} neuron(s)")
+        write_json(folder / "deconv.json", {"input": str(sample.source), "whole_map": whole_map,
+                                            "neurons": records, "seconds": seconds})
+        click.echo(f"{sample.name}: {len(records)} reconstructions in {seconds:.2f} s -> {folder / 'grid.png'}")
+    return 0
