@@ -350,7 +350,9 @@ class Analyzer:
             lows = np.broadcast_to(self.low, x.shape)
             highs = np.broadcast_to(self.high, x.shape)
             violation = float(((x < lows - 1e-6) | (x > highs + 1e-6)).mean())
-        ctx = BackwardContext(fwd=fwd, backend=self.backend, cache=self.cache, batch=x.shape[0],
+        be = self.backend  # the CPU keeps the tensors; a GPU gets each of them once per batch
+        dev = fwd if be.name == "cpu" else {k: be.upload(v) for k, v in fwd.items()}
+        ctx = BackwardContext(fwd=dev, backend=be, cache=self.cache, batch=x.shape[0],
                               shapes=self.graph.shapes, bounds=bounds, dtype=x.dtype)
         return ctx, violation
 
@@ -365,7 +367,7 @@ class Analyzer:
         if keep_forward:  # the neuron graph's channel flows reuse the kept layers' products
             ctx.keep_products = frozenset(keep)
         with self.backend.threads.blas_single():
-            prop = propagate(self.graph, self._plan, ctx, start_tensor, start, tuple(keep), masks)
+            prop = propagate(self.graph, self._plan, ctx, start_tensor, self.backend.upload(start), tuple(keep), masks)
         t2 = time.perf_counter()
         return Explanation(
             relevance=np.asarray(self.backend.to_host(prop.input_relevance)),
@@ -373,7 +375,7 @@ class Analyzer:
             start_relevance=start.reshape(n, -1).sum(axis=1, dtype=np.float64),
             flows=prop.flows, kept=prop.kept, provider=self.runtime().provider, device=self.device,
             timings_s={"backward": t2 - t1}, bounds_violation=violation,
-            forward=fwd if keep_forward else None, products=ctx.products)
+            forward=fwd if keep_forward else None, products=ctx.products if self.backend.name == "cpu" else {})
 
     def channel_flows(self, exp: Explanation, layer_name: str, rows, cols) -> np.ndarray:
         """F[n, i, j]: relevance that output channel ``cols[j]`` of a Conv/dense layer sends to
@@ -391,8 +393,9 @@ class Analyzer:
         x = exp.forward[self.graph.input]
         ctx, _ = self._context(x, exp.forward)
         with self.backend.threads.blas_single():
-            return h.flows(layer, self._plan.rule_for(layer), r, ctx, np.asarray(rows), np.asarray(cols),
-                           exp.products.get(layer.name))
+            f = h.flows(layer, self._plan.rule_for(layer), self.backend.upload(r), ctx, np.asarray(rows),
+                        np.asarray(cols), exp.products.get(layer.name))
+        return np.asarray(self.backend.to_host(f))
 
 
 def _fmt_shape(shape: tuple) -> str:

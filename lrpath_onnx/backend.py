@@ -48,6 +48,13 @@ class CpuBackend:
     def to_host(self, x: np.ndarray) -> np.ndarray:
         return x
 
+    def upload(self, x: np.ndarray) -> np.ndarray:
+        """Forward tensors for the backward pass: on the CPU they stay where they are."""
+        return x
+
+    def sample_sums(self, x: np.ndarray) -> np.ndarray:
+        return _ew.sample_sums(x)
+
     # kernels ---------------------------------------------------------------------
     def conv2d(self, x, w, geom: ConvGeometry, bias=None, out_hw=None, exact: bool = False):
         """Convolution; Winograd for stride-1 3x3 layers unless ``exact`` (zeros stay zeros)."""
@@ -105,11 +112,14 @@ class CpuBackend:
         return _pool.unpool(values, indices, in_shape)
 
 
-def make_backend(device: str = "cpu") -> CpuBackend:
-    """The backend for ``--device``: ``cpu``, ``cuda`` or ``auto`` (CUDA only where usable)."""
-    if device in ("cpu", "auto"):
+def make_backend(device: str = "cpu"):
+    """The backend for ``--device``: ``cpu``, ``cuda`` or ``auto`` (CUDA where a GPU is usable)."""
+    if device == "cpu":
         return CpuBackend()
-    if device == "cuda":
-        raise InputError("--device cuda: the CUDA kernels are not available in this build; "
-                         "use --device cpu or auto")
+    if device in ("cuda", "auto"):
+        from .cuda_backend import cuda_usable, make_cuda_backend
+
+        if device == "cuda" or cuda_usable():
+            return make_cuda_backend()
+        return CpuBackend()
     raise InputError(f"unknown device '{device}'; choose cpu, cuda or auto")

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..errors import NumericalError
 from ..graph.layers import LayerGraph
-from ..kernels.elementwise import sample_sums
 from ..ops import handler_for
 from ..ops.registry import BackwardContext
 from ..plan.planner import Plan
@@ -51,8 +50,10 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
     masks : layer name → 0/1 per output channel; the relevance arriving at that layer's
         output is multiplied by it before it goes on (only chosen neurons pass).
     """
+    be = ctx.backend
     rel: dict[str, np.ndarray] = {start_tensor: start}
-    totals: dict[str, np.ndarray] = {start_tensor: sample_sums(start)}  # per-sample sums of rel
+    totals: dict[str, np.ndarray] = {start_tensor: be.sample_sums(start)}  # per-sample sums of rel
+    checks: list[tuple] = []  # (layer, rule, per-sample sums of its input relevance), checked at the end
     keep_all = "*" in keep
     wanted = set(keep)
     out = Propagation(input_relevance=np.zeros(0, np.float32))
@@ -64,29 +65,34 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         if masks and layer.name in masks:
             m = np.asarray(masks[layer.name], r.dtype)
             r = r * m.reshape((1, -1) + (1,) * (r.ndim - 2))
-            r_total = sample_sums(r)
+            r_total = be.sample_sums(r)
         if keep_all or layer.name in wanted:
             out.kept[layer.name] = r
         rule = plan.rule_for(layer)
         ins = handler_for(layer.op).relevance(layer, rule, r, ctx)
-        total_in = np.zeros(r.shape[0])
+        total_in = None
         for name, ri in zip(layer.inputs, ins):
             if ri is None:
                 continue
-            sums = sample_sums(ri)  # a NaN/inf anywhere makes its sample's sum non-finite
-            if not np.isfinite(sums).all():
-                raise NumericalError(f"relevance became NaN or infinite at layer '{layer.name}' "
-                                     f"({layer.op}, rule {rule})")
-            total_in += sums
+            sums = be.sample_sums(ri)  # a NaN/inf anywhere makes its sample's sum non-finite
+            total_in = sums if total_in is None else total_in + sums
             if name in rel:
                 rel[name] = rel[name] + ri
                 totals[name] = totals[name] + sums
             else:
                 rel[name], totals[name] = ri, sums
-        out.flows.append(LayerFlow(layer.name, layer.op, str(rule), r_total, total_in))
+        checks.append((layer, rule, r_total, total_in))
+    for layer, rule, r_total, total_in in checks:  # one transfer at the end, not one per layer
+        r_host = np.asarray(be.to_host(r_total), np.float64)
+        in_host = np.zeros_like(r_host) if total_in is None else np.asarray(be.to_host(total_in), np.float64)
+        if not np.isfinite(in_host).all():
+            raise NumericalError(f"relevance became NaN or infinite at layer '{layer.name}' "
+                                 f"({layer.op}, rule {rule})")
+        out.flows.append(LayerFlow(layer.name, layer.op, str(rule), r_host, in_host))
     x = rel.pop(graph.input, None)
     if x is None:
         shape = (start.shape[0],) + tuple(d or 0 for d in graph.input_shape[1:])
         x = np.zeros(shape, start.dtype)
-    out.input_relevance = x
+    out.input_relevance = be.to_host(x)
+    out.kept = {k: be.to_host(v) for k, v in out.kept.items()}
     return out

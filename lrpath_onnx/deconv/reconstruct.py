@@ -102,9 +102,11 @@ def reconstruct(an: Analyzer, x: np.ndarray, neurons: list[Neuron], whole_map: b
             signal[k, nr.channel] = act[nr.channel]
         else:
             signal[k, nr.channel, nr.y, nr.x] = act[nr.channel, nr.y, nr.x]
-    ctx = BackwardContext(fwd=_batched(an, fwd, n), backend=an.backend, cache=an.cache, batch=n,
-                          shapes=an.graph.shapes)
-    pending = {tensor: signal}
+    be = an.backend
+    batched = {k: be.upload(np.ascontiguousarray(v) if be.name != "cpu" else v)
+               for k, v in _batched(an, fwd, n).items()}
+    ctx = BackwardContext(fwd=batched, backend=be, cache=an.cache, batch=n, shapes=an.graph.shapes)
+    pending = {tensor: be.upload(signal)}
     with an.backend.threads.blas_single():
         for lay in reversed(an.graph.layers):
             s = pending.pop(lay.output, None)
@@ -114,7 +116,7 @@ def reconstruct(an: Analyzer, x: np.ndarray, neurons: list[Neuron], whole_map: b
                 if out is not None:
                     pending[name] = pending[name] + out if name in pending else out
     image = pending.get(an.graph.input)
-    return np.zeros((n,) + x.shape[1:], np.float32) if image is None else np.asarray(image, np.float32)
+    return np.zeros((n,) + x.shape[1:], np.float32) if image is None else np.asarray(be.to_host(image), np.float32)
 
 
 def picture(rec: np.ndarray, layout: str, channel_order: str = "rgb") -> np.ndarray:
