@@ -119,7 +119,7 @@ def make_backend(device: str = "cpu"):
     if device in ("cuda", "auto"):
         from .cuda_backend import cuda_usable, make_cuda_backend
 
-        if device == "cuda" or cuda_usable():
+        if device == "cuda" or cuda_usable(allow_simulator=False):
             return make_cuda_backend()
         return CpuBackend()
     raise InputError(f"unknown device '{device}'; choose cpu, cuda or auto")

@@ -15,11 +15,14 @@ from .kernels.conv import ConvGeometry
 from .threads import ThreadControl
 
 
-def cuda_usable() -> bool:
-    """Whether numba can run CUDA kernels here (a GPU and its driver, or the simulator)."""
+def cuda_usable(allow_simulator: bool = True) -> bool:
+    """Whether numba can run CUDA kernels here: a GPU and its driver, or (when allowed) the
+    simulator that ``NUMBA_ENABLE_CUDASIM=1`` turns on, which tests use and ``auto`` never picks."""
     try:
-        from numba import cuda
+        from numba import config, cuda
 
+        if config.ENABLE_CUDASIM and not allow_simulator:
+            return False
         return bool(cuda.is_available())
     except Exception:
         return False
