@@ -84,7 +84,7 @@ def row_sums(x, out):
     acc = 0.0
     c = tid
     while c < x.shape[1]:
-        acc += x[r, c]
+        acc += np.float64(x[r, c])  # float64 also in the simulator (NEP 50 keeps float32)
         c += cuda.blockDim.x
     buf[tid] = acc
     cuda.syncthreads()
