@@ -195,8 +195,11 @@ class Analyzer:
     def runtime(self) -> ActivationRuntime:
         if self._runtime is None:
             nodes, inits, outs = self._term_nodes()
+            # GPU kernels need no GPU forward: onnxruntime's CUDA provider where it has one, else its CPU
+            # one (a CPU-only onnxruntime, the simulator); ``provider`` says which ran
+            device = "auto" if self.device == "cuda" else self._requested_device
             self._runtime = ActivationRuntime(self.model, self.graph, self.requests() | outs,
-                                              self._requested_device, self._threads, nodes, inits)
+                                              device, self._threads, nodes, inits)
         return self._runtime
 
     @property

@@ -19,6 +19,7 @@ def cuda_usable(allow_simulator: bool = True) -> bool:
     """Whether numba can run CUDA kernels here: a GPU and its driver, or (when allowed) the
     simulator that ``NUMBA_ENABLE_CUDASIM=1`` turns on, which tests use and ``auto`` never picks."""
     try:
+        from .kernels.cuda import numpy_compat  # noqa: F401  (numba-cuda on newer NumPy)
         from numba import config, cuda
 
         if config.ENABLE_CUDASIM and not allow_simulator:

@@ -11,9 +11,9 @@ the logits down to the input. Turning it into a host array is explicit
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda
 
-from .kernels.cuda import array_ops as ops
+from .kernels.cuda import array_ops as ops  # first: its package patches numpy for numba-cuda
+from numba import cuda  # noqa: E402  (isort: skip)
 
 _UFUNC = {np.add: ops.ADD, np.subtract: ops.SUB, np.multiply: ops.MUL, np.true_divide: ops.DIV,
           np.divide: ops.DIV, np.maximum: ops.MAX, np.minimum: ops.MIN}
@@ -146,6 +146,7 @@ class DeviceArray:
     __mul__ = lambda self, o: self._binary(o, ops.MUL)
     __rmul__ = lambda self, o: self._binary(o, ops.MUL, True)
     __truediv__ = lambda self, o: self._binary(o, ops.DIV)
+    __rtruediv__ = lambda self, o: self._binary(o, ops.DIV, True)
     __neg__ = lambda self: self._binary(-1, ops.MUL)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):

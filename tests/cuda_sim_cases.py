@@ -9,16 +9,11 @@ on the real device: ``python -m pytest tests/cuda_sim_cases.py``.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
+from tests import cuda_target  # noqa: F401  (first: a GPU or the simulator)
 from numba import cuda  # noqa: E402
-
-if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and not cuda.is_available():  # pragma: no cover
-    raise RuntimeError("run this module with NUMBA_ENABLE_CUDASIM=1 (see test_kernels_cuda_sim.py), "
-                       "or on a machine with a CUDA GPU")
 
 from lrpath_onnx.kernels import conv as K  # noqa: E402
 from lrpath_onnx.kernels import dense as D  # noqa: E402
@@ -315,7 +310,8 @@ def test_dense_flow_matches_cpu(dtype):
 # ----------------------------------------------------------------------------- launch helpers
 
 def test_launch_helpers():
-    assert CL.blocks(0) == 1 and CL.blocks(256) == 1 and CL.blocks(257) == 2
+    assert CL.blocks(0) == 1 and CL.blocks(256, 256) == 1 and CL.blocks(257, 256) == 2
+    assert CL.THREADS == 16 if CL.SIMULATED else CL.THREADS == 256  # small blocks in the simulator only
     assert CL.grid1(10**9, cap=CL.MAX_BLOCKS) == (CL.MAX_BLOCKS, CL.THREADS)
     assert CL.grid2(130, 65, (64, 64), (8, 8)) == ((2, 3), (8, 8))
     ws = CL.DeviceWorkspace()

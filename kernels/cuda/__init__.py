@@ -10,3 +10,5 @@ arrays are copied to the device once) and return device arrays in the input's dt
 Nothing is compiled at import: ``@cuda.jit`` kernels compile on first launch, per dtype.
 Without a GPU they run in numba's simulator (``NUMBA_ENABLE_CUDASIM=1``).
 """
+
+from . import numpy_compat  # noqa: F401  (before any numba.cuda import)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import cuda
 
-THREADS = 256
+from .launch import THREADS
 
 # operation codes of ``binary4``
 ADD, SUB, MUL, DIV, MAX, MIN, COPY_A = 0, 1, 2, 3, 4, 5, 6

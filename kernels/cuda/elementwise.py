@@ -15,14 +15,14 @@ import math
 import numpy as np
 from numba import cuda
 
-from .launch import MAX_BLOCKS, as_device, flat, grid1
+from .launch import MAX_BLOCKS, as_device, block_threads, flat, grid1
 
 #: pass one of ``sample_sums`` gives each block at least this many elements per thread.
 SUM_ITEMS_PER_THREAD = 16
 #: and at most this many chunks per sample (the width of pass two).
 SUM_MAX_CHUNKS = 256
 #: threads per block of the two reduction passes.
-REDUCE_THREADS = 128
+REDUCE_THREADS = block_threads(128)
 
 
 @cuda.jit

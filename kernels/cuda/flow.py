@@ -14,9 +14,9 @@ import numpy as np
 from numba import cuda
 
 from ..conv import ConvGeometry
-from .launch import as_device, grid1
+from .launch import as_device, block_threads, grid1
 
-FLOW_THREADS = 128
+FLOW_THREADS = block_threads(128)
 
 
 @cuda.jit

@@ -9,10 +9,29 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda
+from numba import config, cuda
+
+# Small grids are expected here (a dense layer at batch 1, a per-sample reduction): numba's
+# low-occupancy warning would print on most launches of a relevance pass.
+config.CUDA_LOW_OCCUPANCY_WARNINGS = False
+
+#: True under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which runs every GPU thread
+#: as a Python thread and every ``syncthreads`` as a barrier among them.
+SIMULATED = bool(config.ENABLE_CUDASIM)
+
+
+def block_threads(on_gpu: int) -> int:
+    """Threads per block: ``on_gpu`` on a device, 16 in the simulator.
+
+    Every kernel here is written for any power-of-two block (grid-stride loops, trees that
+    halve down to one), so the simulator runs the same code on small blocks; with full
+    blocks one simulated launch of a reduction takes most of a second.
+    """
+    return min(on_gpu, 16) if SIMULATED else on_gpu
+
 
 #: threads per block of the 1-D kernels (8 warps).
-THREADS = 256
+THREADS = block_threads(256)
 #: grid cap of grid-stride kernels: enough blocks to fill 132 SMs (H100) many times over.
 MAX_BLOCKS = 132 * 32
 

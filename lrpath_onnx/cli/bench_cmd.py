@@ -108,7 +108,7 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
         an.explain(x)
     rss_explain = peak_rss_mb()
 
-    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(str(path), providers=an.runtime().session.get_providers())  # as the analyzer's
     feed = {plain.get_inputs()[0].name: x}
     for _ in range(warmup):
         plain.run(None, feed)

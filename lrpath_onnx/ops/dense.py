@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph.layers import LINEAR
+from .arrays import contiguous
 from .linear import LinearHandler
 from .registry import BackwardContext, ParseContext, new_layer, register
 
@@ -74,18 +75,18 @@ class DenseHandler(LinearHandler):
 
     def input_activation(self, layer, ctx: BackwardContext) -> np.ndarray:
         a = ctx.fwd[layer.inputs[0]]
-        return np.ascontiguousarray(a.T) if layer.attrs.get("transA") else a
+        return contiguous(a.T) if layer.attrs.get("transA") else a
 
     def linear_map(self, layer, a, r, backend) -> DenseMap:
         return DenseMap(layer, backend)
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         rin = super().relevance(layer, rule, r, ctx)[0]
-        return [np.ascontiguousarray(rin.T) if layer.attrs.get("transA") else rin]
+        return [contiguous(rin.T) if layer.attrs.get("transA") else rin]
 
     def deconv(self, layer, s, ctx: BackwardContext):
         out = super().deconv(layer, s, ctx)[0]
-        return [np.ascontiguousarray(out.T) if layer.attrs.get("transA") else out]
+        return [contiguous(out.T) if layer.attrs.get("transA") else out]
 
     def forward(self, layer, inputs):
         x = inputs[0].T if layer.attrs.get("transA") else inputs[0]

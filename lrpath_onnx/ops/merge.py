@@ -6,6 +6,7 @@ import numpy as np
 
 from ..graph.layers import MERGE, PASS, ROUTE
 from ..plan.rules import make_rule
+from .arrays import contiguous
 from .elementwise import AffineHandler, PassHandler, affine_layer
 from .registry import BackwardContext, OpHandler, ParseContext, new_layer, register, static_dims, unbroadcast
 
@@ -80,7 +81,7 @@ class ConcatHandler(OpHandler):
         axis = layer.attrs["axis"] % r.ndim
         sizes = [ctx.shape_of(n)[axis] for n in layer.inputs]
         cuts = np.cumsum(sizes)[:-1]
-        return [np.ascontiguousarray(p) for p in np.split(r, cuts, axis=axis)]
+        return [contiguous(p) for p in np.split(r, cuts, axis=axis)]
 
     def forward(self, layer, inputs):
         return np.concatenate(inputs, axis=layer.attrs["axis"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph.layers import ROUTE
+from .arrays import contiguous
 from .registry import (Alias, BackwardContext, OpHandler, ParseContext, Strip, new_layer, register,
                        static_dims)
 
@@ -51,7 +52,7 @@ class TransposeHandler(OpHandler):
         return new_layer(node, ctx, ROUTE, [node.input[0]], attrs={"perm": list(perm)})
 
     def relevance(self, layer, rule, r, ctx):
-        return [np.ascontiguousarray(np.transpose(r, np.argsort(layer.attrs["perm"])))]
+        return [contiguous(np.transpose(r, np.argsort(layer.attrs["perm"])))]
 
     def forward(self, layer, inputs):
         return np.transpose(inputs[0], layer.attrs["perm"])
@@ -116,7 +117,7 @@ class PadHandler(OpHandler):
         pads = layer.attrs["pad_amounts"]
         rank = len(pads) // 2
         index = tuple(slice(pads[i], r.shape[i] - pads[rank + i]) for i in range(rank))
-        return [np.ascontiguousarray(r[index])]
+        return [contiguous(r[index])]
 
     def forward(self, layer, inputs):
         pads = layer.attrs["pad_amounts"]

@@ -75,7 +75,7 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     save_png(out / "heatmap_k_paths_activation.png", overlay_rgb(sample.display, act_k), scale_to=scale)
     record = {
         "input": str(sample.source), "target": ng.target if not isinstance(ng.target, np.integer) else int(ng.target),
-        "k": k, "selection": how, "per_layer": per_layer if how == "top" else None,
+        "device": an.device, "k": k, "selection": how, "per_layer": per_layer if how == "top" else None,
         "threshold": threshold if how == "getoptimizer" else None,
         "layers": ng.layers, "kept": {name: ng.kept[name].tolist() for name in ng.layers},
         "graph": {"nodes": ng.graph.number_of_nodes(), "edges": ng.graph.number_of_edges()},
