@@ -183,7 +183,7 @@ class Preprocess:
 
     def apply(self, img: Image.Image) -> np.ndarray:
         """The float32 model input for ``img``: (C, H, W) for nchw, (H, W, C) for nhwc."""
-        pic = self._fit(to_gray(img) if self.channels == 1 else to_rgb(img))
+        pic = self.fit_image(to_gray(img) if self.channels == 1 else to_rgb(img))
         x = np.asarray(pic, dtype=np.float64).reshape(self.size + (self.channels,))
         if self.channel_order == "bgr":
             x = x[..., ::-1]
@@ -196,10 +196,11 @@ class Preprocess:
 
     def display(self, img: Image.Image) -> np.ndarray:
         """The uint8 RGB (H, W, 3) picture the model sees (same resize/crop), for overlays."""
-        return np.asarray(self._fit(to_rgb(img)), dtype=np.uint8).copy()
+        return np.asarray(self.fit_image(to_rgb(img)), dtype=np.uint8).copy()
 
-    def _fit(self, img: Image.Image) -> Image.Image:
-        """Resize (and centre-crop) to ``size``, the way torchvision's Resize+CenterCrop do."""
+    def fit_image(self, img: Image.Image) -> Image.Image:
+        """Resize (and centre-crop) to ``size``, the way torchvision's Resize+CenterCrop do; the
+        geometry an object mask must follow to stay on its object."""
         h, w = self.size
         if self.fit == "stretch":
             return img.resize((w, h), Image.BILINEAR)

@@ -1,0 +1,1 @@
+"""``lrpath audit``: per-image checks of a model's reasoning, for CI (audit.json, junit.xml)."""

@@ -1,0 +1,108 @@
+"""``lrpath audit MODEL --images DIR --out DIR``: fail the build when the model's reasoning is off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..audit import regions as R
+from ..audit.checks import read_expected
+from ..audit.config import CHECKS, load_config, with_options
+from ..audit.run import AuditRun, list_images, previous_records
+from ..errors import InputError
+from ..io.outputs import clean_temporaries, ensure_out_dir
+from .options import floats, progress
+from .session import input_options, open_session
+
+
+def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> list[str]:
+    """The checks to run; ``None`` (auto) = conservation, plus prediction with --expect and region
+    with --masks/--boxes. Path fidelity is asked for by name: on models whose paths share a
+    bottleneck neuron (the shipped mnist-vgg) few paths do not carry the output, by design."""
+    from ..paths.neurons import graph_layers
+
+    if chosen is None:
+        return [c for c in CHECKS if c == "conservation" or (c == "prediction" and expect is not None)
+                or (c == "region" and has_regions)]
+    if "prediction" in chosen and expect is None:
+        raise InputError("the prediction check needs --expect labels.csv")
+    if "region" in chosen and not has_regions:
+        raise InputError("the region check needs --masks DIR or --boxes boxes.json")
+    if "path_fidelity" in chosen:
+        graph_layers(an)  # a clear error now when the model has no chain of layers
+    return [c for c in CHECKS if c in chosen]
+
+
+@click.command()
+@input_options
+@click.option("--images", "images", required=True, type=click.Path(path_type=Path),
+              help="Folder of images (or .npy tensors) to audit.")
+@click.option("--expect", type=click.Path(path_type=Path), default=None,
+              help="CSV of file,label (a class index or name): the prediction check.")
+@click.option("--masks", "masks_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of object masks, one per image with the same stem (white = object).")
+@click.option("--boxes", type=click.Path(path_type=Path), default=None,
+              help='JSON {"file": [x0, y0, x1, y1] or a list of boxes} in image pixels.')
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="TOML with [audit] k, per_layer, batch_size and [thresholds] conservation, "
+                   "region_min_share, path_smape_max; options below override it.")
+@click.option("--checks", "checks_text", default=None,
+              help="Comma list of prediction, conservation, region, path_fidelity (default: conservation, "
+                   "plus prediction with --expect and region with --masks/--boxes).")
+@click.option("--min-region-share", type=float, default=None, help="Relevance-in-region threshold (default 0.5).")
+@click.option("--conservation-range", default=None, help="LOW,HIGH for the conservation ratio (default 0.8,1.2).")
+@click.option("--path-smape-max", type=float, default=None, help="Path-fidelity SMAPE threshold in %% (default 20).")
+@click.option("--k", type=click.IntRange(min=1), default=None, help="Paths kept by the path-fidelity check (default 5).")
+@click.option("--per-layer", type=click.IntRange(min=1), default=None, help="Neurons per layer of the graph (default 16).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per explain batch (default 8).")
+@click.option("--resume", is_flag=True, help="Skip images already in OUT/audit.json (same settings only).")
+def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text, min_region_share,
+          conservation_range, path_smape_max, k, per_layer, batch_size, resume, **opts):
+    """Check every image in --images: expected prediction, relevance conservation, relevance
+    inside the object region (the Clever Hans check) and path fidelity (the K-path model keeps
+    the prediction). Writes OUT/audit.json and OUT/junit.xml; exit 0 when every check passes,
+    1 when one fails, 2 on bad input."""
+    if len(args) > 1:
+        raise click.UsageError("audit takes one MODEL; the images come from --images")
+    if opts.get("target") is not None:
+        raise InputError("audit explains each image's top-1 prediction; --target does not apply")
+    if masks_dir is not None and boxes is not None:
+        raise InputError("give --masks or --boxes, not both")
+    cons = floats(conservation_range, "--conservation-range")
+    if cons is not None and len(cons) != 2:
+        raise InputError("--conservation-range needs LOW,HIGH")
+    chosen = tuple(c.strip() for c in checks_text.split(",") if c.strip()) if checks_text is not None else None
+    cfg = with_options(load_config(config_path), region_min_share=min_region_share, path_smape_max=path_smape_max,
+                       k=k, per_layer=per_layer, batch_size=batch_size, checks=chosen,
+                       conservation_min=cons[0] if cons else None, conservation_max=cons[1] if cons else None)
+    paths = list_images(images)
+    ses = open_session([*args, *paths], out, **opts)
+    an = ses.an
+    expected = read_expected(expect, paths, ses.labels, an.num_classes) if expect is not None else {}
+    checks = _checks(cfg.checks, expect, masks_dir is not None or boxes is not None, an)
+    regions = {}
+    if "region" in checks:
+        pre = ses.reader.pre
+        hw = pre.size if pre is not None else tuple(an.input_shape[2:] if ses.layout == "nchw" else an.input_shape[1:3])
+        if masks_dir is not None:
+            regions = {p: R.mask_from_file(m, pre, hw, p.name) for p, m in R.find_masks(masks_dir, paths).items()}
+        else:
+            regions = {p: R.mask_from_boxes(p, b, pre, hw) for p, b in R.read_boxes(boxes, paths).items()}
+    out = ensure_out_dir(out)
+    clean_temporaries(out)
+    records = previous_records(out, cfg, checks) if resume else []
+    model_label = str(args[0]) if args else str(opts.get("model_name"))
+    run = AuditRun(ses, cfg, checks, expected, regions, out, model_label)
+    with progress(len(paths), "auditing") as bar:
+        doc = run.run(paths, records, bar)
+    s = doc["summary"]
+    per = ", ".join(f"{c} {v['passed']}/{v['passed'] + v['failed']}" for c, v in s["checks"].items())
+    speed = f", {s['images_per_second']:.2f} images/s" if s["images_per_second"] else ""
+    click.echo(f"audited {s['images']} images{speed}: {per}")
+    for r in doc["images"]:
+        for c, v in r["checks"].items():
+            if not v["passed"]:
+                click.echo(f"FAIL {r['image']} {c}: {v['message']}")
+    click.echo(f"{'PASS' if s['passed'] else 'FAIL'}: {out / 'audit.json'}, {out / 'junit.xml'}")
+    return 0 if s["passed"] else 1
