@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..deconv.reconstruct import layer_activation, picture, reconstruct, select_neurons
+from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, reconstruct, select_neurons
 from ..errors import InputError
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json
 from ..paths.neurons import activation_tensor
@@ -21,14 +21,7 @@ from .session import input_options, open_session
 def neurons_from_paths(path: Path) -> dict[str, list[int]]:
     """Layer → channels on the paths of a ``lrpath paths`` paths.json."""
     try:
-        data = json.loads(Path(path).read_text())
-        out: dict[str, list[int]] = {}
-        for p in data["paths"]:
-            for n in p["neurons"]:
-                out.setdefault(n["layer"], [])
-                if n["neuron"] not in out[n["layer"]]:
-                    out[n["layer"]].append(int(n["neuron"]))
-        return out
+        return neurons_on_paths(json.loads(Path(path).read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"--from-paths {path}: not a paths.json of `lrpath paths` ({exc})") from None
 

@@ -12,6 +12,7 @@ from ..paths.neurons import activation_tensor
 from ..paths.run import explain_paths
 from ..viz.grid import draw_grid
 from .explain_cmd import run_explain
+from .report_cmd import write_report
 from .session import open_session
 
 DIGITS = ("digit_3.png", "digit_7.png")
@@ -22,7 +23,8 @@ DIGITS = ("digit_3.png", "digit_7.png")
               help="Output folder.")
 def demo(out):
     """Explain the shipped mnist-vgg digit classifier on shipped digits, draw the neuron graph
-    and K best paths of one, and say where the pictures are."""
+    and K best paths of one, reconstruct what its top neurons see, write the case-study
+    report.html, and say where everything is."""
     entry = get("mnist-vgg")
     click.echo(f"model mnist-vgg: {entry.path()} ({entry.quality})")
     target = Path(out) / "explain"
@@ -51,4 +53,8 @@ def demo(out):
     grid.parent.mkdir(parents=True, exist_ok=True)
     draw_grid(grid, tiles, columns=5, title="digit 3: what the top neurons of features.7 and features.2 see")
     click.echo(f"deconvolution grid: {grid}")
+    report_out = Path(out) / "report"
+    ses = open_session(["mnist-vgg", HERE / "digits" / DIGITS[0]], report_out)
+    page = write_report(ses, report_out, "mnist-vgg", k=5, per_layer=8, k_max=8)
+    click.echo(f"case-study report (open in a browser): {page}")
     return 0

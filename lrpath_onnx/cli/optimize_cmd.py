@@ -6,8 +6,7 @@ import click
 import numpy as np
 
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json
-from ..paths.optimize import sweep
-from ..viz.curve import draw_curve_png
+from ..paths.optimize import draw_sweep, sweep
 from .options import floats, progress
 from .session import input_options, open_session
 
@@ -35,18 +34,8 @@ def optimize(args, out, k_max, per_layer, tolerance, thresholds, **opts):
         result = sweep(ses.an, xs, k_max, per_layer, grid, ses.layout, ses.target, tolerance, bar.update)
     result["inputs_files"] = [str(p) for p in ses.paths]
     write_json(out / "optimize.json", result)
+    draw_sweep(out, result, per_layer)
     pk = result["per_k"]
-    draw_curve_png(out / "optimize_k.png", result["k"],
-                   {"output MSE (softmax)": pk["prob_mse"], "heatmap MSE ×1e4": [v * 1e4 for v in pk["heatmap_mse"]],
-                    "output SMAPE % (softmax)": pk["prob_smape"]},
-                   f"How many paths suffice ({result['inputs']} input(s), {per_layer} neurons per layer)",
-                   "K (best paths kept)", "MSE", mark_x=result["chosen_k"], secondary={"output SMAPE % (softmax)"},
-                   ylabel2="SMAPE %", mark_label=f"chosen K = {result['chosen_k']}")
-    pt = result["per_threshold"]
-    draw_curve_png(out / "optimize_threshold.png", result["thresholds"],
-                   {"output MSE (softmax)": pt["prob_mse"], "output SMAPE % (softmax)": pt["prob_smape"]},
-                   "GetOptimizer: keep neurons above mean − t·std", "threshold t", "MSE",
-                   mark_x=result["chosen_threshold"], secondary={"output SMAPE % (softmax)"}, ylabel2="SMAPE %")
     k = result["chosen_k"]
     msg = (f"chosen K = {k}: softmax MSE {pk['prob_mse'][k - 1]:.3g}, same class in "
            f"{pk['same_class'][k - 1]:.0%} of inputs" if k else "no K within tolerance")

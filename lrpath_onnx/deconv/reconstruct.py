@@ -43,6 +43,17 @@ def layer_activation(an: Analyzer, fwd: dict, layer_name: str) -> tuple[str, np.
     return tensor, fwd[tensor][0]
 
 
+def neurons_on_paths(record: dict) -> dict[str, list[int]]:
+    """Layer → channels on the paths of a paths.json record, in path order, each once."""
+    out: dict[str, list[int]] = {}
+    for p in record["paths"]:
+        for n in p["neurons"]:
+            chans = out.setdefault(n["layer"], [])
+            if int(n["neuron"]) not in chans:
+                chans.append(int(n["neuron"]))
+    return out
+
+
 def select_neurons(act: np.ndarray, layer: str, channels=None, top: int | None = None) -> list[Neuron]:
     """The given ``channels``, or the ``top`` channels by their highest activation; each at
     the position of its maximum."""

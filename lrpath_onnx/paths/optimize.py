@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from pathlib import Path
+
 from ..api import Analyzer
+from ..viz.curve import draw_curve_png
 from ..viz.heatmap import relevance_map
 from .kbest import k_best_paths
 from .masking import MaskedModel
@@ -76,3 +79,19 @@ def sweep(an: Analyzer, xs: list[np.ndarray], k_max: int = 20, per_layer: int = 
             "chosen_threshold": min(t_ok)[1] if t_ok else None, "tolerance": tolerance,
             "choice_rule": "smallest K, and the threshold keeping fewest neurons, whose mean softmax MSE "
                            "against the full model is within tolerance × the largest error of the sweep"}
+
+
+def draw_sweep(out, result: dict, per_layer: int) -> None:
+    """optimize_k.png (errors against K, the chosen K marked) and optimize_threshold.png."""
+    pk = result["per_k"]
+    draw_curve_png(Path(out) / "optimize_k.png", result["k"],
+                   {"output MSE (softmax)": pk["prob_mse"], "heatmap MSE ×1e4": [v * 1e4 for v in pk["heatmap_mse"]],
+                    "output SMAPE % (softmax)": pk["prob_smape"]},
+                   f"How many paths suffice ({result['inputs']} input(s), {per_layer} neurons per layer)",
+                   "K (best paths kept)", "MSE", mark_x=result["chosen_k"], secondary={"output SMAPE % (softmax)"},
+                   ylabel2="SMAPE %", mark_label=f"chosen K = {result['chosen_k']}")
+    pt = result["per_threshold"]
+    draw_curve_png(Path(out) / "optimize_threshold.png", result["thresholds"],
+                   {"output MSE (softmax)": pt["prob_mse"], "output SMAPE % (softmax)": pt["prob_smape"]},
+                   "GetOptimizer: keep neurons above mean − t·std", "threshold t", "MSE",
+                   mark_x=result["chosen_threshold"], secondary={"output SMAPE % (softmax)"}, ylabel2="SMAPE %")

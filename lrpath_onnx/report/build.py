@@ -1,0 +1,77 @@
+"""Runs the case study for one input and collects what the page shows: prediction, LRP
+heatmap and plan, neuron graph and K paths, K-path heatmaps, the MSE/SMAPE sweep, the
+deconvolution of the path neurons, timings. Pictures are written to the output folder
+too, so the page's figures can be opened full size."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, reconstruct, select_neurons
+from ..io.results import top_k
+from ..paths.neurons import activation_tensor
+from ..paths.optimize import draw_sweep, sweep
+from ..paths.run import explain_paths
+from ..viz.grid import draw_grid
+from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png
+
+
+def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: int = 10,
+               thresholds=(-1.0, 0.0, 1.0, 2.0), deconv_max: int = 12, model_label: str = "") -> dict:
+    """Everything ``report.html`` shows, as a dict of values and picture paths under ``out``."""
+    an, layout = ses.an, ses.layout
+    x = sample.tensor[None]
+    timings: dict[str, float] = {}
+    scale = 224 if min(sample.display.shape[:2]) < 224 else None
+
+    t = time.perf_counter()
+    exp = an.explain(x)
+    timings["explain (LRP)"] = time.perf_counter() - t
+    full = relevance_map(exp.relevance[0], layout)
+    save_png(out / "input.png", sample.display, scale_to=scale)
+    save_png(out / "heatmap.png", heatmap_rgb(full), scale_to=scale)
+    save_png(out / "overlay.png", overlay_rgb(sample.display, full), scale_to=scale)
+    cons = exp.conservation(0)
+
+    t = time.perf_counter()
+    paths = explain_paths(an, sample, out / "paths", k=k, per_layer=per_layer, layout=layout, labels=ses.labels)
+    timings["neuron graph, K paths, K-path heatmaps"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    opt = sweep(an, [x], k_max, per_layer, thresholds, layout, None)
+    draw_sweep(out, opt, per_layer)
+    timings[f"MSE/SMAPE sweep (K = 1…{k_max}, {len(thresholds)} thresholds)"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    chosen = {name: chans for name, chans in neurons_on_paths(paths).items() if an.graph.find(name).op == "Conv"}
+    for name in chosen:
+        an.request(activation_tensor(an, an.graph.find(name)))
+    fwd = an.forward(x)
+    order = "bgr" if (ses.reader.pre and ses.reader.pre.channel_order == "bgr") else "rgb"
+    tiles, deconv = [(sample.display, "input")], []
+    for name, chans in chosen.items():
+        _, act = layer_activation(an, fwd, name)
+        neurons = select_neurons(act, name, chans[:max(1, deconv_max - len(deconv))])
+        for nr, rec in zip(neurons, reconstruct(an, x, neurons)):
+            tiles.append((picture(rec, layout, order), nr.label()))
+            deconv.append({"layer": name, "channel": nr.channel, "y": nr.y, "x": nr.x, "activation": nr.activation})
+        if len(deconv) >= deconv_max:
+            break
+    if deconv:
+        draw_grid(out / "deconv_grid.png", tiles, columns=min(5, len(tiles)),
+                  title=f"{sample.name}: what the path neurons see (deconvolution)")
+    timings[f"deconvolution ({len(deconv)} path neurons)"] = time.perf_counter() - t
+
+    return {"model": model_label, "input": str(sample.source), "sample": sample.name,
+            "input_shape": list(x.shape), "layout": layout, "device": an.device, "provider": exp.provider,
+            "preset": an.plan().preset, "overrides": list(an.plan().overrides), "plan": an.plan().to_json(),
+            "top5": top_k(exp.logits[0], ses.labels, 5), "target": int(exp.targets[0]),
+            "conservation": {"ratio": cons["ratio"], "output": cons["output_relevance"], "input": cons["input_relevance"]},
+            "paths": paths, "optimize": opt, "k": k, "per_layer": per_layer, "deconv": deconv,
+            "timings_s": timings, "machine": {"cpu": platform.processor() or platform.machine(),
+                                              "python": platform.python_version()},
+            "relevance_positive_share": float(np.maximum(full, 0).sum() / max(np.abs(full).sum(), 1e-30))}
