@@ -143,6 +143,16 @@ def _image_input(model: LoadedModel, shapes: dict[str, tuple]) -> str:
     return inputs[0]
 
 
+def _parse_node(handler, node, ctx: ParseContext):
+    """``handler.parse``, with a malformed node (an attribute of the wrong type, a weight of
+    the wrong rank, a missing input) reported as a ModelError naming it instead of a crash."""
+    try:
+        return handler.parse(node, ctx)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError) as exc:
+        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise ModelError(f"node '{ctx.node_name}' ({node.op_type}) is malformed: {detail}") from None
+
+
 def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | None = None) -> LayerGraph:
     """The canonical LayerGraph of ``model``.
 
@@ -172,8 +182,8 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     stripped: list[str] = []
     while out in producer and producer[out].op_type in STRIPPABLE:  # trailing Softmax/Identity/Dropout
         node = producer[out]
-        res = handler_for(node.op_type).parse(node, ParseContext(consts, shapes, model.opset,
-                                                                 node_names[id(node)]))
+        res = _parse_node(handler_for(node.op_type), node, ParseContext(consts, shapes, model.opset,
+                                                                         node_names[id(node)]))
         if isinstance(res, (Alias, Strip)):
             if isinstance(res, Strip):
                 stripped.append(node_names[id(node)])
@@ -201,7 +211,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
             stack.extend(i for i in node.input if i and i not in consts)
             continue
         try:
-            res = h.parse(node, ParseContext(consts, shapes, model.opset, name))
+            res = _parse_node(h, node, ParseContext(consts, shapes, model.opset, name))
         except UnsupportedOpError as exc:
             errors.append(exc)
             stack.extend(i for i in node.input if i and i not in consts)

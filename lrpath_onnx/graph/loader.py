@@ -68,11 +68,36 @@ def _parse(path: Path) -> tuple[onnx.ModelProto, list[protoscan.RawTensor]]:
             raise ModelError(f"not an ONNX model ({path.name}): {reason}") from None
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise ModelError(f"not an ONNX model ({path.name}): no graph in the protobuf")
+    bad = next((t for t in _texts(proto) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ModelError(f"not an ONNX model ({path.name}): a name is not valid UTF-8 ({bad[:40]!r})")
     if len(proto.graph.node) == 0:
         raise ModelError(f"ONNX model {path.name} has an empty graph")
     if len(proto.graph.output) == 0:
         raise ModelError(f"ONNX model {path.name} has no graph outputs")
     return proto, raw
+
+
+def _texts(proto: onnx.ModelProto):
+    """Every string field the analyzer reads. protobuf hands back ``bytes`` for a string field
+    that is not valid UTF-8 instead of refusing the message, so the loader checks them."""
+    yield from (proto.producer_name, proto.domain)
+    yield from (imp.domain for imp in proto.opset_import)
+    graphs = [proto.graph]
+    while graphs:
+        g = graphs.pop()
+        yield g.name
+        for v in (*g.input, *g.output, *g.value_info):
+            yield v.name
+        for t in g.initializer:
+            yield t.name
+            for e in t.external_data:
+                yield from (e.key, e.value)
+        for n in g.node:
+            yield from (n.name, n.op_type, n.domain, *n.input, *n.output)
+            for a in n.attribute:
+                yield a.name
+                graphs.extend(([a.g] if a.HasField("g") else []) + list(a.graphs))
 
 
 def _opset(proto: onnx.ModelProto, path: Path) -> int:

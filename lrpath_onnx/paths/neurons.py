@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from ..api import Analyzer, Explanation
+from ..api import Analyzer, Explanation, NeuronTarget
 from ..errors import InputError
 from ..graph.layers import LINEAR, PASS, ROUTE, WTA, Layer
 from .optimizer import get_optimizer
@@ -185,6 +185,9 @@ def _in_features(an: Analyzer, layer: Layer) -> int:
 def explain_for_graph(an: Analyzer, x: np.ndarray, target=None) -> Explanation:
     """An explanation keeping what the neuron graph needs: every graph layer's relevance
     and the forward tensors."""
+    if isinstance(target, NeuronTarget):
+        raise InputError(f"neuron paths run from the input to a class; --target {target.layer}:… (an inner "
+                         "neuron) is for explain")
     layers = graph_layers(an)
     an.request(*[activation_tensor(an, l) for l in layers])
     return an.explain(x, target=target, keep=[l.name for l in layers], keep_forward=True)
