@@ -45,8 +45,8 @@ WEIGHT_MODIFIERS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
     "gamma": lambda w, p: w + p * np.maximum(w, 0),
     "ones": lambda w, p: np.ones_like(w),
     "square": lambda w, p: w * w,
-    # W, W⁺ and W⁻ side by side along the input axis: z^B's three transposed products in one
-    "zbox_stack": lambda w, p: np.concatenate([w, np.maximum(w, 0), np.minimum(w, 0)],
+    # W⁺ and W⁻ side by side along the input axis: z^B's two transposed products in one
+    "zbox_stack": lambda w, p: np.concatenate([np.maximum(w, 0), np.minimum(w, 0)],
                                               axis=1 if w.ndim == 4 else 0),
 }
 #: variants that are not element-wise maps of the weights (no bias counterpart)
@@ -205,19 +205,20 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         if bounds is None:
             raise ValueError("zbox needs bounds")
         low, high = bounds
-        w, b = fwd.weights("id")
         wp, _ = fwd.weights("pos")
         wn, _ = fwd.weights("neg")
-        if z is None:
-            za = lin.forward(a, w, exact=True)
-        else:  # onnxruntime's output minus the bias: z^B has no bias term
-            za = z if b is None else z - _bias_like(b, z)
-        # the bounds are the same for every sample: their part of z^B is computed once
-        box = lin.forward(low[:1], wp, exact=True) + lin.forward(high[:1], wn, exact=True)
-        s = backend.stabilised_divide(r, za - box, TINY)
-        # z^B > 0 away from degenerate inputs and nothing divides by these products, so the
-        # fast (Winograd) transpose is as good as an exact one here
-        return [Product(1.0, s, w, a), Product(-1.0, s, wp, low), Product(-1.0, s, wn, high)]
+        # z^B = Σ a·w − l·w⁺ − h·w⁻ = Σ (a − l)·w⁺ + (a − h)·w⁻: two sums of terms ≥ 0 (for
+        # inputs within the bounds), so no cancellation. A neuron whose box is tight (binary
+        # images: a = h under every w < 0 and a = l under every w > 0, e.g. blank background
+        # next to the padding) has z^B and all its products exactly 0: it gets s = 0 (plain
+        # division made safe) and passes nothing on. With a·w minus the bounds' part, or a
+        # stabiliser, its s was rounding noise / 1e-9, and the transposed products (Winograd's
+        # rounding mixes neighbours) spread that into relevance that changed with the batch size
+        # and thread count; the transposes are exact here too.
+        above, below = a - low, a - high
+        zb = lin.forward(above, wp, exact=True) + lin.forward(below, wn, exact=True)
+        s = backend.stabilised_divide(r, zb, 0.0)
+        return [Product(1.0, s, wp, above, exact=True), Product(1.0, s, wn, below, exact=True)]
     raise ValueError(f"rule {name} does not apply to a linear layer")
 
 
@@ -235,9 +236,9 @@ def combine(rule: Rule, lin: LinearMap, prods: list[Product], dtype, cache: Weig
     """Sum the transposed products into the input relevance."""
     dtype = np.dtype(dtype)
     if rule.name == "zbox" and getattr(lin, "stackable", False):
-        # the three products share their signal: one transposed product with W, W⁺, W⁻ side by side
+        # the two products share their signal: one transposed product with W⁺, W⁻ side by side
         stacked, _ = cache.get(layer_name, lin, "zbox_stack", 0.0, dtype)
-        parts = np.split(lin.transpose(prods[0].s, stacked), 3, axis=1)
+        parts = np.split(lin.transpose(prods[0].s, stacked, exact=True), 2, axis=1)
         return sum(dtype.type(p.coef) * (p.mul * part) for p, part in zip(prods, parts))
     result = None
     for p in prods:
@@ -300,4 +301,4 @@ def _alpha_beta(alpha: float, beta: float, fwd: _Forward, a: np.ndarray, r: np.n
 
 def is_identity(rule: Rule) -> bool:
     """Whether the rule's forward is the layer's own (so onnxruntime's output can be reused)."""
-    return rule.name in ("zero", "epsilon", "zbox")
+    return rule.name in ("zero", "epsilon")
