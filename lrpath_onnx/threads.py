@@ -47,6 +47,8 @@ class ThreadControl:
 
     def __init__(self, workers: int | None = None) -> None:
         np.ones(1) @ np.ones(1)  # make sure numpy's BLAS is loaded before looking for it
+        cap = os.environ.get("LRPATH_THREADS", "")  # e.g. a Ray actor given one CPU of several
+        workers = workers or (int(cap) if cap.isdigit() and int(cap) > 0 else None)
         self.workers = max(1, workers or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                            else os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,14 @@ def find_masks(folder: Path, inputs: list[Path]) -> dict[Path, Path]:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise InputError(f"--masks {folder}: no mask for {', '.join(missing[:3])}{more} (expected e.g. "
                          f"{Path(missing[0]).stem}.png)")
-    return {p: by_stem[p.stem] for p in inputs}
+    found = {p: by_stem[p.stem] for p in inputs}
+    for mask in found.values():  # headers only: a file that is no image is refused before any work
+        try:
+            with Image.open(mask):
+                pass
+        except (OSError, UnidentifiedImageError) as e:
+            raise InputError(f"mask {mask}: not a readable image ({e})") from None
+    return found
 
 
 def _box(v: object, where: str) -> tuple[float, float, float, float]:
@@ -96,3 +104,19 @@ def mask_from_boxes(image: Path, boxes, pre: Preprocess | None, hw: tuple[int, i
     for x0, y0, x1, y1 in boxes:
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=255)  # x1/y1 exclusive, like array slices
     return _fit(canvas, pre, hw, image.name)
+
+
+@dataclass
+class RegionSource:
+    """Where each image's object region comes from, made into a mask only when the image is
+    audited (so 50 000 masks never sit in memory, and a Ray worker can make its own)."""
+
+    pre: Preprocess | None
+    hw: tuple[int, int]
+    masks: dict[Path, Path] | None = None
+    boxes: dict[Path, list] | None = None
+
+    def mask(self, image: Path) -> np.ndarray:
+        if self.masks is not None:
+            return mask_from_file(self.masks[image], self.pre, self.hw, image.name)
+        return mask_from_boxes(image, self.boxes[image], self.pre, self.hw)

@@ -1,6 +1,6 @@
-"""An audit run: every image through explain (and the neuron graph when path fidelity is
-checked), the checks, and audit.json + junit.xml rewritten atomically after every batch, so
-an interrupted run leaves valid files and ``--resume`` carries on from them."""
+"""An audit run: the images in batches through the checks (``evaluate``), and audit.json +
+junit.xml rewritten atomically after every batch, so an interrupted run leaves valid files and
+``--resume`` carries on from them, with either engine."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import InputError
-from ..io.inputs import IMAGE_SUFFIXES
+from ..io.inputs import IMAGE_SUFFIXES, unique_names
 from ..io.outputs import write_json, write_text
-from ..paths.neurons import explain_for_graph
-from . import checks as C
-from .config import CHECKS, AuditConfig
+from .config import AuditConfig
+from .evaluate import Evaluator
 from .junit import junit_xml
+from .regions import RegionSource
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -62,62 +61,68 @@ def summary(records: list[dict], checks: list[str], seconds: float, fresh: int) 
 
 
 class AuditRun:
-    """Holds what stays fixed over a run; ``run`` walks the batches."""
+    """What stays fixed over a run (session, settings, output folder); ``run`` audits the images
+    with the local engine, ``ray_engine.run_ray`` with Ray workers; both write through ``write``."""
 
-    def __init__(self, ses, cfg: AuditConfig, checks: list[str], expected: dict, regions: dict,
+    def __init__(self, ses, cfg: AuditConfig, checks: list[str], expected: dict, regions: RegionSource | None,
                  out: Path, model_label: str) -> None:
         self.ses, self.cfg, self.checks, self.expected, self.regions = ses, cfg, checks, expected, regions
         self.out, self.model_label = out, model_label
-        self.masked = None
-        if "path_fidelity" in checks:
-            from ..paths.masking import MaskedModel
+        self.engine: dict = {"engine": "local"}
+        self._written = 0.0
+        self._doc: dict = {}
+        self._paths: list[Path] = []
 
-            self.masked = MaskedModel(ses.an)
+    #: audit.json is rewritten at most this often (and at the end): rewriting a 50 000-image file
+    #: after every batch of 8 would write it thousands of times
+    WRITE_EVERY_S = 2.0
 
-    def _batch(self, samples) -> list[dict]:
-        an, cfg, ses = self.ses.an, self.cfg, self.ses
-        x = np.stack([s.tensor for s in samples])
-        t0 = time.perf_counter()
-        exp = explain_for_graph(an, x) if self.masked is not None else an.explain(x)
-        recs = []
-        for i, s in enumerate(samples):
-            pred = int(np.asarray(exp.logits[i]).reshape(-1).argmax())
-            rec = {"image": s.name, "source": str(s.source), "predicted": pred,
-                   "predicted_label": ses.labels[pred] if ses.labels and pred < len(ses.labels) else None,
-                   "checks": {}}
-            if "prediction" in self.checks:
-                rec["checks"]["prediction"] = C.prediction(pred, self.expected[s.source], ses.labels)
-            if "conservation" in self.checks:
-                rec["checks"]["conservation"] = C.conservation(exp.conservation(i)["ratio"], cfg)
-            if "region" in self.checks:
-                rec["checks"]["region"] = C.region(exp.relevance[i], self.regions[s.source], ses.layout, cfg)
-            if "path_fidelity" in self.checks:
-                rec["checks"]["path_fidelity"] = C.path_fidelity(an, exp, i, x[i], self.masked, cfg)
-            recs.append(rec)
-        per = (time.perf_counter() - t0) / len(samples)
-        for r in recs:
-            r["seconds"] = per
-        return recs
+    def checkpoint(self, records: list[dict], seconds: float, fresh: int, final: bool = False) -> dict:
+        """``write`` when the last one is WRITE_EVERY_S old, or ``final``; the latest document either way."""
+        now = time.monotonic()
+        if final or now - self._written >= self.WRITE_EVERY_S:
+            self._doc = self.write(self.ordered(self._paths, records), seconds, fresh)
+            self._written = now
+        return self._doc
+
+    def batches(self, paths: list[Path], records: list[dict]) -> list[list[tuple[Path, str]]]:
+        """The images still to audit as (path, name) batches; names are unique over all of ``paths``
+        so a resumed or distributed run names every image as a single local run would."""
+        self._paths = paths  # checkpoints write the records in this order
+        done = {r["source"] for r in records}
+        todo = [(p, n) for p, n in zip(paths, unique_names(paths)) if str(p) not in done]
+        bs = self.cfg.batch_size
+        return [todo[i:i + bs] for i in range(0, len(todo), bs)]
+
+    def ordered(self, paths: list[Path], records: list[dict]) -> list[dict]:
+        """Records in the order of ``paths`` (deterministic whatever order batches finished in)."""
+        rank = {str(p): i for i, p in enumerate(paths)}
+        return sorted(records, key=lambda r: rank.get(r["source"], len(rank)))
+
+    def run(self, paths: list[Path], records: list[dict], bar) -> dict:
+        evaluator = Evaluator(self.ses, self.cfg, self.checks, self.expected, self.regions)
+        batches = self.batches(paths, records)
+        bar.update(len(paths) - sum(len(b) for b in batches))
+        t0, fresh = time.perf_counter(), 0
+        records = list(records)
+        self.checkpoint(records, 0.0, 0, final=True)
+        for batch in batches:
+            samples = evaluator.read([p for p, _ in batch], [n for _, n in batch])
+            records.extend(evaluator.records(samples))
+            fresh += len(batch)
+            self.checkpoint(records, time.perf_counter() - t0, fresh)
+            bar.update(len(batch))
+        return self.checkpoint(records, time.perf_counter() - t0, fresh, final=True)
 
     def write(self, records: list[dict], seconds: float, fresh: int) -> dict:
         an = self.ses.an
-        doc = {"model": self.model_label, "device": an.device, "provider": an.provider, "preset": an.plan().preset,
+        engine = dict(self.engine)  # a Ray run says where its workers ran; the driver needs no session
+        where = {"device": engine.pop("device", None) or an.device, "provider": engine.pop("provider", None) or an.provider}
+        doc = {"model": self.model_label, **where, **engine,
+               "preset": an.plan().preset,
                "rule_overrides": list(an.plan().overrides), "checks": self.checks, "config": asdict(self.cfg),
                "thresholds": thresholds_of(self.cfg), "summary": summary(records, self.checks, seconds, fresh),
                "images": records}
         write_json(self.out / "audit.json", doc)
         write_text(self.out / "junit.xml", junit_xml(records, self.model_label, thresholds_of(self.cfg)))
-        return doc
-
-    def run(self, paths: list[Path], records: list[dict], bar) -> dict:
-        done = {r["source"] for r in records}
-        todo = [p for p in paths if str(p) not in done]
-        bar.update(len(paths) - len(todo))
-        t0, fresh = time.perf_counter(), 0
-        doc = self.write(records, 0.0, 0)
-        for samples in self.ses.reader.batches(todo, self.cfg.batch_size):
-            records = records + self._batch(samples)
-            fresh += len(samples)
-            doc = self.write(records, time.perf_counter() - t0, fresh)
-            bar.update(len(samples))
         return doc

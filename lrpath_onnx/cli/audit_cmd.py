@@ -56,9 +56,18 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Paths kept by the path-fidelity check (default 5).")
 @click.option("--per-layer", type=click.IntRange(min=1), default=None, help="Neurons per layer of the graph (default 16).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per explain batch (default 8).")
-@click.option("--resume", is_flag=True, help="Skip images already in OUT/audit.json (same settings only).")
+@click.option("--resume", is_flag=True, help="Skip images already in OUT/audit.json (same settings, either engine).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Explain here, or on Ray workers (pip install 'lrpath-onnx[ray]').")
+@click.option("--ray-address", default=None, help="An existing Ray cluster (e.g. ray://head:10001 or auto); "
+                                                  "default: a local one.")
+@click.option("--num-workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Ray actors, each with its own model session.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs per Ray actor; > 0 runs the relevance pass with --device cuda there.")
 def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text, min_region_share,
-          conservation_range, path_smape_max, k, per_layer, batch_size, resume, **opts):
+          conservation_range, path_smape_max, k, per_layer, batch_size, resume, engine, ray_address,
+          num_workers, gpus_per_worker, **opts):
     """Check every image in --images: expected prediction, relevance conservation, relevance
     inside the object region (the Clever Hans check) and path fidelity (the K-path model keeps
     the prediction). Writes OUT/audit.json and OUT/junit.xml; exit 0 when every check passes,
@@ -76,29 +85,44 @@ def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text,
     cfg = with_options(load_config(config_path), region_min_share=min_region_share, path_smape_max=path_smape_max,
                        k=k, per_layer=per_layer, batch_size=batch_size, checks=chosen,
                        conservation_min=cons[0] if cons else None, conservation_max=cons[1] if cons else None)
+    if engine == "ray":  # before anything is read or written: no Ray is one line, exit 2
+        from ..audit.ray_engine import import_ray
+
+        import_ray()
     paths = list_images(images)
     ses = open_session([*args, *paths], out, **opts)
     an = ses.an
     expected = read_expected(expect, paths, ses.labels, an.num_classes) if expect is not None else {}
     checks = _checks(cfg.checks, expect, masks_dir is not None or boxes is not None, an)
-    regions = {}
+    regions = None
     if "region" in checks:
         pre = ses.reader.pre
         hw = pre.size if pre is not None else tuple(an.input_shape[2:] if ses.layout == "nchw" else an.input_shape[1:3])
         if masks_dir is not None:
-            regions = {p: R.mask_from_file(m, pre, hw, p.name) for p, m in R.find_masks(masks_dir, paths).items()}
+            regions = R.RegionSource(pre, hw, masks=R.find_masks(masks_dir, paths))
         else:
-            regions = {p: R.mask_from_boxes(p, b, pre, hw) for p, b in R.read_boxes(boxes, paths).items()}
+            regions = R.RegionSource(pre, hw, boxes=R.read_boxes(boxes, paths))
+        regions.mask(paths[0])  # a mask that cannot fit the input at all is refused before any output
     out = ensure_out_dir(out)
     clean_temporaries(out)
     records = previous_records(out, cfg, checks) if resume else []
     model_label = str(args[0]) if args else str(opts.get("model_name"))
     run = AuditRun(ses, cfg, checks, expected, regions, out, model_label)
-    with progress(len(paths), "auditing") as bar:
-        doc = run.run(paths, records, bar)
+    if engine == "ray":
+        from ..audit.ray_engine import RayEngine
+
+        ray_engine = RayEngine(num_workers, gpus_per_worker, ray_address, [*args, paths[0]], opts, run)
+        with progress(len(paths), "auditing") as bar:
+            doc = ray_engine.run(run, paths, records, bar)
+        ray_engine.shutdown()
+    else:
+        with progress(len(paths), "auditing") as bar:
+            doc = run.run(paths, records, bar)
     s = doc["summary"]
     per = ", ".join(f"{c} {v['passed']}/{v['passed'] + v['failed']}" for c, v in s["checks"].items())
     speed = f", {s['images_per_second']:.2f} images/s" if s["images_per_second"] else ""
+    if engine == "ray":
+        speed += f" on {num_workers} Ray worker(s), {doc.get('retries', 0)} retried batch(es)"
     click.echo(f"audited {s['images']} images{speed}: {per}")
     for r in doc["images"]:
         for c, v in r["checks"].items():
