@@ -46,9 +46,6 @@ class _Worker:
         ses = open_session(session_args, Path.cwd(), **session_opts)  # nothing is written by a worker
         self.evaluator = Evaluator(ses, cfg, checks, expected, regions)
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def where(self) -> tuple[str, str]:
         """(relevance device, onnxruntime provider) of this worker (making its session now)."""
         an = self.evaluator.ses.an
@@ -87,9 +84,6 @@ class RayEngine:
         self.retries = 0
         run.engine.update({"engine": "ray", "workers": workers, "gpus_per_worker": gpus_per_worker, "retries": 0,
                            "device": where[0][0], "provider": where[0][1], "worker_startup_s": self.startup_s})
-
-    def pids(self) -> list[int]:
-        return self.ray.get([a.pid.remote() for a in self.actors])
 
     def run(self, run, paths: list[Path], records: list[dict], bar) -> dict:
         """Audit every batch ``run.batches`` leaves to do, merging results as they finish."""
