@@ -103,3 +103,32 @@ def test_report_refuses_two_images_and_a_target(tmp_path):
     out = tmp_path / "out"
     assert_one_line_error(lrpath("report", "mnist-vgg", DIGIT, DIGIT, "--out", out), "one IMAGE", out=out)
     assert_one_line_error(lrpath("report", "mnist-vgg", DIGIT, "--target", "2", "--out", out), "--target", out=out)
+
+
+def test_report_on_a_residual_model_keeps_the_lrp_part_and_says_why_no_paths(tmp_path):
+    """Neuron paths need a chain of layers; a residual block gets the LRP sections and a note."""
+    from onnx import helper
+
+    from tests import models
+
+    rng = np.random.default_rng(4)
+    w = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["X", "W1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "W2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["r1", "c2"], ["s"], name="add"),
+             helper.make_node("GlobalAveragePool", ["s"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "W3"], ["Y"], name="fc", transB=1)]
+    model = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 16, 16])], [models.vi("Y", None)],
+                                          {"W1": w(4, 3, 3, 3), "W2": w(4, 4, 3, 3), "W3": w(3, 4)}),
+                        tmp_path / "res.onnx")
+    Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    res = lrpath("report", model, tmp_path / "x.png", "--out", out)
+    assert res.returncode == 0, res.stderr
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Not drawn for this model" in html and "chain of layers" in html
+    assert html.count("<img") == 3 and "Layer-wise relevance propagation" in html and "4. Run" in html
+    rec = json.loads((out / "report.json").read_text())
+    assert rec["no_paths"] and rec["deconv"] == []

@@ -9,11 +9,10 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, reconstruct, select_neurons
+from ..errors import InputError
 from ..io.results import top_k
-from ..paths.neurons import activation_tensor
+from ..paths.neurons import activation_tensor, graph_layers
 from ..paths.optimize import draw_sweep, sweep
 from ..paths.run import explain_paths
 from ..viz.grid import draw_grid
@@ -36,6 +35,19 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
     save_png(out / "heatmap.png", heatmap_rgb(full), scale_to=scale)
     save_png(out / "overlay.png", overlay_rgb(sample.display, full), scale_to=scale)
     cons = exp.conservation(0)
+    page = {"model": model_label, "input": str(sample.source), "sample": sample.name,
+            "input_shape": list(x.shape), "layout": layout, "device": an.device, "provider": exp.provider,
+            "preset": an.plan().preset, "overrides": list(an.plan().overrides), "plan": an.plan().to_json(),
+            "top5": top_k(exp.logits[0], ses.labels, 5), "target": int(exp.targets[0]),
+            "conservation": {"ratio": cons["ratio"], "output": cons["output_relevance"], "input": cons["input_relevance"]},
+            "k": k, "per_layer": per_layer, "timings_s": timings, "paths": None, "optimize": None, "deconv": [],
+            "no_paths": None, "machine": {"cpu": platform.processor() or platform.machine(),
+                                          "python": platform.python_version()}}
+    try:
+        graph_layers(an)
+    except InputError as e:  # a residual or branching network: LRP only, and the page says why
+        page["no_paths"] = str(e)
+        return page
 
     t = time.perf_counter()
     paths = explain_paths(an, sample, out / "paths", k=k, per_layer=per_layer, layout=layout, labels=ses.labels)
@@ -66,12 +78,5 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
                   title=f"{sample.name}: what the path neurons see (deconvolution)")
     timings[f"deconvolution ({len(deconv)} path neurons)"] = time.perf_counter() - t
 
-    return {"model": model_label, "input": str(sample.source), "sample": sample.name,
-            "input_shape": list(x.shape), "layout": layout, "device": an.device, "provider": exp.provider,
-            "preset": an.plan().preset, "overrides": list(an.plan().overrides), "plan": an.plan().to_json(),
-            "top5": top_k(exp.logits[0], ses.labels, 5), "target": int(exp.targets[0]),
-            "conservation": {"ratio": cons["ratio"], "output": cons["output_relevance"], "input": cons["input_relevance"]},
-            "paths": paths, "optimize": opt, "k": k, "per_layer": per_layer, "deconv": deconv,
-            "timings_s": timings, "machine": {"cpu": platform.processor() or platform.machine(),
-                                              "python": platform.python_version()},
-            "relevance_positive_share": float(np.maximum(full, 0).sum() / max(np.abs(full).sum(), 1e-30))}
+    page.update(paths=paths, optimize=opt, deconv=deconv)
+    return page

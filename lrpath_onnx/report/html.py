@@ -70,54 +70,27 @@ def _plan_table(plan: list[dict]) -> str:
     return ("<table><tr><th>#</th><th>layer</th><th>op</th><th>rule</th><th>from</th></tr>" + rows + "</table>")
 
 
-def render(cs: dict, out: Path) -> str:
-    """The page for a ``case_study`` result whose pictures are under ``out``."""
-    paths, opt = cs["paths"], cs["optimize"]
+def _path_sections(cs: dict, out: Path, pixel: str) -> str:
+    """Sections 3–6: the neuron graph, K-path heatmaps, the sweep, the deconvolution."""
+    if cs["paths"] is None:
+        return ("<section><h2>3. Neuron paths</h2><p class=warn>Not drawn for this model: "
+                f"{_e(cs['no_paths'])}. The LRP heatmap above is complete.</p></section>")
+    paths, opt, k = cs["paths"], cs["optimize"], cs["k"]
     best = paths["paths"][0] if paths["paths"] else None
-    top = cs["top5"]
-    name = lambda t: _e(t["label"] if t["label"] not in (None, str(t["index"])) else f"class {t['index']}")  # noqa: E731
-    pred = top[0]
-    pixel = "pixel" if cs["input_shape"][-1] < 64 or cs["input_shape"][2] < 64 else ""
-    top_rows = "".join(f"<tr><td class=num>{t['index']}</td><td>{name(t)}</td><td class=num>{t['probability']:.2%}</td>"
-                       f"<td class=num>{t['logit']:.3f}</td></tr>" for t in top)
-    k, chosen = cs["k"], opt["chosen_k"]
+    chosen = opt["chosen_k"]
     pk = opt["per_k"]
     opt_rows = "".join(f"<tr><td class=num>{kk}</td><td class=num>{pk['prob_mse'][kk - 1]:.3g}</td>"
                        f"<td class=num>{pk['prob_smape'][kk - 1]:.1f}</td><td class=num>{pk['heatmap_mse'][kk - 1]:.3g}</td>"
                        f"<td>{'yes' if pk['same_class'][kk - 1] else 'no'}</td></tr>" for kk in opt["k"])
     best_txt = (" → ".join(f"{_e(n['layer'])}:{n['neuron']}" for n in best["neurons"]) if best else "none")
     share = paths.get("relevance_share_k_paths")
-    timing_rows = "".join(f"<tr><td>{_e(s)}</td><td class=num>{v:.2f} s</td></tr>" for s, v in cs["timings_s"].items())
-    cons = cs["conservation"]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     deconv = ""
     if cs["deconv"]:
         deconv = ("<section><h2>6. What the path neurons see</h2>" + _fig(
             out / "deconv_grid.png", "Deconvolution (Zeiler–Fergus, switch unpooling) of the convolution neurons on the "
             f"{k} best paths, each from its strongest activation for this input, normalised per picture around grey. "
             "Each label gives the layer, the channel and where its strongest activation is (y, x).", "wide") + "</section>")
-    body = f"""
-<main>
-<h1>Why {_e(Path(cs['model']).name or cs['model'])} says “{name(pred)}”</h1>
-<p class=sub>Input <code>{_e(Path(cs['input']).name)}</code> · {stamp} · LRP preset <code>{_e(cs['preset'])}</code>
-· relevance on <b>{_e(cs['device'])}</b>, forward on onnxruntime's <b>{_e(cs['provider'])}</b></p>
-
-<section><h2>1. Input and prediction</h2><div class=row>
-{_fig(out / 'input.png', 'The input as the model sees it (after resize, crop and channel order).', pixel)}
-<figure><table><tr><th>class</th><th>name</th><th>probability</th><th>logit</th></tr>{top_rows}</table>
-<figcaption>Top-5 classes (softmax of the logits). Relevance below explains the top class, {name(pred)}.</figcaption></figure>
-</div></section>
-
-<section><h2>2. Layer-wise relevance propagation</h2><div class=row>
-{_fig(out / 'heatmap.png', 'Relevance per pixel, summed over channels: red supports the class, blue speaks against it.', pixel)}
-{_fig(out / 'overlay.png', 'The same relevance over a grey copy of the input.', pixel)}
-</div>
-<div class=kv><div>conservation</div><div>input relevance {_fmt(cons['input'])} of output relevance {_fmt(cons['output'])}
-(ratio {_fmt(cons['ratio'])}; the rest is absorbed by biases and ε)</div>
-<div>rule plan</div><div><details><summary>{len([p for p in cs['plan'] if p.get('kind') == 'linear'])} layers with a rule,
-preset {_e(cs['preset'])}{(' + ' + _e(', '.join(cs['overrides']))) if cs['overrides'] else ''}</summary>{_plan_table(cs['plan'])}</details></div></div>
-</section>
-
+    return f"""
 <section><h2>3. Neuron graph and the {k} best paths</h2>
 {_fig(out / 'paths' / 'graph.png', f"The {paths['per_layer'] or ''} most relevant neurons (channels) of every layer, edges weighted by the "
       f"relevance that flows between them; the {k} paths carrying the most relevance in red, the best one thickest.", 'wide')}
@@ -139,8 +112,44 @@ preset {_e(cs['preset'])}{(' + ' + _e(', '.join(cs['overrides']))) if cs['overri
       f"{opt['tolerance']:.0%} of the largest error." if chosen else ' No K was within tolerance.'), 'wide')}
 </div><details><summary>values per K</summary><table><tr><th>K</th><th>softmax MSE</th><th>softmax SMAPE %</th>
 <th>heatmap MSE</th><th>same class</th></tr>{opt_rows}</table></details></section>
-{deconv}
-<section><h2>{7 if cs['deconv'] else 6}. Run</h2><div class=row><figure><table>{timing_rows}</table>
+{deconv}"""
+
+
+def render(cs: dict, out: Path) -> str:
+    """The page for a ``case_study`` result whose pictures are under ``out``."""
+    top = cs["top5"]
+    name = lambda t: _e(t["label"] if t["label"] not in (None, str(t["index"])) else f"class {t['index']}")  # noqa: E731
+    pred = top[0]
+    pixel = "pixel" if cs["input_shape"][-1] < 64 or cs["input_shape"][2] < 64 else ""
+    top_rows = "".join(f"<tr><td class=num>{t['index']}</td><td>{name(t)}</td><td class=num>{t['probability']:.2%}</td>"
+                       f"<td class=num>{t['logit']:.3f}</td></tr>" for t in top)
+    timing_rows = "".join(f"<tr><td>{_e(s)}</td><td class=num>{v:.2f} s</td></tr>" for s, v in cs["timings_s"].items())
+    cons = cs["conservation"]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = f"""
+<main>
+<h1>Why {_e(Path(cs['model']).name or cs['model'])} says “{name(pred)}”</h1>
+<p class=sub>Input <code>{_e(Path(cs['input']).name)}</code> · {stamp} · LRP preset <code>{_e(cs['preset'])}</code>
+· relevance on <b>{_e(cs['device'])}</b>, forward on onnxruntime's <b>{_e(cs['provider'])}</b></p>
+
+<section><h2>1. Input and prediction</h2><div class=row>
+{_fig(out / 'input.png', 'The input as the model sees it (after resize, crop and channel order).', pixel)}
+<figure><table><tr><th>class</th><th>name</th><th>probability</th><th>logit</th></tr>{top_rows}</table>
+<figcaption>Top-{len(top)} classes (softmax of the logits). Relevance below explains the top class, {name(pred)}.</figcaption></figure>
+</div></section>
+
+<section><h2>2. Layer-wise relevance propagation</h2><div class=row>
+{_fig(out / 'heatmap.png', 'Relevance per pixel, summed over channels: red supports the class, blue speaks against it.', pixel)}
+{_fig(out / 'overlay.png', 'The same relevance over a grey copy of the input.', pixel)}
+</div>
+<div class=kv><div>conservation</div><div>input relevance {_fmt(cons['input'])} of output relevance {_fmt(cons['output'])}
+(ratio {_fmt(cons['ratio'])}; the rest is absorbed by biases and ε)</div>
+<div>rule plan</div><div><details><summary>{len([p for p in cs['plan'] if p.get('kind') == 'linear'])} layers with a rule,
+preset {_e(cs['preset'])}{(' + ' + _e(', '.join(cs['overrides']))) if cs['overrides'] else ''}</summary>{_plan_table(cs['plan'])}</details></div></div>
+</section>
+
+{_path_sections(cs, out, pixel)}
+<section><h2>{7 if cs['deconv'] else 6 if cs['paths'] else 4}. Run</h2><div class=row><figure><table>{timing_rows}</table>
 <figcaption>Seconds per stage on this machine ({_e(cs['machine']['cpu'])}, Python {_e(cs['machine']['python'])}).</figcaption></figure>
 <div class=kv style="flex:1 1 300px"><div>model</div><div><code>{_e(cs['model'])}</code></div>
 <div>input tensor</div><div>{_e(cs['input_shape'])} ({_e(cs['layout'])})</div>
