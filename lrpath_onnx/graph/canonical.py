@@ -254,10 +254,47 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     for i, layer in enumerate(layers):
         layer.index = i
     _mark_nonnegative(layers)
+    _complete_shapes(layers, shapes)
     if not any(l.output == out for l in layers) and not errors:
         raise ModelError(f"graph output '{out}' is not computed from the input")
     return LayerGraph(layers=layers, input=x, output=out, input_shape=shapes.get(x) or (),
                       output_shape=shapes.get(out) or (), shapes=shapes, stripped=stripped)
+
+
+def _static(shape) -> bool:
+    return shape is not None and all(d is not None for d in shape[1:])
+
+
+def _complete_shapes(layers: list[Layer], shapes: dict[str, tuple]) -> None:
+    """Fill in the shapes onnx inference left open, where the layers fix them.
+
+    tf2onnx computes Flatten's target shape at run time, so every shape after it is open,
+    though a dense layer's weights say what it reads. Walking the layers in order: element-wise
+    layers keep their input's shape, a Transpose permutes it, a flatten into a dense layer
+    gives that layer's input features (when the element count agrees), a dense layer gives
+    its units. Known shapes are never changed.
+    """
+    readers: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for t in layer.inputs:
+            readers.setdefault(t, []).append(layer)
+    dense = ("Gemm", "MatMul")
+    for layer in layers:
+        if _static(shapes.get(layer.output)) or not layer.inputs or not _static(shapes.get(layer.inputs[0])):
+            continue
+        src = shapes[layer.inputs[0]]
+        if layer.kind == PASS and len(layer.inputs) == 1:
+            shapes[layer.output] = src
+        elif layer.op == "Transpose":
+            shapes[layer.output] = tuple(src[p] for p in layer.attrs["perm"])
+        elif layer.op in ("Reshape", "Flatten"):
+            users = readers.get(layer.output, [])
+            if len(users) == 1 and users[0].op in dense:
+                features = users[0].params["weight"].shape[0]
+                if int(np.prod(src[1:])) == features:
+                    shapes[layer.output] = (src[0], features)
+        elif layer.kind == LINEAR and layer.op in dense and len(src) == 2:
+            shapes[layer.output] = (src[0], layer.params["weight"].shape[1])
 
 
 def fold_constants_ordered(graph: onnx.GraphProto, nodes: list[onnx.NodeProto],

@@ -26,7 +26,7 @@ class MaskedModel:
         self.shapes: dict[str, tuple] = {}
         for layer in layers:
             shape = an.graph.shapes.get(layer.output)
-            rank = len(shape) if shape else (4 if layer.op == "Conv" else 2)  # open shapes (tf2onnx)
+            rank = len(shape) if shape else 4
             channels = layer.params["weight"].shape[0 if layer.op == "Conv" else 1]
             mshape = (1, channels) + (1,) * (rank - 2)
             name = f"mask:{layer.name}"

@@ -60,16 +60,14 @@ def channel_of_inputs(an: Analyzer, layer: Layer, prev: Layer) -> np.ndarray:
     Transpose move them)."""
     chain = _chain_to_previous(an, layer, {prev.name})[::-1]
     shape = an.graph.shapes.get(prev.output)
-    if (shape is None or any(d is None for d in shape[1:])) and prev.op != "Conv":
-        shape = (None, prev.params["weight"].shape[1])  # a dense layer: (in, out) weights
     if shape is None or any(d is None for d in shape[1:]):
         raise InputError(f"neuron graph needs the static shape of '{prev.output}'")
     ids = np.broadcast_to(np.arange(shape[1]).reshape((1, -1) + (1,) * (len(shape) - 2)),
                           (1,) + tuple(shape[1:])).astype(np.float64)
-    for i, step in enumerate(chain):
+    for step in chain:
         out = an.graph.shapes.get(step.output)
         if out is None or any(d is None for d in out[1:]):
-            out = _route_shape(an, step, ids.shape, layer, last=i == len(chain) - 1)
+            raise InputError(f"neuron graph needs the static shape of '{step.output}'")
         if step.kind == ROUTE:
             ids = ids.reshape((1,) + tuple(out[1:])) if step.op != "Transpose" else \
                 np.transpose(ids, step.attrs["perm"])
@@ -78,22 +76,6 @@ def channel_of_inputs(an: Analyzer, layer: Layer, prev: Layer) -> np.ndarray:
                 (1, ids.shape[1]) + (1,) * (len(out) - 2)), (1,) + tuple(out[1:]))
     feats = ids.reshape(ids.shape[0], ids.shape[1], -1) if layer.op == "Conv" else ids.reshape(1, -1)
     return (feats[0, :, 0] if layer.op == "Conv" else feats[0]).astype(np.int64)
-
-
-def _route_shape(an: Analyzer, step: Layer, in_shape: tuple, layer: Layer, last: bool) -> tuple:
-    """The output shape of a step whose static shape inference left it open (tf2onnx computes
-    Flatten's target shape at run time, and every shape after it is open): element-wise steps
-    keep their input's, a Transpose permutes it, a flatten right before a dense layer gives that
-    layer's input features (checked against the element count)."""
-    if step.kind == PASS:  # element-wise (ReLU, a constant scale or shift): the input's shape
-        return (None,) + tuple(in_shape[1:])
-    if step.op == "Transpose":
-        return (None,) + tuple(in_shape[p] for p in step.attrs["perm"][1:])
-    if step.op in ("Reshape", "Flatten") and last and layer.op != "Conv":
-        features = _in_features(an, layer)
-        if int(np.prod(in_shape[1:])) == features:
-            return (None, features)
-    raise InputError(f"neuron graph needs the static shape of '{step.output}'")
 
 
 def activation_tensor(an: Analyzer, layer: Layer) -> str:
