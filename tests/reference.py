@@ -14,6 +14,12 @@ TINY = 1e-9
 
 # ----------------------------------------------------------------------------- unrolling
 
+def case_geometry(kw: dict) -> dict:
+    """The conv_matrix keywords of a test case built by ``models.conv_model(**kw)`` (its defaults: pads 1)."""
+    return dict(strides=kw.get("strides", (1, 1)), pads=kw.get("pads", (1, 1, 1, 1)),
+                dilations=kw.get("dilations", (1, 1)), groups=kw.get("groups", 1))
+
+
 def conv_matrix(w, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1):
     """Unroll a 2-D convolution of an input (C, H, W) into M of shape (C*H*W, K*oh*ow)."""
     w = np.asarray(w, np.float64)

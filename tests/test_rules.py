@@ -62,8 +62,7 @@ def test_conv_rules_match_reference(tmp_path, case, rule, seed):
     x_shape = (2, C, 9, 7)
     model, w, b = models.conv_model(rng, x_shape, k_out, **kw)
     x = rng.standard_normal(x_shape).astype(np.float32)
-    geom = dict(strides=kw.get("strides", (1, 1)), pads=kw.get("pads", (1, 1, 1, 1)),
-                dilations=kw.get("dilations", (1, 1)), groups=kw.get("groups", 1))
+    geom = ref.case_geometry(kw)
     M, mask, out_shape = ref.conv_matrix(w, x_shape[1:], **geom)
     r = rng.standard_normal((2, *out_shape))
     _, exp = run(tmp_path, model, "conv", rule, x, r)

@@ -171,6 +171,17 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return final
 
 
+def write_png(path: str | os.PathLike[str], image) -> Path:
+    """Write a Pillow image as PNG atomically."""
+    final = Path(path)
+    try:
+        with atomic_path(final) as tmp:
+            image.save(tmp, format="PNG")
+    except OSError as exc:
+        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
+    return final
+
+
 def write_npy(path: str | os.PathLike[str], arr: np.ndarray) -> Path:
     """Write one array in ``.npy`` format atomically, never with pickled objects.
 

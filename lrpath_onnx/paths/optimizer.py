@@ -25,7 +25,8 @@ class PathInputError(InputError, ValueError):
     """
 
 
-def _check_finite_number(name: str, value: object) -> float:
+def finite_number(name: str, value: object) -> float:
+    """``value`` as a float, or a PathInputError naming ``name`` (bools, NaN and inf refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise PathInputError(f"{name} must be a real number, got {value!r}")
     value = float(value)
@@ -163,7 +164,7 @@ def get_optimizer(
         layer or feature maps are empty, ``idx`` is out of range or not an integer,
         ``threshold`` is not a finite number, or the inputs hold NaN/inf.
     """
-    threshold = _check_finite_number("threshold", threshold)
+    threshold = finite_number("threshold", threshold)
     d = _difference(forward, backward, idx)
     mask = _keep(_scores(d), threshold)
     sel = mask.reshape(mask.shape + (1,) * (d.ndim - 1))
@@ -188,7 +189,7 @@ def select_getoptimizer(
     np.ndarray
         int64 array of the kept neurons' channel indices.
     """
-    threshold = _check_finite_number("threshold", threshold)
+    threshold = finite_number("threshold", threshold)
     s = _scores(_difference(forward, backward, idx))
     mask = _keep(s, threshold)
     order = np.argsort(-s, kind="stable")

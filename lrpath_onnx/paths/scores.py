@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lrpath_onnx.paths.optimizer import PathInputError
+from lrpath_onnx.paths.optimizer import PathInputError, finite_number
 
 __all__ = ["choose_k", "mse", "smape", "softmax", "unit_l1"]
 
@@ -128,15 +128,6 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PathInputError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise PathInputError(f"{name} must be finite, got {value!r}")
-    return value
-
-
 def choose_k(
     ks: Sequence[int],
     errors: Sequence[float] | np.ndarray,
@@ -206,8 +197,8 @@ def choose_k(
         raise PathInputError(f"errors must be 1-D (per K) or 2-D (per K and image), got shape {err.shape}")
     if err.shape[0] != ks_arr.size:
         raise PathInputError(f"got {ks_arr.size} K values but {err.shape[0]} errors")
-    ref = _number("reference_error", reference_error)
-    tol = _number("tolerance", tolerance)
+    ref = finite_number("reference_error", reference_error)
+    tol = finite_number("tolerance", tolerance)
     if tol < 0:
         raise PathInputError(f"tolerance must be >= 0, got {tol}")
     if relative:

@@ -14,8 +14,8 @@ from collections.abc import Collection, Mapping, Sequence
 
 from PIL import Image, ImageDraw
 
-from ..errors import InputError, OutputError
-from ..io.outputs import atomic_path
+from ..errors import InputError
+from ..io.outputs import write_png
 from .graph_draw import _check_size, _font, png_text
 
 #: colours of the series in the order given (the "tab10" palette).
@@ -172,12 +172,7 @@ def draw_curve_png(path: str | os.PathLike[str], xs: Sequence[float], series: Ma
     if has2 and ylabel2:
         _vertical(img, ylabel2, 14 * s, w - 22 * s, (by0 + by1) / 2, 270)
     img = img.resize((w, h), Image.LANCZOS)
-    final = os.fspath(path)
-    try:
-        with atomic_path(final) as tmp:
-            img.save(tmp, format="PNG")
-    except OSError as exc:
-        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
+    write_png(path, img)
 
 
 def _check(xs: Sequence[float], series: Mapping[str, Sequence[float]], size: Sequence[int]) -> tuple[int, int]:

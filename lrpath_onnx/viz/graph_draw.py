@@ -22,8 +22,8 @@ from collections.abc import Hashable, Sequence
 import networkx as nx
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import InputError, OutputError
-from ..io.outputs import atomic_path
+from ..errors import InputError
+from ..io.outputs import write_png, write_text
 
 Colour = tuple[int, int, int]
 
@@ -87,12 +87,7 @@ def draw_png(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.
             d.text((x * _SS, y * _SS), png_text(s), fill=col, font=_font(fs * _SS), anchor=anchor + "m",
                    stroke_width=round(2 * _SS) if halo else 0, stroke_fill=WHITE)
     img = img.resize(size, Image.LANCZOS)
-    final = os.fspath(path)
-    try:
-        with atomic_path(final) as tmp:
-            img.save(tmp, format="PNG")
-    except OSError as exc:
-        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
+    write_png(path, img)
 
 
 def draw_svg(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.PathLike[str],
@@ -121,13 +116,7 @@ def draw_svg(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.
             out.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{fs:.1f}" fill="{_hex(col)}" '
                        f'text-anchor="{anchors[anchor]}" dominant-baseline="central"{extra}>{_esc(s)}</text>')
     out.append("</svg>\n")
-    final = os.fspath(path)
-    try:
-        with atomic_path(final) as tmp:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write("\n".join(out))
-    except OSError as exc:
-        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
+    write_text(path, "\n".join(out))
 
 
 # ------------------------------------------------------------------ scene building

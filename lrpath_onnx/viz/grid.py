@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..io.outputs import atomic_path
+from ..io.outputs import write_png
 
 
 def _tile(rgb: np.ndarray, size: int) -> Image.Image:
@@ -39,5 +39,4 @@ def draw_grid(path: str | os.PathLike, tiles: list[tuple[np.ndarray, str]], colu
         text = label if draw.textlength(label, font=font) <= tile else label[: max(3, int(len(label) * tile /
                                                                                      draw.textlength(label, font=font)) - 1)] + "…"
         draw.text((x0, y0 + tile + 3), text.replace("…", "..."), fill=(40, 40, 40), font=font)
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
+    write_png(path, canvas)

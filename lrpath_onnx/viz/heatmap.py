@@ -14,8 +14,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError, OutputError
-from ..io.outputs import atomic_path
+from ..errors import InputError
+from ..io.outputs import write_png
 
 
 def relevance_map(rel: np.ndarray, layout: str) -> np.ndarray:
@@ -157,9 +157,4 @@ def save_png(path: str | os.PathLike[str], rgb: np.ndarray, scale_to: int | None
         if short < scale_to:
             k = math.ceil(scale_to / short)
             img = img.resize((a.shape[1] * k, a.shape[0] * k), Image.NEAREST)
-    final = os.fspath(path)
-    try:
-        with atomic_path(final) as tmp:
-            img.save(tmp, format="PNG")
-    except OSError as exc:
-        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
+    write_png(path, img)
