@@ -1,4 +1,4 @@
-"""Element-wise kernels (CPU, numba): the stabilised divide at the heart of every LRP rule."""
+"""Element-wise kernels (CPU, numba): the stabilised divide at the heart of every LRP rule, the sign gate."""
 
 from __future__ import annotations
 
@@ -39,6 +39,27 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.ascontiguousarray(b, dtype=a.dtype)
     out = np.empty_like(a)
     _multiply(a.reshape(-1), b.reshape(-1), out.reshape(-1))
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _gate(r, sign, mode, out):
+    for i in prange(r.size):
+        v = sign[i]
+        keep = v > 0 if mode == 0 else (v < 0 if mode == 1 else v <= 0)
+        out[i] = r[i] if keep else 0.0
+
+
+def gate_by_sign(r: np.ndarray, sign: np.ndarray, positive: bool, rectified: bool) -> np.ndarray:
+    """``r`` kept where ``sign`` > 0 (``positive``), else where it is < 0 (≤ 0 when ``rectified``:
+    the sign comes from a ReLU, 0 for every z ≤ 0); 0 elsewhere.
+
+    How the generalized γ routes each output's relevance to the group that explains it.
+    """
+    r = np.ascontiguousarray(r)
+    sign = np.ascontiguousarray(sign, dtype=r.dtype)
+    out = np.empty_like(r)
+    _gate(r.reshape(-1), sign.reshape(-1), 0 if positive else (2 if rectified else 1), out.reshape(-1))
     return out
 
 

@@ -23,11 +23,10 @@ from .errors import InputError
 from .graph.canonical import build_layer_graph
 from .graph.layers import LayerGraph
 from .graph.loader import load_model
-from .ops import handler_for
+from .ops.emit import term_nodes
 from .ops.registry import BackwardContext
 from .plan.planner import Plan, make_plan
 from .runtime.session import ActivationRuntime, default_threads
-from .runtime.terms import term_nodes
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ class Analyzer:
         """Every tensor the backward pass reads, by the plan."""
         need: set[str] = set()
         for layer in self.graph.layers:
-            need |= handler_for(layer.op).needs(layer, self._plan.rule_for(layer), self.graph.shapes)
+            need |= layer.handler.needs(layer, self._plan.rule_for(layer), self.graph.shapes)
         return need | self._extra
 
     def _term_nodes(self) -> tuple[list, list, set[str]]:
@@ -183,8 +182,7 @@ class Analyzer:
         if self.rule_forward != "runtime":
             return nodes, inits, outs
         for layer in self.graph.linear_layers():
-            h = handler_for(layer.op)
-            terms = h.terms(layer, self._plan.rule_for(layer)) if hasattr(h, "terms") else []
+            terms = layer.handler.terms(layer, self._plan.rule_for(layer))
             if terms:
                 n, i, o = term_nodes(layer, terms)
                 nodes += n
@@ -354,8 +352,7 @@ class Analyzer:
             highs = np.broadcast_to(self.high, x.shape)
             violation = float(((x < lows - 1e-6) | (x > highs + 1e-6)).mean())
         be = self.backend  # the CPU keeps the tensors; a GPU gets each of them once per batch
-        dev = fwd if be.name == "cpu" else {k: be.upload(v) for k, v in fwd.items()}
-        ctx = BackwardContext(fwd=dev, backend=be, cache=self.cache, batch=x.shape[0],
+        ctx = BackwardContext(fwd=be.upload_tensors(fwd), backend=be, cache=self.cache, batch=x.shape[0],
                               shapes=self.graph.shapes, bounds=bounds, dtype=x.dtype)
         return ctx, violation
 
@@ -378,7 +375,7 @@ class Analyzer:
             start_relevance=start.reshape(n, -1).sum(axis=1, dtype=np.float64),
             flows=prop.flows, kept=prop.kept, provider=self.runtime().provider, device=self.device,
             timings_s={"backward": t2 - t1}, bounds_violation=violation,
-            forward=fwd if keep_forward else None, products=ctx.products if self.backend.name == "cpu" else {})
+            forward=fwd if keep_forward else None, products=ctx.products)
 
     def channel_flows(self, exp: Explanation, layer_name: str, rows, cols) -> np.ndarray:
         """F[n, i, j]: relevance that output channel ``cols[j]`` of a Conv/dense layer sends to
@@ -389,8 +386,8 @@ class Analyzer:
         layer = self.graph.find(layer_name)
         if exp.forward is None or layer.name not in exp.kept:
             raise InputError(f"channel flows of '{layer.name}' need explain(keep=[...], keep_forward=True)")
-        h = handler_for(layer.op)
-        if not hasattr(h, "flows") or layer.attrs.get("transA"):
+        h = layer.handler
+        if h.neurons(layer) is None:
             raise InputError(f"layer '{layer.name}' ({layer.op}) has no channel flows")
         r = exp.kept[layer.name]
         x = exp.forward[self.graph.input]

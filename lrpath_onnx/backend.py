@@ -2,9 +2,13 @@
 
 Relevance handlers never import kernels directly; they call the backend, so the same
 handler code runs on the CPU kernels (numba + BLAS) and, where present, on the CUDA ones.
+``Backend`` declares the interface both implement; nothing outside the backends asks
+which one runs.
 """
 
 from __future__ import annotations
+
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,6 +21,32 @@ from .kernels import pooling as _pool
 from .kernels import winograd as _wino
 from .kernels.conv import ConvGeometry
 from .threads import ThreadControl
+
+
+class Backend(Protocol):
+    """What handlers, rules and analyses may ask of a backend. Arrays are the backend's own
+    (numpy on the CPU, ``DeviceArray`` on a GPU) and support numpy's element-wise surface."""
+
+    name: str
+    threads: ThreadControl
+
+    def asarray(self, x, dtype=None) -> Any: ...
+    def upload(self, x: np.ndarray) -> Any: ...
+    def upload_tensors(self, tensors: dict[str, np.ndarray]) -> dict[str, Any]: ...
+    def to_host(self, x) -> np.ndarray: ...
+    def sample_sums(self, x) -> Any: ...
+    def conv2d(self, x, w, geom: ConvGeometry, bias=None, out_hw=None, exact: bool = False) -> Any: ...
+    def conv2d_transpose(self, s, w, geom: ConvGeometry, in_hw, mul=None, exact: bool = False,
+                         ratio=None) -> Any: ...
+    def dense(self, a, w, bias=None) -> Any: ...
+    def dense_transpose(self, s, w, mul=None) -> Any: ...
+    def separable(self, x, rows: np.ndarray, cols: np.ndarray) -> Any: ...
+    def stabilised_divide(self, r, z, eps: float) -> Any: ...
+    def gate_by_sign(self, r, sign, positive: bool, rectified: bool) -> Any: ...
+    def multiply(self, a, b) -> Any: ...
+    def unpool(self, values, indices, in_shape) -> Any: ...
+    def conv_flow(self, mul, s, w, geom: ConvGeometry, in_shape, rows, cols) -> Any: ...
+    def dense_flow(self, mul, s, w, rows, cols) -> Any: ...
 
 
 class CpuBackend:
@@ -51,6 +81,10 @@ class CpuBackend:
     def upload(self, x: np.ndarray) -> np.ndarray:
         """Forward tensors for the backward pass: on the CPU they stay where they are."""
         return x
+
+    def upload_tensors(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch's forward tensors: the same dict (what the backward adds to it stays visible)."""
+        return tensors
 
     def sample_sums(self, x: np.ndarray) -> np.ndarray:
         return _ew.sample_sums(x)
@@ -102,8 +136,15 @@ class CpuBackend:
     def dense_transpose(self, s, w, mul=None):
         return _dense.dense_transpose(s, w, mul)
 
+    def separable(self, x, rows, cols):
+        """``rows · x · colsᵀ`` over the last two axes (a resize's interpolation)."""
+        return np.ascontiguousarray(np.matmul(np.matmul(rows, x), cols.T), dtype=x.dtype)
+
     def stabilised_divide(self, r, z, eps: float):
         return _ew.stabilised_divide(r, z, eps)
+
+    def gate_by_sign(self, r, sign, positive: bool, rectified: bool):
+        return _ew.gate_by_sign(r, sign, positive, rectified)
 
     def multiply(self, a, b):
         return _ew.multiply(a, b)

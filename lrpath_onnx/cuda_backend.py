@@ -54,7 +54,10 @@ class CudaBackend:
         return DeviceArray.from_host(np.asarray(x, dtype=dtype))
 
     def upload(self, x: np.ndarray):
-        return DeviceArray.from_host(x) if isinstance(x, np.ndarray) else x
+        return DeviceArray.from_host(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+
+    def upload_tensors(self, tensors):
+        return {k: self.upload(v) for k, v in tensors.items()}
 
     def to_host(self, x):
         return x.get() if isinstance(x, DeviceArray) else np.asarray(x)
@@ -77,6 +80,14 @@ class CudaBackend:
 
     def stabilised_divide(self, r, z, eps: float):
         return DeviceArray(self._ew.stabilised_divide(_d(r), _d(z), float(eps)))
+
+    def separable(self, x, rows, cols):
+        """``rows · x · colsᵀ`` over the last two axes: resizes are rare and small, done on the host."""
+        host = self.to_host(x)
+        return DeviceArray.from_host(np.ascontiguousarray(np.matmul(np.matmul(rows, host), cols.T), host.dtype))
+
+    def gate_by_sign(self, r, sign, positive: bool, rectified: bool):
+        return DeviceArray(self._ew.gate_by_sign(_d(r), _d(sign), positive, rectified))
 
     def multiply(self, a, b):
         return DeviceArray(self._ew.multiply(_d(a), _d(b)))

@@ -9,16 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from lrpath_onnx.graph.layers import LayerGraph
-from lrpath_onnx.ops import handler_for
 
 
 def canonical_forward(graph: LayerGraph, x: np.ndarray) -> np.ndarray:
     vals = {graph.input: np.asarray(x, np.float64)}
     for layer in graph.layers:
-        ins = [vals[i] for i in layer.inputs]
-        if layer.op in ("Reshape", "Squeeze", "Unsqueeze"):
-            shape = graph.shapes[layer.output]
-            vals[layer.output] = ins[0].reshape((ins[0].shape[0],) + tuple(shape[1:]))
-        else:
-            vals[layer.output] = handler_for(layer.op).forward(layer, ins)
+        vals[layer.output] = layer.handler.forward(layer, [vals[i] for i in layer.inputs])
     return vals[graph.output]

@@ -90,7 +90,9 @@ def backward_flops(an, batch: int) -> float:
     total = 0.0
     for layer in an.graph.linear_layers():
         out = an.graph.shapes[layer.output]
-        w = layer.params["weight"]
+        w = getattr(layer, "weight", None)
+        if w is None:  # pools: window sums, not counted
+            continue
         macs = float(np.prod(out[1:])) * (w.size // out[1])
         fwd, tr = PRODUCTS[an.plan().rule_for(layer).name]
         total += 2.0 * macs * (fwd + tr) * batch

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-TINY = 1e-9
+#: zennit's stabiliser of every rule but ε, added with the denominator's sign (sign(0) = 1)
+STAB = 1e-6
 
 
 # ----------------------------------------------------------------------------- unrolling
@@ -81,40 +82,47 @@ def _div(r, z, eps):
 
 
 def lrp_contributions(rule: str, a, M, b, r, mask=None, gamma=0.25, eps=0.0, alpha=2.0, beta=1.0,
-                      low=None, high=None):
+                      low=None, high=None, stabilizer=STAB, bias=True):
     """C[p, q]: relevance output q sends to input p for ``z = a @ M + b`` (one sample).
 
     Summing over q gives the input relevance; summing blocks of C over the positions of two
-    channels gives the channel-pair flow.
+    channels gives the channel-pair flow. ``bias=False`` leaves the bias out of every
+    rule's denominator (zennit's zero_params), but not out of γ's choice of sign.
     """
     a = np.asarray(a, np.float64)
     M = np.asarray(M, np.float64)
     b = np.zeros(M.shape[1]) if b is None else np.asarray(b, np.float64)
+    bb = b if bias else np.zeros_like(b)
     r = np.asarray(r, np.float64)
     mask = (M != 0).astype(float) if mask is None else mask
+    ap, an = np.maximum(a, 0)[:, None], np.minimum(a, 0)[:, None]
     if rule in ("zero", "epsilon"):
         Z = a[:, None] * M
-        return Z * _div(r, Z.sum(0) + b, eps)[None, :]
+        return Z * _div(r, Z.sum(0) + bb, eps)[None, :]
     if rule == "gamma":
-        Mg = M + gamma * np.maximum(M, 0)
-        bg = b + gamma * np.maximum(b, 0)
-        Z = a[:, None] * Mg
-        return Z * _div(r, Z.sum(0) + bg, TINY)[None, :]
+        # generalized γ: positive outputs favour positive contributions, negative ones negative
+        up, down = M + gamma * np.maximum(M, 0), M + gamma * np.minimum(M, 0)
+        z = a @ M + b
+        Zp = ap * up + an * down        # z > 0: (a⁺, w + γw⁺) and (a⁻, w + γw⁻)
+        Zn = ap * down + an * up        # z < 0: (a⁺, w + γw⁻) and (a⁻, w + γw⁺)
+        bp, bn = bb + gamma * np.maximum(bb, 0), bb + gamma * np.minimum(bb, 0)
+        return (Zp * _div(r * (z > 0), Zp.sum(0) + bp, stabilizer)[None, :]
+                + Zn * _div(r * (z < 0), Zn.sum(0) + bn, stabilizer)[None, :])
     if rule in ("zplus", "alphabeta"):
         if rule == "zplus":
             alpha, beta = 1.0, 0.0
         Z = a[:, None] * M
         Zp, Zn = np.maximum(Z, 0), np.minimum(Z, 0)
-        zp, zn = Zp.sum(0) + np.maximum(b, 0), Zn.sum(0) + np.minimum(b, 0)
-        return alpha * Zp * _div(r, zp, 0)[None, :] - beta * Zn * _div(r, zn, 0)[None, :]
+        zp, zn = Zp.sum(0) + np.maximum(bb, 0), Zn.sum(0) + np.minimum(bb, 0)
+        return alpha * Zp * _div(r, zp, stabilizer)[None, :] - beta * Zn * _div(r, zn, stabilizer)[None, :]
     if rule == "flat":
-        return mask * _div(r, mask.sum(0), TINY)[None, :]
+        return mask * _div(r, mask.sum(0), stabilizer)[None, :]
     if rule == "wsquare":
         Z = M * M
-        return Z * _div(r, Z.sum(0), TINY)[None, :]
+        return Z * _div(r, Z.sum(0) + bb * bb, stabilizer)[None, :]
     if rule == "zbox":
         Z = a[:, None] * M - low[:, None] * np.maximum(M, 0) - high[:, None] * np.minimum(M, 0)
-        return Z * _div(r, Z.sum(0), TINY)[None, :]
+        return Z * _div(r, Z.sum(0), stabilizer)[None, :]
     raise ValueError(rule)
 
 

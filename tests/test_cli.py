@@ -125,7 +125,7 @@ def bad(tmp_path_factory, cnn):
     (d / "text.png").write_text("not an image")
     (d / "afile").write_text("x")
     from onnx import helper
-    nodes = [helper.make_node("Sigmoid", ["X"], ["Y"], name="squash")]
+    nodes = [helper.make_node("LpNormalization", ["X"], ["Y"], name="squash")]
     models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 12, 12])], [models.vi("Y", None)]), d / "sig.onnx")
     np.save(d / "wrong.npy", np.zeros((3, 10, 12), np.float32))
     np.save(d / "rank.npy", np.zeros((12, 12), np.float32))
@@ -138,7 +138,7 @@ CASES = {
     "empty model": (lambda d, m, i: ["explain", d / "empty.onnx", i], "empty"),
     "random bytes": (lambda d, m, i: ["explain", d / "random.onnx", i], "not an ONNX model"),
     "truncated onnx": (lambda d, m, i: ["explain", d / "truncated.onnx", i], "not an ONNX model"),
-    "unsupported op": (lambda d, m, i: ["explain", d / "sig.onnx", i], "Sigmoid at node 'squash'"),
+    "unsupported op": (lambda d, m, i: ["explain", d / "sig.onnx", i], "LpNormalization at node 'squash'"),
     "input missing": (lambda d, m, i: ["explain", m, d / "ghost.png"], "input not found"),
     "unreadable image": (lambda d, m, i: ["explain", m, d / "text.png"], "text.png"),
     "tensor wrong size": (lambda d, m, i: ["explain", m, d / "wrong.npy"], "expected"),

@@ -58,16 +58,16 @@ def test_trailing_softmax_dropout_identity_are_stripped(tmp_path):
 
 def test_all_unsupported_ops_are_named_at_once(tmp_path):
     nodes = [helper.make_node("LRN", ["X"], ["n1"], name="norm1", size=3),
-             helper.make_node("Sigmoid", ["n1"], ["s"], name="gate"),
+             helper.make_node("Hardmax", ["n1"], ["s"], name="gate"),
              helper.make_node("Relu", ["s"], ["Y"], name="relu")]
     path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 4, 4])], [models.vi("Y", None)]),
                        tmp_path / "u.onnx")
     with pytest.raises(UnsupportedOpError) as err:
         graph_of(path)
-    assert "LRN at 'norm1'" in str(err.value) and "Sigmoid at 'gate'" in str(err.value)
+    assert "LRN at 'norm1'" in str(err.value) and "Hardmax at 'gate'" in str(err.value)
     collected: list = []
     graph = build_layer_graph(load_model(path), collect=collected)
-    assert {(e.op_type, e.node) for e in collected} == {("LRN", "norm1"), ("Sigmoid", "gate")}
+    assert {(e.op_type, e.node) for e in collected} == {("LRN", "norm1"), ("Hardmax", "gate")}
     assert [l.name for l in graph] == ["relu"]
 
 
@@ -127,7 +127,7 @@ def test_nhwc_tf2onnx_style_graph_is_explained_end_to_end(tmp_path):
     an = Analyzer(path, low=0.0, high=255.0)
     dense = an.graph.find("dense")
     assert dense.nodes == ["dense", "dense_bias", "bn_mul", "bn_add"] and dense.output == "logits"
-    assert an.graph.find("conv").attrs["pads"] == [0, 0, 1, 1]  # SAME_UPPER, 12 → 6 with stride 2
+    assert an.graph.find("conv").geometry.pads == (0, 0, 1, 1)  # SAME_UPPER, 12 → 6 with stride 2
     assert [e.rule.name for e in an.plan().entries if e.layer.kind == "linear"] == ["zbox", "epsilon"]
     x = (rng.random((2, 12, 12, 3)) * 255).astype(np.float32)
     np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["logits"], rtol=1e-4, atol=1e-4)
@@ -223,7 +223,7 @@ def test_affine_after_relu_folds_forward_only_as_a_pure_scale(tmp_path, seed):
                        tmp_path / "fwd.onnx")
     an = Analyzer(path)
     fc2 = an.graph.find("fc2")
-    assert fc2.inputs == ["bn"] and not fc2.attrs["nonneg_input"]  # the shift keeps BN apart
+    assert fc2.inputs == ["bn"] and not fc2.nonneg_input  # the shift keeps BN apart
     x = rng.standard_normal((4, 6)).astype(np.float32)
     np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["Y"], rtol=1e-5, atol=1e-5)
     inits["t1"] = np.zeros(5, np.float32)
@@ -231,7 +231,7 @@ def test_affine_after_relu_folds_forward_only_as_a_pure_scale(tmp_path, seed):
                        tmp_path / "fwd0.onnx")
     an = Analyzer(path)
     fc2 = an.graph.find("fc2")
-    assert fc2.inputs == ["r1"] and fc2.nodes == ["bn_mul", "bn_add", "fc2"] and fc2.attrs["nonneg_input"]
+    assert fc2.inputs == ["r1"] and fc2.nodes == ["bn_mul", "bn_add", "fc2"] and fc2.nonneg_input
     np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["Y"], rtol=1e-5, atol=1e-5)
 
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)

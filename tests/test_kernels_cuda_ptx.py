@@ -40,6 +40,7 @@ def _signatures(f):
         "splitk_reduce": (A3, A2, f, f, A1, i, A2, b),
         "divide_kernel": (A1, A1, f, A1),
         "multiply_kernel": (A1, A1, A1),
+        "gate_kernel": (A1, A1, i, A1),
         "partial_sums_kernel": (A2, i, float64[:, ::1]),
         "finish_sums_kernel": (float64[:, ::1], float64[::1]),
         "zero_kernel": (A1,),

@@ -80,7 +80,7 @@ def test_conv_after_relu_uses_nonnegative_path(tmp_path, rule, seed):
     M, mask, out_shape = ref.conv_matrix(w, (5, 8, 8), strides=(2, 2), pads=(1, 1, 1, 1))
     r = rng.standard_normal((2, *out_shape))
     an, exp = run(tmp_path, model, "conv", rule, x, r)
-    assert an.graph.find("conv").attrs["nonneg_input"] is True
+    assert an.graph.find("conv").nonneg_input is True
     want = reference_linear(rule, x, M, np.repeat(b.astype(np.float64), out_shape[1] * out_shape[2]), r, mask, relu=True)
     assert_close(exp.relevance, want)
 

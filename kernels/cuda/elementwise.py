@@ -1,4 +1,4 @@
-"""Element-wise kernels (CUDA, numba): stabilised divide, multiply, per-sample sums.
+"""Element-wise kernels (CUDA, numba): stabilised divide, multiply, sign gate, per-sample sums.
 
 The element-wise kernels are grid-stride loops over the flat arrays (``THREADS`` threads
 per block, at most ``MAX_BLOCKS`` blocks). ``sample_sums`` is a deterministic two-pass
@@ -47,6 +47,22 @@ def multiply_kernel(a, b, out):
     step = cuda.gridsize(1)
     while i < out.size:
         out[i] = a[i] * b[i]
+        i += step
+
+
+@cuda.jit
+def gate_kernel(r, sign, mode, out):
+    """out = r where the sign tensor says so, else 0 (flat arrays). mode 0: sign > 0;
+    1: sign < 0; 2: sign ≤ 0."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < out.size:
+        v = sign[i]
+        keep = v > 0 if mode == 0 else (v < 0 if mode == 1 else v <= 0)
+        if keep:
+            out[i] = r[i]
+        else:
+            out[i] = 0
         i += step
 
 
@@ -127,6 +143,16 @@ def multiply(a, b):
     if out.size:
         blk, t = grid1(out.size, cap=MAX_BLOCKS)
         multiply_kernel[blk, t](flat(a, "a"), flat(b, "b"), flat(out))
+    return out
+
+
+def gate_by_sign(r, sign, positive: bool, rectified: bool):
+    """``r`` kept where ``sign`` > 0 (``positive``) or < 0 (≤ 0 when ``rectified``), else 0."""
+    r, sign = _pair(r, sign, "gate_by_sign")
+    out = cuda.device_array(r.shape, dtype=r.dtype)
+    if out.size:
+        blk, t = grid1(out.size, cap=MAX_BLOCKS)
+        gate_kernel[blk, t](flat(r, "r"), flat(sign, "sign"), 0 if positive else (2 if rectified else 1), flat(out))
     return out
 
 

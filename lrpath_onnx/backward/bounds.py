@@ -16,7 +16,6 @@ import numpy as np
 
 from ..errors import InputError
 from ..graph.layers import PASS, ROUTE, Layer, LayerGraph
-from ..ops import handler_for
 from ..plan.planner import Plan
 
 
@@ -26,7 +25,7 @@ def _chain_to(graph: LayerGraph, layer: Layer) -> list[Layer]:
     t = layer.inputs[0]
     while t != graph.input:
         prev = graph.producer.get(t)
-        if prev is None or prev.kind not in (PASS, ROUTE) or len(prev.inputs) != 1:
+        if prev is None or prev.kind not in (PASS, ROUTE) or prev.handler.chain_input(prev) is None:
             what = "nothing" if prev is None else f"{prev.op} '{prev.name}'"
             raise InputError(f"rule zbox on layer '{layer.name}' needs the model input behind it "
                              f"through element-wise/reshape layers only, but {what} is in between; "
@@ -36,13 +35,11 @@ def _chain_to(graph: LayerGraph, layer: Layer) -> list[Layer]:
     return chain[::-1]
 
 
-def _forward(layer: Layer, x: np.ndarray, graph: LayerGraph) -> np.ndarray:
-    if layer.op in ("Reshape", "Squeeze", "Unsqueeze"):
-        static = graph.shapes.get(layer.output)
-        if static is None or any(d is None for d in static[1:]):
-            raise InputError(f"cannot carry z^B bounds through '{layer.name}' (unknown output shape)")
-        return x.reshape((x.shape[0],) + tuple(static[1:]))
-    return handler_for(layer.op).forward(layer, [x])
+def _forward(layer: Layer, x: np.ndarray) -> np.ndarray:
+    try:
+        return layer.handler.forward(layer, [x])
+    except NotImplementedError as exc:
+        raise InputError(f"cannot carry z^B bounds through '{layer.name}' ({exc})") from None
 
 
 def box_bounds(graph: LayerGraph, plan: Plan, low: np.ndarray, high: np.ndarray,
@@ -66,7 +63,7 @@ def box_bounds(graph: LayerGraph, plan: Plan, low: np.ndarray, high: np.ndarray,
         lo = np.broadcast_to(np.asarray(low, np.float32), input_shape).astype(np.float32)
         hi = np.broadcast_to(np.asarray(high, np.float32), input_shape).astype(np.float32)
         for step in _chain_to(graph, layer):
-            a, b = _forward(step, lo, graph), _forward(step, hi, graph)
+            a, b = _forward(step, lo), _forward(step, hi)
             lo, hi = np.minimum(a, b), np.maximum(a, b)
         out[layer.name] = (np.ascontiguousarray(lo, np.float32), np.ascontiguousarray(hi, np.float32))
     return out

@@ -1,10 +1,12 @@
-"""Every LRP rule, written once over an abstract linear map.
+"""Every LRP rule, evaluated from its parts over an abstract linear map.
 
-A linear layer (convolution, dense, average pool) is seen only through
-``forward(x, w, b) = x ⋆ w + b`` and ``transpose(s, w, mul) = mul ⊙ (wᵀ ⋆ s)``; the rules
-below are the four LRP steps (forward with ρ(w), stabilised divide, transposed product,
-multiply by the input) for their own ρ. Modified weights are computed once per layer and
-kept in a ``WeightCache``, so explaining many images never recomputes them.
+A linear layer (convolution, dense, average pool, resize) is seen only through
+``forward(x, w, b) = x ⋆ w + b`` and ``transpose(s, w, mul) = mul ⊙ (wᵀ ⋆ s)``. A rule is a
+``Form`` (``plan.rules``): groups of parts. For each group the relevance of the outputs it
+explains is divided by the sum of its parts' forwards (stabilised), and each part sends
+that signal back through its own weights, multiplied by its own input factor. Modified
+weights are computed once per layer and kept in a ``WeightCache``, so explaining many
+images never recomputes them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from ..plan.rules import TINY, Rule
+from ..plan.rules import Form, Part, Rule
 
 
 class LinearMap(Protocol):
@@ -23,10 +25,13 @@ class LinearMap(Protocol):
     ``exact=True`` asks for products whose exact zeros stay exact zeros (no Winograd
     convolution): the rules that normalise positive and negative parts separately (z⁺,
     αβ) or rely on a sum being exactly zero (z^B, flat, w²) need it; LRP-0/ε/γ do not.
+    ``stackable``: weights may be stacked along the input axis (one transposed product
+    for several parts that share a signal).
     """
 
     weight: np.ndarray
     bias: np.ndarray | None
+    stackable: bool
 
     def forward(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
                 exact: bool = False) -> np.ndarray: ...
@@ -37,26 +42,23 @@ class LinearMap(Protocol):
         stabilised ratio ``s / (z + eps·sign z)`` (the divide may be fused into the kernel)."""
 
 
-#: ρ(w) for each weight variant a rule may ask for.
+#: ρ(w) for each weight modifier a part may name (the parameter is γ where one is used).
 WEIGHT_MODIFIERS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
     "id": lambda w, p: w,
     "pos": lambda w, p: np.maximum(w, 0),
     "neg": lambda w, p: np.minimum(w, 0),
-    "gamma": lambda w, p: w + p * np.maximum(w, 0),
+    "gamma+": lambda w, p: w + p * np.maximum(w, 0),
+    "gamma-": lambda w, p: w + p * np.minimum(w, 0),
     "ones": lambda w, p: np.ones_like(w),
     "square": lambda w, p: w * w,
-    # W⁺ and W⁻ side by side along the input axis: z^B's two transposed products in one
-    "zbox_stack": lambda w, p: np.concatenate([np.maximum(w, 0), np.minimum(w, 0)],
-                                              axis=1 if w.ndim == 4 else 0),
 }
-#: variants that are not element-wise maps of the weights (no bias counterpart)
-STACKED = {"zbox_stack"}
 
 
 class WeightCache:
-    """ρ(W) and ρ(b) per (layer, variant), computed on first use, in the compute dtype.
+    """ρ(W) and ρ(b) per (layer, modifier), computed on first use, in the compute dtype;
+    and weights of several modifiers stacked along the input axis.
 
-    ``put`` lets a backend store device copies; on the CPU the arrays stay numpy.
+    Arrays go through ``backend.asarray`` (a GPU backend keeps device copies).
     """
 
     def __init__(self, backend) -> None:
@@ -71,79 +73,84 @@ class WeightCache:
             fn = WEIGHT_MODIFIERS[variant]
             w = self.backend.asarray(fn(np.asarray(lin.weight, dtype), param), dtype)
             b = None
-            if lin.bias is not None and variant not in STACKED:
+            if lin.bias is not None:
                 b = self.backend.asarray(fn(np.asarray(lin.bias, dtype), param), dtype)
             hit = self._store[key] = (w, b)
+        return hit
+
+    def stacked(self, layer_name: str, lin: LinearMap, parts: tuple[Part, ...], dtype) -> Any:
+        """The parts' weights side by side along the input axis (axis 1 of a conv weight,
+        axis 0 of a dense one)."""
+        key = (layer_name, "stack", tuple((p.weight, p.param) for p in parts), np.dtype(dtype).str)
+        hit = self._store.get(key)
+        if hit is None:
+            w = np.asarray(lin.weight, dtype)
+            ws = [WEIGHT_MODIFIERS[p.weight](w, p.param) for p in parts]
+            hit = self._store[key] = self.backend.asarray(np.concatenate(ws, axis=1 if w.ndim == 4 else 0), dtype)
         return hit
 
     def clear(self) -> None:
         self._store.clear()
 
 
-@dataclass(frozen=True)
-class Term:
-    """One modified forward product ``ρ_in(a) ⋆ ρ(W) (+ ρ(b))`` that a rule needs.
-
-    ``inp`` is ``id``, ``pos`` (a⁺) or ``neg`` (a⁻); ``weight`` a ``WEIGHT_MODIFIERS`` key.
-    Terms are what onnxruntime can compute during the forward pass (``ops.conv`` adds
-    them as extra nodes), so the backward pass only runs transposed products.
-    """
-
-    inp: str
-    weight: str
-    param: float = 0.0
-    bias: bool = True
-
-    def tag(self) -> str:
-        return f"{self.inp}:{self.weight}:{self.param:g}:{'b' if self.bias else 'nb'}"
+#: a part's forward product, precomputed (onnxruntime) or computed once per batch
+Term = Part
 
 
-def forward_terms(rule: Rule, nonneg: bool) -> list[Term]:
-    """The input-dependent forward products ``rule`` needs (none where z is reused or constant).
-
-    ``nonneg``: the layer's input is known to be ≥ 0 (it comes from a ReLU), so a⁺ = a and
-    the a⁻ terms vanish.
-    """
-    pos_in = "id" if nonneg else "pos"
-    if rule.name == "gamma":
-        return [Term("id", "gamma", rule["gamma"])]
-    if rule.name in ("zplus", "alphabeta"):
-        beta = 0.0 if rule.name == "zplus" else rule["beta"]
-        terms = [Term(pos_in, "pos")] + ([] if nonneg else [Term("neg", "neg", bias=False)])
-        if beta != 0.0:
-            terms += [Term(pos_in, "neg")] + ([] if nonneg else [Term("neg", "pos", bias=False)])
-        return terms
-    return []
+def forward_terms(rule: Rule, nonneg: bool) -> list[Part]:
+    """The input-dependent forward products of ``rule`` onnxruntime may compute during the
+    forward pass: the parts of groups that explain every or the positive outputs, with plain,
+    a⁺ or a⁻ inputs (LRP-0/ε reuse the layer's own output; γ's negative group is computed by
+    the kernels only when its outputs carry relevance)."""
+    form = rule.form(nonneg)
+    if form.reuse_z:
+        return []
+    return [p for g in form.groups if g.where in ("all", "pos") for p in g.parts if p.inp in ("id", "pos", "neg")]
 
 
-def _split_input(a: np.ndarray, mode: str) -> np.ndarray:
-    if mode == "pos":
+def _input(a: np.ndarray, part: Part, bounds) -> np.ndarray | None:
+    """``ρ_in(a)`` of a part (None: the constant 1)."""
+    if part.inp == "id":
+        return a
+    if part.inp == "pos":
         return np.maximum(a, 0)
-    if mode == "neg":
+    if part.inp == "neg":
         return np.minimum(a, 0)
-    return a
+    if part.inp == "ones":
+        return None
+    if bounds is None:
+        raise ValueError("zbox needs bounds")
+    return a - bounds[0] if part.inp == "above" else a - bounds[1]
 
 
 class _Forward:
-    """Gives a rule its forward terms: precomputed (by onnxruntime, or by an earlier pass
+    """Gives a rule its part forwards: precomputed (by onnxruntime, or by an earlier pass
     over the same batch), else by the kernels — and records those it computes in ``terms``."""
 
     def __init__(self, lin: LinearMap, a: np.ndarray, cache: WeightCache, name: str,
-                 terms: dict[Term, np.ndarray] | None, exact: bool = False) -> None:
+                 terms: dict[Part, np.ndarray] | None, bounds, exact: bool) -> None:
         self.lin, self.a, self.cache, self.name = lin, a, cache, name
         self.terms = terms if terms is not None else {}
-        self.exact = exact
+        self.bounds, self.exact = bounds, exact
+        self._inputs: dict[str, np.ndarray | None] = {}
 
-    def weights(self, variant: str, param: float = 0.0):
-        return self.cache.get(self.name, self.lin, variant, param, self.a.dtype)
+    def weights(self, part: Part):
+        return self.cache.get(self.name, self.lin, part.weight, part.param, self.a.dtype)
 
-    def __call__(self, term: Term) -> np.ndarray:
-        hit = self.terms.get(term)
+    def input(self, part: Part):
+        if part.inp not in self._inputs:
+            self._inputs[part.inp] = _input(self.a, part, self.bounds)
+        return self._inputs[part.inp]
+
+    def __call__(self, part: Part) -> np.ndarray:
+        hit = self.terms.get(part)
         if hit is not None:
             return hit
-        w, b = self.weights(term.weight, term.param)
-        value = self.lin.forward(_split_input(self.a, term.inp), w, b if term.bias else None, exact=self.exact)
-        self.terms[term] = value
+        w, b = self.weights(part)
+        x = self.input(part)
+        value = self.lin.forward(np.ones_like(self.a) if x is None else x, w, b if part.bias else None,
+                                 exact=self.exact)
+        self.terms[part] = value
         return value
 
 
@@ -152,9 +159,10 @@ class Product:
     """One term ``coef · mul ⊙ (wᵀ ⋆ signal)`` of a rule's input relevance.
 
     ``signal`` is ``s``, or ``s / (z + eps·sign z)`` when ``ratio=(z, eps)``; ``mul`` is the
-    input-side factor (the activation a, its positive or negative part, or a z^B bound),
+    input-side factor (the activation a, its positive or negative part, or z^B's a − l),
     None meaning 1. The input relevance is the sum of a rule's products; the neuron graph's
     channel-pair flows are the same sum taken per (input channel, output channel) pair.
+    ``part`` says which part of the rule it is (so products sharing a signal can be stacked).
     """
 
     coef: float
@@ -163,89 +171,107 @@ class Product:
     mul: np.ndarray | None
     ratio: tuple | None = None
     exact: bool = False
+    part: Part | None = None
 
     def signal(self, backend) -> np.ndarray:
         return self.s if self.ratio is None else backend.stabilised_divide(self.s, *self.ratio)
 
 
+def _bias_like(b, z):
+    """A per-output bias shaped to broadcast against ``z`` (channel axis 1)."""
+    return b.reshape((1, -1) + (1,) * (z.ndim - 2)) if b.ndim == 1 else b
+
+
 def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
              cache: WeightCache, layer_name: str, z: np.ndarray | None = None,
              bounds: tuple[np.ndarray, np.ndarray] | None = None, nonneg: bool = False,
-             terms: Mapping[Term, np.ndarray] | None = None) -> list[Product]:
+             terms: Mapping[Part, np.ndarray] | None = None, sign: tuple | None = None) -> list[Product]:
     """The products whose sum is the input relevance of one linear layer under ``rule``.
 
     Parameters
     ----------
     a : the layer's input activation.
     r : relevance of the layer's output (same shape as the output).
-    z : the layer's own output from onnxruntime; reused where ρ is the identity.
-    bounds : (low, high) arrays shaped like ``a``, for ``zbox``.
+    z : the layer's own output from onnxruntime; reused where the rule's forward is it.
+    bounds : (low, high) arrays shaped like ``a``, for z^B.
     nonneg : ``a`` is known to be ≥ 0.
-    terms : forward terms already computed (by onnxruntime), keyed by ``Term``.
+    terms : part forwards already computed (by onnxruntime), keyed by ``Part``.
+    sign : ``(tensor, rectified)``: a tensor positive exactly where the layer's output is
+        (the output itself, or the ReLU after it: ``rectified``, zero where z ≤ 0). Groups that
+        explain only positive or only negative outputs gate the relevance with it. None:
+        the layer's own forward is computed.
     """
-    name = rule.name
-    exact = name not in ("zero", "epsilon", "gamma")
-    fwd = _Forward(lin, a, cache, layer_name, terms, exact)
-    if name in ("zero", "epsilon"):
-        w, b = fwd.weights("id")
+    form: Form = rule.form(nonneg)
+    fwd = _Forward(lin, a, cache, layer_name, dict(terms or {}), bounds, form.exact)
+    if form.reuse_z:
+        part = form.groups[0].parts[0]
+        w, b = fwd.weights(part)
         if z is None:
-            z = lin.forward(a, w, b)
-        return [Product(1.0, r, w, a, (z, rule.get("epsilon", 0.0)))]
-    if name == "gamma":
-        term = Term("id", "gamma", rule["gamma"])
-        return [Product(1.0, r, fwd.weights("gamma", rule["gamma"])[0], a, (fwd(term), TINY))]
-    if name in ("zplus", "alphabeta"):
-        alpha, beta = (1.0, 0.0) if name == "zplus" else (rule["alpha"], rule["beta"])
-        return _alpha_beta(alpha, beta, fwd, a, r, backend, nonneg)
-    if name in ("flat", "wsquare"):
-        w, _ = fwd.weights("ones" if name == "flat" else "square")
-        s = backend.stabilised_divide(r, lin.forward(np.ones_like(a), w, exact=True), TINY)
-        return [Product(1.0, s, w, None, exact=True)]
-    if name == "zbox":
-        if bounds is None:
-            raise ValueError("zbox needs bounds")
-        low, high = bounds
-        wp, _ = fwd.weights("pos")
-        wn, _ = fwd.weights("neg")
-        # z^B = Σ a·w − l·w⁺ − h·w⁻ = Σ (a − l)·w⁺ + (a − h)·w⁻: two sums of terms ≥ 0 (for
-        # inputs within the bounds), so no cancellation. A neuron whose box is tight (binary
-        # images: a = h under every w < 0 and a = l under every w > 0, e.g. blank background
-        # next to the padding) has z^B and all its products exactly 0: it gets s = 0 (plain
-        # division made safe) and passes nothing on. With a·w minus the bounds' part, or a
-        # stabiliser, its s was rounding noise / 1e-9, and the transposed products (Winograd's
-        # rounding mixes neighbours) spread that into relevance that changed with the batch size
-        # and thread count; the transposes are exact here too.
-        above, below = a - low, a - high
-        zb = lin.forward(above, wp, exact=True) + lin.forward(below, wn, exact=True)
-        s = backend.stabilised_divide(r, zb, 0.0)
-        return [Product(1.0, s, wp, above, exact=True), Product(1.0, s, wn, below, exact=True)]
-    raise ValueError(f"rule {name} does not apply to a linear layer")
+            z = lin.forward(a, w, b if part.bias else None)
+        elif not part.bias and b is not None:
+            z = z - _bias_like(b, z)
+        return [Product(1.0, r, w, a, (z, form.stabiliser), part=part)]
+    out: list[Product] = []
+    for group in form.groups:
+        signal = r
+        if group.where != "all":
+            if sign is None:
+                plain, b = fwd.weights(Part("id", "id"))
+                sign = (lin.forward(a, plain, b), False)
+            signal = backend.gate_by_sign(r, sign[0], group.where == "pos", sign[1])
+            if group.where == "neg" and not signal.any():
+                continue  # no output of this group carries relevance: skip its forwards
+        denom = None
+        for part in group.parts:
+            t = fwd(part)
+            denom = t if denom is None else denom + t
+        if len(group.parts) == 1:  # the divide may be fused into the transposed product
+            part = group.parts[0]
+            out.append(Product(group.coef, signal, fwd.weights(part)[0], fwd.input(part),
+                               (denom, form.stabiliser), form.exact, part))
+            continue
+        s = backend.stabilised_divide(signal, denom, form.stabiliser)
+        for part in group.parts:
+            out.append(Product(group.coef, s, fwd.weights(part)[0], fwd.input(part), exact=form.exact, part=part))
+    return out
 
 
 def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
               cache: WeightCache, layer_name: str, z: np.ndarray | None = None,
               bounds: tuple[np.ndarray, np.ndarray] | None = None, nonneg: bool = False,
-              terms: Mapping[Term, np.ndarray] | None = None) -> np.ndarray:
+              terms: Mapping[Part, np.ndarray] | None = None, sign: tuple | None = None) -> np.ndarray:
     """Input relevance of one linear layer under ``rule``: the sum of its ``products``."""
-    prods = products(rule, lin, a, r, backend, cache, layer_name, z, bounds, nonneg, terms)
-    return combine(rule, lin, prods, a.dtype, cache, layer_name)
+    prods = products(rule, lin, a, r, backend, cache, layer_name, z, bounds, nonneg, terms, sign)
+    return combine(lin, prods, a, cache, layer_name)
 
 
-def combine(rule: Rule, lin: LinearMap, prods: list[Product], dtype, cache: WeightCache,
+def combine(lin: LinearMap, prods: list[Product], a: np.ndarray, cache: WeightCache,
             layer_name: str) -> np.ndarray:
-    """Sum the transposed products into the input relevance."""
-    dtype = np.dtype(dtype)
-    if rule.name == "zbox" and getattr(lin, "stackable", False):
-        # the two products share their signal: one transposed product with W⁺, W⁻ side by side
-        stacked, _ = cache.get(layer_name, lin, "zbox_stack", 0.0, dtype)
-        parts = np.split(lin.transpose(prods[0].s, stacked, exact=True), 2, axis=1)
-        return sum(dtype.type(p.coef) * (p.mul * part) for p, part in zip(prods, parts))
+    """Sum the transposed products into the input relevance.
+
+    Products that share a signal (the parts of one group) go through one transposed product
+    with their weights stacked, where the map allows it."""
+    dtype = np.dtype(a.dtype)
     result = None
-    for p in prods:
-        t = lin.transpose(p.s, p.w, mul=p.mul, exact=p.exact, ratio=p.ratio)
-        if p.coef != 1.0:
-            t = t * dtype.type(p.coef)
-        result = t if result is None else result + t
+    i = 0
+    while i < len(prods):
+        j = i + 1
+        while j < len(prods) and prods[j].s is prods[i].s and prods[j].ratio is None and prods[i].ratio is None:
+            j += 1
+        batch = prods[i:j]
+        if len(batch) > 1 and getattr(lin, "stackable", False) and all(p.part is not None for p in batch):
+            stacked = cache.stacked(layer_name, lin, tuple(p.part for p in batch), dtype)
+            pieces = np.split(lin.transpose(batch[0].s, stacked, exact=batch[0].exact), len(batch), axis=1)
+            terms = [p.mul * piece if p.mul is not None else piece for p, piece in zip(batch, pieces)]
+        else:
+            terms = [lin.transpose(p.s, p.w, mul=p.mul, exact=p.exact, ratio=p.ratio) for p in batch]
+        for p, t in zip(batch, terms):
+            if p.coef != 1.0:
+                t = t * dtype.type(p.coef)
+            result = t if result is None else result + t
+        i = j
+    if result is None:  # every group was gated off: nothing reaches the input
+        result = a * dtype.type(0)
     return result
 
 
@@ -264,41 +290,11 @@ def channel_flows(lin: LinearMap, prods: list[Product], backend, rows: np.ndarra
     return total
 
 
-def _bias_like(b: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Broadcast a per-output bias against ``z`` (channel axis 1)."""
-    return b.reshape((1, -1) + (1,) * (z.ndim - 2)) if b.ndim == 1 else b
-
-
-def _alpha_beta(alpha: float, beta: float, fwd: _Forward, a: np.ndarray, r: np.ndarray,
-                backend, nonneg: bool) -> list[Product]:
-    """αβ: positive and negative contributions normalised separately, weighted α and β.
-
-    Contributions are ``a_j w_jk``; for a mixed-sign input their positive part is
-    ``a⁺w⁺ + a⁻w⁻`` (and the negative part ``a⁺w⁻ + a⁻w⁺``). When the input is
-    non-negative (after a ReLU) the ``a⁻`` terms vanish and are skipped. ``z⁺`` is α=1, β=0.
-    """
-    pos_in = "id" if nonneg else "pos"
-    ap = a if nonneg else np.maximum(a, 0)
-    an = None if nonneg else np.minimum(a, 0)
-    wp, _ = fwd.weights("pos")
-    wn, _ = fwd.weights("neg")
-
-    def part(coef: float, same: str, other: str, w_same, w_other) -> list[Product]:
-        z = fwd(Term(pos_in, same))
-        if an is not None:
-            z = z + fwd(Term("neg", other, bias=False))
-        s = backend.stabilised_divide(r, z, 0.0)
-        out = [Product(coef, s, w_same, ap, exact=True)]
-        if an is not None and an.any():
-            out.append(Product(coef, s, w_other, an, exact=True))
-        return out
-
-    prods = part(alpha, "pos", "neg", wp, wn)
-    if beta != 0.0:
-        prods += part(-beta, "neg", "pos", wn, wp)
-    return prods
-
-
 def is_identity(rule: Rule) -> bool:
     """Whether the rule's forward is the layer's own (so onnxruntime's output can be reused)."""
-    return rule.name in ("zero", "epsilon")
+    return rule.spec.form is not None and rule.form(True).reuse_z
+
+
+def needs_sign(rule: Rule, nonneg: bool) -> bool:
+    """Whether some group of the rule explains only positive or only negative outputs."""
+    return any(g.where != "all" for g in rule.form(nonneg).groups)

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..errors import NumericalError
 from ..graph.layers import LayerGraph
-from ..ops import handler_for
 from ..ops.registry import BackwardContext
 from ..plan.planner import Plan
 
@@ -69,7 +68,7 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         if keep_all or layer.name in wanted:
             out.kept[layer.name] = r
         rule = plan.rule_for(layer)
-        ins = handler_for(layer.op).relevance(layer, rule, r, ctx)
+        ins = layer.handler.relevance(layer, rule, r, ctx)
         total_in = None
         for name, ri in zip(layer.inputs, ins):
             if ri is None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, reconstruct, select_neurons
 from ..errors import InputError
+from ..graph.layers import ConvLayer
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json
 from ..paths.neurons import activation_tensor
 from ..viz.grid import draw_grid
@@ -53,12 +54,12 @@ def deconv(args, out, layers, channels, top, from_paths, whole_map, **opts):
         raise InputError("give --layer NAME (see `lrpath plan`) or --from-paths paths.json")
     for name in list(layers) + list(wanted):
         layer = an.graph.find(name)
-        if layer.op != "Conv" and not from_paths:
+        if not isinstance(layer, ConvLayer) and not from_paths:
             raise InputError(f"--layer {name}: deconvolution starts at a Conv layer, not {layer.op}")
     chosen = {l: _channels(channels) for l in layers}
-    chosen.update({l: c for l, c in wanted.items() if an.graph.find(l).op == "Conv"})
+    chosen.update({l: c for l, c in wanted.items() if isinstance(an.graph.find(l), ConvLayer)})
     for name, chans in chosen.items():  # checked before anything is written
-        k = an.graph.find(name).params["weight"].shape[0]
+        k = an.graph.find(name).out_channels
         bad = [c for c in chans or [] if not 0 <= c < k]
         if bad:
             raise InputError(f"--channels {bad[0]}: layer '{name}' has {k} channels (0..{k - 1})")

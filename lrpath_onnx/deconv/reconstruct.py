@@ -16,7 +16,7 @@ import numpy as np
 
 from ..api import Analyzer
 from ..errors import InputError
-from ..ops import handler_for
+from ..graph.layers import MaxPoolLayer
 from ..ops.registry import BackwardContext
 from ..paths.neurons import activation_tensor
 
@@ -81,7 +81,7 @@ def select_neurons(act: np.ndarray, layer: str, channels=None, top: int | None =
 def _batched(an: Analyzer, fwd: dict, n: int) -> dict:
     """The forward tensors of one sample as a batch of ``n`` views; switches re-offset."""
     out = {}
-    pools = {l.attrs["indices"]: l for l in an.graph.layers if l.op == "MaxPool"}
+    pools = {l.indices: l for l in an.graph.layers if isinstance(l, MaxPoolLayer)}
     for name, t in fwd.items():
         if name in pools:
             plane = int(np.prod(an.graph.shapes[pools[name].inputs[0]][1:])) if \
@@ -114,8 +114,7 @@ def reconstruct(an: Analyzer, x: np.ndarray, neurons: list[Neuron], whole_map: b
         else:
             signal[k, nr.channel, nr.y, nr.x] = act[nr.channel, nr.y, nr.x]
     be = an.backend
-    batched = {k: be.upload(np.ascontiguousarray(v) if be.name != "cpu" else v)
-               for k, v in _batched(an, fwd, n).items()}
+    batched = be.upload_tensors(_batched(an, fwd, n))
     ctx = BackwardContext(fwd=batched, backend=be, cache=an.cache, batch=n, shapes=an.graph.shapes)
     pending = {tensor: be.upload(signal)}
     with an.backend.threads.blas_single():
@@ -123,7 +122,7 @@ def reconstruct(an: Analyzer, x: np.ndarray, neurons: list[Neuron], whole_map: b
             s = pending.pop(lay.output, None)
             if s is None:
                 continue
-            for name, out in zip(lay.inputs, handler_for(lay.op).deconv(lay, s, ctx)):
+            for name, out in zip(lay.inputs, lay.handler.deconv(lay, s, ctx)):
                 if out is not None:
                     pending[name] = pending[name] + out if name in pending else out
     image = pending.get(an.graph.input)

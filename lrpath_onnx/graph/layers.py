@@ -1,67 +1,314 @@
 """The canonical layer graph the rest of the analyzer works on.
 
-A ``Layer`` is one explainable step (a Conv with its folded BatchNorm, a dense layer made
-of MatMul+Add, a MaxPool, a reshape …). Its tensors keep the names they have in the ONNX
-graph, so onnxruntime can hand back exactly the activations a layer needs.
+A layer is one explainable step (a Conv with its folded BatchNorm, a dense layer made of
+MatMul+Add, a MaxPool, a reshape …), typed by family: each family is a small dataclass
+holding exactly what its handler needs (a conv's geometry once, a dense layer's weight
+matrix, an activation's function). Tensors keep the names they have in the ONNX graph,
+so onnxruntime can hand back exactly the activations a layer needs. What a layer *means*
+(how it parses, how relevance crosses it, how its channels map) is its handler's
+business: ``layer.handler`` is the one place that knows its op.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import networkx as nx
 import numpy as np
 
-#: Layer kinds: how relevance crosses the layer.
-LINEAR = "linear"      # a rule applies (Conv, Gemm/MatMul, AveragePool, GlobalAveragePool)
+from ..kernels.conv import ConvGeometry
+
+#: How relevance crosses a layer, by family (``Layer.kind``).
+LINEAR = "linear"      # a rule applies (Conv, dense, average pools, resize)
 WTA = "wta"            # winner-take-all through MaxPool switches
 MERGE = "merge"        # several inputs summed (Add, Sum): split by contribution
-ROUTE = "route"        # relevance moves without arithmetic (reshape, transpose, concat)
-PASS = "pass"          # element-wise (ReLU, Clip, constant affine): relevance passes through
+ROUTE = "route"        # relevance moves without arithmetic (reshape, transpose, concat, pad)
+PASS = "pass"          # element-wise (activations, constant affine maps): relevance passes through
+GATE = "gate"          # signal × gate: the gate is a constant, all relevance goes to the signal
 
 
-@dataclass
+@dataclass(eq=False)
 class Layer:
     """One explainable step of the network.
 
     Attributes
     ----------
-    index : position in topological order (what ``--rule 3=...`` refers to).
-    name : unique, human-readable (the ONNX node name where it has one).
-    op : ONNX op type of the node that defines the layer; the handler registry key.
+    name : unique, human-readable (the exporter's module name where it has one).
+    op : ONNX op type of the node that defines the layer (shown in plans).
     inputs : data tensors relevance flows back into (constants are not inputs).
     output : tensor the layer produces (after any folded BatchNorm / affine).
-    kind : one of LINEAR, WTA, MERGE, ROUTE, PASS.
-    attrs : parsed, validated attributes (strides, pads, perm, axis …).
-    params : constant arrays (``weight``, ``bias``, ``scale``, ``shift`` …).
     nodes : names of the ONNX nodes merged into this layer.
+    index : position in topological order (what ``--rule 3=...`` refers to).
+    handler : the op handler that parsed the layer and answers for it.
     """
 
-    index: int
     name: str
     op: str
     inputs: list[str]
     output: str
-    kind: str
-    attrs: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, np.ndarray] = field(default_factory=dict)
     nodes: list[str] = field(default_factory=list)
+    index: int = -1
+    handler: Any = field(default=None, repr=False)
+
+    kind: ClassVar[str] = PASS
+    family: ClassVar[str] = "layer"
 
     def describe(self) -> str:
         """Short parameter summary for plan tables (weight shape, strides …)."""
-        parts = []
-        w = self.params.get("weight")
-        if w is not None and self.op != "AveragePool":
-            parts.append("w" + "x".join(str(d) for d in w.shape))
-        for key in ("strides", "pads", "dilations", "group", "kernel_shape", "perm", "axis"):
-            v = self.attrs.get(key)
-            if v is not None and v != 1 and v != [1, 1] and v != [0, 0, 0, 0]:
-                parts.append(f"{key}={v}")
+        return self._folded()
+
+    def _folded(self) -> str:
         folded = [n for n in self.nodes if n != self.name]
-        if folded:
-            parts.append("+" + "+".join(folded))
-        return " ".join(parts)
+        return "+" + "+".join(folded) if folded else ""
+
+    @staticmethod
+    def _join(*parts: str) -> str:
+        return " ".join(p for p in parts if p)
+
+
+@dataclass(eq=False)
+class LinearLayer(Layer):
+    """A layer ``z = a ⋆ W + b`` that LRP rules apply to.
+
+    ``nonneg_input``: its input is ≥ 0 by construction (after a ReLU); ``sign_tensor``: a
+    fetched tensor positive exactly where ``z`` is and 0 elsewhere (the ReLU right after
+    it), for the rules that explain positive and negative outputs apart; None means ``z``.
+    """
+
+    nonneg_input: bool = False
+    sign_tensor: str | None = None
+    kind: ClassVar[str] = LINEAR
+
+
+@dataclass(eq=False)
+class ConvLayer(LinearLayer):
+    """2-D convolution; ``weight`` is (K, C/groups, kh, kw)."""
+
+    weight: np.ndarray = None
+    bias: np.ndarray | None = None
+    geometry: ConvGeometry = field(default_factory=ConvGeometry)
+    family: ClassVar[str] = "conv"
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.geometry.groups
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return tuple(self.weight.shape[2:])
+
+    def describe(self) -> str:
+        g = self.geometry
+        parts = ["w" + "x".join(str(d) for d in self.weight.shape)]
+        if g.strides != (1, 1):
+            parts.append(f"strides={list(g.strides)}")
+        if g.pads != (0, 0, 0, 0):
+            parts.append(f"pads={list(g.pads)}")
+        if g.dilations != (1, 1):
+            parts.append(f"dilations={list(g.dilations)}")
+        if g.groups != 1:
+            parts.append(f"group={g.groups}")
+        return self._join(*parts, self._folded())
+
+
+@dataclass(eq=False)
+class DenseLayer(LinearLayer):
+    """``z = a·W + b`` with ``weight`` stored as (in, out); ``trans_a``: the input is (in, N)."""
+
+    weight: np.ndarray = None
+    bias: np.ndarray | None = None
+    trans_a: bool = False
+    family: ClassVar[str] = "dense"
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[0]
+
+    def describe(self) -> str:
+        return self._join("w" + "x".join(str(d) for d in self.weight.shape),
+                          "transA=1" if self.trans_a else "", self._folded())
+
+
+@dataclass(eq=False)
+class PoolWindow:
+    """Window of a pooling layer: kernel (None = the whole map), geometry, ceil mode."""
+
+    kernel: tuple[int, int] | None
+    geometry: ConvGeometry = field(default_factory=ConvGeometry)
+    ceil_mode: bool = False
+
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        if self.kernel is None:
+            return (1, 1)
+        return self.geometry.out_size(h, w, *self.kernel, ceil=self.ceil_mode)
+
+
+@dataclass(eq=False)
+class AvgPoolLayer(LinearLayer):
+    """AveragePool / GlobalAveragePool (and spatial ReduceMean): a linear layer of window means."""
+
+    window: PoolWindow = None
+    count_include_pad: bool = False
+    keepdims: bool = True
+    family: ClassVar[str] = "pool"
+    weight: ClassVar[None] = None
+    bias: ClassVar[None] = None
+
+    def describe(self) -> str:
+        w = self.window
+        parts = [] if w.kernel is None else [f"kernel={list(w.kernel)}"]
+        if w.geometry.strides != (1, 1):
+            parts.append(f"strides={list(w.geometry.strides)}")
+        if w.geometry.pads != (0, 0, 0, 0):
+            parts.append(f"pads={list(w.geometry.pads)}")
+        return self._join(*parts, self._folded())
+
+
+@dataclass(eq=False)
+class MaxPoolLayer(Layer):
+    """MaxPool; ``indices`` is the tensor holding its switches (onnxruntime's ``Indices``)."""
+
+    window: PoolWindow = None
+    indices: str = ""
+    add_indices_output: bool = False
+    kind: ClassVar[str] = WTA
+    family: ClassVar[str] = "maxpool"
+
+    def describe(self) -> str:
+        w = self.window
+        return self._join(f"kernel={list(w.kernel)}", f"strides={list(w.geometry.strides)}"
+                          if w.geometry.strides != (1, 1) else "", self._folded())
+
+
+@dataclass(eq=False)
+class ActivationLayer(Layer):
+    """An element-wise activation ``y = f(x)``: relevance passes through unchanged.
+
+    ``fn`` names the function (``relu``, ``silu``, ``gelu`` …), ``params`` its constants;
+    a fused pattern (``x·sigmoid(x)``) keeps the layers it was made of in ``parts``, so its
+    forward and derivative stay exact.
+    """
+
+    fn: str = "relu"
+    params: dict[str, Any] = field(default_factory=dict)
+    parts: list[Layer] = field(default_factory=list)
+    family: ClassVar[str] = "activation"
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}={v:g}" for k, v in self.params.items() if isinstance(v, (int, float)))
+        return self._join(self.fn + (f"({shown})" if shown else ""), self._folded())
+
+
+@dataclass(eq=False)
+class AffineLayer(Layer):
+    """``y = x·scale + shift`` with constant arrays broadcastable against ``x``."""
+
+    scale: np.ndarray = None
+    shift: np.ndarray = None
+    family: ClassVar[str] = "affine"
+
+
+@dataclass(eq=False)
+class MergeLayer(Layer):
+    """Add/Sum of several tensors (and possibly a constant ``const``): a residual join."""
+
+    const: np.ndarray | None = None
+    kind: ClassVar[str] = MERGE
+    family: ClassVar[str] = "merge"
+
+
+@dataclass(eq=False)
+class GateLayer(Layer):
+    """``y = signal · gate`` where the gate is a squashed function of its own branch
+    (squeeze-excitation): for the backward pass the gate is a constant.
+
+    ``inputs`` is ``[signal, gate]``; only the signal receives relevance.
+    """
+
+    kind: ClassVar[str] = GATE
+    family: ClassVar[str] = "gate"
+
+
+@dataclass(eq=False)
+class ProductLayer(Layer):
+    """``y = a · b`` of two non-constant tensors, before the canonical passes decide what it
+    is (an element-wise activation such as SiLU, or a gate); one left over is refused."""
+
+    family: ClassVar[str] = "product"
+
+
+@dataclass(eq=False)
+class SumPairLayer(Layer):
+    """``y = a + b`` of two non-constant tensors that may turn out to be one element-wise
+    function of a single tensor (tanh-GELU's ``x + 0.044715·x³``); otherwise a merge."""
+
+    family: ClassVar[str] = "sum-pair"
+
+
+@dataclass(eq=False)
+class ReshapeLayer(Layer):
+    """Flatten/Reshape/Squeeze/Unsqueeze; ``out_shape`` the static shape without batch (or None)."""
+
+    axis: int = 1
+    out_shape: tuple | None = None
+    kind: ClassVar[str] = ROUTE
+    family: ClassVar[str] = "reshape"
+
+
+@dataclass(eq=False)
+class TransposeLayer(Layer):
+    perm: tuple[int, ...] = ()
+    kind: ClassVar[str] = ROUTE
+    family: ClassVar[str] = "transpose"
+
+    def describe(self) -> str:
+        return self._join(f"perm={list(self.perm)}", self._folded())
+
+
+@dataclass(eq=False)
+class ConcatLayer(Layer):
+    axis: int = 1
+    kind: ClassVar[str] = ROUTE
+    family: ClassVar[str] = "concat"
+
+    def describe(self) -> str:
+        return self._join(f"axis={self.axis}", self._folded())
+
+
+@dataclass(eq=False)
+class PadLayer(Layer):
+    """Constant zero padding; ``pads`` as ONNX orders them (all begins, then all ends)."""
+
+    pads: tuple[int, ...] = ()
+    kind: ClassVar[str] = ROUTE
+    family: ClassVar[str] = "pad"
+
+
+@dataclass(eq=False)
+class ResizeLayer(LinearLayer):
+    """Resize/Upsample of H and W (nearest or linear): a fixed linear map per axis."""
+
+    mode: str = "nearest"
+    coordinate_mode: str = "half_pixel"
+    nearest_mode: str = "round_prefer_floor"
+    scales: tuple[float, float] | None = None
+    sizes: tuple[int, int] | None = None
+    family: ClassVar[str] = "resize"
+    weight: ClassVar[None] = None
+    bias: ClassVar[None] = None
+
+    def describe(self) -> str:
+        what = f"scales={list(self.scales)}" if self.scales else f"sizes={list(self.sizes)}"
+        return self._join(self.mode, what, self._folded())
 
 
 @dataclass

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
-from ..graph.layers import LINEAR
+from ..graph.layers import ConvLayer
 from ..kernels.conv import ConvGeometry
 from .linear import LinearHandler
-from .registry import ParseContext, new_layer, register
+from .registry import ParseContext, node_layer, register
 
 
 def resolve_pads(attrs: dict, in_hw: tuple | None, kernel: tuple[int, int], strides, dilations,
@@ -40,10 +41,10 @@ def resolve_pads(attrs: dict, in_hw: tuple | None, kernel: tuple[int, int], stri
 class ConvMap:
     """``linear_rules.LinearMap`` of a Conv layer for one batch (sizes fixed by the tensors)."""
 
-    def __init__(self, layer, backend, in_hw, out_hw):
-        self.weight = layer.params["weight"]
-        self.bias = layer.params.get("bias")
-        self.geom: ConvGeometry = layer.attrs["geometry"]
+    def __init__(self, layer: ConvLayer, backend, in_hw, out_hw):
+        self.weight = layer.weight
+        self.bias = layer.bias
+        self.geom: ConvGeometry = layer.geometry
         self.backend, self.in_hw, self.out_hw = backend, in_hw, out_hw
         self.stackable = self.geom.groups == 1  # weights may be stacked along input channels
 
@@ -85,13 +86,10 @@ class ConvHandler(LinearHandler):
         strides = tuple(int(v) for v in attrs.get("strides", [1, 1]))
         dil = tuple(int(v) for v in attrs.get("dilations", [1, 1]))
         pads = resolve_pads(attrs, None if shape is None else shape[2:], (kh, kw), strides, dil, node, ctx)
-        geom = ConvGeometry(strides, pads, dil, group)
-        params = {"weight": np.ascontiguousarray(w, np.float32)}
-        if b is not None:
-            params["bias"] = np.ascontiguousarray(b.reshape(-1), np.float32)
-        return new_layer(node, ctx, LINEAR, [node.input[0]], params=params,
-                         attrs={"geometry": geom, "strides": list(strides), "pads": list(pads),
-                                "dilations": list(dil), "group": group})
+        return node_layer(ConvLayer, node, ctx, self, [node.input[0]],
+                          weight=np.ascontiguousarray(w, np.float32),
+                          bias=None if b is None else np.ascontiguousarray(b.reshape(-1), np.float32),
+                          geometry=ConvGeometry(strides, pads, dil, group))
 
     def linear_map(self, layer, a, r, backend) -> ConvMap:
         return ConvMap(layer, backend, a.shape[2:], r.shape[2:])
@@ -100,6 +98,16 @@ class ConvHandler(LinearHandler):
         from ..backend import CpuBackend
 
         x = inputs[0]
-        w = layer.params["weight"].astype(x.dtype)
-        b = layer.params.get("bias")
-        return CpuBackend().conv2d(x, w, layer.attrs["geometry"], None if b is None else b.astype(x.dtype))
+        w = layer.weight.astype(x.dtype)
+        b = layer.bias
+        return CpuBackend().conv2d(x, w, layer.geometry, None if b is None else b.astype(x.dtype))
+
+    def neurons(self, layer):
+        return layer.in_channels, layer.out_channels
+
+    def modified_forward_node(self, layer, inputs: list[str], output: str):
+        """This layer's convolution over other inputs/weights, as one ONNX node."""
+        g = layer.geometry
+        return helper.make_node("Conv", inputs, [output], name=output, kernel_shape=list(layer.kernel),
+                                strides=list(g.strides), pads=list(g.pads), dilations=list(g.dilations),
+                                group=g.groups)

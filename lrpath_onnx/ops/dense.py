@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
-from ..graph.layers import LINEAR
+from ..graph.layers import DenseLayer
 from .arrays import contiguous
 from .linear import LinearHandler
-from .registry import BackwardContext, ParseContext, new_layer, register
+from .registry import BackwardContext, ParseContext, node_layer, register
 
 
 class DenseMap:
     """``linear_rules.LinearMap`` of a dense layer."""
 
-    def __init__(self, layer, backend):
-        self.weight = layer.params["weight"]
-        self.bias = layer.params.get("bias")
+    def __init__(self, layer: DenseLayer, backend):
+        self.weight = layer.weight
+        self.bias = layer.bias
         self.backend = backend
         self.stackable = True  # weights may be stacked along the input axis
 
@@ -41,6 +42,7 @@ class DenseHandler(LinearHandler):
     """
 
     op_types = ("Gemm", "MatMul")
+    shared_weight_input = 1  # big classifier matrices are bound to onnxruntime, not copied
 
     def parse(self, node, ctx: ParseContext):
         if ctx.is_const(node.input[0]):
@@ -48,47 +50,57 @@ class DenseHandler(LinearHandler):
         B = ctx.const(node, 1, "weight (B)")
         shape = ctx.shape(node.input[0])
         attrs = ctx.attrs(node)
-        trans_a = int(attrs.get("transA", 0)) if node.op_type == "Gemm" else 0
+        gemm = node.op_type == "Gemm"
+        trans_a = bool(attrs.get("transA", 0)) if gemm else False
         if B.ndim != 2:
             raise ctx.fail(node, f"weight of rank {B.ndim} (need a matrix)")
         if shape is not None and len(shape) != 2:
             raise ctx.fail(node, f"input of rank {len(shape)} (need batch × features)")
-        if node.op_type == "Gemm":
+        bias = None
+        if gemm:
             W = B.T if attrs.get("transB", 0) else B  # a view: the weights stay shared
             alpha = attrs.get("alpha", 1.0)
             if alpha != 1.0:
                 W = W * np.float32(alpha)
             C = ctx.optional_const(node, 2, "bias (C)")
-            bias = None
             if C is not None:
                 C = np.asarray(C, np.float64) * attrs.get("beta", 1.0)
                 if C.ndim == 2 and C.shape[0] != 1:
                     raise ctx.fail(node, f"bias C of shape {C.shape} varies over the batch")
-                bias = np.broadcast_to(C.reshape(-1) if C.ndim else C, (W.shape[1],))
+                bias = np.ascontiguousarray(np.broadcast_to(C.reshape(-1) if C.ndim else C, (W.shape[1],)),
+                                            np.float32)
         else:
-            W, bias = B, None
-        params = {"weight": W if W.dtype == np.float32 else W.astype(np.float32)}
-        if bias is not None:
-            params["bias"] = np.ascontiguousarray(bias, np.float32)
-        return new_layer(node, ctx, LINEAR, [node.input[0]], params=params,
-                         attrs={"transA": trans_a})
+            W = B
+        return node_layer(DenseLayer, node, ctx, self, [node.input[0]],
+                          weight=W if W.dtype == np.float32 else W.astype(np.float32), bias=bias, trans_a=trans_a)
 
     def input_activation(self, layer, ctx: BackwardContext) -> np.ndarray:
         a = ctx.fwd[layer.inputs[0]]
-        return contiguous(a.T) if layer.attrs.get("transA") else a
+        return contiguous(a.T) if layer.trans_a else a
 
     def linear_map(self, layer, a, r, backend) -> DenseMap:
         return DenseMap(layer, backend)
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         rin = super().relevance(layer, rule, r, ctx)[0]
-        return [contiguous(rin.T) if layer.attrs.get("transA") else rin]
+        return [contiguous(rin.T) if layer.trans_a else rin]
 
     def deconv(self, layer, s, ctx: BackwardContext):
         out = super().deconv(layer, s, ctx)[0]
-        return [contiguous(out.T) if layer.attrs.get("transA") else out]
+        return [contiguous(out.T) if layer.trans_a else out]
 
     def forward(self, layer, inputs):
-        x = inputs[0].T if layer.attrs.get("transA") else inputs[0]
-        b = layer.params.get("bias")
-        return x @ layer.params["weight"].astype(x.dtype) + (0 if b is None else b.astype(x.dtype))
+        x = inputs[0].T if layer.trans_a else inputs[0]
+        b = layer.bias
+        return x @ layer.weight.astype(x.dtype) + (0 if b is None else b.astype(x.dtype))
+
+    def infer_shape(self, layer, in_shapes, readers):
+        src = in_shapes[0]
+        return (src[0], layer.out_channels) if src is not None and len(src) == 2 else None
+
+    def neurons(self, layer):
+        return None if layer.trans_a else (layer.in_channels, layer.out_channels)
+
+    def modified_forward_node(self, layer, inputs: list[str], output: str):
+        """This layer's product over other inputs/weights, as one ONNX Gemm node."""
+        return helper.make_node("Gemm", inputs, [output], name=output, transA=int(layer.trans_a))

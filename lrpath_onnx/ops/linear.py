@@ -1,4 +1,4 @@
-"""Shared relevance step of every linear layer (Conv, dense, average pools).
+"""Shared relevance step of every linear layer (Conv, dense, average pools, resize).
 
 Subclasses only say how to read the node (``parse``) and how to build the layer's
 ``LinearMap`` for a batch; the rule arithmetic is ``backward.linear_rules``.
@@ -9,30 +9,41 @@ from __future__ import annotations
 import numpy as np
 
 from ..backward import linear_rules
-from ..backward.linear_rules import Term
-from ..runtime.terms import term_tensor
+from ..backward.linear_rules import Part
+from ..plan.rules import Rule, make_rule
 from .registry import BackwardContext, OpHandler
+
+
+def term_tensor(layer, part: Part) -> str:
+    """Name of the tensor holding the forward of ``part`` of ``layer`` (when onnxruntime computes it)."""
+    return f"{layer.output}::z[{part.tag()}]"
 
 
 class LinearHandler(OpHandler):
     """A layer ``z = a ⋆ W + b`` explained by its plan rule."""
 
+    fixed_rule = None
     #: whether onnxruntime may compute this op's rule forward terms as extra nodes
     runtime_terms = True
 
     def linear_map(self, layer, a: np.ndarray, r: np.ndarray, backend):
         raise NotImplementedError
 
-    def terms(self, layer, rule) -> list[Term]:
+    def default_rule(self, layer) -> Rule:
+        return make_rule("epsilon", 1e-6)
+
+    def terms(self, layer, rule) -> list[Part]:
         """Input-dependent forward terms of ``rule`` (computed by onnxruntime when enabled)."""
         if not self.runtime_terms:
             return []
-        return linear_rules.forward_terms(rule, bool(layer.attrs.get("nonneg_input")))
+        return linear_rules.forward_terms(rule, layer.nonneg_input)
 
     def needs(self, layer, rule, shapes):
         need = {layer.inputs[0]}
         if linear_rules.is_identity(rule):
             need.add(layer.output)
+        elif linear_rules.needs_sign(rule, layer.nonneg_input):
+            need.add(layer.sign_tensor or layer.output)
         return need
 
     def input_activation(self, layer, ctx: BackwardContext) -> np.ndarray:
@@ -41,16 +52,23 @@ class LinearHandler(OpHandler):
     def _setup(self, layer, rule, r, ctx: BackwardContext):
         a = self.input_activation(layer, ctx)
         lin = self.linear_map(layer, a, r, ctx.backend)
-        z, terms = None, {}
+        z, terms, sign = None, {}, None
         if ctx.reuse_forward:  # onnxruntime's float32 products; a float64 run recomputes them
             z = ctx.fwd.get(layer.output) if linear_rules.is_identity(rule) else None
             for term in self.terms(layer, rule):
                 t = ctx.fwd.get(term_tensor(layer, term))
                 if t is not None:
                     terms[term] = t
+        if linear_rules.needs_sign(rule, layer.nonneg_input):
+            tensor = layer.sign_tensor or layer.output
+            if ctx.reuse_forward and tensor in ctx.fwd:  # a float64 run recomputes the sign too
+                sign = (self.output_view(layer, ctx.fwd[tensor]), tensor != layer.output)
         return dict(lin=lin, a=a, r=r, backend=ctx.backend, cache=ctx.cache, layer_name=self.cache_key(layer, a),
-                    z=z, bounds=ctx.bounds.get(layer.name), nonneg=bool(layer.attrs.get("nonneg_input")),
-                    terms=terms)
+                    z=z, bounds=ctx.bounds.get(layer.name), nonneg=layer.nonneg_input, terms=terms, sign=sign)
+
+    def output_view(self, layer, t):
+        """A fetched output-shaped tensor as the linear map's output layout."""
+        return t
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         setup = self._setup(layer, rule, r, ctx)
@@ -60,7 +78,7 @@ class LinearHandler(OpHandler):
                 ctx.fwd.setdefault(term_tensor(layer, term), value)
         if layer.name in ctx.keep_products:  # the neuron graph's flows reuse them
             ctx.products[layer.name] = (setup["lin"], prods)
-        return [linear_rules.combine(rule, setup["lin"], prods, setup["a"].dtype, ctx.cache, setup["layer_name"])]
+        return [linear_rules.combine(setup["lin"], prods, setup["a"], ctx.cache, setup["layer_name"])]
 
     def flows(self, layer, rule, r, ctx: BackwardContext, rows, cols, kept=None) -> np.ndarray:
         """F[n, i, j]: relevance from output channel ``cols[j]`` to input channel ``rows[i]``.
@@ -82,3 +100,12 @@ class LinearHandler(OpHandler):
 
     def cache_key(self, layer, a: np.ndarray) -> str:
         return layer.name
+
+    def nonneg_output(self, layer, nonneg_inputs):
+        return False
+
+    def channel_map(self, layer, ids, out_shape):
+        raise ValueError("a linear layer mixes channels")
+
+    def chain_input(self, layer):
+        return None

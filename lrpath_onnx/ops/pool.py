@@ -1,18 +1,21 @@
-"""Pooling: MaxPool (winner-take-all by switches) and average pools (linear layers)."""
+"""Pooling: MaxPool (winner-take-all by switches) and average pools (linear layers).
+
+GlobalAveragePool, AveragePool and a ReduceMean over the spatial axes (``x.mean((2, 3))``,
+what many exporters write for adaptive average pooling) are the same linear layer.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..graph.layers import LINEAR, WTA
+from ..graph.layers import AvgPoolLayer, MaxPoolLayer, PoolWindow
 from ..kernels.conv import ConvGeometry
-from ..plan.rules import make_rule
 from .conv import resolve_pads
 from .linear import LinearHandler
-from .registry import BackwardContext, OpHandler, ParseContext, new_layer, register, static_dims
+from .registry import BackwardContext, OpHandler, ParseContext, node_layer, register, static_dims
 
 
-def _pool_attrs(node, ctx: ParseContext, kernel=None) -> dict:
+def _window(node, ctx: ParseContext, kernel=None) -> tuple[PoolWindow, dict]:
     attrs = ctx.attrs(node)
     shape = ctx.shape(node.input[0])
     if shape is not None and len(shape) != 4:
@@ -23,13 +26,25 @@ def _pool_attrs(node, ctx: ParseContext, kernel=None) -> dict:
     strides = tuple(int(v) for v in attrs.get("strides", [1, 1]))
     dil = tuple(int(v) for v in attrs.get("dilations", [1, 1]))
     pads = resolve_pads(attrs, None if shape is None else shape[2:], k, strides, dil, node, ctx)
-    return {"kernel_shape": list(k), "strides": list(strides), "pads": list(pads),
-            "dilations": list(dil), "ceil_mode": int(attrs.get("ceil_mode", 0)),
-            "count_include_pad": int(attrs.get("count_include_pad", 0))}
+    window = PoolWindow(k, ConvGeometry(strides, pads, dil), bool(attrs.get("ceil_mode", 0)))
+    return window, attrs
+
+
+class _ChannelKeeping:
+    """Pools keep each channel apart: chains pass, channel ids stay."""
+
+    def nonneg_output(self, layer, nonneg_inputs):
+        return all(nonneg_inputs)
+
+    def chain_input(self, layer):
+        return layer.inputs[0]
+
+    def channel_map(self, layer, ids, out_shape):
+        return OpHandler.channel_map(self, layer, ids, out_shape)
 
 
 @register
-class MaxPoolHandler(OpHandler):
+class MaxPoolHandler(_ChannelKeeping, OpHandler):
     """MaxPool: all relevance of a pooled value goes to the input element that won it.
 
     The switches are onnxruntime's own ``Indices`` output (the runtime adds it to the
@@ -38,25 +53,30 @@ class MaxPoolHandler(OpHandler):
     """
 
     op_types = ("MaxPool",)
+    fixed_rule = "wta"
 
     def parse(self, node, ctx: ParseContext):
-        attrs = _pool_attrs(node, ctx)
-        if int(ctx.attrs(node).get("storage_order", 0)) != 0:
+        window, attrs = _window(node, ctx)
+        if int(attrs.get("storage_order", 0)) != 0:
             raise ctx.fail(node, "storage_order=1 (column-major switches)")
-        has = len(node.output) > 1 and node.output[1]
-        attrs["indices"] = node.output[1] if has else f"{node.output[0]}::lrpath_indices"
-        attrs["add_indices_output"] = not has
-        return new_layer(node, ctx, WTA, [node.input[0]], attrs=attrs)
+        has = len(node.output) > 1 and bool(node.output[1])
+        return node_layer(MaxPoolLayer, node, ctx, self, [node.input[0]], window=window,
+                          indices=node.output[1] if has else f"{node.output[0]}::lrpath_indices",
+                          add_indices_output=not has)
 
     def needs(self, layer, rule, shapes):
-        need = {layer.attrs["indices"]}
+        need = {layer.indices}
         if not static_dims(shapes.get(layer.inputs[0])):
             need.add(layer.inputs[0])
         return need
 
+    def session_outputs(self, layer):
+        added = {layer.output: layer.indices} if layer.add_indices_output else {}
+        return added, {layer.indices}
+
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         shape = ctx.shape_of(layer.inputs[0])
-        return [ctx.backend.unpool(r, ctx.fwd[layer.attrs["indices"]], shape)]
+        return [ctx.backend.unpool(r, ctx.fwd[layer.indices], shape)]
 
     def deconv(self, layer, s, ctx: BackwardContext):
         """Switch unpooling: each value goes back to where its maximum was (the same kernel
@@ -66,10 +86,9 @@ class MaxPoolHandler(OpHandler):
     def forward(self, layer, inputs):
         """Max over each window (padding never wins), in numpy; for bounds and tests."""
         x = inputs[0]
-        at = layer.attrs
-        (kh, kw), (sh, sw), (dh, dw), p = at["kernel_shape"], at["strides"], at["dilations"], at["pads"]
-        g = ConvGeometry((sh, sw), tuple(p), (dh, dw))
-        oh, ow = g.out_size(x.shape[2], x.shape[3], kh, kw, ceil=bool(at["ceil_mode"]))
+        w = layer.window
+        (kh, kw), (sh, sw), (dh, dw), p = w.kernel, w.geometry.strides, w.geometry.dilations, w.geometry.pads
+        oh, ow = w.out_size(x.shape[2], x.shape[3])
         padded = np.full(x.shape[:2] + (x.shape[2] + p[0] + p[2] + sh, x.shape[3] + p[1] + p[3] + sw), -np.inf,
                          x.dtype)
         padded[:, :, p[0]:p[0] + x.shape[2], p[1]:p[1] + x.shape[3]] = x
@@ -97,17 +116,19 @@ class PoolMap:
     flat and w² mean exactly what they mean for a dense matrix holding those weights.
     """
 
-    def __init__(self, layer, backend, in_shape, out_hw):
-        at = layer.attrs
+    stackable = False
+
+    def __init__(self, layer: AvgPoolLayer, backend, in_shape, out_hw):
+        win = layer.window
         self.backend = backend
         C, H, W = in_shape[1:]
-        kh, kw = at["kernel_shape"] if at.get("kernel_shape") else (H, W)
-        self.geom = ConvGeometry(tuple(at["strides"]), tuple(at["pads"]), tuple(at["dilations"]), C)
+        kh, kw = win.kernel if win.kernel is not None else (H, W)
+        g = win.geometry
+        self.geom = ConvGeometry(g.strides, g.pads, g.dilations, C)
         self.in_hw, self.out_hw = (H, W), tuple(out_hw)
-        p = at["pads"]
-        inc = bool(at["count_include_pad"])
-        rows = window_counts(H, kh, at["strides"][0], at["dilations"][0], p[0], p[2], out_hw[0], inc)
-        cols = window_counts(W, kw, at["strides"][1], at["dilations"][1], p[1], p[3], out_hw[1], inc)
+        p, inc = g.pads, layer.count_include_pad
+        rows = window_counts(H, kh, g.strides[0], g.dilations[0], p[0], p[2], out_hw[0], inc)
+        cols = window_counts(W, kw, g.strides[1], g.dilations[1], p[1], p[3], out_hw[1], inc)
         with np.errstate(divide="ignore"):
             wmap = np.where(np.outer(rows, cols) > 0, 1.0 / np.outer(rows, cols), 0.0)
         self.weight = wmap.reshape(1, 1, *out_hw)
@@ -126,28 +147,58 @@ class PoolMap:
 
 
 @register
-class AveragePoolHandler(LinearHandler):
-    """AveragePool (count_include_pad, ceil_mode) and GlobalAveragePool: linear layers."""
+class AveragePoolHandler(_ChannelKeeping, LinearHandler):
+    """AveragePool (count_include_pad, ceil_mode), GlobalAveragePool and a spatial ReduceMean:
+    linear layers over each channel's window."""
 
-    op_types = ("AveragePool", "GlobalAveragePool")
+    op_types = ("AveragePool", "GlobalAveragePool", "ReduceMean")
     runtime_terms = False  # its modified forwards are window sums: cheap in the kernels
 
     def parse(self, node, ctx: ParseContext):
-        if node.op_type == "GlobalAveragePool":
-            shape = ctx.shape(node.input[0])
-            if shape is not None and len(shape) != 4:
-                raise ctx.fail(node, f"input rank {len(shape)} (only 2-D pooling is supported)")
-            attrs = {"kernel_shape": None, "strides": [1, 1], "pads": [0, 0, 0, 0],
-                     "dilations": [1, 1], "ceil_mode": 0, "count_include_pad": 0}
-        else:
-            attrs = _pool_attrs(node, ctx)
-        return new_layer(node, ctx, LINEAR, [node.input[0]], attrs=attrs)
-
-    def default_rule(self, layer):
-        return make_rule("epsilon", 1e-6)
+        if node.op_type == "AveragePool":
+            window, attrs = _window(node, ctx)
+            return node_layer(AvgPoolLayer, node, ctx, self, [node.input[0]], window=window,
+                              count_include_pad=bool(attrs.get("count_include_pad", 0)))
+        shape = ctx.shape(node.input[0])
+        if shape is not None and len(shape) != 4:
+            raise ctx.fail(node, f"input rank {len(shape)} (only 2-D pooling is supported)")
+        keepdims = True
+        if node.op_type == "ReduceMean":
+            attrs = ctx.attrs(node)
+            axes = attrs.get("axes")
+            if axes is None and len(node.input) > 1 and node.input[1]:
+                axes = ctx.const(node, 1, "axes").reshape(-1).tolist()
+            if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+                raise ctx.fail(node, f"ReduceMean over axes {axes} (only the spatial axes 2, 3 of an "
+                                     "NCHW tensor are a global average pool)")
+            keepdims = bool(attrs.get("keepdims", 1))
+        return node_layer(AvgPoolLayer, node, ctx, self, [node.input[0]], window=PoolWindow(None),
+                          keepdims=keepdims)
 
     def linear_map(self, layer, a, r, backend) -> PoolMap:
-        return PoolMap(layer, backend, a.shape, r.shape[2:])
+        return PoolMap(layer, backend, a.shape, layer.window.out_size(*a.shape[2:]))
+
+    def output_view(self, layer, t):
+        return t if layer.keepdims else t.reshape(t.shape + (1, 1))
+
+    def relevance(self, layer, rule, r, ctx):
+        if not layer.keepdims:
+            r = r.reshape(tuple(r.shape) + (1, 1))
+        return super().relevance(layer, rule, r, ctx)
+
+    def _setup(self, layer, rule, r, ctx):
+        setup = super()._setup(layer, rule, r, ctx)
+        if setup["z"] is not None:
+            setup["z"] = self.output_view(layer, setup["z"])
+        return setup
+
+    def deconv(self, layer, s, ctx):
+        if not layer.keepdims:
+            s = s.reshape(tuple(s.shape) + (1, 1))
+        return super().deconv(layer, s, ctx)
+
+    def flows(self, layer, rule, r, ctx, rows, cols, kept=None):
+        raise ValueError("average pools keep channels; they have no channel-pair flows")
 
     def cache_key(self, layer, a):
         return f"{layer.name}@{a.shape[2]}x{a.shape[3]}"
@@ -156,12 +207,12 @@ class AveragePoolHandler(LinearHandler):
         from ..backend import CpuBackend
 
         x = inputs[0]
-        at = layer.attrs
-        H, W = x.shape[2:]
-        if at["kernel_shape"] is None:
-            out_hw = (1, 1)
-        else:
-            g = ConvGeometry(tuple(at["strides"]), tuple(at["pads"]), tuple(at["dilations"]))
-            out_hw = g.out_size(H, W, *at["kernel_shape"], ceil=bool(at["ceil_mode"]))
-        lin = PoolMap(layer, CpuBackend(), x.shape, out_hw)
-        return lin.forward(x, lin.weight.astype(x.dtype))
+        lin = PoolMap(layer, CpuBackend(), x.shape, layer.window.out_size(*x.shape[2:]))
+        out = lin.forward(x, lin.weight.astype(x.dtype))
+        return out if layer.keepdims else out.reshape(out.shape[:2])
+
+    def infer_shape(self, layer, in_shapes, readers):
+        src = in_shapes[0]
+        if src is None or len(src) != 4 or any(d is None for d in src[2:]):
+            return None
+        return tuple(src[:2]) + tuple(layer.window.out_size(*src[2:])) if layer.keepdims else tuple(src[:2])

@@ -1,10 +1,20 @@
 """Per-op handlers, looked up by ONNX op type (as onnx's reference evaluator does).
 
-A handler knows three things about its op: how to read an ONNX node into a ``Layer``
-(``parse``), which tensors the backward pass needs from onnxruntime (``needs``), and how
-relevance crosses the layer (``relevance``). ``forward`` is a plain numpy forward used to
-carry z^B bounds through input-side layers and by tests. Adding an op is adding one
-handler module and its tests.
+A handler is the one place that knows its op. It answers every question the rest of the
+analyzer has about a layer of its family:
+
+- ``parse``: an ONNX node → a typed layer (or an alias / a strippable final node);
+- ``default_rule`` / ``accepts``: its fixed treatment, and which plan rules it takes;
+- ``needs``: which tensors the backward pass reads from onnxruntime;
+- ``session_outputs``: secondary outputs the onnxruntime graph must gain (MaxPool switches);
+- ``relevance``: how relevance crosses it; ``deconv``: the Zeiler–Fergus step;
+- ``forward``: a plain numpy forward (z^B bounds through input-side layers, tests);
+- ``nonneg_output``: whether its output is ≥ 0 given which inputs are;
+- ``infer_shape``: its output shape where onnx's inference left it open;
+- ``chain_input`` / ``channel_map``: how channels move through it (neuron graphs, masks);
+- ``modified_forward_nodes``: its product with other weights as ONNX nodes (rule terms).
+
+Adding an op is adding one handler module and its tests.
 """
 
 from __future__ import annotations
@@ -16,9 +26,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import UnsupportedOpError
+from ..errors import InputError, UnsupportedOpError
 from ..graph.layers import Layer
-from ..plan.rules import Rule
+from ..plan.rules import Rule, make_rule
 
 
 @dataclass
@@ -109,40 +119,87 @@ class BackwardContext:
 
 
 class OpHandler:
-    """Base handler; subclasses set ``op_types`` and override what applies."""
+    """Base handler; subclasses set ``op_types`` and override what applies.
+
+    The defaults describe a layer that moves data element by element without mixing
+    channels (an activation): relevance and signals pass, channels keep their index.
+    """
 
     op_types: tuple[str, ...] = ()
+    #: the plan's fixed rule for layers of this handler (None: a preset decides)
+    fixed_rule: str | None = "pass"
+    #: index of the node input that is a (large) weight onnxruntime may share with us
+    shared_weight_input: int | None = None
 
     def parse(self, node: onnx.NodeProto, ctx: ParseContext) -> Layer | Alias | Strip:
         raise NotImplementedError
 
+    # -- the rule plan ------------------------------------------------------------------
     def default_rule(self, layer: Layer) -> Rule:
-        """The fixed treatment for non-linear kinds (linear layers get theirs from a preset)."""
-        from ..plan.rules import make_rule
+        """The treatment a layer gets when no preset rule names it."""
+        return make_rule(self.fixed_rule or "epsilon")
 
-        return make_rule({"wta": "wta", "route": "route", "pass": "pass"}.get(layer.kind, "epsilon"))
+    def accepts(self, layer: Layer, rule: Rule) -> bool:
+        """Whether ``--rule`` may give this layer ``rule``."""
+        return layer.kind in rule.spec.kinds
 
+    # -- the forward tensors --------------------------------------------------------------
     def needs(self, layer: Layer, rule: Rule, shapes: dict[str, tuple]) -> set[str]:
         """Tensor names this layer's backward step reads from onnxruntime."""
-        return set()
+        return set() if static_dims(shapes.get(layer.inputs[0])) else {layer.inputs[0]}
 
+    def session_outputs(self, layer: Layer) -> tuple[dict[str, str], set[str]]:
+        """({node output 0 → secondary output to add}, integer-typed outputs) for the session."""
+        return {}, set()
+
+    # -- backward steps -------------------------------------------------------------------
     def relevance(self, layer: Layer, rule: Rule, r: np.ndarray,
                   ctx: BackwardContext) -> list[np.ndarray | None]:
-        raise NotImplementedError
-
-    def forward(self, layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
-        raise NotImplementedError(f"no numpy forward for {layer.op}")
+        return [unbroadcast(r, ctx.shape_of(layer.inputs[0]))]
 
     def deconv(self, layer: Layer, s: np.ndarray, ctx: BackwardContext) -> list[np.ndarray | None]:
         """Zeiler–Fergus deconvolution: a signal at the layer's output back to its inputs.
 
         Data-moving layers move it like relevance; others say how (ReLU rectifies, Conv
         transposes with its own filters, MaxPool unpools by its switches)."""
-        if layer.kind == "route":
-            return self.relevance(layer, self.default_rule(layer), s, ctx)
-        from ..errors import InputError
-
         raise InputError(f"deconvolution through {layer.op} ('{layer.name}') is not defined")
+
+    def forward(self, layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError(f"no numpy forward for {layer.op}")
+
+    # -- graph facts ------------------------------------------------------------------------
+    def nonneg_output(self, layer: Layer, nonneg_inputs: list[bool]) -> bool:
+        """Whether the output is ≥ 0 by construction, given which inputs are."""
+        return False
+
+    def infer_shape(self, layer: Layer, in_shapes: list[tuple], readers: list[Layer]) -> tuple | None:
+        """The output shape (batch dim as given) where onnx's inference left it open; None if unknown."""
+        return None
+
+    def chain_input(self, layer: Layer) -> str | None:
+        """The input a chain of layers follows through this one (neuron graphs, bounds), or
+        None when the layer joins branches or mixes channels."""
+        return layer.inputs[0] if len(layer.inputs) == 1 else None
+
+    def channel_map(self, layer: Layer, ids: np.ndarray, out_shape: tuple) -> np.ndarray:
+        """Channel ids (an array shaped like the input without batch, holding the channel each
+        element comes from) carried to the output's shape."""
+        flat = ids.reshape(ids.shape[0], -1)[:, :1]
+        return np.broadcast_to(flat.reshape((ids.shape[0],) + (1,) * (len(out_shape) - 2)),
+                               tuple(out_shape[1:]))
+
+    def relevance_inputs(self, layer: Layer) -> list[str]:
+        """The inputs that receive relevance (a gate's side branch gets none)."""
+        return layer.inputs
+
+    def neurons(self, layer: Layer) -> tuple[int, int] | None:
+        """(input features, output neurons) if the layer's units are neuron-graph neurons."""
+        return None
+
+    def rectifies(self, layer: Layer) -> bool:
+        """Whether the layer is a ReLU-like rectifier (its output is what the previous layer's
+        neurons are seen by, and deconvolution rectifies there)."""
+        return False
 
 
 HANDLERS: dict[str, OpHandler] = {}
@@ -165,14 +222,6 @@ def static_dims(shape: tuple | None) -> bool:
     return shape is not None and all(d is not None for d in shape[1:])
 
 
-def new_layer(node: onnx.NodeProto, ctx: ParseContext, kind: str, inputs: list[str],
-              attrs: dict | None = None, params: dict | None = None, op: str | None = None) -> Layer:
-    """A Layer for ``node`` (index and unique name are set by the graph walker)."""
-    return Layer(index=-1, name=ctx.node_name, op=op or node.op_type, inputs=inputs,
-                 output=node.output[0], kind=kind, attrs=attrs or {}, params=params or {},
-                 nodes=[ctx.node_name])
-
-
 def unbroadcast(r: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Sum ``r`` over the axes along which an input of ``shape`` was broadcast."""
     if tuple(r.shape) == tuple(shape):
@@ -181,3 +230,10 @@ def unbroadcast(r: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     r = r.sum(axis=tuple(range(lead))) if lead > 0 else r
     axes = tuple(i for i, d in enumerate(shape) if d == 1 and r.shape[i] != 1)
     return r.sum(axis=axes, keepdims=True) if axes else r
+
+
+def node_layer(cls: type[Layer], node: onnx.NodeProto, ctx: ParseContext, handler: OpHandler,
+               inputs: list[str], op: str | None = None, **fields) -> Layer:
+    """A typed layer for ``node`` (index and unique name are set by the graph walker)."""
+    return cls(name=ctx.node_name, op=op or node.op_type, inputs=inputs, output=node.output[0],
+               nodes=[ctx.node_name], handler=handler, **fields)

@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph.layers import ROUTE
+from ..graph.layers import PadLayer, ReshapeLayer, TransposeLayer
 from .arrays import contiguous
-from .registry import (Alias, BackwardContext, OpHandler, ParseContext, Strip, new_layer, register,
-                       static_dims)
+from .registry import Alias, BackwardContext, OpHandler, ParseContext, Strip, node_layer, register, static_dims
+
+
+class RouteHandler(OpHandler):
+    """Data moves without arithmetic: relevance and deconvolution signals move back alike."""
+
+    fixed_rule = "route"
+
+    def deconv(self, layer, s, ctx):
+        return self.relevance(layer, None, s, ctx)
+
+    def nonneg_output(self, layer, nonneg_inputs):
+        return all(nonneg_inputs)
 
 
 @register
-class ReshapeHandler(OpHandler):
+class ReshapeHandler(RouteHandler):
     """Flatten, Reshape, Squeeze, Unsqueeze: relevance is reshaped back to the input's shape."""
 
     op_types = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
     def parse(self, node, ctx: ParseContext):
         attrs = ctx.attrs(node)
-        if node.op_type == "Flatten":
-            attrs.setdefault("axis", 1)
-        return new_layer(node, ctx, ROUTE, [node.input[0]], attrs=attrs)
-
-    def needs(self, layer, rule, shapes):
-        return set() if static_dims(shapes.get(layer.inputs[0])) else {layer.inputs[0]}
+        static = ctx.shape(node.output[0])
+        return node_layer(ReshapeLayer, node, ctx, self, [node.input[0]], axis=int(attrs.get("axis", 1)),
+                          out_shape=tuple(static[1:]) if static_dims(static) else None)
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         return [r.reshape(ctx.shape_of(layer.inputs[0]))]
@@ -31,13 +39,28 @@ class ReshapeHandler(OpHandler):
     def forward(self, layer, inputs):
         x = inputs[0]
         if layer.op == "Flatten":
-            ax = layer.attrs["axis"] % max(x.ndim, 1)
+            ax = layer.axis % max(x.ndim, 1)
             return x.reshape(int(np.prod(x.shape[:ax])), -1)
-        raise NotImplementedError("numpy forward needs the target shape; use onnxruntime")
+        if layer.out_shape is None:
+            raise NotImplementedError(f"'{layer.name}' has no static output shape")
+        return x.reshape((x.shape[0],) + tuple(layer.out_shape))
+
+    def infer_shape(self, layer, in_shapes, readers):
+        """A flatten into a dense layer has that layer's input features (tf2onnx computes the
+        target shape at run time, leaving every later shape open)."""
+        src = in_shapes[0]
+        if len(readers) == 1 and readers[0].handler.neurons(readers[0]) is not None and src is not None:
+            features = readers[0].handler.neurons(readers[0])[0]
+            if int(np.prod(src[1:])) == features:
+                return (src[0], features)
+        return None
+
+    def channel_map(self, layer, ids, out_shape):
+        return ids.reshape(tuple(out_shape[1:]))
 
 
 @register
-class TransposeHandler(OpHandler):
+class TransposeHandler(RouteHandler):
     """Transpose (tf2onnx's NHWC↔NCHW): relevance takes the inverse permutation."""
 
     op_types = ("Transpose",)
@@ -49,13 +72,21 @@ class TransposeHandler(OpHandler):
             if shape is None:
                 raise ctx.fail(node, "Transpose without perm on a tensor of unknown rank")
             perm = list(range(len(shape)))[::-1]
-        return new_layer(node, ctx, ROUTE, [node.input[0]], attrs={"perm": list(perm)})
+        return node_layer(TransposeLayer, node, ctx, self, [node.input[0]], perm=tuple(int(p) for p in perm))
 
     def relevance(self, layer, rule, r, ctx):
-        return [contiguous(np.transpose(r, np.argsort(layer.attrs["perm"])))]
+        return [contiguous(np.transpose(r, np.argsort(layer.perm)))]
 
     def forward(self, layer, inputs):
-        return np.transpose(inputs[0], layer.attrs["perm"])
+        return np.transpose(inputs[0], layer.perm)
+
+    def infer_shape(self, layer, in_shapes, readers):
+        src = in_shapes[0]
+        return None if src is None else tuple(src[p] for p in layer.perm)
+
+    def channel_map(self, layer, ids, out_shape):
+        # ids carry no batch axis: the permutation's batch entry (0) stays in front
+        return np.transpose(ids[None], layer.perm)[0]
 
 
 @register
@@ -79,10 +110,10 @@ class SoftmaxHandler(OpHandler):
 
 
 @register
-class PadHandler(OpHandler):
+class PadHandler(RouteHandler):
     """Constant zero Pad (e.g. PyTorch's ZeroPad2d for TF-style "SAME"): relevance of the
     padded border goes nowhere (those inputs are constant zeros), the rest is cropped back.
-    A Pad feeding only a Conv is folded into the Conv's own pads by the graph walker."""
+    A Pad feeding only a Conv is folded into the Conv's own pads by ``graph.passes.fold_pads``."""
 
     op_types = ("Pad",)
 
@@ -111,15 +142,19 @@ class PadHandler(OpHandler):
             pads = full
         if len(pads) != 2 * rank or min(pads) < 0:
             raise ctx.fail(node, f"pads {pads} (negative pads crop; not supported)")
-        return new_layer(node, ctx, ROUTE, [node.input[0]], attrs={"pad_amounts": pads})
+        return node_layer(PadLayer, node, ctx, self, [node.input[0]], pads=tuple(pads))
 
     def relevance(self, layer, rule, r, ctx):
-        pads = layer.attrs["pad_amounts"]
+        pads = layer.pads
         rank = len(pads) // 2
         index = tuple(slice(pads[i], r.shape[i] - pads[rank + i]) for i in range(rank))
         return [contiguous(r[index])]
 
     def forward(self, layer, inputs):
-        pads = layer.attrs["pad_amounts"]
+        pads = layer.pads
         rank = len(pads) // 2
         return np.pad(inputs[0], [(pads[i], pads[rank + i]) for i in range(rank)])
+
+    def chain_input(self, layer):
+        rank = len(layer.pads) // 2  # padding the batch or channel axis would move channels
+        return None if any(layer.pads[i] for i in (0, 1, rank, rank + 1)) else layer.inputs[0]

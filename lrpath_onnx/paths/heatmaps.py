@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..api import Analyzer, Explanation
+from ..graph.layers import ConvLayer
 from .neurons import NeuronGraph, activation_tensor, graph_layers
 
 
@@ -29,7 +30,7 @@ def activation_heatmap(an: Analyzer, exp: Explanation, ng: NeuronGraph, masks: d
     """(H, W) map in [0, 1] of the path neurons' activations (see module docstring)."""
     per_layer = []
     for layer in graph_layers(an):
-        if layer.op != "Conv":
+        if not isinstance(layer, ConvLayer):
             continue
         act = exp.forward[activation_tensor(an, layer)][sample]
         chosen = np.nonzero(masks.get(layer.name, np.zeros(0)))[0]

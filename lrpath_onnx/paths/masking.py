@@ -12,6 +12,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..api import Analyzer
+from ..ops.emit import mask_node
 from ..runtime.session import ActivationRuntime
 from .neurons import graph_layers
 
@@ -27,11 +28,11 @@ class MaskedModel:
         for layer in layers:
             shape = an.graph.shapes.get(layer.output)
             rank = len(shape) if shape else 4
-            channels = layer.params["weight"].shape[0 if layer.op == "Conv" else 1]
+            channels = layer.handler.neurons(layer)[1]
             mshape = (1, channels) + (1,) * (rank - 2)
             name = f"mask:{layer.name}"
             out = f"{layer.output}::masked"
-            nodes.append(helper.make_node("Mul", [layer.output, name], [out], name=out))
+            nodes.append(mask_node(layer.output, name, out))
             inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(mshape)))
             rewire[layer.output] = out
             self.shapes[layer.name] = mshape

@@ -17,16 +17,30 @@ import numpy as np
 
 from ..api import Analyzer, Explanation, NeuronTarget
 from ..errors import InputError
-from ..graph.layers import LINEAR, PASS, ROUTE, WTA, Layer
+from ..graph.layers import ConvLayer, Layer
 from .optimizer import get_optimizer
 
 SOURCE, SINK = "input", "target"
-GRAPH_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def relevant_layers(an: Analyzer) -> set[str]:
+    """Names of the layers relevance reaches from the explained output (a gate's side
+    branch, which receives none, is left out)."""
+    seen: set[str] = set()
+    stack = [an.graph.output]
+    while stack:
+        layer = an.graph.producer.get(stack.pop())
+        if layer is None or layer.name in seen:
+            continue
+        seen.add(layer.name)
+        stack.extend(layer.handler.relevance_inputs(layer))
+    return seen
 
 
 def graph_layers(an: Analyzer) -> list[Layer]:
     """The Conv/dense layers in order, checked to form a chain; raises with the culprit."""
-    layers = [l for l in an.graph.layers if l.kind == LINEAR and l.op in GRAPH_OPS]
+    reached = relevant_layers(an)
+    layers = [l for l in an.graph.layers if l.handler.neurons(l) is not None and l.name in reached]
     if not layers:
         raise InputError("the model has no Conv or dense layer to build a neuron graph from")
     names = {l.name for l in layers}
@@ -44,13 +58,12 @@ def _chain_to_previous(an: Analyzer, layer: Layer, graph_names: set[str]) -> lis
             break
         if prev.name in graph_names:
             return chain
-        ok = len(prev.inputs) == 1 and (prev.kind in (PASS, WTA, ROUTE) or
-                                        prev.op in ("AveragePool", "GlobalAveragePool"))
-        if not ok:
+        nxt = prev.handler.chain_input(prev)
+        if nxt is None:
             raise InputError(f"neuron paths need a chain of layers (VGG-like); '{prev.name}' ({prev.op}) "
                              f"before '{layer.name}' joins or mixes channels")
         chain.append(prev)
-        t = prev.inputs[0]
+        t = nxt
     return chain
 
 
@@ -62,26 +75,21 @@ def channel_of_inputs(an: Analyzer, layer: Layer, prev: Layer) -> np.ndarray:
     shape = an.graph.shapes.get(prev.output)
     if shape is None or any(d is None for d in shape[1:]):
         raise InputError(f"neuron graph needs the static shape of '{prev.output}'")
-    ids = np.broadcast_to(np.arange(shape[1]).reshape((1, -1) + (1,) * (len(shape) - 2)),
-                          (1,) + tuple(shape[1:])).astype(np.float64)
+    ids = np.broadcast_to(np.arange(shape[1]).reshape((-1,) + (1,) * (len(shape) - 2)),
+                          tuple(shape[1:])).astype(np.float64)
     for step in chain:
         out = an.graph.shapes.get(step.output)
         if out is None or any(d is None for d in out[1:]):
             raise InputError(f"neuron graph needs the static shape of '{step.output}'")
-        if step.kind == ROUTE:
-            ids = ids.reshape((1,) + tuple(out[1:])) if step.op != "Transpose" else \
-                np.transpose(ids, step.attrs["perm"])
-        else:  # element-wise or pooling: channel axis 1 kept, spatial size may change
-            ids = np.broadcast_to(ids.reshape(ids.shape[0], ids.shape[1], -1)[:, :, :1].reshape(
-                (1, ids.shape[1]) + (1,) * (len(out) - 2)), (1,) + tuple(out[1:]))
-    feats = ids.reshape(ids.shape[0], ids.shape[1], -1) if layer.op == "Conv" else ids.reshape(1, -1)
-    return (feats[0, :, 0] if layer.op == "Conv" else feats[0]).astype(np.int64)
+        ids = step.handler.channel_map(step, ids, out)
+    feats = ids.reshape(ids.shape[0], -1)[:, 0] if isinstance(layer, ConvLayer) else ids.reshape(-1)
+    return feats.astype(np.int64)
 
 
 def activation_tensor(an: Analyzer, layer: Layer) -> str:
-    """The tensor a layer's neurons are seen by: its output after a following ReLU/Clip."""
+    """The tensor a layer's neurons are seen by: its output after a following ReLU-like unit."""
     users = an.graph.consumers(layer.output)
-    if len(users) == 1 and users[0].op in ("Relu", "Clip", "LeakyRelu"):
+    if len(users) == 1 and users[0].handler.rectifies(users[0]):
         return users[0].output
     return layer.output
 
@@ -178,8 +186,7 @@ def build(an: Analyzer, exp: Explanation, sample: int = 0, per_layer: int = 16, 
 
 
 def _in_features(an: Analyzer, layer: Layer) -> int:
-    w = layer.params["weight"]
-    return w.shape[1] * layer.attrs.get("group", 1) if layer.op == "Conv" else w.shape[0]
+    return layer.handler.neurons(layer)[0]
 
 
 def explain_for_graph(an: Analyzer, x: np.ndarray, target=None) -> Explanation:

@@ -16,9 +16,8 @@ from typing import Callable, Iterable
 import networkx as nx
 
 from ..errors import RuleError
-from ..graph.layers import LINEAR, MERGE, Layer, LayerGraph
-from ..ops import handler_for
-from .rules import Rule, make_rule, parse_rule
+from ..graph.layers import ConvLayer, DenseLayer, Layer, LayerGraph
+from .rules import SPECS, Rule, make_rule, parse_rule
 
 PresetFn = Callable[[LayerGraph], dict[str, Rule]]
 PRESETS: dict[str, tuple[PresetFn, str]] = {}
@@ -33,27 +32,23 @@ def register_preset(name: str, doc: str) -> Callable[[PresetFn], PresetFn]:
 
 
 def first_layers(graph: LayerGraph) -> list[Layer]:
-    """Linear layers with no linear layer upstream: those that see the (normalised) input."""
+    """Conv/dense layers with no linear layer upstream: those that see the (normalised) input."""
     dag = graph.dag()
     linear = {l.name for l in graph.linear_layers()}
     return [l for l in graph.linear_layers()
-            if not (nx.ancestors(dag, l.name) & linear)]
-
-
-def _is_dense(layer: Layer) -> bool:
-    return layer.op in ("Gemm", "MatMul")
+            if isinstance(l, (ConvLayer, DenseLayer)) and not (nx.ancestors(dag, l.name) & linear)]
 
 
 def _split_convs(graph: LayerGraph, upper: Rule, lower: Rule, dense: Rule, box: bool = True,
                  lower_fraction: float = 0.5) -> dict[str, Rule]:
     firsts = {l.name for l in first_layers(graph)} if box else set()
-    convs = [l for l in graph.linear_layers() if l.op == "Conv" and l.name not in firsts]
+    convs = [l for l in graph.layers if isinstance(l, ConvLayer) and l.name not in firsts]
     n_lower = math.ceil(len(convs) * lower_fraction)
     rules: dict[str, Rule] = {name: make_rule("zbox") for name in firsts}
     for i, layer in enumerate(convs):
         rules[layer.name] = lower if i < n_lower else upper
-    for layer in graph.linear_layers():
-        if _is_dense(layer) and layer.name not in rules:
+    for layer in graph.layers:
+        if isinstance(layer, DenseLayer) and layer.name not in rules:
             rules[layer.name] = dense
     return rules
 
@@ -123,10 +118,6 @@ class Plan:
         return "\n".join(l.rstrip() for l in lines)
 
 
-def _accepts(layer: Layer, rule: Rule) -> bool:
-    return layer.kind in rule.spec.kinds
-
-
 def _matches(layer: Layer, pattern: str) -> bool:
     if pattern.lstrip("-").isdigit():
         return layer.index == int(pattern)
@@ -149,13 +140,11 @@ def make_plan(graph: LayerGraph, preset: str = "epsilon-gamma-box",
     preset_rules = PRESETS[preset][0](graph)
     entries = []
     for layer in graph.layers:
-        h = handler_for(layer.op)
+        h = layer.handler
         if layer.name in preset_rules:
             entries.append(PlanEntry(layer, preset_rules[layer.name], "preset"))
-        elif layer.kind in (LINEAR, MERGE):
-            entries.append(PlanEntry(layer, h.default_rule(layer), "preset"))
         else:
-            entries.append(PlanEntry(layer, h.default_rule(layer), "fixed"))
+            entries.append(PlanEntry(layer, h.default_rule(layer), "fixed" if h.fixed_rule else "preset"))
     overrides = tuple(overrides)
     for text in overrides:
         pattern, rule = parse_override(text)
@@ -163,17 +152,15 @@ def make_plan(graph: LayerGraph, preset: str = "epsilon-gamma-box",
         if not hit:
             raise RuleError(f"--rule '{text}': pattern '{pattern}' matches no layer "
                             "(see `lrpath plan` for names and indices)")
-        fit = [e for e in hit if _accepts(e.layer, rule)]
+        fit = [e for e in hit if e.layer.handler.accepts(e.layer, rule)]
         if not fit:
             e = hit[0]
             raise RuleError(f"--rule '{text}': layer '{e.layer.name}' ({e.layer.op}) cannot take rule "
-                            f"{rule.name}; it takes {', '.join(_rules_for_kind(e.layer.kind))}")
+                            f"{rule.name}; it takes {', '.join(_rules_for(e.layer))}")
         for e in fit:
             e.rule, e.source = rule, "override"
     return Plan(graph, preset, entries, overrides)
 
 
-def _rules_for_kind(kind: str) -> list[str]:
-    from .rules import SPECS
-
-    return [s.name for s in SPECS.values() if kind in s.kinds]
+def _rules_for(layer: Layer) -> list[str]:
+    return [name for name in SPECS if name != "alpha2beta1" and layer.handler.accepts(layer, make_rule(name))]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, reconstruct, select_neurons
 from ..errors import InputError
+from ..graph.layers import ConvLayer
 from ..io.results import top_k
 from ..paths.neurons import activation_tensor, graph_layers
 from ..paths.optimize import draw_sweep, sweep
@@ -59,7 +60,7 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
     timings[f"MSE/SMAPE sweep (K = 1…{k_max}, {len(thresholds)} thresholds)"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    chosen = {name: chans for name, chans in neurons_on_paths(paths).items() if an.graph.find(name).op == "Conv"}
+    chosen = {name: chans for name, chans in neurons_on_paths(paths).items() if isinstance(an.graph.find(name), ConvLayer)}
     for name in chosen:
         an.request(activation_tensor(an, an.graph.find(name)))
     fwd = an.forward(x)

@@ -20,12 +20,12 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import InputError, ModelError
 from ..graph.layers import LayerGraph
 from ..graph.loader import LoadedModel
+from ..ops import handler_for
 
-#: weights with at least this many elements are shared with onnxruntime, not copied.
+#: weights with at least this many elements are shared with onnxruntime, not copied (the
+#: ops whose handler names a ``shared_weight_input``: dense layers. Not Conv: a shared conv
+#: weight cannot be re-laid out by onnxruntime; measured on VGG16: its forward +10 %, for −140 MB)
 SHARE_ELEMENTS = 1 << 20
-#: ops whose weight operand (input 1) is shared. Not Conv: a shared conv weight cannot be
-#: re-laid out by onnxruntime (measured on VGG16: its forward +10 %, for −140 MB)
-SHARE_OPS = ("Gemm", "MatMul")
 
 
 def cuda_driver_present() -> bool:
@@ -50,7 +50,7 @@ def choose_providers(device: str) -> list[str]:
 
 
 def _shared_weights(model: LoadedModel) -> set[str]:
-    """Big initializers read only as the weight operand of Gemm/MatMul/Conv."""
+    """Big initializers read only as the weight operand of dense layers."""
     uses: dict[str, list[tuple[str, int]]] = {}
     for node in model.proto.graph.node:
         for i, name in enumerate(node.input):
@@ -60,9 +60,14 @@ def _shared_weights(model: LoadedModel) -> set[str]:
         arr = model.initializers[name]
         if arr.size < SHARE_ELEMENTS or arr.dtype != np.float32:
             continue
-        if all(op in SHARE_OPS and i == 1 for op, i in uses.get(name, [])):
+        if all(_shares(op, i) for op, i in uses.get(name, [])):
             out.add(name)
     return out
+
+
+def _shares(op: str, i: int) -> bool:
+    h = handler_for(op)
+    return h is not None and h.shared_weight_input == i
 
 
 class ActivationRuntime:
@@ -109,15 +114,18 @@ class ActivationRuntime:
         for name in sorted(shared):
             arr = model.initializers[name]
             g.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arr.shape)))
-        indices = {l.output: l.attrs["indices"] for l in graph.layers
-                   if l.op == "MaxPool" and l.attrs.get("add_indices_output") and l.attrs["indices"] in requests}
-        int_outputs = {l.attrs["indices"] for l in graph.layers if l.op == "MaxPool"}
+        added: dict[str, str] = {}  # secondary outputs the handlers want (MaxPool switches)
+        int_outputs: set[str] = set()
+        for layer in graph.layers:
+            extra, ints = layer.handler.session_outputs(layer)
+            added.update({k: v for k, v in extra.items() if v in requests})
+            int_outputs |= ints
         for node in g.node:
-            if node.op_type == "MaxPool" and node.output[0] in indices:
+            if node.output and node.output[0] in added:
                 if len(node.output) == 1:
-                    node.output.append(indices[node.output[0]])
+                    node.output.append(added[node.output[0]])
                 else:
-                    node.output[1] = indices[node.output[0]]
+                    node.output[1] = added[node.output[0]]
         existing = [o.name for o in g.output]
         self.output_names = [graph.output] + sorted(r for r in requests if r not in (graph.output, graph.input))
         del g.output[:]

@@ -1,10 +1,10 @@
-"""Rule forward terms as extra ONNX nodes, so onnxruntime computes them in the forward pass.
+"""ONNX nodes the analyzer adds to a model's graph: rule forward terms and neuron masks.
 
-LRP-γ, z⁺ and αβ need the layer's forward product with modified weights
-(``ρ(W) ⋆ a + ρ(b)``). That is an ordinary Conv/Gemm with other weights: adding it to the
-session's graph lets onnxruntime's own convolution kernels compute it once, next to the
-activations, instead of a second convolution pass in the backward loop. The backward
-pass then only runs transposed products (numba kernels).
+LRP-γ, z⁺ and αβ need a layer's forward product with modified weights
+(``ρ(W) ⋆ ρ_in(a) + ρ(b)``). That is an ordinary Conv/Gemm with other weights: adding it to
+the session's graph lets onnxruntime's own kernels compute it once, next to the
+activations, instead of a second pass in the backward loop. Each layer's handler writes its
+own node (``modified_forward_node``); the input modifiers a⁺ and a⁻ are written here.
 """
 
 from __future__ import annotations
@@ -12,13 +12,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 
-from ..backward.linear_rules import WEIGHT_MODIFIERS, Term
+from ..backward.linear_rules import WEIGHT_MODIFIERS, Part
 from ..graph.layers import Layer
-
-
-def term_tensor(layer: Layer, term: Term) -> str:
-    """Name of the tensor holding ``term`` of ``layer``."""
-    return f"{layer.output}::z[{term.tag()}]"
+from .linear import term_tensor
 
 
 def _input_node(layer: Layer, mode: str, nodes: list) -> str:
@@ -37,35 +33,30 @@ def _input_node(layer: Layer, mode: str, nodes: list) -> str:
     return neg
 
 
-def term_nodes(layer: Layer, terms: list[Term]) -> tuple[list, list, list[str]]:
-    """(nodes, initializers, output names) computing ``terms`` for a Conv/Gemm/MatMul layer."""
+def term_nodes(layer: Layer, terms: list[Part]) -> tuple[list, list, list[str]]:
+    """(nodes, initializers, output names) computing ``terms`` of a Conv/dense layer."""
     nodes: list = []
     inits: list = []
     outputs: list[str] = []
     made_inputs: dict[str, str] = {}
-    w = layer.params["weight"]
-    b = layer.params.get("bias")
+    w, b = layer.weight, layer.bias
     for term in terms:
         if term.inp not in made_inputs:
             made_inputs[term.inp] = _input_node(layer, term.inp, nodes)
-        x = made_inputs[term.inp]
         fn = WEIGHT_MODIFIERS[term.weight]
         out = term_tensor(layer, term)
         wname = f"{out}::w"
         inits.append(numpy_helper.from_array(np.ascontiguousarray(fn(w, term.param), np.float32), wname))
-        ins = [x, wname]
+        ins = [made_inputs[term.inp], wname]
         if term.bias and b is not None:
             bname = f"{out}::b"
             inits.append(numpy_helper.from_array(np.ascontiguousarray(fn(b, term.param), np.float32), bname))
             ins.append(bname)
-        if layer.op == "Conv":
-            at = layer.attrs
-            kh, kw = w.shape[2:]
-            nodes.append(helper.make_node("Conv", ins, [out], name=out, kernel_shape=[kh, kw],
-                                          strides=at["strides"], pads=at["pads"],
-                                          dilations=at["dilations"], group=at["group"]))
-        else:
-            nodes.append(helper.make_node("Gemm", ins, [out], name=out,
-                                          transA=int(layer.attrs.get("transA", 0))))
+        nodes.append(layer.handler.modified_forward_node(layer, ins, out))
         outputs.append(out)
     return nodes, inits, outputs
+
+
+def mask_node(tensor: str, mask: str, out: str):
+    """``out = tensor · mask`` (a 0/1 mask per channel, broadcast)."""
+    return helper.make_node("Mul", [tensor, mask], [out], name=out)
