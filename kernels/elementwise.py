@@ -42,24 +42,34 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+#: where ``gate_by_sign`` keeps relevance: sign > 0, < 0, ≤ 0 (a ReLU's output standing for z), == 0
+GATE_MODES = {"pos": 0, "neg": 1, "nonpos": 2, "zero": 3}
+
+
 @njit(parallel=True, cache=True)
 def _gate(r, sign, mode, out):
     for i in prange(r.size):
         v = sign[i]
-        keep = v > 0 if mode == 0 else (v < 0 if mode == 1 else v <= 0)
+        if mode == 0:
+            keep = v > 0
+        elif mode == 1:
+            keep = v < 0
+        elif mode == 2:
+            keep = v <= 0
+        else:
+            keep = v == 0
         out[i] = r[i] if keep else 0.0
 
 
-def gate_by_sign(r: np.ndarray, sign: np.ndarray, positive: bool, rectified: bool) -> np.ndarray:
-    """``r`` kept where ``sign`` > 0 (``positive``), else where it is < 0 (≤ 0 when ``rectified``:
-    the sign comes from a ReLU, 0 for every z ≤ 0); 0 elsewhere.
+def gate_by_sign(r: np.ndarray, sign: np.ndarray, mode: str) -> np.ndarray:
+    """``r`` where ``sign`` is as ``mode`` says (``GATE_MODES``), 0 elsewhere.
 
     How the generalized γ routes each output's relevance to the group that explains it.
     """
     r = np.ascontiguousarray(r)
     sign = np.ascontiguousarray(sign, dtype=r.dtype)
     out = np.empty_like(r)
-    _gate(r.reshape(-1), sign.reshape(-1), 0 if positive else (2 if rectified else 1), out.reshape(-1))
+    _gate(r.reshape(-1), sign.reshape(-1), GATE_MODES[mode], out.reshape(-1))
     return out
 
 

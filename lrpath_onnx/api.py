@@ -119,7 +119,8 @@ class Analyzer:
     Parameters
     ----------
     model_path : the ``.onnx`` file.
-    preset : rule preset name (``lrpath plan`` lists them).
+    preset : rule preset name (``lrpath plan --presets`` lists them); ``auto`` chooses by the
+        network's structure.
     rules : overrides ``PATTERN=RULE[:PARAM]``, applied in order.
     device : ``cpu``, ``cuda`` or ``auto``.
     low, high : z^B bounds in the model's input space, broadcastable to the input
@@ -129,7 +130,7 @@ class Analyzer:
         on VGG16) or ``runtime`` (extra Conv/Gemm nodes in the onnxruntime session).
     """
 
-    def __init__(self, model_path: str | Path, preset: str = "epsilon-gamma-box",
+    def __init__(self, model_path: str | Path, preset: str = "auto",
                  rules: Sequence[str] = (), device: str = "cpu",
                  low: np.ndarray | float = 0.0, high: np.ndarray | float = 1.0,
                  threads: int | None = None, rule_forward: str = "kernels") -> None:

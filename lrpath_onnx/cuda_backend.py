@@ -86,8 +86,8 @@ class CudaBackend:
         host = self.to_host(x)
         return DeviceArray.from_host(np.ascontiguousarray(np.matmul(np.matmul(rows, host), cols.T), host.dtype))
 
-    def gate_by_sign(self, r, sign, positive: bool, rectified: bool):
-        return DeviceArray(self._ew.gate_by_sign(_d(r), _d(sign), positive, rectified))
+    def gate_by_sign(self, r, sign, mode: str):
+        return DeviceArray(self._ew.gate_by_sign(_d(r), _d(sign), mode))
 
     def multiply(self, a, b):
         return DeviceArray(self._ew.multiply(_d(a), _d(b)))

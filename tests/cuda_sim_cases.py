@@ -238,10 +238,10 @@ def test_stabilised_divide_and_multiply_match_cpu(seed, dtype):
         np.testing.assert_array_equal(got, want)  # same formula, same dtype: bit-identical
         assert got.dtype == dtype and np.all(got[z == 0] == (0.0 if eps == 0 else r[z == 0] / dtype(eps)))
     np.testing.assert_array_equal(host(CE.multiply(r, cuda.to_device(z))), E.multiply(r, z))
-    for positive, rectified in ((True, False), (False, False), (False, True)):
-        want = np.where(z > 0 if positive else (z <= 0 if rectified else z < 0), r, 0).astype(dtype)
-        np.testing.assert_array_equal(E.gate_by_sign(r, z, positive, rectified), want)
-        np.testing.assert_array_equal(host(CE.gate_by_sign(cuda.to_device(r), z, positive, rectified)), want)
+    for mode, keep in (("pos", z > 0), ("neg", z < 0), ("nonpos", z <= 0), ("zero", z == 0)):
+        want = np.where(keep, r, 0).astype(dtype)
+        np.testing.assert_array_equal(E.gate_by_sign(r, z, mode), want)
+        np.testing.assert_array_equal(host(CE.gate_by_sign(cuda.to_device(r), z, mode)), want)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator's numpy adds NaN and inf

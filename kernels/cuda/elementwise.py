@@ -53,12 +53,19 @@ def multiply_kernel(a, b, out):
 @cuda.jit
 def gate_kernel(r, sign, mode, out):
     """out = r where the sign tensor says so, else 0 (flat arrays). mode 0: sign > 0;
-    1: sign < 0; 2: sign ≤ 0."""
+    1: sign < 0; 2: sign ≤ 0; 3: sign == 0."""
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < out.size:
         v = sign[i]
-        keep = v > 0 if mode == 0 else (v < 0 if mode == 1 else v <= 0)
+        if mode == 0:
+            keep = v > 0
+        elif mode == 1:
+            keep = v < 0
+        elif mode == 2:
+            keep = v <= 0
+        else:
+            keep = v == 0
         if keep:
             out[i] = r[i]
         else:
@@ -146,13 +153,15 @@ def multiply(a, b):
     return out
 
 
-def gate_by_sign(r, sign, positive: bool, rectified: bool):
-    """``r`` kept where ``sign`` > 0 (``positive``) or < 0 (≤ 0 when ``rectified``), else 0."""
+def gate_by_sign(r, sign, mode: str):
+    """``r`` where ``sign`` is as ``mode`` says (see the CPU form's ``GATE_MODES``), else 0."""
+    from ..elementwise import GATE_MODES
+
     r, sign = _pair(r, sign, "gate_by_sign")
     out = cuda.device_array(r.shape, dtype=r.dtype)
     if out.size:
         blk, t = grid1(out.size, cap=MAX_BLOCKS)
-        gate_kernel[blk, t](flat(r, "r"), flat(sign, "sign"), 0 if positive else (2 if rectified else 1), flat(out))
+        gate_kernel[blk, t](flat(r, "r"), flat(sign, "sign"), GATE_MODES[mode], flat(out))
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..diagnose import conservation_warnings
 from ..errors import InputError
 from ..paths.kbest import k_best_paths
 from ..paths.neurons import SINK, SOURCE, build
@@ -62,13 +63,16 @@ def prediction(predicted: int, expected: int, labels: list[str] | None) -> dict:
     return _result(ok, predicted, expected, f"predicted {name(predicted)}" + ("" if ok else f", expected {name(expected)}"))
 
 
-def conservation(ratio: float | None, cfg: AuditConfig) -> dict:
+def conservation(record: dict, cfg: AuditConfig, preset_applied: str | None = None) -> dict:
+    """The ratio against the audit's bounds; a failure quotes explain's diagnosis (``diagnose``)."""
+    ratio = record.get("ratio")
     bounds = [cfg.conservation_min, cfg.conservation_max]
     if ratio is None or not np.isfinite(ratio):
         return _result(False, None, bounds, "the explained score is zero: nothing to conserve")
     ok = cfg.conservation_min <= ratio <= cfg.conservation_max
-    return _result(ok, float(ratio), bounds,
-                   f"input relevance / output relevance = {ratio:.4f}" + ("" if ok else f", outside {bounds}"))
+    why = "; ".join(conservation_warnings(record, preset_applied)) if not ok else ""
+    return _result(ok, float(ratio), bounds, f"input relevance / output relevance = {ratio:.4f}"
+                   + ("" if ok else f", outside {bounds}") + (f" ({why})" if why else ""))
 
 
 def region_share(relevance: np.ndarray, mask: np.ndarray, layout: str) -> float | None:

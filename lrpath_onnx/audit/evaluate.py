@@ -39,7 +39,7 @@ class Evaluator:
             if "prediction" in self.checks:
                 rec["checks"]["prediction"] = C.prediction(pred, self.expected[s.source], ses.labels)
             if "conservation" in self.checks:
-                rec["checks"]["conservation"] = C.conservation(exp.conservation(i)["ratio"], cfg)
+                rec["checks"]["conservation"] = C.conservation(exp.conservation(i), cfg, an.plan().applied)
             if "region" in self.checks:
                 rec["checks"]["region"] = C.region(exp.relevance[i], self.regions.mask(s.source), ses.layout, cfg)
             if "path_fidelity" in self.checks:

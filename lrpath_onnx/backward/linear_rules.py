@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from ..plan.rules import Form, Part, Rule
+from ..plan.rules import FALLBACK, Form, Part, Rule
 
 
 class LinearMap(Protocol):
@@ -177,7 +177,7 @@ class Product:
         return self.s if self.ratio is None else backend.stabilised_divide(self.s, *self.ratio)
 
 
-def _bias_like(b, z):
+def bias_like(b, z):
     """A per-output bias shaped to broadcast against ``z`` (channel axis 1)."""
     return b.reshape((1, -1) + (1,) * (z.ndim - 2)) if b.ndim == 1 else b
 
@@ -203,28 +203,42 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
     """
     form: Form = rule.form(nonneg)
     fwd = _Forward(lin, a, cache, layer_name, dict(terms or {}), bounds, form.exact)
+    out: list[Product] = []
+    lost = None  # relevance of outputs whose denominator is 0 (passed on by w² when the form says so)
+
+    def drop(coef, signal, denom):
+        nonlocal lost
+        if form.fallback:
+            part = backend.gate_by_sign(signal, denom, "zero")
+            part = part if coef == 1.0 else part * np.dtype(a.dtype).type(coef)
+            lost = part if lost is None else lost + part
+
+    groups = form.groups
     if form.reuse_z:
-        part = form.groups[0].parts[0]
+        part = groups[0].parts[0]
         w, b = fwd.weights(part)
         if z is None:
             z = lin.forward(a, w, b if part.bias else None)
         elif not part.bias and b is not None:
-            z = z - _bias_like(b, z)
-        return [Product(1.0, r, w, a, (z, form.stabiliser), part=part)]
-    out: list[Product] = []
-    for group in form.groups:
+            z = z - bias_like(b, z)
+        out.append(Product(1.0, r, w, a, (z, form.stabiliser), part=part))
+        drop(1.0, r, z)
+        groups = groups[1:]
+    for group in groups:
         signal = r
         if group.where != "all":
-            if sign is None:
+            if sign is None:  # the layer's own output (z, or z − b when the rule leaves the bias out)
                 plain, b = fwd.weights(Part("id", "id"))
-                sign = (lin.forward(a, plain, b), False)
-            signal = backend.gate_by_sign(r, sign[0], group.where == "pos", sign[1])
-            if group.where == "neg" and not signal.any():
+                sign = (lin.forward(a, plain, b if rule.bias else None), False)
+            mode = "nonpos" if group.where == "neg" and (sign[1] or form.fallback) else group.where
+            signal = backend.gate_by_sign(r, sign[0], mode)
+            if group.where != "pos" and not signal.any():
                 continue  # no output of this group carries relevance: skip its forwards
         denom = None
         for part in group.parts:
             t = fwd(part)
             denom = t if denom is None else denom + t
+        drop(group.coef, signal, denom)
         if len(group.parts) == 1:  # the divide may be fused into the transposed product
             part = group.parts[0]
             out.append(Product(group.coef, signal, fwd.weights(part)[0], fwd.input(part),
@@ -233,6 +247,9 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         s = backend.stabilised_divide(signal, denom, form.stabiliser)
         for part in group.parts:
             out.append(Product(group.coef, s, fwd.weights(part)[0], fwd.input(part), exact=form.exact, part=part))
+    if lost is not None and lost.any():
+        w, _ = fwd.weights(FALLBACK)
+        out.append(Product(1.0, lost, w, None, (fwd(FALLBACK), form.stabiliser), False, FALLBACK))
     return out
 
 

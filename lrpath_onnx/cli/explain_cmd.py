@@ -62,3 +62,5 @@ def _summary(name: str, rec: dict, folder: Path) -> None:
     logit = "" if rec["logit"] is None else f", logit {rec['logit']:.4g}"
     cons = "" if ratio is None else f", conservation {ratio:.4f}"
     click.echo(f"{name}: {what}{logit}{cons} -> {folder}")
+    for w in rec["warnings"]:
+        click.echo(f"warning: {name}: {w}", err=True)

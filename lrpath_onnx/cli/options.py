@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ..plan.planner import PRESETS
+from ..plan.presets import PRESETS
 
 
 def floats(text: str | None, name: str) -> tuple[float, ...] | None:
@@ -45,8 +45,9 @@ def model_options(fn):
     fn = click.option("--rule", "rules", multiple=True, metavar="PATTERN=RULE[:PARAM]",
                       help="Override the preset for layers whose name (glob) or index matches; "
                            "repeatable, applied in order. E.g. 'features.0=zbox', '*=epsilon:0.25'.")(fn)
-    fn = click.option("--preset", default="epsilon-gamma-box", show_default=True, metavar="NAME",
-                      help=f"Rule preset: {', '.join(sorted(PRESETS))}.")(fn)
+    fn = click.option("--preset", default="auto", show_default=True, metavar="NAME",
+                      help=f"Rule preset: auto (chosen by the network's structure), {', '.join(sorted(PRESETS))}; "
+                           "`lrpath plan --presets` says what each is for.")(fn)
     return fn
 
 

@@ -9,7 +9,8 @@ import click
 from ..errors import UnsupportedOpError
 from ..graph.canonical import build_layer_graph
 from ..graph.loader import load_model
-from ..plan.planner import PRESETS, make_plan
+from ..plan.planner import make_plan
+from ..plan.presets import AUTO_DOC, PRESETS
 from ..plan.rules import SPECS
 from .options import model_file, model_options
 
@@ -19,8 +20,8 @@ def _fmt(shape) -> str:
 
 
 def presets_text() -> str:
-    lines = ["presets:"] + [f"  {name:22s} {doc}" for name, (_, doc) in sorted(PRESETS.items())]
-    lines += ["rules (for --rule PATTERN=RULE[:PARAM]):"]
+    lines = ["presets:", f"  {'auto':22s} {AUTO_DOC}"] + [f"  {name:22s} {doc}" for name, (_, doc) in sorted(PRESETS.items())]
+    lines += ["rules (for --rule PATTERN=RULE[:ITEMS]; items: numbers in order, name=number, or the flag nobias):"]
     for s in SPECS.values():
         if s.kinds == ("linear",) or "merge" in s.kinds:
             params = ",".join(f"{p}={d:g}" for p, d in zip(s.params, s.defaults) if d == d)
@@ -48,6 +49,7 @@ def plan(model, preset, rules, device, as_json, list_presets):
     if as_json:
         click.echo(json.dumps({"model": str(model), "input": graph.input, "input_shape": graph.input_shape,
                                "output": graph.output, "stripped": graph.stripped, "preset": preset,
+                               "preset_applied": p.applied, "preset_reason": p.reason,
                                "layers": p.to_json(),
                                "unsupported": [{"op": e.op_type, "node": e.node, "detail": e.detail}
                                                for e in unsupported]}, indent=2, default=str))
@@ -55,7 +57,7 @@ def plan(model, preset, rules, device, as_json, list_presets):
         click.echo(f"model  {model}  (opset {loaded.opset})")
         click.echo(f"input  {graph.input} {_fmt(graph.input_shape)}   explained output  {graph.output} "
                    f"{_fmt(graph.output_shape)}" + (f"   (stripped: {', '.join(graph.stripped)})" if graph.stripped else ""))
-        click.echo(f"preset {preset}" + (f"   overrides: {' '.join(rules)}" if rules else "") + "   (* = override)")
+        click.echo(f"preset {p.describe()}" + (f"   overrides: {' '.join(rules)}" if rules else "") + "   (* = override)")
         click.echo(p.table())
     if unsupported:
         listed = "; ".join(f"{e.op_type} at '{e.node}'" + (f" ({e.detail})" if e.detail else "") for e in unsupported)

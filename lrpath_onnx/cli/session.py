@@ -117,7 +117,7 @@ def _zoo_opts(entry) -> dict:
     return pre
 
 
-def open_session(args, out: Path, *, model_name=None, preset="epsilon-gamma-box", rules=(), device="cpu",
+def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), device="cpu",
                  target=None, mean=None, std=None, scale=None, low=None, high=None, size_=None, resize=None,
                  fit=None, layout="auto", channel_order=None, labels=None, max_pixels=50_000_000,
                  **_ignored) -> Session:

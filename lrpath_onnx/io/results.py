@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..api import Analyzer, Explanation
+from ..diagnose import conservation_warnings
 from ..errors import InputError
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png
 from .inputs import Sample
@@ -44,6 +45,7 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
     target = exp.targets[i]
     logits = exp.logits[i]
     is_class = isinstance(target, (int, np.integer))
+    cons = exp.conservation(i)
     return {
         "model": str(an.model_path),
         "input": str(sample.source),
@@ -52,10 +54,13 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
         "logit": float(np.asarray(logits).reshape(-1)[target]) if is_class else None,
         "top5": top_k(logits, labels) if np.asarray(logits).ndim == 1 else [],
         "preset": an.plan().preset,
+        "preset_applied": an.plan().applied,
+        "preset_reason": an.plan().reason,
         "overrides": list(an.plan().overrides),
         "rules": [{"index": e.layer.index, "name": e.layer.name, "op": e.layer.op, **e.rule.to_json()}
                   for e in an.plan().entries],
-        "conservation": exp.conservation(i),
+        "conservation": cons,
+        "warnings": conservation_warnings(cons, an.plan().applied),
         "zbox_bounds": {"low": np.asarray(an.low).reshape(-1).tolist(),
                         "high": np.asarray(an.high).reshape(-1).tolist(),
                         "share_of_input_outside": exp.bounds_violation},

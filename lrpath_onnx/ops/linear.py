@@ -43,8 +43,14 @@ class LinearHandler(OpHandler):
         if linear_rules.is_identity(rule):
             need.add(layer.output)
         elif linear_rules.needs_sign(rule, layer.nonneg_input):
-            need.add(layer.sign_tensor or layer.output)
+            need.add(self._sign_source(layer, rule))
         return need
+
+    @staticmethod
+    def _sign_source(layer, rule) -> str:
+        """The tensor γ reads the outputs' signs from: the ReLU after the layer when the sign is
+        that of the full output, the output itself when the bias is left out (z − b)."""
+        return (layer.sign_tensor or layer.output) if rule.bias else layer.output
 
     def input_activation(self, layer, ctx: BackwardContext) -> np.ndarray:
         return ctx.fwd[layer.inputs[0]]
@@ -59,10 +65,13 @@ class LinearHandler(OpHandler):
                 t = ctx.fwd.get(term_tensor(layer, term))
                 if t is not None:
                     terms[term] = t
-        if linear_rules.needs_sign(rule, layer.nonneg_input):
-            tensor = layer.sign_tensor or layer.output
-            if ctx.reuse_forward and tensor in ctx.fwd:  # a float64 run recomputes the sign too
-                sign = (self.output_view(layer, ctx.fwd[tensor]), tensor != layer.output)
+        if ctx.reuse_forward and linear_rules.needs_sign(rule, layer.nonneg_input):  # a float64 run recomputes it
+            tensor = self._sign_source(layer, rule)
+            if tensor in ctx.fwd:
+                t = self.output_view(layer, ctx.fwd[tensor])
+                if not rule.bias and lin.bias is not None:
+                    t = t - linear_rules.bias_like(ctx.backend.asarray(lin.bias, t.dtype), t)
+                sign = (t, tensor != layer.output)
         return dict(lin=lin, a=a, r=r, backend=ctx.backend, cache=ctx.cache, layer_name=self.cache_key(layer, a),
                     z=z, bounds=ctx.bounds.get(layer.name), nonneg=layer.nonneg_input, terms=terms, sign=sign)
 

@@ -10,12 +10,19 @@ from .arrays import contiguous
 from .registry import BackwardContext, OpHandler, ParseContext, node_layer, register, static_dims, unbroadcast
 
 
-class MergeHandler(OpHandler):
-    """A sum of several tensors ``z = Σ_i x_i (+ c)``: input i receives ``x_i / stab(z) · R``.
+def _abs(x):
+    return np.maximum(x, 0) - np.minimum(x, 0)
 
-    Each branch gets relevance in proportion to what it contributed (zennit's ``Norm`` rule
-    on its ``Sum`` layer, which its ResNet canonizer puts at every residual join); a constant
-    term absorbs its own share, like a bias.
+
+class MergeHandler(OpHandler):
+    """A sum of several tensors ``z = Σ_i x_i (+ c)``, split by one of two rules:
+
+    - ``zero``/``epsilon``: input i receives ``x_i / stab(z) · R`` — each branch in proportion
+      to what it contributed (zennit's ``Norm`` rule on its ``Sum`` layer, which its ResNet
+      canonizer puts at every residual join); a constant term absorbs its own share, like a
+      bias. Where the branches nearly cancel, the shares grow without bound.
+    - ``ratio``: input i receives ``|x_i| / Σ_j |x_j| · R``: conserving (a constant term absorbs
+      nothing), each share in [0, 1], signs never flipped.
     """
 
     fixed_rule = None
@@ -27,9 +34,13 @@ class MergeHandler(OpHandler):
         return set(layer.inputs) | {layer.output}
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
-        z = ctx.fwd[layer.output]
-        s = ctx.backend.stabilised_divide(r, z, rule.get("epsilon", 0.0))
-        return [unbroadcast(ctx.fwd[name] * s, ctx.fwd[name].shape) for name in layer.inputs]
+        xs = [ctx.fwd[name] for name in layer.inputs]
+        if rule.name == "ratio":
+            xs = [_abs(x) for x in xs]
+            s = ctx.backend.stabilised_divide(r, sum(xs[1:], xs[0]), 0.0)
+        else:
+            s = ctx.backend.stabilised_divide(r, ctx.fwd[layer.output], rule.get("epsilon", 0.0))
+        return [unbroadcast(x * s, x.shape) for x in xs]
 
     def deconv(self, layer, s, ctx: BackwardContext):
         """A sum's signal goes back to every branch unchanged (the gradient of a sum)."""

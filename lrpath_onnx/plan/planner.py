@@ -1,82 +1,21 @@
 """Rule plans: a rule for every layer, from a named preset plus ordered overrides.
 
-Presets are registered by name (zennit's composites, as data): each maps a LayerGraph to
-rules for its linear layers; non-linear layers keep their fixed treatment (MaxPool: wta,
-element-wise: pass, reshapes: route, Add: ε-split). Overrides ``PATTERN=RULE[:PARAM]``
-match layer names (glob) or indices and are applied in the order given.
+Presets (``plan.presets``) map a LayerGraph to rules for its linear layers; the other
+layers keep their handler's fixed treatment (MaxPool: wta, element-wise: pass, reshapes:
+route, gates: gate, Add: ε-split). Overrides ``PATTERN=RULE[:ITEMS]`` match layer names
+(glob) or indices and are applied in the order given.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
-
-import networkx as nx
+from typing import Iterable
 
 from ..errors import RuleError
-from ..graph.layers import ConvLayer, DenseLayer, Layer, LayerGraph
+from ..graph.layers import Layer, LayerGraph
+from .presets import preset_rules
 from .rules import SPECS, Rule, make_rule, parse_rule
-
-PresetFn = Callable[[LayerGraph], dict[str, Rule]]
-PRESETS: dict[str, tuple[PresetFn, str]] = {}
-
-
-def register_preset(name: str, doc: str) -> Callable[[PresetFn], PresetFn]:
-    """Decorator registering a preset under ``name``."""
-    def deco(fn: PresetFn) -> PresetFn:
-        PRESETS[name] = (fn, doc)
-        return fn
-    return deco
-
-
-def first_layers(graph: LayerGraph) -> list[Layer]:
-    """Conv/dense layers with no linear layer upstream: those that see the (normalised) input."""
-    dag = graph.dag()
-    linear = {l.name for l in graph.linear_layers()}
-    return [l for l in graph.linear_layers()
-            if isinstance(l, (ConvLayer, DenseLayer)) and not (nx.ancestors(dag, l.name) & linear)]
-
-
-def _split_convs(graph: LayerGraph, upper: Rule, lower: Rule, dense: Rule, box: bool = True,
-                 lower_fraction: float = 0.5) -> dict[str, Rule]:
-    firsts = {l.name for l in first_layers(graph)} if box else set()
-    convs = [l for l in graph.layers if isinstance(l, ConvLayer) and l.name not in firsts]
-    n_lower = math.ceil(len(convs) * lower_fraction)
-    rules: dict[str, Rule] = {name: make_rule("zbox") for name in firsts}
-    for i, layer in enumerate(convs):
-        rules[layer.name] = lower if i < n_lower else upper
-    for layer in graph.layers:
-        if isinstance(layer, DenseLayer) and layer.name not in rules:
-            rules[layer.name] = dense
-    return rules
-
-
-@register_preset("paper", "the paper's split: z^B first layer, γ=0.25 on the lower half of the "
-                          "conv layers, ε=0.25 on the upper half, LRP-0 on dense layers")
-def _paper(graph: LayerGraph) -> dict[str, Rule]:
-    return _split_convs(graph, upper=make_rule("epsilon", 0.25), lower=make_rule("gamma", 0.25),
-                        dense=make_rule("zero"))
-
-
-@register_preset("epsilon-gamma-box", "z^B first layer, γ=0.25 on every other conv, ε=1e-6 on "
-                                      "dense layers and average pools")
-def _epsilon_gamma_box(graph: LayerGraph) -> dict[str, Rule]:
-    return _split_convs(graph, upper=make_rule("gamma", 0.25), lower=make_rule("gamma", 0.25),
-                        dense=make_rule("epsilon", 1e-6))
-
-
-@register_preset("epsilon-plus", "z⁺ on every conv, ε=1e-6 on dense layers")
-def _epsilon_plus(graph: LayerGraph) -> dict[str, Rule]:
-    return _split_convs(graph, upper=make_rule("zplus"), lower=make_rule("zplus"),
-                        dense=make_rule("epsilon", 1e-6), box=False)
-
-
-@register_preset("epsilon-alpha2-beta1", "α2β1 on every conv, ε=1e-6 on dense layers")
-def _epsilon_alpha2_beta1(graph: LayerGraph) -> dict[str, Rule]:
-    return _split_convs(graph, upper=make_rule("alphabeta", 2, 1), lower=make_rule("alphabeta", 2, 1),
-                        dense=make_rule("epsilon", 1e-6), box=False)
 
 
 @dataclass
@@ -90,9 +29,15 @@ class Plan:
     """The rule of every layer, and where it came from."""
 
     def __init__(self, graph: LayerGraph, preset: str, entries: list[PlanEntry],
-                 overrides: tuple[str, ...] = ()) -> None:
+                 overrides: tuple[str, ...] = (), applied: str | None = None, reason: str = "") -> None:
         self.graph, self.preset, self.entries, self.overrides = graph, preset, entries, overrides
+        self.applied = applied or preset  # the preset whose rules apply (``auto`` names its choice)
+        self.reason = reason
         self._by_name = {e.layer.name: e for e in entries}
+
+    def describe(self) -> str:
+        """``auto → conserving (why)`` or the preset's name."""
+        return f"{self.preset} → {self.applied} ({self.reason})" if self.preset != self.applied else self.preset
 
     def rule_for(self, layer: Layer) -> Rule:
         return self._by_name[layer.name].rule
@@ -132,17 +77,15 @@ def parse_override(text: str) -> tuple[str, Rule]:
     return pattern.strip(), parse_rule(rule)
 
 
-def make_plan(graph: LayerGraph, preset: str = "epsilon-gamma-box",
-              overrides: Iterable[str] = ()) -> Plan:
-    """The plan for ``graph`` under ``preset`` with ``overrides`` applied in order."""
-    if preset not in PRESETS:
-        raise RuleError(f"unknown preset '{preset}'; valid presets: {', '.join(sorted(PRESETS))}")
-    preset_rules = PRESETS[preset][0](graph)
+def make_plan(graph: LayerGraph, preset: str = "auto", overrides: Iterable[str] = ()) -> Plan:
+    """The plan for ``graph`` under ``preset`` (``auto``: chosen by graph analysis) with
+    ``overrides`` applied in order."""
+    applied, rules_of_preset, reason = preset_rules(graph, preset)
     entries = []
     for layer in graph.layers:
         h = layer.handler
-        if layer.name in preset_rules:
-            entries.append(PlanEntry(layer, preset_rules[layer.name], "preset"))
+        if layer.name in rules_of_preset:
+            entries.append(PlanEntry(layer, rules_of_preset[layer.name], "preset"))
         else:
             entries.append(PlanEntry(layer, h.default_rule(layer), "fixed" if h.fixed_rule else "preset"))
     overrides = tuple(overrides)
@@ -159,7 +102,7 @@ def make_plan(graph: LayerGraph, preset: str = "epsilon-gamma-box",
                             f"{rule.name}; it takes {', '.join(_rules_for(e.layer))}")
         for e in fit:
             e.rule, e.source = rule, "override"
-    return Plan(graph, preset, entries, overrides)
+    return Plan(graph, preset, entries, overrides, applied, reason)
 
 
 def _rules_for(layer: Layer) -> list[str]:

@@ -23,7 +23,7 @@ merges (Add/Sum) split by contribution with ``zero`` or ``epsilon``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..errors import RuleError
@@ -68,6 +68,10 @@ class Form:
     stabiliser: float = STABILISER
     exact: bool = False     # transposed products keep exact zeros (no Winograd)
     reuse_z: bool = False   # one group, one plain part: the layer's own output is its forward
+    fallback: bool = False  # outputs with a zero denominator pass their relevance on by w²
+
+#: the part that carries a bias-free rule's relevance of outputs no input contributes to
+FALLBACK = Part("ones", "square", 0.0, False)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ _spec(RuleSpec("zbox", ("low", "high", "stabilizer"), (math.nan, math.nan, STABI
                form=lambda p, nn, b: Form((Group((Part("above", "pos", 0.0, False),
                                                   Part("below", "neg", 0.0, False))),), p["stabilizer"],
                                           exact=True)))
+_spec(RuleSpec("ratio", kinds=("merge",),
+               doc="residual sums: each branch gets its share of the absolute contributions |x_i| / Σ|x_j| "
+                   "(conserving, never amplifying; in the spirit of Otsuki et al.'s ratio-based splitting)"))
 _spec(RuleSpec("wta", kinds=("wta",), doc="winner-take-all through MaxPool switches"))
 _spec(RuleSpec("pass", kinds=("pass",), doc="element-wise layer: relevance passes unchanged"))
 _spec(RuleSpec("route", kinds=("route",), doc="relevance moves with the data (reshape, transpose, concat)"))
@@ -175,10 +182,20 @@ class Rule:
         return SPECS[self.name]
 
     def form(self, nonneg_input: bool) -> Form:
-        """The parts this rule is made of, for a layer whose input is (or is not) ≥ 0."""
+        """The parts this rule is made of, for a layer whose input is (or is not) ≥ 0.
+
+        Without its bias, a rule that weighs inputs by their contributions would lose the
+        relevance of outputs none of its inputs contribute to (a group's denominator exactly 0:
+        a neuron on by its bias alone, common after depthwise convolutions of ReLU zeros);
+        those outputs pass their relevance on by the w² rule instead (``Form.fallback``), so
+        the layer conserves.
+        """
         if self.spec.form is None:
             raise ValueError(f"rule {self.name} does not apply to a linear layer")
-        return self.spec.form(dict(self.params), nonneg_input, self.bias)
+        form = self.spec.form(dict(self.params), nonneg_input, self.bias)
+        if not self.bias and any(p.inp in ("id", "pos", "neg") for g in form.groups for p in g.parts):
+            form = replace(form, fallback=True)
+        return form
 
     def _shown(self) -> list[tuple[str, float]]:
         spec = self.spec

@@ -1,0 +1,46 @@
+"""What an explanation's numbers say is wrong with it, in words a user can act on.
+
+LRP is meant to conserve relevance: what reaches the input should be what was explained.
+When it is far from that (biases and stabilisers absorbing most of it, or rules amplifying
+and flipping it), the heatmap may still look plausible but no longer decomposes the
+decision. ``explain`` writes these warnings into explanation.json and prints them, and the
+audit's conservation check quotes the same diagnosis.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: conservation ratios outside this range get a warning
+WARN_RANGE = (0.5, 2.0)
+
+
+def worst_layers(conservation: dict, k: int = 3) -> list[tuple[str, float]]:
+    """The ``k`` layers whose own ratio (relevance in / out) is farthest from 1."""
+    rows = [(l["layer"], l["ratio"]) for l in conservation.get("per_layer", [])
+            if l.get("ratio") is not None and math.isfinite(l["ratio"]) and l["ratio"] != 1.0]
+    rows.sort(key=lambda t: -abs(math.log(abs(t[1]))) if t[1] != 0 else -math.inf)
+    return rows[:k]
+
+
+def conservation_warnings(conservation: dict, preset_applied: str | None = None) -> list[str]:
+    """Warnings for one sample's conservation record (``Explanation.conservation(i)``)."""
+    ratio = conservation.get("ratio")
+    if ratio is None:
+        return ["the explained output is exactly 0: there is no relevance to distribute"]
+    if not math.isfinite(ratio):
+        return [f"conservation is {ratio}: relevance is not finite"]
+    if WARN_RANGE[0] <= ratio <= WARN_RANGE[1]:
+        return []
+    where = ", ".join(f"{name} ×{r:.2g}" for name, r in worst_layers(conservation))
+    if 0 <= ratio < WARN_RANGE[0]:
+        msg = (f"only {ratio:.2%} of the relevance reaches the input (conservation {ratio:.3g}, outside "
+               f"[{WARN_RANGE[0]:g}, {WARN_RANGE[1]:g}]): biases and stabilisers absorb the rest")
+    else:
+        msg = (f"conservation {ratio:.3g} is outside [{WARN_RANGE[0]:g}, {WARN_RANGE[1]:g}]: relevance is "
+               "amplified or changes sign on its way to the input")
+    if where:
+        msg += f"; most at {where}"
+    if preset_applied != "conserving":
+        msg += "; --preset conserving keeps relevance (biases take none)"
+    return [msg]
