@@ -217,6 +217,15 @@ def zennit_relevance(model, x: np.ndarray, targets, composite: str, low=-1.0, hi
         kw["zero_params"] = ["bias"]
     dtype = dtype or torch.float32
     model = model.to(dtype)
+    for m in model.modules():
+        # zennit's BN merging leaves each BatchNorm as "identity" with running_var 1 but its own ε,
+        # so every merged BN still scales by 1/sqrt(1 + ε) (≈ 1 − 5e-6): the canonized network is
+        # not quite the model. Moving ε into running_var first keeps the model's function and
+        # makes the merge exact.
+        if isinstance(m, torch.nn.BatchNorm2d) and m.eps:
+            with torch.no_grad():
+                m.running_var += m.eps
+            m.eps = 0.0
     xt = torch.tensor(x, dtype=dtype)
     if composite == "epsilon-gamma-box":
         lo = torch.full((1, *SHAPE), float(low), dtype=dtype)

@@ -311,6 +311,19 @@ class ResizeLayer(LinearLayer):
         return self._join(self.mode, what, self._folded())
 
 
+def layer_aliases(layers: list[Layer]) -> dict[str, str]:
+    """Names as people type them → layer names. tf2onnx scopes a Keras layer ``block5_conv3`` as
+    ``block5_conv3_1`` (the call's uniquified name scope); the name without the numeric suffix
+    is an alias wherever it is not a layer's name itself and points at one layer only."""
+    names = {l.name for l in layers}
+    found: dict[str, list[str]] = {}
+    for name in names:
+        head, sep, tail = name.rpartition("_")
+        if sep and head and tail.isdigit() and head not in names:
+            found.setdefault(head, []).append(name)
+    return {alias: hits[0] for alias, hits in found.items() if len(hits) == 1}
+
+
 @dataclass
 class LayerGraph:
     """Layers in topological order plus the tensors around them.
@@ -331,6 +344,7 @@ class LayerGraph:
     def __post_init__(self) -> None:
         self.producer = {l.output: l for l in self.layers}
         self.by_name = {l.name: l for l in self.layers}
+        self.aliases = layer_aliases(self.layers)
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)
@@ -359,6 +373,8 @@ class LayerGraph:
         """A layer by name, output tensor name or index (as the CLI's ``--target``/``--rule``)."""
         if key in self.by_name:
             return self.by_name[key]
+        if key in self.aliases:
+            return self.by_name[self.aliases[key]]
         if key in self.producer:
             return self.producer[key]
         if key.lstrip("-").isdigit() and -len(self.layers) <= int(key) < len(self.layers):

@@ -52,6 +52,15 @@ class InputReader:
     def __init__(self, input_shape: tuple, pre: Preprocess | None, layout: str,
                  max_pixels: int = 50_000_000) -> None:
         self.input_shape, self.pre, self.layout, self.max_pixels = input_shape, pre, layout, max_pixels
+        if pre is not None:  # a model whose input is itself a decompression bomb is refused up front
+            h, w = pre.size
+            steps = [("the model's input", h * w)]
+            if pre.resize:
+                steps.append(("the resize before the crop (--resize)", pre.resize * pre.resize))
+            for what, pixels in steps:
+                if pixels > max_pixels:
+                    raise InputError(f"{what} is {pixels:,} pixels, more than the limit of {max_pixels:,} "
+                                     "(--max-pixels)")
 
     def read(self, path: Path, name: str) -> list[Sample]:
         if path.suffix.lower() == ".npy":

@@ -63,10 +63,11 @@ class Plan:
         return "\n".join(l.rstrip() for l in lines)
 
 
-def _matches(layer: Layer, pattern: str) -> bool:
+def _matches(layer: Layer, pattern: str, aliases: dict[str, str]) -> bool:
     if pattern.lstrip("-").isdigit():
         return layer.index == int(pattern)
-    return fnmatch.fnmatchcase(layer.name, pattern) or fnmatch.fnmatchcase(layer.output, pattern)
+    return (fnmatch.fnmatchcase(layer.name, pattern) or fnmatch.fnmatchcase(layer.output, pattern)
+            or any(fnmatch.fnmatchcase(a, pattern) for a, n in aliases.items() if n == layer.name))
 
 
 def parse_override(text: str) -> tuple[str, Rule]:
@@ -91,7 +92,7 @@ def make_plan(graph: LayerGraph, preset: str = "auto", overrides: Iterable[str] 
     overrides = tuple(overrides)
     for text in overrides:
         pattern, rule = parse_override(text)
-        hit = [e for e in entries if _matches(e.layer, pattern)]
+        hit = [e for e in entries if _matches(e.layer, pattern, graph.aliases)]
         if not hit:
             raise RuleError(f"--rule '{text}': pattern '{pattern}' matches no layer "
                             "(see `lrpath plan` for names and indices)")

@@ -106,21 +106,22 @@ class Choice:
 
 def choose_preset(graph: LayerGraph) -> Choice:
     """``epsilon-gamma-box`` for a plain chain of ReLU layers; ``conserving`` once residual sums,
-    gates or linear bottlenecks (a conv/dense layer reading signed values) appear."""
+    gates or linear bottlenecks (a convolution reading signed values) appear. (Dense heads reading
+    signed values, such as Keras' BatchNorm after a ReLU, do not count: ε treats them alike.)"""
     firsts = {l.name for l in first_layers(graph)}
     merges = [l.name for l in graph.layers if isinstance(l, MergeLayer)]
     gates = [l.name for l in graph.layers if isinstance(l, GateLayer)]
     signed = [l.name for l in graph.layers
-              if isinstance(l, (ConvLayer, DenseLayer)) and l.name not in firsts and not l.nonneg_input]
+              if isinstance(l, ConvLayer) and l.name not in firsts and not l.nonneg_input]
     found = [(f"{len(merges)} residual sum(s), e.g. '{merges[0]}'" if merges else ""),
              (f"{len(gates)} gate(s), e.g. '{gates[0]}'" if gates else ""),
-             (f"{len(signed)} layer(s) reading signed values (linear bottlenecks, smooth activations), "
-              f"e.g. '{signed[0]}'" if signed else "")]
+             (f"{len(signed)} convolution(s) reading signed values (linear bottlenecks, smooth "
+              f"activations), e.g. '{signed[0]}'" if signed else "")]
     found = [f for f in found if f]
     if found:
         return Choice("conserving", "; ".join(found))
-    return Choice("epsilon-gamma-box", "a plain chain: every layer after the first reads ReLU outputs, "
-                                       "no residual sums or gates")
+    return Choice("epsilon-gamma-box", "a plain chain: every convolution after the first reads ReLU "
+                                       "outputs, no residual sums or gates")
 
 
 def preset_rules(graph: LayerGraph, preset: str) -> tuple[str, dict[str, Rule], str]:
