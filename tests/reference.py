@@ -86,8 +86,9 @@ def lrp_contributions(rule: str, a, M, b, r, mask=None, gamma=0.25, eps=0.0, alp
     """C[p, q]: relevance output q sends to input p for ``z = a @ M + b`` (one sample).
 
     Summing over q gives the input relevance; summing blocks of C over the positions of two
-    channels gives the channel-pair flow. ``bias=False`` leaves the bias out of every
-    rule's denominator (zennit's zero_params), but not out of γ's choice of sign.
+    channels gives the channel-pair flow. ``bias=False`` (a rule's ``nobias``): the layer is
+    taken as bias-free everywhere (γ's choice of sign included, zero outputs going to the
+    negative group), and the relevance of outputs whose denominator is exactly 0 goes on by w².
     """
     a = np.asarray(a, np.float64)
     M = np.asarray(M, np.float64)
@@ -96,34 +97,44 @@ def lrp_contributions(rule: str, a, M, b, r, mask=None, gamma=0.25, eps=0.0, alp
     r = np.asarray(r, np.float64)
     mask = (M != 0).astype(float) if mask is None else mask
     ap, an = np.maximum(a, 0)[:, None], np.minimum(a, 0)[:, None]
+    lost = np.zeros_like(r)
     if rule in ("zero", "epsilon"):
         Z = a[:, None] * M
-        return Z * _div(r, Z.sum(0) + bb, eps)[None, :]
-    if rule == "gamma":
+        C = Z * _div(r, Z.sum(0) + bb, eps)[None, :]
+        lost += r * (Z.sum(0) == 0)
+    elif rule == "gamma":
         # generalized γ: positive outputs favour positive contributions, negative ones negative
         up, down = M + gamma * np.maximum(M, 0), M + gamma * np.minimum(M, 0)
-        z = a @ M + b
+        z = a @ M + bb
         Zp = ap * up + an * down        # z > 0: (a⁺, w + γw⁺) and (a⁻, w + γw⁻)
         Zn = ap * down + an * up        # z < 0: (a⁺, w + γw⁻) and (a⁻, w + γw⁺)
         bp, bn = bb + gamma * np.maximum(bb, 0), bb + gamma * np.minimum(bb, 0)
-        return (Zp * _div(r * (z > 0), Zp.sum(0) + bp, stabilizer)[None, :]
-                + Zn * _div(r * (z < 0), Zn.sum(0) + bn, stabilizer)[None, :])
-    if rule in ("zplus", "alphabeta"):
+        rp, rn = r * (z > 0), r * ((z < 0) if bias else (z <= 0))
+        C = (Zp * _div(rp, Zp.sum(0) + bp, stabilizer)[None, :] + Zn * _div(rn, Zn.sum(0) + bn, stabilizer)[None, :])
+        lost += rp * (Zp.sum(0) + bp == 0) + rn * (Zn.sum(0) + bn == 0)
+    elif rule in ("zplus", "alphabeta"):
         if rule == "zplus":
             alpha, beta = 1.0, 0.0
         Z = a[:, None] * M
         Zp, Zn = np.maximum(Z, 0), np.minimum(Z, 0)
         zp, zn = Zp.sum(0) + np.maximum(bb, 0), Zn.sum(0) + np.minimum(bb, 0)
-        return alpha * Zp * _div(r, zp, stabilizer)[None, :] - beta * Zn * _div(r, zn, stabilizer)[None, :]
-    if rule == "flat":
+        C = alpha * Zp * _div(r, zp, stabilizer)[None, :] - beta * Zn * _div(r, zn, stabilizer)[None, :]
+        lost += alpha * r * (zp == 0) - (beta * r * (zn == 0) if beta else 0)
+    elif rule == "flat":
         return mask * _div(r, mask.sum(0), stabilizer)[None, :]
-    if rule == "wsquare":
+    elif rule == "wsquare":
         Z = M * M
         return Z * _div(r, Z.sum(0) + bb * bb, stabilizer)[None, :]
-    if rule == "zbox":
+    elif rule == "zbox":
         Z = a[:, None] * M - low[:, None] * np.maximum(M, 0) - high[:, None] * np.minimum(M, 0)
         return Z * _div(r, Z.sum(0), stabilizer)[None, :]
-    raise ValueError(rule)
+    else:
+        raise ValueError(rule)
+    if not bias:  # outputs no input contributes to pass their relevance on by w²
+        W2 = M * M
+        fstab = min(eps, STAB) if rule in ("zero", "epsilon") else stabilizer
+        C = C + W2 * _div(lost, W2.sum(0), fstab)[None, :]
+    return C
 
 
 def lrp_linear(rule: str, a, M, b, r, mask=None, **kw):

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from lrpath_onnx import Analyzer, ModelError, UnsupportedOpError
+from lrpath_onnx import Analyzer, InputError, ModelError, UnsupportedOpError
 from lrpath_onnx.graph.canonical import build_layer_graph
 from lrpath_onnx.graph.loader import load_model
 from lrpath_onnx.plan.planner import make_plan
@@ -248,3 +248,24 @@ def test_affine_after_relu_folds_forward_only_as_a_pure_scale(tmp_path, seed):
         assert (an.graph.find("conv").inputs == ["r"]) is folded
         x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
         np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["Y"], rtol=1e-4, atol=1e-4)
+
+
+def test_keras_layer_names_work_as_people_type_them(tmp_path):
+    """tf2onnx scopes Keras layer ``block1_conv1`` as ``block1_conv1_1``; both names find it, in
+    every option that takes a layer, and an alias shared by two layers means neither."""
+    rng = np.random.default_rng(0)
+    n = helper.make_node
+    nodes = [n("Conv", ["X", "W1"], ["a"], name="functional_1/block1_conv1_1/Conv2D", kernel_shape=[3, 3]),
+             n("Relu", ["a"], ["b"], name="functional_1/block1_relu_1/Relu"),
+             n("Conv", ["b", "W2"], ["c"], name="functional_1/conv_1/Conv2D", kernel_shape=[1, 1]),
+             n("Conv", ["c", "W3"], ["d"], name="functional_1/conv_2/Conv2D", kernel_shape=[1, 1])]
+    inits = {"W1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+             "W2": rng.standard_normal((4, 4, 1, 1)).astype(np.float32),
+             "W3": rng.standard_normal((2, 4, 1, 1)).astype(np.float32)}
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 8, 8])], [models.vi("d", None)], inits),
+                       tmp_path / "k.onnx")
+    an = Analyzer(path, rules=["block1_conv1=epsilon:0.5"])
+    assert an.graph.find("block1_conv1") is an.graph.find("block1_conv1_1")
+    assert str(an.plan().rule_for(an.graph.find("block1_conv1_1"))) == "epsilon(epsilon=0.5)"
+    with pytest.raises(InputError, match="no layer named 'conv'"):
+        an.graph.find("conv")  # conv_1 and conv_2 both shorten to it

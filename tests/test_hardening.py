@@ -68,6 +68,11 @@ def zoo(tmp_path_factory):
     flat = [helper.make_node("Gemm", ["X", "W"], ["Y"], name="fc", transB=1)]
     models.save(models.make_model(flat, [models.vi("X", ["N", 12])], [models.vi("Y", None)],
                                   {"W": np.ones((3, 12), np.float32)}), d / "vector.onnx")
+    huge = [helper.make_node("Conv", ["X", "W"], ["c"], name="conv", kernel_shape=[3, 3]),
+            helper.make_node("GlobalAveragePool", ["c"], ["p"], name="pool"),
+            helper.make_node("Flatten", ["p"], ["Y"], name="flat")]
+    models.save(models.make_model(huge, [models.vi("X", ["N", 3, 30000, 30000])], [models.vi("Y", None)],
+                                  {"W": np.ones((2, 3, 3, 3), np.float32)}), d / "huge.onnx")
     np.save(d / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(d / "str.npy", np.array(["a"] * 3))
     np.save(d / "nan.npy", np.full((3, 12, 12), np.nan, np.float32))
@@ -88,6 +93,8 @@ EXTRA_CASES = {
     "non-finite .npy": (["explain", "cnn.onnx", "nan.npy"], "finite"),
     "labels file too short": (["explain", "cnn.onnx", "a.png", "--labels", "labels.txt"], "has 2 lines"),
     "decompression bomb": (["explain", "cnn.onnx", "a.png", "--max-pixels", "100"], "more than the limit"),
+    "model input a decompression bomb": (["explain", "huge.onnx", "a.png"],
+                                         "the model's input is 900,000,000 pixels, more than the limit"),
     "cuda where none is usable": (["explain", "cnn.onnx", "a.png", "--device", "cuda"], "no usable CUDA GPU"),
     "paths --k 0": (["paths", "cnn.onnx", "a.png", "--k", "0"], "--k"),
     "optimize --k-max 0": (["optimize", "cnn.onnx", "a.png", "--k-max", "0"], "--k-max"),

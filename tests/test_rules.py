@@ -207,6 +207,30 @@ def test_residual_add_splits_by_contribution(tmp_path, seed, eps):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_residual_add_ratio_split(tmp_path, seed):
+    """``ratio``: branch i gets |x_i| / Σ_j |x_j| of the relevance — conserving, each share in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    model, w = models.residual_model(rng, (2, 3, 5, 4))
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    r = rng.standard_normal((2, 3, 5, 4))
+    an = Analyzer(models.save(model, tmp_path / "m.onnx"), rules=["add=ratio", "conv=zero"])
+    exp = an.relevance_from(x, "Y", r, dtype=np.float64, keep=["relu", "conv"])
+    M, mask, _ = ref.conv_matrix(w, (3, 5, 4), pads=(0, 0, 0, 0))
+    xf = x.reshape(2, -1).astype(np.float64)
+    want, to_relu, to_conv = [], [], []
+    for n in range(2):
+        a_relu, a_conv = np.maximum(xf[n], 0), xf[n] @ M
+        s = ref._div(r[n].reshape(-1), np.abs(a_relu) + np.abs(a_conv), 0.0)
+        to_relu.append(np.abs(a_relu) * s)
+        to_conv.append(np.abs(a_conv) * s)
+        want.append(to_relu[-1] + ref.lrp_linear("zero", xf[n], M, None, to_conv[-1], mask))
+    assert_close(exp.kept["relu"].reshape(2, -1), np.stack(to_relu))
+    assert_close(exp.kept["conv"].reshape(2, -1), np.stack(to_conv))
+    np.testing.assert_allclose((exp.kept["relu"] + exp.kept["conv"]).sum(), r.sum(), rtol=1e-12)
+    assert_close(exp.relevance, np.stack(want).reshape(x.shape))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("rule", ["zero", "gamma", "flat"])
 def test_concat_routes_each_slice_to_its_branch(tmp_path, seed, rule):
     rng = np.random.default_rng(seed)
@@ -220,4 +244,66 @@ def test_concat_routes_each_slice_to_its_branch(tmp_path, seed, rule):
     Mb, mb, _ = ref.conv_matrix(wb, (3, 6, 5), pads=(1, 1, 1, 1))
     want = (reference_linear(rule, x, Ma, None, r[:, :4], ma)
             + reference_linear(rule, x, Mb, None, r[:, 4:], mb))
+    assert_close(exp.relevance, want)
+
+
+NOBIAS = ["zero", "epsilon", "gamma", "zplus", "alphabeta"]
+
+
+def _zero_blocks(x):
+    """Inputs with blocks of exact zeros: some outputs then see nothing but their bias."""
+    x = x.copy()
+    x[:, :, :4, :3] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rule", NOBIAS)
+@pytest.mark.parametrize("case", ["s1p1", "s2x1_asym_pad", "depthwise"])
+def test_conv_rules_without_bias_match_reference(tmp_path, case, rule, seed):
+    rng = np.random.default_rng(seed)
+    kw = dict(CONV_CASES[case])
+    k_out = 4 if case == "depthwise" else 6
+    x_shape = (2, 4, 9, 7)
+    model, w, b = models.conv_model(rng, x_shape, k_out, **kw)
+    x = _zero_blocks(rng.standard_normal(x_shape).astype(np.float32))
+    geom = ref.case_geometry(kw)
+    M, mask, out_shape = ref.conv_matrix(w, x_shape[1:], **geom)
+    r = rng.standard_normal((2, *out_shape))
+    path = models.save(model, tmp_path / "m.onnx")
+    an = Analyzer(path, rules=[f"conv={RULE_TEXT[rule]},nobias" if ":" in RULE_TEXT[rule] else f"conv={rule}:nobias"])
+    exp = an.relevance_from(x, an.graph.output, r, dtype=np.float64)
+    bias = np.repeat(b.astype(np.float64), out_shape[1] * out_shape[2])
+    want = np.stack([ref.lrp_linear(rule, x[n].reshape(-1), M, bias, r[n].reshape(-1), mask, bias=False,
+                                    **RULE_KW.get(rule, {})) for n in range(2)]).reshape(x.shape)
+    assert_close(exp.relevance, want)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rule", ["zero:nobias", "gamma:0.25,stabilizer=0,nobias", "zplus:stabilizer=0,nobias",
+                                  "alphabeta:2,1,stabilizer=0,nobias"])
+def test_rules_without_bias_conserve_exactly(tmp_path, rule, seed):
+    """Without bias and stabiliser a layer conserves exactly, outputs with no contributing input included."""
+    rng = np.random.default_rng(seed)
+    model, _, b = models.conv_model(rng, (2, 5, 8, 7), 6, strides=(2, 1), groups=1)
+    x = _zero_blocks(rng.standard_normal((2, 5, 8, 7)).astype(np.float32))
+    an = Analyzer(models.save(model, tmp_path / "m.onnx"), rules=[f"conv={rule}"])
+    r = rng.standard_normal(an.forward(x)["Y"].shape)
+    exp = an.relevance_from(x, "Y", r, dtype=np.float64)
+    np.testing.assert_allclose(exp.relevance.reshape(2, -1).sum(1), r.reshape(2, -1).sum(1), rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rule", NOBIAS)
+def test_dense_rules_without_bias_match_reference(tmp_path, rule, seed):
+    rng = np.random.default_rng(seed)
+    model, W, b = models.gemm_model(rng, 11, 7)
+    x = rng.standard_normal((3, 11)).astype(np.float32)
+    x[0] = 0.0  # a sample whose outputs are its bias alone
+    r = rng.standard_normal((3, 7))
+    an = Analyzer(models.save(model, tmp_path / "m.onnx"),
+                  rules=[f"gemm={RULE_TEXT[rule]},nobias" if ":" in RULE_TEXT[rule] else f"gemm={rule}:nobias"])
+    exp = an.relevance_from(x, an.graph.output, r, dtype=np.float64)
+    want = np.stack([ref.lrp_linear(rule, x[n], np.asarray(W, np.float64), np.asarray(b, np.float64), r[n], None,
+                                    bias=False, **RULE_KW.get(rule, {})) for n in range(3)])
     assert_close(exp.relevance, want)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from ..plan.rules import FALLBACK, Form, Part, Rule
+from ..plan.rules import FALLBACK, STABILISER, Form, Part, Rule
 
 
 class LinearMap(Protocol):
@@ -249,7 +249,8 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
             out.append(Product(group.coef, s, fwd.weights(part)[0], fwd.input(part), exact=form.exact, part=part))
     if lost is not None and lost.any():
         w, _ = fwd.weights(FALLBACK)
-        out.append(Product(1.0, lost, w, None, (fwd(FALLBACK), form.stabiliser), False, FALLBACK))
+        stab = rule.get("stabilizer", min(form.stabiliser, STABILISER))  # a large ε is LRP-ε's own, not w²'s
+        out.append(Product(1.0, lost, w, None, (fwd(FALLBACK), stab), False, FALLBACK))
     return out
 
 

@@ -77,7 +77,7 @@ def run(layers: list[Layer], ctx: PassContext) -> list[Layer]:
     dropped: set[int] = set()
     producer = {l.output: l for l in layers}
     taken = {l.name for l in layers}
-    for layer in layers:
+    for layer in reversed(layers):  # the last product first: its region holds any inner one
         if not isinstance(layer, (ProductLayer, MergeLayer)) or len(layer.inputs) < 2 or id(layer) in dropped:
             continue
         for source in _candidates(layer, producer):

@@ -1,0 +1,93 @@
+"""Presets: ``auto`` chooses by structure and says why; ``conserving`` conserves on residual,
+MobileNet-style and smooth-activation networks; explanations that do not conserve warn."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrpath_onnx import Analyzer
+from lrpath_onnx.diagnose import conservation_warnings
+from tests import zennit_models as zm
+
+torch = pytest.importorskip("torch", reason="the torch fixtures need torch (pip install -e '.[test]')")
+FIXTURES = Path(__file__).parent / "fixtures"
+MNIST = Path(__file__).parent.parent / "models" / "mnist_vgg.onnx"
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("presets")
+    return {name: zm.export(zm.build(name, 0), d / f"{name}.onnx") for name in zm.MODELS}
+
+
+@pytest.mark.parametrize("name,applied,why", [
+    ("vgg", "epsilon-gamma-box", "plain chain"),
+    ("resnet", "conserving", "residual sum"),
+    ("mobilenet", "conserving", "reading signed values"),
+    ("smooth", "conserving", "residual sum"),
+])
+def test_auto_chooses_by_structure(nets, name, applied, why):
+    plan = Analyzer(nets[name]).plan()
+    assert plan.preset == "auto" and plan.applied == applied and why in plan.reason
+    assert plan.describe().startswith(f"auto → {applied} (")
+
+
+def test_auto_keeps_the_shipped_vgg_on_epsilon_gamma_box():
+    plan = Analyzer(MNIST).plan()
+    assert plan.applied == "epsilon-gamma-box"
+    assert [e.rule.name for e in plan.entries if e.layer.kind == "linear"][:2] == ["zbox", "gamma"]
+
+
+@pytest.mark.parametrize("name", zm.MODELS)
+def test_conserving_preset_conserves(nets, name):
+    an = Analyzer(nets[name], preset="conserving", low=-1.0, high=1.0)
+    exp = an.explain(zm.inputs(7, n=4))
+    for i in range(4):
+        c = exp.conservation(i)
+        assert c["ratio"] == pytest.approx(1.0, abs=2e-3)
+        assert conservation_warnings(c, "conserving") == []
+    with_bias = [e for e in an.plan().entries if getattr(e.layer, "bias", None) is not None]
+    assert with_bias and all(not e.rule.bias for e in with_bias if e.rule.name != "zbox")
+
+
+def test_conserving_uses_zplus_on_depthwise_convs(nets):
+    plan = Analyzer(nets["mobilenet"], preset="conserving").plan()
+    by = {e.layer.name: e.rule for e in plan.entries}
+    depthwise = [l for l in plan.graph.layers if getattr(l, "geometry", None) is not None and l.geometry.groups > 1]
+    assert depthwise and all(by[l.name].name == "zplus" for l in depthwise)
+
+
+def test_non_conserving_explanations_warn(nets, tmp_path):
+    an = Analyzer(nets["resnet"], preset="epsilon-gamma-box", low=-1.0, high=1.0)
+    exp = an.explain(zm.inputs(7, n=1))
+    (w,) = conservation_warnings(exp.conservation(0), "epsilon-gamma-box")
+    assert "outside [0.5, 2]" in w and "most at" in w and "--preset conserving" in w
+    # and the CLI says it on one line, and writes it into explanation.json
+    np.save(tmp_path / "x.npy", zm.inputs(7, n=1)[0])
+    res = subprocess.run([sys.executable, "-c", "from lrpath_onnx.cli.main import entry; entry()", "explain",
+                          str(nets["resnet"]), str(tmp_path / "x.npy"), "--out", str(tmp_path / "out"),
+                          "--preset", "epsilon-gamma-box"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = [l for l in res.stderr.splitlines() if l.startswith("warning:")]
+    assert len(lines) == 1 and "x: only" in lines[0] or "x: conservation" in lines[0]
+    doc = json.loads((tmp_path / "out" / "x" / "explanation.json").read_text())
+    assert doc["warnings"] == [lines[0].split("warning: x: ", 1)[1]]
+    assert doc["preset"] == "epsilon-gamma-box" and doc["preset_applied"] == "epsilon-gamma-box"
+
+
+def test_conserving_default_writes_no_warning(nets, tmp_path):
+    np.save(tmp_path / "x.npy", zm.inputs(7, n=1)[0])
+    res = subprocess.run([sys.executable, "-c", "from lrpath_onnx.cli.main import entry; entry()", "explain",
+                          str(nets["mobilenet"]), str(tmp_path / "x.npy"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "warning" not in res.stderr, res.stderr
+    doc = json.loads((tmp_path / "out" / "x" / "explanation.json").read_text())
+    assert doc["warnings"] == [] and doc["preset"] == "auto" and doc["preset_applied"] == "conserving"
+    assert "residual sum" in doc["preset_reason"]
+    assert doc["conservation"]["ratio"] == pytest.approx(1.0, abs=2e-3)
