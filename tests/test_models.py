@@ -115,14 +115,51 @@ def test_mnist_vgg_relevance_sits_on_the_strokes():
     assert np.mean(on_stroke) > 0.6, on_stroke  # strokes are ~11 % of the pixels
 
 
+# ----------------------------------------------------------------------------- mnist-resnet, mnist-efficientnet
+
+MODERN = {"mnist-resnet": ("mnist_resnet", "residual sum"), "mnist-efficientnet": ("mnist_efficientnet", "gate")}
+
+
+@pytest.mark.parametrize("name", list(MODERN))
+def test_modern_digit_models_are_accurate_and_small(name):
+    stem, _ = MODERN[name]
+    data = np.load(MODELS / "mnist_vgg_heldout.npz")  # the same held-out digits as mnist-vgg
+    x = (data["images"].astype(np.float32) / 255.0)[:, None]
+    sess = ort.InferenceSession(str(MODELS / f"{stem}.onnx"), providers=["CPUExecutionProvider"])
+    acc = float((sess.run(None, {"input": x})[0].argmax(1) == data["labels"]).mean())
+    assert acc >= 0.95
+    meta = json.loads((MODELS / f"{stem}.json").read_text())
+    assert abs(meta["heldout_accuracy"] - acc) < 1e-9 and meta["heldout_digits"] == 1000
+    assert (MODELS / f"{stem}.onnx").stat().st_size < 2 * 2 ** 20
+
+
+@pytest.mark.parametrize("name", list(MODERN))
+def test_modern_digit_models_conserve_with_defaults_and_explain_the_strokes(name):
+    an = Analyzer(registry.get(name).path(), low=0.0, high=1.0)
+    assert an.plan().applied == "conserving" and MODERN[name][1] in an.plan().reason
+    imgs = np.stack([np.asarray(Image.open(MODELS / "digits" / f"digit_{d}.png"), np.float32) / 255
+                     for d in range(10)])[:, None]
+    exp = an.explain(imgs)
+    assert exp.targets == list(range(10))
+    on_stroke = []
+    for i in range(10):
+        assert 0.95 < exp.conservation(i)["ratio"] < 1.05
+        pos = np.maximum(exp.relevance[i, 0], 0)
+        on_stroke.append(pos[imgs[i, 0] > 0.25].sum() / pos.sum())
+    assert np.mean(on_stroke) > 0.5, on_stroke
+
+
 # ----------------------------------------------------------------------------- registry + CLI
 
 def test_models_lists_every_entry():
     res = lrpath("models", "--json")
     assert res.returncode == 0, res.stderr
     entries = {e["name"]: e for e in json.loads(res.stdout)}
-    assert set(entries) == {"mnist-vgg", "vgg16", "vgg16-mri", "vgg16-imagenet-backbone", "efficientnet-lite0"}
+    assert set(entries) == {"mnist-vgg", "mnist-resnet", "mnist-efficientnet", "vgg16", "vgg16-mri",
+                            "vgg16-imagenet-backbone", "efficientnet-lite0"}
     assert entries["mnist-vgg"]["state"] == "ready" and "98.0%" in entries["mnist-vgg"]["quality"]
+    for name in ("mnist-resnet", "mnist-efficientnet"):
+        assert entries[name]["state"] == "ready" and "held-out accuracy" in entries[name]["quality"]
 
 
 def test_missing_package_is_one_line_naming_the_install():
