@@ -357,8 +357,30 @@ class Analyzer:
                               shapes=self.graph.shapes, bounds=bounds, dtype=x.dtype)
         return ctx, violation
 
+    def gradient(self, x: np.ndarray, target: int | Sequence[int] | None = None, dtype=np.float32) -> Explanation:
+        """The plain gradient of the explained logit w.r.t. the input (``Explanation.relevance``
+        holds it), through the same handlers: what gradient, gradient × input and SmoothGrad
+        are made of. ``dtype=np.float64`` runs the backward pass in double precision."""
+        if isinstance(target, NeuronTarget):
+            raise InputError("gradients are taken of a class's logit; an inner-neuron target is for explain")
+        x = self.check_input(x)
+        self.request(*{t for layer in self.graph.layers for t in layer.inputs})  # every derivative's input
+        t0 = time.perf_counter()
+        fwd = self.forward(x)
+        t1 = time.perf_counter()
+        _, start, targets = self._start(fwd, target, x.shape[0])
+        onehot = np.zeros(start.reshape(x.shape[0], -1).shape, dtype)
+        onehot[np.arange(x.shape[0]), targets] = 1.0
+        if np.dtype(dtype) != np.float32:
+            fwd = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in fwd.items()}
+        exp = self._backward(x.astype(dtype), fwd, self.graph.output, onehot.reshape(start.shape), (), gradient=True)
+        exp.targets = targets
+        exp.timings_s.update(forward=t1 - t0, total=exp.timings_s["backward"] + t1 - t0)
+        return exp
+
     def _backward(self, x: np.ndarray, fwd: dict, start_tensor: str, start: np.ndarray,
-                  keep: Sequence[str], masks: dict | None = None, keep_forward: bool = False) -> Explanation:
+                  keep: Sequence[str], masks: dict | None = None, keep_forward: bool = False,
+                  gradient: bool = False) -> Explanation:
         for name in list(keep) + list(masks or {}):
             if name != "*":
                 self.graph.find(name)
@@ -368,7 +390,8 @@ class Analyzer:
         if keep_forward:  # the neuron graph's channel flows reuse the kept layers' products
             ctx.keep_products = frozenset(keep)
         with self.backend.threads.blas_single():
-            prop = propagate(self.graph, self._plan, ctx, start_tensor, self.backend.upload(start), tuple(keep), masks)
+            prop = propagate(self.graph, self._plan, ctx, start_tensor, self.backend.upload(start), tuple(keep), masks,
+                             gradient=gradient)
         t2 = time.perf_counter()
         return Explanation(
             relevance=np.asarray(self.backend.to_host(prop.input_relevance)),

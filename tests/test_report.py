@@ -99,6 +99,10 @@ def test_browser_check_sees_a_broken_picture(report, tmp_path):
     assert "picture(s) failed to load" in dom.stdout
 
 
+def rec_faith(out):
+    return json.loads((out / "report.json").read_text())["faithfulness"]["methods"]
+
+
 def test_report_refuses_two_images_and_a_target(tmp_path):
     out = tmp_path / "out"
     assert_one_line_error(lrpath("report", "mnist-vgg", DIGIT, DIGIT, "--out", out), "one IMAGE", out=out)
@@ -129,6 +133,9 @@ def test_report_on_a_residual_model_keeps_the_lrp_part_and_says_why_no_paths(tmp
     assert res.returncode == 0, res.stderr
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Not drawn for this model" in html and "chain of layers" in html
-    assert html.count("<img") == 3 and "Layer-wise relevance propagation" in html and "4. Run" in html
+    assert html.count("<img") == 4 and "Layer-wise relevance propagation" in html and "5. Run" in html
+    assert "3. How faithful is this heatmap" in html  # region-perturbation curves: LRP, gradient × input, random
+    names = [m["name"] for m in rec_faith(out)]
+    assert names == ["LRP (epsilon-gamma-box)", "gradient × input", "random"]
     rec = json.loads((out / "report.json").read_text())
     assert rec["no_paths"] and rec["deconv"] == []

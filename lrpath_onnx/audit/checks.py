@@ -106,3 +106,11 @@ def path_fidelity(an, exp, i: int, x: np.ndarray, masked_model, cfg: AuditConfig
     msg = (f"{cfg.k} best paths ({cfg.per_layer} neurons per layer): softmax SMAPE {err:.2f} %, "
            + ("same class" if same else f"class changes to {int(out.argmax())}"))
     return _result(ok, float(err), cfg.path_smape_max, msg)
+
+
+def faithfulness(gain: float, explained: float, random: float, cfg: AuditConfig) -> dict:
+    """The heatmap's MoRF AOPC must beat a random heatmap's on the same image by the threshold."""
+    ok = gain >= cfg.faithfulness_min_gain
+    return _result(ok, float(gain), cfg.faithfulness_min_gain,
+                   f"MoRF AOPC {explained:.3f} vs {random:.3f} for a random heatmap: gain {gain:+.3f}"
+                   + ("" if ok else f", below {cfg.faithfulness_min_gain}"))

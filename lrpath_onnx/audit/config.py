@@ -12,6 +12,7 @@ A config file looks like::
     conservation = [0.8, 1.2]   # input relevance / output relevance
     region_min_share = 0.5      # positive relevance inside the object mask / box
     path_smape_max = 20.0       # SMAPE (%) of the K-path model's softmax vs the model's
+    faithfulness_min_gain = 0.05  # MoRF AOPC of the heatmap minus that of a random one
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-CHECKS = ("prediction", "conservation", "region", "path_fidelity")
+CHECKS = ("prediction", "conservation", "region", "path_fidelity", "faithfulness")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class AuditConfig:
     conservation_max: float = 1.2
     region_min_share: float = 0.5
     path_smape_max: float = 20.0
+    faithfulness_min_gain: float = 0.05
+    faithfulness_steps: int = 20
     checks: tuple[str, ...] | None = None  # None: every check whose inputs are given (``auto``)
 
     def validate(self) -> "AuditConfig":
@@ -43,7 +46,7 @@ class AuditConfig:
             if bad or not self.checks:
                 raise InputError(f"audit config: unknown check(s) {bad or list(self.checks)}; choose from "
                                  f"{', '.join(CHECKS)}")
-        for name in ("k", "per_layer", "batch_size"):
+        for name in ("k", "per_layer", "batch_size", "faithfulness_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"audit config: {name} must be a positive integer, got {v!r}")
@@ -87,14 +90,14 @@ def load_config(path: Path | None) -> AuditConfig:
         raise InputError(f"--config {path}: unknown section(s) {sorted(unknown)}; use [audit] and [thresholds]")
     updates: dict = {}
     audit, thr = data.get("audit", {}), data.get("thresholds", {})
-    for section, allowed in ((audit, {"checks", "k", "per_layer", "batch_size"}),
-                             (thr, {"conservation", "region_min_share", "path_smape_max"})):
+    for section, allowed in ((audit, {"checks", "k", "per_layer", "batch_size", "faithfulness_steps"}),
+                             (thr, {"conservation", "region_min_share", "path_smape_max", "faithfulness_min_gain"})):
         if not isinstance(section, dict):
             raise InputError(f"--config {path}: [audit] and [thresholds] must be tables")
         bad = set(section) - allowed
         if bad:
             raise InputError(f"--config {path}: unknown key(s) {sorted(bad)}; known: {sorted(allowed)}")
-    for key in ("k", "per_layer", "batch_size"):
+    for key in ("k", "per_layer", "batch_size", "faithfulness_steps"):
         if key in audit:
             updates[key] = _number(audit, key, f"--config {path}", int)
     if "checks" in audit:
@@ -108,7 +111,7 @@ def load_config(path: Path | None) -> AuditConfig:
                                                             for v in c)):
             raise InputError(f"--config {path}: 'conservation' must be [low, high], got {c!r}")
         updates["conservation_min"], updates["conservation_max"] = float(c[0]), float(c[1])
-    for key in ("region_min_share", "path_smape_max"):
+    for key in ("region_min_share", "path_smape_max", "faithfulness_min_gain"):
         if key in thr:
             updates[key] = _number(thr, key, f"--config {path}")
     return replace(cfg, **updates).validate()

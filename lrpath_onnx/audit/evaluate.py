@@ -23,6 +23,11 @@ class Evaluator:
             from ..paths.masking import MaskedModel
 
             self.masked = MaskedModel(ses.an)
+        self.faith = None
+        if "faithfulness" in checks:
+            from ..evaluate.faithfulness import MorfScorer
+
+            self.faith = MorfScorer(ses, steps=cfg.faithfulness_steps)
 
     def records(self, samples) -> list[dict]:
         """One audit.json record per sample, after one batched explain."""
@@ -44,6 +49,10 @@ class Evaluator:
                 rec["checks"]["region"] = C.region(exp.relevance[i], self.regions.mask(s.source), ses.layout, cfg)
             if "path_fidelity" in self.checks:
                 rec["checks"]["path_fidelity"] = C.path_fidelity(an, exp, i, x[i], self.masked, cfg)
+            if self.faith is not None:
+                mine, rand = self.faith.versus_random(x[i], exp.relevance[i], pred if not isinstance(
+                    exp.targets[i], (int, np.integer)) else int(exp.targets[i]), seed=i)
+                rec["checks"]["faithfulness"] = C.faithfulness(mine - rand, mine, rand, cfg)
             recs.append(rec)
         per = (time.perf_counter() - t0) / len(samples)
         for r in recs:

@@ -32,7 +32,8 @@ def list_images(folder: Path) -> list[Path]:
 
 def thresholds_of(cfg: AuditConfig) -> dict:
     return {"prediction": "expected label", "conservation": [cfg.conservation_min, cfg.conservation_max],
-            "region": cfg.region_min_share, "path_fidelity": cfg.path_smape_max}
+            "region": cfg.region_min_share, "path_fidelity": cfg.path_smape_max,
+            "faithfulness": cfg.faithfulness_min_gain}
 
 
 def previous_records(out: Path, cfg: AuditConfig, checks: list[str]) -> list[dict]:

@@ -39,7 +39,8 @@ class Propagation:
 
 
 def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor: str,
-              start: np.ndarray, keep: tuple[str, ...] = (), masks: dict | None = None) -> Propagation:
+              start: np.ndarray, keep: tuple[str, ...] = (), masks: dict | None = None,
+              gradient: bool = False) -> Propagation:
     """Run LRP from ``start`` (relevance of ``start_tensor``) to the graph input.
 
     Parameters
@@ -48,6 +49,8 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         (``"*"`` keeps every layer).
     masks : layer name → 0/1 per output channel; the relevance arriving at that layer's
         output is multiplied by it before it goes on (only chosen neurons pass).
+    gradient : propagate the true gradient instead (each handler's ``gradient`` step), for
+        the gradient-based methods ``lrpath evaluate`` compares LRP with.
     """
     be = ctx.backend
     rel: dict[str, np.ndarray] = {start_tensor: start}
@@ -68,7 +71,7 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         if keep_all or layer.name in wanted:
             out.kept[layer.name] = r
         rule = plan.rule_for(layer)
-        ins = layer.handler.relevance(layer, rule, r, ctx)
+        ins = layer.handler.gradient(layer, r, ctx) if gradient else layer.handler.relevance(layer, rule, r, ctx)
         total_in = None
         for name, ri in zip(layer.inputs, ins):
             if ri is None:

@@ -48,11 +48,13 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
               help="TOML with [audit] k, per_layer, batch_size and [thresholds] conservation, "
                    "region_min_share, path_smape_max; options below override it.")
 @click.option("--checks", "checks_text", default=None,
-              help="Comma list of prediction, conservation, region, path_fidelity (default: conservation, "
-                   "plus prediction with --expect and region with --masks/--boxes).")
+              help="Comma list of prediction, conservation, region, path_fidelity, faithfulness (default: "
+                   "conservation, plus prediction with --expect and region with --masks/--boxes).")
 @click.option("--min-region-share", type=float, default=None, help="Relevance-in-region threshold (default 0.5).")
 @click.option("--conservation-range", default=None, help="LOW,HIGH for the conservation ratio (default 0.8,1.2).")
 @click.option("--path-smape-max", type=float, default=None, help="Path-fidelity SMAPE threshold in %% (default 20).")
+@click.option("--faithfulness-min-gain", type=float, default=None,
+              help="MoRF AOPC the heatmap must gain over a random one (default 0.05).")
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Paths kept by the path-fidelity check (default 5).")
 @click.option("--per-layer", type=click.IntRange(min=1), default=None, help="Neurons per layer of the graph (default 16).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per explain batch (default 8).")
@@ -66,8 +68,8 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="GPUs per Ray actor; > 0 runs the relevance pass with --device cuda there.")
 def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text, min_region_share,
-          conservation_range, path_smape_max, k, per_layer, batch_size, resume, engine, ray_address,
-          num_workers, gpus_per_worker, **opts):
+          conservation_range, path_smape_max, faithfulness_min_gain, k, per_layer, batch_size, resume, engine,
+          ray_address, num_workers, gpus_per_worker, **opts):
     """Check every image in --images: expected prediction, relevance conservation, relevance
     inside the object region (the Clever Hans check) and path fidelity (the K-path model keeps
     the prediction). Writes OUT/audit.json and OUT/junit.xml; exit 0 when every check passes,
@@ -83,6 +85,7 @@ def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text,
         raise InputError("--conservation-range needs LOW,HIGH")
     chosen = tuple(c.strip() for c in checks_text.split(",") if c.strip()) if checks_text is not None else None
     cfg = with_options(load_config(config_path), region_min_share=min_region_share, path_smape_max=path_smape_max,
+                       faithfulness_min_gain=faithfulness_min_gain,
                        k=k, per_layer=per_layer, batch_size=batch_size, checks=chosen,
                        conservation_min=cons[0] if cons else None, conservation_max=cons[1] if cons else None)
     if engine == "ray":  # before anything is read or written: no Ray is one line, exit 2

@@ -78,6 +78,8 @@ class LinearLayer(Layer):
 
     nonneg_input: bool = False
     sign_tensor: str | None = None
+    #: the ONNX tensors the weight and bias were read from (randomisation checks change them)
+    sources: tuple[str, ...] = ()
     kind: ClassVar[str] = LINEAR
 
 

@@ -199,6 +199,14 @@ class ActivationHandler(OpHandler):
             return function(layer).derivative(x, layer.params).astype(x.dtype, copy=False)
         return _part_derivative(layer, x)
 
+    def gradient(self, layer, g, ctx: BackwardContext):
+        """``g ⊙ f'(x)``; the derivative is evaluated on the host (a GPU backend's copy goes
+        there and back: activations are a small share of the work)."""
+        be = ctx.backend
+        x = np.asarray(be.to_host(ctx.fwd[layer.inputs[0]]))
+        d = self.derivative(layer, x.astype(np.float64) if x.dtype != np.float32 else x)
+        return [g * be.upload(np.ascontiguousarray(d, dtype=x.dtype))]
+
     def tangent(self, layer, ins):
         """(value, derivative w.r.t. a fused pattern's input) from its input's (value, derivative)."""
         v, dv = ins[0]

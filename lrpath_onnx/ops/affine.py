@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph.layers import AffineLayer, MergeLayer, ProductLayer
-from .registry import OpHandler, ParseContext, node_layer, register
+from .registry import OpHandler, ParseContext, node_layer, register, unbroadcast
 
 
 class AffineHandler(OpHandler):
@@ -34,6 +34,10 @@ class AffineHandler(OpHandler):
     def tangent(self, layer, ins):
         v, dv = ins[0]
         return self.forward(layer, [v]), dv * layer.scale.astype(v.dtype)
+
+    def gradient(self, layer, g, ctx):
+        scale = ctx.backend.asarray(np.asarray(layer.scale, g.dtype))
+        return [unbroadcast(g * scale, ctx.shape_of(layer.inputs[0]))]
 
     def nonneg_output(self, layer, nonneg_inputs):
         return all(nonneg_inputs) and bool((layer.scale >= 0).all() and (layer.shift >= 0).all())

@@ -89,7 +89,7 @@ class ConvHandler(LinearHandler):
         return node_layer(ConvLayer, node, ctx, self, [node.input[0]],
                           weight=np.ascontiguousarray(w, np.float32),
                           bias=None if b is None else np.ascontiguousarray(b.reshape(-1), np.float32),
-                          geometry=ConvGeometry(strides, pads, dil, group))
+                          geometry=ConvGeometry(strides, pads, dil, group), sources=tuple(i for i in node.input[1:3] if i))
 
     def linear_map(self, layer, a, r, backend) -> ConvMap:
         return ConvMap(layer, backend, a.shape[2:], r.shape[2:])

@@ -72,7 +72,8 @@ class DenseHandler(LinearHandler):
         else:
             W = B
         return node_layer(DenseLayer, node, ctx, self, [node.input[0]],
-                          weight=W if W.dtype == np.float32 else W.astype(np.float32), bias=bias, trans_a=trans_a)
+                          weight=W if W.dtype == np.float32 else W.astype(np.float32), bias=bias, trans_a=trans_a,
+                          sources=tuple(i for i in node.input[1:3] if i))
 
     def input_activation(self, layer, ctx: BackwardContext) -> np.ndarray:
         a = ctx.fwd[layer.inputs[0]]
@@ -85,8 +86,8 @@ class DenseHandler(LinearHandler):
         rin = super().relevance(layer, rule, r, ctx)[0]
         return [contiguous(rin.T) if layer.trans_a else rin]
 
-    def deconv(self, layer, s, ctx: BackwardContext):
-        out = super().deconv(layer, s, ctx)[0]
+    def gradient(self, layer, g, ctx: BackwardContext):
+        out = super().gradient(layer, g, ctx)[0]
         return [contiguous(out.T) if layer.trans_a else out]
 
     def forward(self, layer, inputs):

@@ -30,6 +30,11 @@ class GateHandler(OpHandler):
         g = ctx.fwd[layer.inputs[1]]
         return [s * g, None]
 
+    def gradient(self, layer, g, ctx: BackwardContext):
+        """The product rule: the gradient is no constant, so the gate branch gets its share."""
+        signal, gate = ctx.fwd[layer.inputs[0]], ctx.fwd[layer.inputs[1]]
+        return [unbroadcast(g * gate, signal.shape), unbroadcast(g * signal, gate.shape)]
+
     def forward(self, layer, inputs):
         return inputs[0] * inputs[1]
 

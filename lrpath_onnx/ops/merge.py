@@ -42,9 +42,13 @@ class MergeHandler(OpHandler):
             s = ctx.backend.stabilised_divide(r, ctx.fwd[layer.output], rule.get("epsilon", 0.0))
         return [unbroadcast(x * s, x.shape) for x in xs]
 
+    def gradient(self, layer, g, ctx: BackwardContext):
+        """A sum's gradient goes to every branch unchanged."""
+        return [unbroadcast(g, ctx.shape_of(n)) for n in layer.inputs]
+
     def deconv(self, layer, s, ctx: BackwardContext):
         """A sum's signal goes back to every branch unchanged (the gradient of a sum)."""
-        return [unbroadcast(s, ctx.shape_of(n)) for n in layer.inputs]
+        return self.gradient(layer, s, ctx)
 
     def forward(self, layer, inputs):
         out = sum(inputs[1:], inputs[0])
@@ -87,6 +91,9 @@ class ConcatHandler(OpHandler):
 
     def deconv(self, layer, s, ctx):
         return self.relevance(layer, None, s, ctx)
+
+    def gradient(self, layer, g, ctx):
+        return self.relevance(layer, None, g, ctx)
 
     def forward(self, layer, inputs):
         return np.concatenate(inputs, axis=layer.axis)

@@ -83,6 +83,10 @@ class MaxPoolHandler(_ChannelKeeping, OpHandler):
         as the relevance pass)."""
         return self.relevance(layer, None, s, ctx)
 
+    def gradient(self, layer, g, ctx: BackwardContext):
+        """The gradient of a max goes to the element that won it: switch unpooling again."""
+        return self.relevance(layer, None, g, ctx)
+
     def forward(self, layer, inputs):
         """Max over each window (padding never wins), in numpy; for bounds and tests."""
         x = inputs[0]
@@ -192,10 +196,10 @@ class AveragePoolHandler(_ChannelKeeping, LinearHandler):
             setup["z"] = self.output_view(layer, setup["z"])
         return setup
 
-    def deconv(self, layer, s, ctx):
+    def gradient(self, layer, g, ctx):
         if not layer.keepdims:
-            s = s.reshape(tuple(s.shape) + (1, 1))
-        return super().deconv(layer, s, ctx)
+            g = g.reshape(tuple(g.shape) + (1, 1))
+        return super().gradient(layer, g, ctx)
 
     def flows(self, layer, rule, r, ctx, rows, cols, kept=None):
         raise ValueError("average pools keep channels; they have no channel-pair flows")

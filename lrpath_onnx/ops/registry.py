@@ -7,7 +7,8 @@ analyzer has about a layer of its family:
 - ``default_rule`` / ``accepts``: its fixed treatment, and which plan rules it takes;
 - ``needs``: which tensors the backward pass reads from onnxruntime;
 - ``session_outputs``: secondary outputs the onnxruntime graph must gain (MaxPool switches);
-- ``relevance``: how relevance crosses it; ``deconv``: the Zeiler–Fergus step;
+- ``relevance``: how relevance crosses it; ``gradient``: its true derivative (gradient
+  methods); ``deconv``: the Zeiler–Fergus step;
 - ``forward``: a plain numpy forward (z^B bounds through input-side layers, tests);
 - ``nonneg_output``: whether its output is ≥ 0 given which inputs are;
 - ``infer_shape``: its output shape where onnx's inference left it open;
@@ -156,6 +157,11 @@ class OpHandler:
     def relevance(self, layer: Layer, rule: Rule, r: np.ndarray,
                   ctx: BackwardContext) -> list[np.ndarray | None]:
         return [unbroadcast(r, ctx.shape_of(layer.inputs[0]))]
+
+    def gradient(self, layer: Layer, g: np.ndarray, ctx: BackwardContext) -> list[np.ndarray | None]:
+        """The true gradient: ``g`` (d out / d layer output) to d out / d each input. The default
+        is an element-wise layer's identity; layers that compute say how."""
+        return [unbroadcast(g, ctx.shape_of(layer.inputs[0]))]
 
     def deconv(self, layer: Layer, s: np.ndarray, ctx: BackwardContext) -> list[np.ndarray | None]:
         """Zeiler–Fergus deconvolution: a signal at the layer's output back to its inputs.

@@ -17,6 +17,9 @@ class RouteHandler(OpHandler):
     def deconv(self, layer, s, ctx):
         return self.relevance(layer, None, s, ctx)
 
+    def gradient(self, layer, g, ctx):
+        return self.relevance(layer, None, g, ctx)
+
     def nonneg_output(self, layer, nonneg_inputs):
         return all(nonneg_inputs)
 

@@ -9,6 +9,8 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, reconstruct, select_neurons
 from ..errors import InputError
 from ..graph.layers import ConvLayer
@@ -36,11 +38,15 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
     save_png(out / "heatmap.png", heatmap_rgb(full), scale_to=scale)
     save_png(out / "overlay.png", overlay_rgb(sample.display, full), scale_to=scale)
     cons = exp.conservation(0)
+    t = time.perf_counter()
+    faith = faithfulness(ses, x, exp, out)
+    timings["faithfulness (region perturbation)"] = time.perf_counter() - t
     page = {"model": model_label, "input": str(sample.source), "sample": sample.name,
             "input_shape": list(x.shape), "layout": layout, "device": an.device, "provider": exp.provider,
-            "preset": an.plan().preset, "overrides": list(an.plan().overrides), "plan": an.plan().to_json(),
+            "preset": an.plan().preset, "preset_applied": an.plan().applied, "overrides": list(an.plan().overrides), "plan": an.plan().to_json(),
             "top5": top_k(exp.logits[0], ses.labels, 5), "target": int(exp.targets[0]),
             "conservation": {"ratio": cons["ratio"], "output": cons["output_relevance"], "input": cons["input_relevance"]},
+            "faithfulness": faith,
             "k": k, "per_layer": per_layer, "timings_s": timings, "paths": None, "optimize": None, "deconv": [],
             "no_paths": None, "machine": {"cpu": platform.processor() or platform.machine(),
                                           "python": platform.python_version()}}
@@ -81,3 +87,36 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
 
     page.update(paths=paths, optimize=opt, deconv=deconv)
     return page
+
+
+def faithfulness(ses, x, exp, out: Path, steps: int = 30) -> dict:
+    """MoRF/LeRF curves of this image under the LRP heatmap, gradient × input and a random map,
+    drawn side by side into ``faithfulness.png``."""
+    from PIL import Image
+
+    from ..evaluate.faithfulness import MorfScorer
+    from ..evaluate.perturb import aopc
+    from ..io.outputs import write_png
+    from ..viz.curve import render_curve
+
+    an = ses.an
+    target = int(exp.targets[0])
+    scorer = MorfScorer(ses, steps=steps)
+    maps = {f"LRP ({an.plan().applied})": exp.relevance[0],
+            "gradient × input": an.gradient(x, target=[target]).relevance[0] * x[0],
+            "random": np.random.default_rng(0).uniform(0, 1, x[0].shape)}
+    curves = {name: scorer.curves(x[0], m, target) for name, m in maps.items()}
+    charts = []
+    for how, title in (("morf", "most relevant regions removed first"), ("lerf", "least relevant regions removed first")):
+        series = {name: c[how].tolist() for name, c in curves.items()}
+        xs = np.linspace(0, 100, len(next(iter(series.values())))).tolist()
+        charts.append(render_curve(xs, series, title, "regions removed (%)", "explained logit / unperturbed",
+                                   size=(640, 420)))
+    pic = Image.new("RGB", (1280, 420), "white")
+    pic.paste(charts[0], (0, 0))
+    pic.paste(charts[1], (640, 0))
+    write_png(out / "faithfulness.png", pic)
+    rows = [{"name": name, "morf_aopc": aopc(c["morf"]), "lerf_aopc": aopc(c["lerf"]),
+             "abpc": aopc(c["morf"]) - aopc(c["lerf"])} for name, c in curves.items()]
+    return {"methods": rows, "steps": steps, "patch": scorer.patch, "baseline": scorer.baseline,
+            "picture": "faithfulness.png"}

@@ -70,10 +70,28 @@ def _plan_table(plan: list[dict]) -> str:
     return ("<table><tr><th>#</th><th>layer</th><th>op</th><th>rule</th><th>from</th></tr>" + rows + "</table>")
 
 
+def _faithfulness_section(cs: dict, out: Path) -> str:
+    """Section 3: region perturbation of this image under the heatmap, gradient × input and random."""
+    f = cs.get("faithfulness")
+    if not f:
+        return ""
+    rows = "".join(f"<tr><td>{_e(m['name'])}</td><td class=num>{m['morf_aopc']:.3f}</td>"
+                   f"<td class=num>{m['lerf_aopc']:.3f}</td><td class=num>{m['abpc']:.3f}</td></tr>" for m in f["methods"])
+    return f"""
+<section><h2>3. How faithful is this heatmap</h2>
+{_fig(out / 'faithfulness.png', f"Region perturbation of this image: its {f['patch']}-pixel patches replaced by a "
+      f"{_e(f['baseline'])} of the image in the order each map ranks them, most relevant first (MoRF, left: the faster the "
+      "explained logit falls, the better) or least relevant first (LeRF, right: the longer it holds, the better).", 'wide')}
+<figure><table><tr><th>map</th><th>MoRF AOPC ↑</th><th>LeRF AOPC ↓</th><th>ABPC ↑</th></tr>{rows}</table>
+<figcaption>AOPC: mean drop of the normalised logit over {f['steps']} steps; ABPC = MoRF AOPC − LeRF AOPC.
+A heatmap that ranks regions no better than the random one does not explain this decision.</figcaption></figure>
+</section>"""
+
+
 def _path_sections(cs: dict, out: Path, pixel: str) -> str:
-    """Sections 3–6: the neuron graph, K-path heatmaps, the sweep, the deconvolution."""
+    """Sections 4–7: the neuron graph, K-path heatmaps, the sweep, the deconvolution."""
     if cs["paths"] is None:
-        return ("<section><h2>3. Neuron paths</h2><p class=warn>Not drawn for this model: "
+        return ("<section><h2>4. Neuron paths</h2><p class=warn>Not drawn for this model: "
                 f"{_e(cs['no_paths'])}. The LRP heatmap above is complete.</p></section>")
     paths, opt, k = cs["paths"], cs["optimize"], cs["k"]
     best = paths["paths"][0] if paths["paths"] else None
@@ -86,19 +104,19 @@ def _path_sections(cs: dict, out: Path, pixel: str) -> str:
     share = paths.get("relevance_share_k_paths")
     deconv = ""
     if cs["deconv"]:
-        deconv = ("<section><h2>6. What the path neurons see</h2>" + _fig(
+        deconv = ("<section><h2>7. What the path neurons see</h2>" + _fig(
             out / "deconv_grid.png", "Deconvolution (Zeiler–Fergus, switch unpooling) of the convolution neurons on the "
             f"{k} best paths, each from its strongest activation for this input, normalised per picture around grey. "
             "Each label gives the layer, the channel and where its strongest activation is (y, x).", "wide") + "</section>")
     return f"""
-<section><h2>3. Neuron graph and the {k} best paths</h2>
+<section><h2>4. Neuron graph and the {k} best paths</h2>
 {_fig(out / 'paths' / 'graph.png', f"The {paths['per_layer'] or ''} most relevant neurons (channels) of every layer, edges weighted by the "
       f"relevance that flows between them; the {k} paths carrying the most relevance in red, the best one thickest.", 'wide')}
 <div class=kv><div>graph</div><div>{paths['graph']['nodes']} neurons, {paths['graph']['edges']} edges</div>
 <div>best path</div><div>{best_txt} (flow {_fmt(best['weight'] if best else None)})</div></div>
 </section>
 
-<section><h2>4. Heatmaps from the {k} best paths only</h2><div class=row>
+<section><h2>5. Heatmaps from the {k} best paths only</h2><div class=row>
 {_fig(out / 'paths' / 'heatmap_full.png', 'All relevance (for reference).', pixel)}
 {_fig(out / 'paths' / 'heatmap_k_paths_relevance.png', f'Relevance-based: relevance propagated through the neurons on the {k} paths only'
       + (f' ({100 * share:.2g} % of the total relevance).' if share is not None else '.'), pixel)}
@@ -106,7 +124,7 @@ def _path_sections(cs: dict, out: Path, pixel: str) -> str:
       'input size, over the input.', pixel)}
 </div></section>
 
-<section><h2>5. How many paths suffice</h2><div class=row>
+<section><h2>6. How many paths suffice</h2><div class=row>
 {_fig(out / 'optimize_k.png', 'Keeping only the neurons on the K best paths: the model output (softmax MSE and SMAPE against the '
       'full model) and the K-path heatmap (MSE against the full heatmap).' + (f' Chosen K = {chosen}: the smallest within '
       f"{opt['tolerance']:.0%} of the largest error." if chosen else ' No K was within tolerance.'), 'wide')}
@@ -129,7 +147,7 @@ def render(cs: dict, out: Path) -> str:
     body = f"""
 <main>
 <h1>Why {_e(Path(cs['model']).name or cs['model'])} says “{name(pred)}”</h1>
-<p class=sub>Input <code>{_e(Path(cs['input']).name)}</code> · {stamp} · LRP preset <code>{_e(cs['preset'])}</code>
+<p class=sub>Input <code>{_e(Path(cs['input']).name)}</code> · {stamp} · LRP preset <code>{_e(cs['preset'])}</code>{(' → <code>' + _e(cs['preset_applied']) + '</code>') if cs.get('preset_applied', cs['preset']) != cs['preset'] else ''}
 · relevance on <b>{_e(cs['device'])}</b>, forward on onnxruntime's <b>{_e(cs['provider'])}</b></p>
 
 <section><h2>1. Input and prediction</h2><div class=row>
@@ -143,13 +161,14 @@ def render(cs: dict, out: Path) -> str:
 {_fig(out / 'overlay.png', 'The same relevance over a grey copy of the input.', pixel)}
 </div>
 <div class=kv><div>conservation</div><div>input relevance {_fmt(cons['input'])} of output relevance {_fmt(cons['output'])}
-(ratio {_fmt(cons['ratio'])}; the rest is absorbed by biases and ε)</div>
+(ratio {_fmt(cons['ratio'])}; what is missing was absorbed by biases and ε)</div>
 <div>rule plan</div><div><details><summary>{len([p for p in cs['plan'] if p.get('kind') == 'linear'])} layers with a rule,
 preset {_e(cs['preset'])}{(' + ' + _e(', '.join(cs['overrides']))) if cs['overrides'] else ''}</summary>{_plan_table(cs['plan'])}</details></div></div>
 </section>
 
+{_faithfulness_section(cs, out)}
 {_path_sections(cs, out, pixel)}
-<section><h2>{7 if cs['deconv'] else 6 if cs['paths'] else 4}. Run</h2><div class=row><figure><table>{timing_rows}</table>
+<section><h2>{8 if cs['deconv'] else 7 if cs['paths'] else 5}. Run</h2><div class=row><figure><table>{timing_rows}</table>
 <figcaption>Seconds per stage on this machine ({_e(cs['machine']['cpu'])}, Python {_e(cs['machine']['python'])}).</figcaption></figure>
 <div class=kv style="flex:1 1 300px"><div>model</div><div><code>{_e(cs['model'])}</code></div>
 <div>input tensor</div><div>{_e(cs['input_shape'])} ({_e(cs['layout'])})</div>

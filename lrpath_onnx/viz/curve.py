@@ -26,13 +26,18 @@ _TEXT, _AXIS, _GRID, _MARK = (30, 30, 30), (60, 60, 60), (232, 232, 232), (70, 7
 
 
 def draw_curve_png(path: str | os.PathLike[str], xs: Sequence[float], series: Mapping[str, Sequence[float]],
-                   title: str, xlabel: str, ylabel: str, mark_x: float | None = None, log_y: bool = False,
-                   size: tuple[int, int] = (1000, 600), secondary: Collection[str] = (),
-                   ylabel2: str = "", mark_label: str | None = None) -> None:
-    """Write a line chart of ``series`` against ``xs`` as PNG.
+                   title: str, xlabel: str, ylabel: str, **kw) -> None:
+    """Write ``render_curve(...)`` as a PNG, atomically."""
+    write_png(path, render_curve(xs, series, title, xlabel, ylabel, **kw))
+
+
+def render_curve(xs: Sequence[float], series: Mapping[str, Sequence[float]],
+                 title: str, xlabel: str, ylabel: str, mark_x: float | None = None, log_y: bool = False,
+                 size: tuple[int, int] = (1000, 600), secondary: Collection[str] = (),
+                 ylabel2: str = "", mark_label: str | None = None) -> Image.Image:
+    """A line chart of ``series`` against ``xs``.
 
     Args:
-        path: the PNG to write (atomically).
         xs: the x values, shared by all series.
         series: name -> y values, one per x; drawn in :data:`SERIES_COLOURS` order.
         title, xlabel, ylabel: texts of the chart and of its left axis.
@@ -171,8 +176,7 @@ def draw_curve_png(path: str | os.PathLike[str], xs: Sequence[float], series: Ma
     _vertical(img, ylabel, 14 * s, 22 * s, (by0 + by1) / 2, 90)
     if has2 and ylabel2:
         _vertical(img, ylabel2, 14 * s, w - 22 * s, (by0 + by1) / 2, 270)
-    img = img.resize((w, h), Image.LANCZOS)
-    write_png(path, img)
+    return img.resize((w, h), Image.LANCZOS)
 
 
 def _check(xs: Sequence[float], series: Mapping[str, Sequence[float]], size: Sequence[int]) -> tuple[int, int]:

@@ -1,0 +1,1 @@
+"""How faithful an explanation is: region perturbation, baselines, the randomisation check."""
