@@ -43,11 +43,19 @@ class NeuronTarget:
         return f"{self.layer}:{self.channel}{pos}"
 
 
+@dataclass(frozen=True)
+class ClassName:
+    """A class given by name (``--target "tiger cat"``), resolved against the model's class names."""
+
+    name: str
+
+
 Target = int | NeuronTarget | None
 
 
-def parse_target(text: str | None) -> Target:
-    """``None``/``""`` → top-1; ``"N"`` → class N; ``"LAYER:C"`` or ``"LAYER:C:Y:X"`` → neuron."""
+def parse_target(text: str | None) -> Target | ClassName:
+    """``None``/``""`` → top-1; ``"N"`` → class N; ``"LAYER:C"`` or ``"LAYER:C:Y:X"`` → neuron;
+    anything else → a class name (``ClassName``), resolved where the labels are known."""
     if text is None or text.strip() == "":
         return None
     t = text.strip()
@@ -59,7 +67,7 @@ def parse_target(text: str | None) -> Target:
     m = re.fullmatch(r"(.+):(-?\d+)", t)
     if m:
         return NeuronTarget(m.group(1), int(m.group(2)))
-    raise InputError(f"--target '{text}': expected a class index N, LAYER:CHANNEL or LAYER:CHANNEL:Y:X")
+    return ClassName(t)
 
 
 @dataclass
@@ -118,13 +126,14 @@ class Analyzer:
 
     Parameters
     ----------
-    model_path : the ``.onnx`` file.
     preset : rule preset name (``lrpath plan --presets`` lists them); ``auto`` chooses by the
         network's structure.
     rules : overrides ``PATTERN=RULE[:PARAM]``, applied in order.
     device : ``cpu``, ``cuda`` or ``auto``.
+    model_path : the ``.onnx`` file, or a zoo name (``"mnist-vgg"``: its preprocessing and z^B
+        bounds come with it).
     low, high : z^B bounds in the model's input space, broadcastable to the input
-        (e.g. shape (1, C, 1, 1)); default 0 and 1.
+        (e.g. shape (1, C, 1, 1)); default: the zoo entry's, else 0 and 1.
     rule_forward : where the modified-weight forward products of γ/z⁺/αβ are computed:
         ``kernels`` (numba/BLAS during the backward pass, the default: faster and lighter
         on VGG16) or ``runtime`` (extra Conv/Gemm nodes in the onnxruntime session).
@@ -132,15 +141,19 @@ class Analyzer:
 
     def __init__(self, model_path: str | Path, preset: str = "auto",
                  rules: Sequence[str] = (), device: str = "cpu",
-                 low: np.ndarray | float = 0.0, high: np.ndarray | float = 1.0,
+                 low: np.ndarray | float | None = None, high: np.ndarray | float | None = None,
                  threads: int | None = None, rule_forward: str = "kernels") -> None:
-        self.model_path = Path(model_path)
+        self.model_path, self.zoo = _model_file(model_path)
         self.backend = make_backend(device)
         self.device = self.backend.name
         self.model = load_model(self.model_path)
         self.graph: LayerGraph = build_layer_graph(self.model)
         self._plan = make_plan(self.graph, preset, rules)
-        self.set_bounds(low, high)
+        if low is None and high is None and self.zoo is not None and self.zoo.preprocessing:
+            from .io.images import z_bounds
+
+            low, high = z_bounds(self.preprocessing())
+        self.set_bounds(0.0 if low is None else low, 1.0 if high is None else high)
         self._requested_device = device
         self._threads = threads if threads is not None else default_threads()
         if rule_forward not in ("runtime", "kernels"):
@@ -149,6 +162,25 @@ class Analyzer:
         self.cache = WeightCache(self.backend)
         self._extra: set[str] = set()
         self._runtime: ActivationRuntime | None = None
+
+    def preprocessing(self, **options):
+        """The image preprocessing for this model: the zoo entry's, else what the input shape says,
+        with ``options`` (size, resize, fit, scale, mean, std, channel_order, layout) on top."""
+        from .io.images import preprocess_from_input_shape
+
+        base = dict(self.zoo.preprocessing) if self.zoo is not None else {}
+        merged = {k: (tuple(v) if isinstance(v, list) else v) for k, v in {**base, **options}.items() if v is not None}
+        return preprocess_from_input_shape(self.input_shape, **merged)
+
+    def preprocess(self, image, **options) -> np.ndarray:
+        """An image file or Pillow image as the model's input batch (1, …), preprocessed as the
+        CLI does it (EXIF orientation, resize, crop, scale, mean/std, layout)."""
+        from PIL import Image as PILImage
+
+        from .io.images import load_image, upright
+
+        img = upright(image) if isinstance(image, PILImage.Image) else load_image(image)
+        return self.preprocessing(**options).apply(img)[None]
 
     def set_bounds(self, low: np.ndarray | float, high: np.ndarray | float) -> None:
         """z^B bounds in the model's input space (broadcastable to the input batch)."""
@@ -317,6 +349,8 @@ class Analyzer:
         (used by the tests to compare with float64 references).
         """
         x = self.check_input(x)
+        if tensor != self.graph.output and tensor not in self.graph.producer:
+            tensor = self.graph.find(tensor).output  # a layer's name, alias or index
         if tensor != self.graph.output:
             self._ensure_output(tensor)
         t0 = time.perf_counter()
@@ -420,6 +454,17 @@ class Analyzer:
             f = h.flows(layer, self._plan.rule_for(layer), self.backend.upload(r), ctx, np.asarray(rows),
                         np.asarray(cols), exp.products.get(layer.name))
         return np.asarray(self.backend.to_host(f))
+
+
+def _model_file(model: str | Path):
+    """(path, zoo entry or None): a file, or a zoo name (built on first use)."""
+    p = Path(model)
+    if not p.exists():
+        from .models.registry import ZOO
+
+        if str(model) in ZOO:
+            return ZOO[str(model)].path(), ZOO[str(model)]
+    return p, None
 
 
 def _fmt_shape(shape: tuple) -> str:

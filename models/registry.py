@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -54,6 +55,8 @@ class ZooEntry:
     labels: Callable[[], list[str] | None] = lambda: None
     quality_fn: Callable[[], str] = lambda: ""
     extra: dict = field(default_factory=dict)
+    #: said on stderr whenever a command uses the model (e.g. that its weights are random)
+    notice: str = ""
 
     @property
     def quality(self) -> str:
@@ -77,6 +80,8 @@ class ZooEntry:
         if self.missing():
             raise InputError(f"model '{self.name}' needs {', '.join(self.missing())}: {self.install}")
         if build and self.build is not None:
+            print(f"note: building '{self.name}' into {cache_dir()} (first use; `lrpath models` lists what is "
+                  "built)", file=sys.stderr, flush=True)
             return self.build()
         raise InputError(f"model '{self.name}' is not built yet: run `lrpath models build {self.name}`")
 
@@ -267,6 +272,7 @@ _add(ZooEntry(
     locate=lambda: _vgg16_path() if _vgg16_path().exists() else None,
     build=_vgg16_build,
     quality_fn=lambda: "random weights: explanations show the machinery, not a trained decision",
+    notice="'vgg16' has seeded random weights: its explanations show the machinery, not a trained decision",
 ))
 _add(ZooEntry(
     name="vgg16-mri",
@@ -312,5 +318,7 @@ _add(ZooEntry(
 def get(name: str) -> ZooEntry:
     """A zoo entry by name; an unknown name lists the valid ones."""
     if name not in ZOO:
-        raise InputError(f"unknown model '{name}'; the zoo has: {', '.join(ZOO)}")
+        from lrpath_onnx.names import did_you_mean
+
+        raise InputError(f"unknown model '{name}'{did_you_mean(name, ZOO)}; the zoo has: {', '.join(ZOO)}")
     return ZOO[name]

@@ -30,7 +30,7 @@ from tests import models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ["zero", "epsilon:0.5", "gamma:0.25", "zplus", "alphabeta:2,1", "flat", "wsquare", "zbox"]
-PRESETS = ["paper", "epsilon-gamma-box", "epsilon-plus", "epsilon-alpha2-beta1"]
+PRESETS = ["paper", "epsilon-gamma-box", "epsilon-plus", "epsilon-alpha2-beta1", "conserving"]
 
 
 # ---------------------------------------------------------------------- DeviceArray
@@ -225,6 +225,52 @@ def test_masks_and_inner_targets_on_cuda_match_cpu(tiny):
     _close(gpu.reexplain(b, masks).relevance, cpu.reexplain(a, masks).relevance)
     target = NeuronTarget("conv2", 2, 1, 0)
     _close(gpu.explain(x, target=target).relevance, cpu.explain(x, target=target).relevance)
+
+
+def modern_net(rng) -> tuple:
+    """SiLU (as x·sigmoid(x)), a depthwise conv, a hard-sigmoid SE gate, a linear bottleneck with a
+    residual sum, a nearest resize, GELU, global pooling: the modern families on 1x3x6x6."""
+    def w(*s):
+        return (rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:]))).astype(np.float32)
+
+    f32 = np.float32
+    inits = {"W1": w(4, 3, 3, 3), "B1": (0.3 * rng.standard_normal(4)).astype(f32), "Wd": w(4, 1, 3, 3),
+             "Bd": (0.3 * rng.standard_normal(4)).astype(f32), "Ws": w(4, 4, 1, 1), "Wp": w(4, 4, 1, 1),
+             "Bp": (0.3 * rng.standard_normal(4)).astype(f32), "sc": np.asarray([1, 1, 2, 2], f32), "Wf": w(3, 4)}
+    node = helper.make_node
+    nodes = [node("Conv", ["X", "W1", "B1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             node("Sigmoid", ["c1"], ["s1"], name="act1/Sigmoid"), node("Mul", ["c1", "s1"], ["a1"], name="act1/Mul"),
+             node("Conv", ["a1", "Wd", "Bd"], ["d"], name="dw", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=4),
+             node("GlobalAveragePool", ["d"], ["q"], name="se/pool"),
+             node("Conv", ["q", "Ws"], ["e"], name="se/conv", kernel_shape=[1, 1]),
+             node("HardSigmoid", ["e"], ["g"], name="se/gate"), node("Mul", ["d", "g"], ["m"], name="se/scale"),
+             node("Conv", ["m", "Wp", "Bp"], ["p"], name="project", kernel_shape=[1, 1]),
+             node("Add", ["p", "a1"], ["s"], name="sum"),
+             node("Resize", ["s", "", "sc"], ["u"], name="up", mode="nearest"),
+             node("Gelu", ["u"], ["gl"], name="gelu"),
+             node("GlobalAveragePool", ["gl"], ["gp"], name="pool"), node("Flatten", ["gp"], ["f"], name="flatten"),
+             node("Gemm", ["f", "Wf"], ["logits"], name="fc", transB=1)]
+    return models.make_model(nodes, [models.vi("X", ["N", 3, 6, 6])], [models.vi("logits", None)], inits, opset=20)
+
+
+@pytest.mark.parametrize("preset", ["auto", "epsilon-gamma-box", "epsilon-plus"])
+def test_modern_ops_on_cuda_match_cpu(tmp_path, preset):
+    path = models.save(modern_net(np.random.default_rng(5)), tmp_path / "modern.onnx")
+    cpu, gpu = _both(path, preset=preset, low=0.0, high=1.0)
+    assert cpu.plan().applied == ("conserving" if preset == "auto" else preset)
+    x = _x(6)
+    a, b = cpu.explain(x), gpu.explain(x)
+    assert a.targets == b.targets
+    _close(b.relevance, a.relevance)
+
+
+def test_gradient_on_cuda_matches_cpu(tiny, tmp_path):
+    for path in (tiny, models.save(modern_net(np.random.default_rng(5)), tmp_path / "modern.onnx")):
+        cpu, gpu = _both(path)
+        x = _x(7)
+        a, b = cpu.gradient(x), gpu.gradient(x)
+        assert isinstance(b.relevance, np.ndarray) and a.targets == b.targets
+        _close(b.relevance, a.relevance)
 
 
 def test_deconvolution_on_cuda_matches_cpu(tiny):

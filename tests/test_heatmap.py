@@ -127,7 +127,7 @@ def test_overlay_matches_formula(seed):
     alpha = 0.6
     out = overlay_rgb(img, m, alpha=alpha, clip_percentile=100)
     v = np.clip(m / np.abs(m).max(), -1, 1)
-    w = alpha * np.abs(v)[..., None]
+    w = alpha * np.sqrt(np.abs(v))[..., None]  # sqrt: weak relevance of either sign stays visible
     # the reference blends the unrounded colours
     heat = np.stack([np.where(v >= 0, 1.0, 1 + v), np.where(v >= 0, 1 - v, 1 + v),
                      np.where(v >= 0, 1 - v, 1.0)], axis=-1) * 255.0

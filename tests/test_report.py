@@ -136,6 +136,6 @@ def test_report_on_a_residual_model_keeps_the_lrp_part_and_says_why_no_paths(tmp
     assert html.count("<img") == 4 and "Layer-wise relevance propagation" in html and "5. Run" in html
     assert "3. How faithful is this heatmap" in html  # region-perturbation curves: LRP, gradient × input, random
     names = [m["name"] for m in rec_faith(out)]
-    assert names == ["LRP (epsilon-gamma-box)", "gradient × input", "random"]
+    assert names == ["LRP (conserving)", "gradient × input", "random"]  # auto: a residual sum
     rec = json.loads((out / "report.json").read_text())
     assert rec["no_paths"] and rec["deconv"] == []

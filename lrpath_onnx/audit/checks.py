@@ -10,6 +10,7 @@ import numpy as np
 
 from ..diagnose import conservation_warnings
 from ..errors import InputError
+from ..names import class_names
 from ..paths.kbest import k_best_paths
 from ..paths.neurons import SINK, SOURCE, build
 from ..paths.scores import smape, softmax
@@ -29,7 +30,7 @@ def read_expected(path: Path, inputs: list[Path], labels: list[str] | None, num_
         raise InputError(f"--expect {path}: no such file") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"--expect {path}: not a readable CSV ({e})") from None
-    names = {n: i for i, n in enumerate(labels or [])}
+    names = class_names(labels or [])
     table: dict[str, int] = {}
     for line, row in enumerate(rows, 1):
         if not row or not "".join(row).strip():
@@ -39,8 +40,8 @@ def read_expected(path: Path, inputs: list[Path], labels: list[str] | None, num_
         key, label = row[0].strip(), row[1].strip()
         if label.lstrip("-").isdigit():
             idx = int(label)
-        elif label in names:
-            idx = names[label]
+        elif label in names or label.lower() in names:
+            idx = names.get(label, names.get(label.lower()))
         elif line == 1:  # a header row
             continue
         else:

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from ..errors import InputError
-from ..io.images import Preprocess
+from ..io.images import Preprocess, upright
 from ..io.inputs import IMAGE_SUFFIXES
 
 
@@ -83,7 +83,7 @@ def mask_from_file(mask: Path, pre: Preprocess | None, hw: tuple[int, int], name
     """Boolean (H, W) object mask at the model's input size (mask pixels ≥ 128 are the object)."""
     try:
         with Image.open(mask) as im:
-            img = im.convert("L")
+            img = upright(im).convert("L")
     except (OSError, UnidentifiedImageError) as e:
         raise InputError(f"mask {mask}: not a readable image ({e})") from None
     return _fit(img, pre, hw, name)
@@ -96,7 +96,7 @@ def mask_from_boxes(image: Path, boxes, pre: Preprocess | None, hw: tuple[int, i
     else:
         try:
             with Image.open(image) as im:
-                size = im.size
+                size = upright(im).size  # boxes are drawn on the image as people see it
         except (OSError, UnidentifiedImageError) as e:
             raise InputError(f"{image}: not a readable image ({e})") from None
     canvas = Image.new("L", size, 0)

@@ -19,15 +19,19 @@ from .junit import junit_xml
 from .regions import RegionSource
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files and ``.npy`` tensors directly in ``folder``, sorted by name."""
+def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], int]:
+    """Image files and ``.npy`` tensors in ``folder`` (and its subfolders with ``recursive``),
+    sorted by path, and how many other entries were skipped."""
     if not folder.is_dir():
         raise InputError(f"--images {folder}: not a folder")
-    found = sorted(p for p in folder.iterdir()
-                   if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() == ".npy"))
+    entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    wanted = lambda p: p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() == ".npy")  # noqa: E731
+    found = [p for p in entries if wanted(p)]
+    skipped = sum(1 for p in entries if not wanted(p) and not (recursive and p.is_dir()))
     if not found:
-        raise InputError(f"--images {folder}: no images (.png, .jpg, …) or .npy files in it")
-    return found
+        raise InputError(f"--images {folder}: no images (.png, .jpg, …) or .npy files in it"
+                         + ("" if recursive else " (--recursive looks into subfolders)"))
+    return found, skipped
 
 
 def thresholds_of(cfg: AuditConfig) -> dict:

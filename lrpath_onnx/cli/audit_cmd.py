@@ -58,6 +58,7 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Paths kept by the path-fidelity check (default 5).")
 @click.option("--per-layer", type=click.IntRange(min=1), default=None, help="Neurons per layer of the graph (default 16).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per explain batch (default 8).")
+@click.option("--recursive", is_flag=True, help="Audit the images of subfolders too.")
 @click.option("--resume", is_flag=True, help="Skip images already in OUT/audit.json (same settings, either engine).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Explain here, or on Ray workers (pip install 'lrpath-onnx[ray]').")
@@ -68,7 +69,7 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="GPUs per Ray actor; > 0 runs the relevance pass with --device cuda there.")
 def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text, min_region_share,
-          conservation_range, path_smape_max, faithfulness_min_gain, k, per_layer, batch_size, resume, engine,
+          conservation_range, path_smape_max, faithfulness_min_gain, k, per_layer, batch_size, recursive, resume, engine,
           ray_address, num_workers, gpus_per_worker, **opts):
     """Check every image in --images: expected prediction, relevance conservation, relevance
     inside the object region (the Clever Hans check) and path fidelity (the K-path model keeps
@@ -92,7 +93,11 @@ def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text,
         from ..audit.ray_engine import import_ray
 
         import_ray()
-    paths = list_images(images)
+    paths, skipped = list_images(images, recursive)
+    if skipped:
+        click.echo(f"note: skipped {skipped} entr{'y' if skipped == 1 else 'ies'} of {images} that "
+                   f"{'are' if skipped > 1 else 'is'} neither an image nor a .npy tensor"
+                   + ("" if recursive else " (subfolders need --recursive)"), err=True)
     ses = open_session([*args, *paths], out, **opts)
     an = ses.an
     expected = read_expected(expect, paths, ses.labels, an.num_classes) if expect is not None else {}

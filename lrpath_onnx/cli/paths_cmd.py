@@ -24,7 +24,9 @@ def path_options(fn):
 @input_options
 @path_options
 @click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="How many best paths.")
-def paths(args, out, k, per_layer, how, threshold, **opts):
+@click.option("--path-heatmap-scale", type=click.Choice(["full", "own"]), default="full", show_default=True,
+              help="Colour scale of the relevance-based K-path heatmap: the full heatmap's, or its own.")
+def paths(args, out, k, per_layer, how, threshold, path_heatmap_scale, **opts):
     """Neuron graph of MODEL for each INPUT, its K best paths, and the K-path heatmaps.
 
     Writes graph.png/.svg/.graphml/.json, paths.json, heatmap_full.png,
@@ -37,7 +39,7 @@ def paths(args, out, k, per_layer, how, threshold, **opts):
         for batch in ses.reader.batches(ses.paths, 1):
             sample = batch[0]
             rec = explain_paths(ses.an, sample, out / sample.name, k, per_layer, how, threshold, ses.target,
-                                ses.layout, ses.labels)
+                                ses.layout, ses.labels, path_heatmap_scale)
             best = rec["paths"][0] if rec["paths"] else None
             route = " > ".join(f"{n['layer']}:{n['neuron']}" for n in best["neurons"]) if best else "none"
             click.echo(f"{sample.name}: {rec['graph']['nodes']} neurons, {rec['graph']['edges']} flows; "

@@ -9,11 +9,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..api import Analyzer, NeuronTarget, Target, parse_target
+from ..api import Analyzer, ClassName, NeuronTarget, Target, parse_target
 from ..errors import InputError, OutputError
 from ..io.images import Preprocess, preprocess_from_input_shape, z_bounds
 from ..io.inputs import InputReader, check_paths
 from ..io.results import read_labels
+from ..names import did_you_mean, resolve_class
 from .options import floats, model_options, size
 
 
@@ -69,9 +70,15 @@ def resolve_model(args: tuple, model_name: str | None):
         model_name, paths = str(paths[0]), paths[1:]
     if model_name is not None:
         entry = get(model_name)
+        if entry.notice:
+            click.echo(f"note: {entry.notice}", err=True)
         return entry.path(), paths, entry
     if not paths:
         raise click.UsageError("missing MODEL (a .onnx file, or a zoo name: see `lrpath models`)")
+    if not paths[0].exists() and paths[0].suffix.lower() != ".onnx":
+        hint = did_you_mean(str(paths[0]), ZOO)
+        if hint:
+            raise InputError(f"model file not found: {paths[0]}{hint.replace('(did you mean', '(did you mean the zoo model')}")
     return paths[0], paths[1:], None
 
 
@@ -136,6 +143,8 @@ def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), d
     lay = pre.layout if pre else (opts.get("layout") or "nchw")
     an.set_bounds(*bounds(pre, lo, hi, lay))
     names = read_labels(labels, an.num_classes) if labels else (entry.labels() if entry else None)
+    if isinstance(tgt, ClassName):
+        tgt = resolve_class(tgt.name, names, an.num_classes, "--target")
     if isinstance(tgt, int) and an.num_classes is not None and not 0 <= tgt < an.num_classes:
         raise InputError(f"--target {tgt} is out of range: the model has {an.num_classes} classes "
                          f"(0..{an.num_classes - 1})")

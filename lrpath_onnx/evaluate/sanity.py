@@ -2,7 +2,8 @@
 
 Re-initialise the weights of the top layer group, explain again, then the top two groups,
 and so on down to the first layer; after each step compare every method's heatmaps with
-the original ones (Spearman rank correlation of the absolute maps, SSIM). A method whose
+the original ones (Spearman rank correlation of the absolute maps — over the pixels where
+either map is non-zero — and of the signed maps, SSIM). A method whose
 maps survive the network's randomisation explains the input, not the model: Sixt et al.
 (ICML 2020) show that z⁺/αβ-like rules can be insensitive to the upper layers.
 """
@@ -61,9 +62,17 @@ def randomized(model_path: Path, graph: LayerGraph, layer_names: list[str], seed
     return proto
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (ties get their mean rank)."""
-    ra, rb = _ranks(np.ravel(a)), _ranks(np.ravel(b))
+def spearman(a: np.ndarray, b: np.ndarray, support: bool = False) -> float:
+    """Spearman's rank correlation (ties get their mean rank). ``support``: only over pixels
+    where either map is non-zero — input-multiplied maps and occlusion are exactly 0 on a blank
+    background whatever the network, and those tied zeros alone would make any two maps look alike."""
+    a, b = np.ravel(a), np.ravel(b)
+    if support:
+        keep = (a != 0) | (b != 0)
+        if keep.sum() < 3:
+            return 1.0
+        a, b = a[keep], b[keep]
+    ra, rb = _ranks(a), _ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
     return float((ra * rb).sum() / den) if den > 0 else 0.0

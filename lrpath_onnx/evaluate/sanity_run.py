@@ -47,7 +47,8 @@ def run_sanity(ses, names: list[str], ctx: MethodContext, steps: int, batch: int
             rec = {"randomized": list(done), "methods": {}}
             for m in methods:
                 rec["methods"][m] = {
-                    "spearman_abs": float(np.mean([spearman(np.abs(a), np.abs(b)) for a, b in zip(trained[m], maps[m])])),
+                    "spearman_abs": float(np.mean([spearman(np.abs(a), np.abs(b), support=True)
+                                                   for a, b in zip(trained[m], maps[m])])),
                     "spearman": float(np.mean([spearman(a, b) for a, b in zip(trained[m], maps[m])])),
                     "ssim": float(np.mean([ssim(a, b) for a, b in zip(trained[m], maps[m])])),
                 }

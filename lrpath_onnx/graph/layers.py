@@ -382,5 +382,7 @@ class LayerGraph:
         if key.lstrip("-").isdigit() and -len(self.layers) <= int(key) < len(self.layers):
             return self.layers[int(key)]
         from ..errors import InputError
+        from ..names import did_you_mean
 
-        raise InputError(f"no layer named '{key}' (see `lrpath plan` for the layer names)")
+        hint = did_you_mean(key, list(self.by_name) + list(self.aliases)) or " (see `lrpath plan` for the layer names)"
+        raise InputError(f"no layer named '{key}'{hint}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 
@@ -55,6 +55,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = 50_000_000) -> Im
                         f"more than the limit of {max_pixels}"
                     )
                 img.load()
+                img = upright(img)
                 return to_gray(img) if img.mode in _GRAY else to_rgb(img)
     except Image.DecompressionBombError as exc:
         raise InputError(f"image {p} is too large to decode safely: {exc}") from exc
@@ -62,6 +63,15 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = 50_000_000) -> Im
         raise InputError(f"not a supported image ({', '.join(FORMATS).lower()}): {p}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"cannot read image {p}: {exc}") from exc
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image the way people see it: the EXIF orientation a phone camera writes (rotated,
+    mirrored) applied to the pixels, before anything else looks at them."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError):  # a broken EXIF block: the stored pixels, as before
+        return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -316,6 +326,10 @@ def load_npy(path: str | os.PathLike[str], expected_shape: tuple) -> np.ndarray:
         shape = arr.shape
     elif _matches(arr.shape, want[1:]):
         shape = (1,) + arr.shape
+    elif len(want) == 4 and arr.ndim == 2 and (want[1] == 1 or want[3] == 1) and \
+            (_matches(arr.shape, want[2:]) or _matches(arr.shape, want[1:3])):
+        # a single-channel image saved without its channel axis: unambiguous, so added
+        shape = (1, 1) + arr.shape if want[1] == 1 and _matches(arr.shape, want[2:]) else (1,) + arr.shape + (1,)
     else:
         got, want_s = tuple(arr.shape), _fmt(expected_shape)
         raise InputError(f"{p} has shape {got}, expected {want_s} (batch axis optional)")

@@ -10,7 +10,7 @@ import numpy as np
 from ..api import Analyzer, Explanation
 from ..diagnose import conservation_warnings
 from ..errors import InputError
-from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png
+from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, with_scale_bar
 from .inputs import Sample
 from .outputs import write_json, write_npy
 
@@ -79,7 +79,10 @@ def write_sample(folder: Path, sample: Sample, relevance: np.ndarray, rec: dict,
     m = relevance_map(rel, layout) if rel.ndim == 3 else np.asarray(rel, np.float64).reshape(1, -1)
     scale = 224 if rel.ndim == 3 and min(m.shape) < 224 else None
     paths = [write_npy(folder / "relevance.npy", rel)]
-    save_png(folder / "heatmap.png", heatmap_rgb(m), scale_to=scale)
+    picture = heatmap_rgb(m)
+    if rel.ndim == 3:
+        picture = with_scale_bar(picture, m)
+    save_png(folder / "heatmap.png", picture, scale_to=None if rel.ndim == 3 else scale)
     paths.append(folder / "heatmap.png")
     if rel.ndim == 3:
         save_png(folder / "overlay.png", overlay_rgb(sample.display, m), scale_to=scale)

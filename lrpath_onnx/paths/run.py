@@ -12,7 +12,7 @@ from ..api import Analyzer
 from ..io.inputs import Sample
 from ..io.outputs import atomic_path, write_json
 from ..viz.graph_draw import draw_png, draw_svg
-from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png
+from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, scale_of, with_scale_bar
 from .heatmaps import activation_heatmap, relevance_heatmap
 from .kbest import k_best_paths
 from .neurons import SINK, SOURCE, NeuronGraph, build, explain_for_graph
@@ -44,8 +44,11 @@ def path_record(weight: float, path: list, ng: NeuronGraph) -> dict:
 
 def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer: int = 16,
                   how: str = "top", threshold: float = 1.0, target=None, layout: str = "nchw",
-                  labels: list[str] | None = None) -> dict:
-    """Everything ``lrpath paths`` writes for one input into ``out``; returns paths.json's content."""
+                  labels: list[str] | None = None, path_scale: str = "full") -> dict:
+    """Everything ``lrpath paths`` writes for one input into ``out``; returns paths.json's content.
+
+    ``path_scale``: the relevance-based K-path heatmap is drawn on the full heatmap's colour
+    scale (``full``: its share of the relevance shows) or on its own (``own``)."""
     t0 = time.perf_counter()
     x = sample.tensor[None]
     exp = explain_for_graph(an, x, target)
@@ -70,8 +73,14 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     write_json(out / "graph.json", graph_json(ng))
     full = relevance_map(exp.relevance[0], layout)
     scale = 224 if min(full.shape) < 224 else None
-    save_png(out / "heatmap_full.png", heatmap_rgb(full), scale_to=scale)
-    save_png(out / "heatmap_k_paths_relevance.png", heatmap_rgb(relevance_map(rel_k, layout)), scale_to=scale)
+    part = relevance_map(rel_k, layout)
+    share = float(rel_k.sum() / exp.relevance[0].sum()) if exp.relevance[0].sum() else None
+    own = path_scale == "own"
+    save_png(out / "heatmap_full.png", with_scale_bar(heatmap_rgb(full), full))
+    save_png(out / "heatmap_k_paths_relevance.png", with_scale_bar(
+        heatmap_rgb(part, scale=None if own else scale_of(full)), part, scale=None if own else scale_of(full),
+        note=(f"{share:.3g} of the relevance; " if share is not None else "")
+        + ("its own scale" if own else "the full heatmap's scale")))
     save_png(out / "heatmap_k_paths_activation.png", overlay_rgb(sample.display, act_k), scale_to=scale)
     record = {
         "input": str(sample.source), "target": ng.target if not isinstance(ng.target, np.integer) else int(ng.target),
@@ -81,7 +90,7 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
         "graph": {"nodes": ng.graph.number_of_nodes(), "edges": ng.graph.number_of_edges()},
         "longest": path_record(*best[0], ng) if best else None,
         "paths": [{"rank": i + 1, **path_record(w, p, ng)} for i, (w, p) in enumerate(best)],
-        "relevance_share_k_paths": float(rel_k.sum() / exp.relevance[0].sum()) if exp.relevance[0].sum() else None,
+        "relevance_share_k_paths": share, "path_heatmap_scale": path_scale,
         "timings_s": {"explain": t1 - t0, "graph_and_paths": t2 - t1, "path_heatmaps": t3 - t2,
                       "total": t3 - t0},
     }

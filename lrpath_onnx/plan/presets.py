@@ -130,7 +130,10 @@ def preset_rules(graph: LayerGraph, preset: str) -> tuple[str, dict[str, Rule], 
         choice = choose_preset(graph)
         return choice.preset, PRESETS[choice.preset][0](graph), choice.reason
     if preset not in PRESETS:
-        raise RuleError(f"unknown preset '{preset}'; valid presets: {', '.join(['auto'] + sorted(PRESETS))}")
+        from ..names import did_you_mean
+
+        raise RuleError(f"unknown preset '{preset}'{did_you_mean(preset, ['auto', *PRESETS])}; valid presets: "
+                        f"{', '.join(['auto'] + sorted(PRESETS))}")
     return preset, PRESETS[preset][0](graph), "chosen by name"
 
 

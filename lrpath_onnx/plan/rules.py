@@ -225,8 +225,11 @@ def make_rule(name: str, *values: float, bias: bool = True, **named: float) -> R
     unknown names list the valid ones."""
     key = _ALIASES.get(name.strip().lower())
     if key is None:
-        valid = ", ".join(sorted(s for s in SPECS if SPECS[s].form is not None or s == "alpha2beta1"))
-        raise RuleError(f"unknown rule '{name}'; valid rules: {valid}")
+        from ..names import did_you_mean
+
+        valid = sorted(s for s in SPECS if SPECS[s].form is not None or s in ("alpha2beta1", "ratio"))
+        raise RuleError(f"unknown rule '{name}'{did_you_mean(name.strip().lower(), _ALIASES)}; valid rules: "
+                        f"{', '.join(valid)}")
     spec = SPECS[key]
     if key == "alpha2beta1":
         spec, key, values = SPECS["alphabeta"], "alphabeta", (2.0, 1.0) + tuple(values)

@@ -19,7 +19,7 @@ from ..paths.neurons import activation_tensor, graph_layers
 from ..paths.optimize import draw_sweep, sweep
 from ..paths.run import explain_paths
 from ..viz.grid import draw_grid
-from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png
+from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, with_scale_bar
 
 
 def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: int = 10,
@@ -35,7 +35,7 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
     timings["explain (LRP)"] = time.perf_counter() - t
     full = relevance_map(exp.relevance[0], layout)
     save_png(out / "input.png", sample.display, scale_to=scale)
-    save_png(out / "heatmap.png", heatmap_rgb(full), scale_to=scale)
+    save_png(out / "heatmap.png", with_scale_bar(heatmap_rgb(full), full))
     save_png(out / "overlay.png", overlay_rgb(sample.display, full), scale_to=scale)
     cons = exp.conservation(0)
     t = time.perf_counter()

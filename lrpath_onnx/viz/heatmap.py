@@ -35,8 +35,18 @@ def relevance_map(rel: np.ndarray, layout: str) -> np.ndarray:
     return a.sum(axis=0 if layout == "nchw" else 2)
 
 
-def normalise(m: np.ndarray, clip_percentile: float = 99.5) -> np.ndarray:
-    """Scale a map to [-1, 1] symmetrically: ``m / s`` clipped, s = percentile of |m|.
+def scale_of(m: np.ndarray, clip_percentile: float = 99.5) -> float:
+    """The value shown at full colour: a percentile of |m| (the maximum for sparse maps)."""
+    mag = np.abs(np.asarray(m, dtype=np.float64))
+    if mag.size == 0:
+        return 0.0
+    s = float(np.percentile(mag, clip_percentile))
+    return s if s > 0 else float(mag.max())
+
+
+def normalise(m: np.ndarray, clip_percentile: float = 99.5, scale: float | None = None) -> np.ndarray:
+    """Scale a map to [-1, 1] symmetrically: ``m / s`` clipped, s = percentile of |m| (or the
+    given ``scale``, to draw several maps on one scale).
 
     When the percentile is zero (a sparse map) the maximum of |m| is used instead; an
     all-zero map stays zero.
@@ -50,10 +60,7 @@ def normalise(m: np.ndarray, clip_percentile: float = 99.5) -> np.ndarray:
         raise InputError(f"clip percentile must be in (0, 100], got {clip_percentile!r}")
     if a.size == 0:
         return a.copy()
-    mag = np.abs(a)
-    s = float(np.percentile(mag, clip_percentile))
-    if s <= 0:
-        s = float(mag.max())
+    s = scale_of(a, clip_percentile) if scale is None else float(scale)
     if s == 0:
         return np.zeros_like(a)
     return np.clip(a / s, -1.0, 1.0)
@@ -69,13 +76,48 @@ def _colours(v: np.ndarray) -> np.ndarray:
     return rgb * 255.0
 
 
-def heatmap_rgb(m: np.ndarray, clip_percentile: float = 99.5) -> np.ndarray:
+def heatmap_rgb(m: np.ndarray, clip_percentile: float = 99.5, scale: float | None = None) -> np.ndarray:
     """Diverging uint8 (H, W, 3) heatmap: +max red (255, 0, 0), 0 white, -max blue (0, 0, 255).
 
     See :func:`normalise` for the symmetric scale.
     """
-    v = normalise(m, clip_percentile)
+    v = normalise(m, clip_percentile, scale)
     return np.rint(_colours(v)).astype(np.uint8)
+
+
+def with_scale_bar(rgb: np.ndarray, m: np.ndarray, clip_percentile: float = 99.5, scale: float | None = None,
+                   width: int = 224, note: str = "") -> np.ndarray:
+    """The heatmap enlarged to at least ``width`` pixels with a colour bar under it: the values of
+    full blue and full red, and how much of the relevance is positive and negative."""
+    from PIL import ImageDraw
+
+    from .graph_draw import _font, png_text
+
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    if img.size[0] < width:
+        k = math.ceil(width / img.size[0])
+        img = img.resize((img.size[0] * k, img.size[1] * k), Image.NEAREST)
+    w, h = img.size
+    s = scale_of(m, clip_percentile) if scale is None else float(scale)
+    a = np.asarray(m, np.float64)
+    pos, neg = float(a[a > 0].sum()), float(-a[a < 0].sum())
+    total = pos + neg
+    lines = [f"red {pos / total:.0%} of |R|, blue {neg / total:.0%}" if total > 0 else "no relevance"]
+    lines += [part.strip() for part in note.split(";") if part.strip()]
+    fs = max(11, min(15, w // 22))
+    bar_h, pad = max(10, fs), 4
+    out = Image.new("RGB", (w, h + bar_h + (fs + 3) * (1 + len(lines)) + 3 * pad), "white")
+    out.paste(img, (0, 0))
+    grad = np.rint(_colours(np.linspace(-1, 1, w - 2 * pad)[None, :].repeat(bar_h, 0))).astype(np.uint8)
+    out.paste(Image.fromarray(grad), (pad, h + pad))
+    draw = ImageDraw.Draw(out)
+    font = _font(fs)
+    y = h + bar_h + 2 * pad
+    for text, anchor, x in ((f"−{s:.3g}", "la", pad), ("0", "ma", w // 2), (f"+{s:.3g}", "ra", w - pad)):
+        draw.text((x, y), png_text(text), fill=(30, 30, 30), font=font, anchor=anchor)
+    for i, text in enumerate(lines):
+        draw.text((pad, y + (fs + 3) * (i + 1)), png_text(text), fill=(30, 30, 30), font=font)
+    return np.asarray(out)
 
 
 def _resize_map(m: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -100,12 +142,13 @@ def gray_rgb(image_rgb: np.ndarray) -> np.ndarray:
 
 
 def overlay_rgb(
-    image_rgb: np.ndarray, m: np.ndarray, alpha: float = 0.6, clip_percentile: float = 99.5
+    image_rgb: np.ndarray, m: np.ndarray, alpha: float = 0.75, clip_percentile: float = 99.5
 ) -> np.ndarray:
     """Blend the heatmap onto a gray version of the image where relevance is strong.
 
-    Each pixel's blend weight is ``alpha * |v|`` (v the normalised relevance), so pixels
-    without relevance show the gray image unchanged and the strongest show mostly colour.
+    Each pixel's blend weight is ``alpha * sqrt|v|`` (v the normalised relevance), so pixels
+    without relevance show the gray image unchanged, the strongest show mostly colour, and
+    weak relevance of either sign (often the negative side) stays visible.
     A map of another size than the image is resized bilinearly first.
 
     Parameters
@@ -135,7 +178,7 @@ def overlay_rgb(
             raise InputError("relevance map holds NaN or infinite values")
         rel = _resize_map(rel, *gray.shape[:2])
     v = normalise(rel, clip_percentile)
-    weight = alpha * np.abs(v)[..., None]
+    weight = alpha * np.sqrt(np.abs(v))[..., None]
     out = (1.0 - weight) * gray + weight * _colours(v)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
