@@ -1,0 +1,154 @@
+"""What a new user trips over, through the real CLI and the API: images the right way up,
+names as people type them, classes by name, notices, pictures with a scale."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lrpath_onnx import Analyzer
+from lrpath_onnx.names import class_names, did_you_mean, resolve_class
+from tests.test_cli import assert_one_line_error, lrpath
+
+DIGITS = Path(__file__).parent.parent / "models" / "digits"
+
+
+def _rotated_jpeg(path: Path, digit: int) -> Path:
+    """The digit as a phone stores it: pixels turned 90° clockwise, EXIF orientation 6 to undo it."""
+    img = Image.open(DIGITS / f"digit_{digit}.png").convert("RGB").resize((112, 112))
+    stored = img.transpose(Image.Transpose.ROTATE_90)  # on its side; orientation 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, "JPEG", exif=exif, quality=98)
+    return path
+
+
+def test_exif_orientation_is_applied_before_anything_else(tmp_path):
+    photo = _rotated_jpeg(tmp_path / "seven.jpg", 7)
+    res = lrpath("explain", "mnist-vgg", photo, "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "out" / "seven" / "explanation.json").read_text())
+    assert doc["target"]["index"] == 7  # as stored (on its side) it is not a 7
+    an = Analyzer("mnist-vgg")
+    upright = an.preprocess(photo)
+    as_stored = an.preprocess(Image.fromarray(np.asarray(Image.open(photo))))  # the pixels without their EXIF
+    assert an.forward(upright)[an.graph.output].argmax() == 7
+    assert np.abs(upright - an.preprocess(DIGITS / "digit_7.png")).mean() < 0.05
+    assert np.abs(as_stored - upright).mean() > 0.05
+
+
+def test_api_takes_zoo_names_and_layer_names():
+    an = Analyzer("mnist-vgg")
+    x = an.preprocess(DIGITS / "digit_3.png")
+    assert x.shape == (1, 1, 28, 28) and float(an.low.max()) == 0.0 and float(an.high.min()) == 1.0
+    exp = an.explain(x, keep=["features.7"])
+    again = an.relevance_from(x, "features.7", exp.kept["features.7"])  # a layer name, as keep= takes it
+    np.testing.assert_allclose(again.relevance, exp.relevance, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["explain", "mnist-vg", "x.png"], "did you mean the zoo model 'mnist-vgg'"),
+    (["explain", "mnist-vgg", "x.png", "--target", "features.77:1"], "did you mean 'features.7'"),
+    (["explain", "mnist-vgg", "x.png", "--preset", "conserve"], "did you mean 'conserving'"),
+    (["explain", "mnist-vgg", "x.png", "--rule", "features.0=gama"], "did you mean 'gamma'"),
+    (["explain", "mnist-vgg", "x.png", "--target", "seven"], "is not a class name"),
+])
+def test_typos_get_a_close_name(tmp_path, args, fragment):
+    shutil.copy(DIGITS / "digit_3.png", tmp_path / "x.png")
+    out = tmp_path / "out"
+    res = lrpath(*args, "--out", out, cwd=tmp_path)
+    assert_one_line_error(res, fragment, out=out)
+
+
+def test_classes_by_name_and_synonym():
+    labels = ["tench, Tinca tinca", "tiger cat", "bobsled, bobsleigh, bob", "Egyptian cat"]
+    assert resolve_class("tiger cat", labels, 4, "--target") == 1
+    assert resolve_class("bobsleigh", labels, 4, "--target") == 2
+    assert resolve_class("BOB", labels, 4, "--target") == 2
+    assert resolve_class("3", labels, 4, "--target") == 3
+    assert class_names(["a, x", "b, x"]).get("x") is None  # a synonym two classes share names neither
+    with pytest.raises(Exception, match="did you mean 'Egyptian cat'"):
+        resolve_class("egyptain cat", labels, 4, "--target")
+    assert did_you_mean("zzz", ["abc"]) == ""
+
+
+def test_target_and_expect_take_class_names(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(["zero, nought", "one", "two", "three, trio", "four", "five", "six", "seven",
+                                 "eight", "nine"]) + "\n")
+    res = lrpath("explain", "mnist-vgg", DIGITS / "digit_3.png", "--out", tmp_path / "o", "--labels", labels,
+                 "--target", "trio")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "o" / "digit_3" / "explanation.json").read_text())["target"]["index"] == 3
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(DIGITS / "digit_0.png", images)
+    shutil.copy(DIGITS / "digit_3.png", images)
+    (tmp_path / "expect.csv").write_text("file,label\ndigit_0.png,nought\ndigit_3.png,Three\n")
+    res = lrpath("audit", "mnist-vgg", "--images", images, "--out", tmp_path / "a", "--labels", labels,
+                 "--expect", tmp_path / "expect.csv")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert [r["checks"]["prediction"]["passed"] for r in doc["images"]] == [True, True]
+
+
+def test_a_two_axis_npy_gets_its_channel_axis(tmp_path):
+    img = np.asarray(Image.open(DIGITS / "digit_5.png"), np.float32) / 255
+    np.save(tmp_path / "five.npy", img)  # (28, 28) for a (1, 1, 28, 28) model
+    res = lrpath("explain", "mnist-vgg", tmp_path / "five.npy", "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    assert np.load(tmp_path / "out" / "five" / "relevance.npy").shape == (1, 28, 28)
+
+
+def test_audit_says_what_it_skipped_and_recurses_on_request(tmp_path):
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    shutil.copy(DIGITS / "digit_1.png", images)
+    shutil.copy(DIGITS / "digit_2.png", images / "sub")
+    (images / "notes.txt").write_text("not an image")
+    res = lrpath("audit", "mnist-vgg", "--images", images, "--out", tmp_path / "a")
+    assert res.returncode == 0 and "skipped 2 entries" in res.stderr and "--recursive" in res.stderr
+    assert json.loads((tmp_path / "a" / "audit.json").read_text())["summary"]["images"] == 1
+    res = lrpath("audit", "mnist-vgg", "--images", images, "--out", tmp_path / "b", "--recursive")
+    assert res.returncode == 0 and "skipped 1 entry" in res.stderr
+    assert json.loads((tmp_path / "b" / "audit.json").read_text())["summary"]["images"] == 2
+
+
+def test_heatmaps_have_a_scale_and_overlays_show_negative_relevance(tmp_path):
+    res = lrpath("explain", "mnist-vgg", DIGITS / "digit_8.png", "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    folder = tmp_path / "out" / "digit_8"
+    rel = np.load(folder / "relevance.npy")[0]
+    heat = np.asarray(Image.open(folder / "heatmap.png").convert("RGB")).astype(int)
+    assert heat.shape[0] > heat.shape[1] >= 224  # the colour bar and its labels under the map
+    bar = heat[230:236, 10:-10]
+    assert (bar[:, :20, 2] > 200).all() and (bar[:, :20, 0] < 80).all()  # full blue on the left
+    assert (bar[:, -20:, 0] > 200).all() and (bar[:, -20:, 2] < 80).all()  # full red on the right
+    over = np.asarray(Image.open(folder / "overlay.png").convert("RGB")).astype(int)
+    neg = np.kron(rel < -0.25 * np.abs(rel).max(), np.ones((8, 8), bool))  # 28 → 224
+    assert neg.any()
+    bluish = over[..., 2] - over[..., 0]
+    assert (bluish[neg] > 20).mean() > 0.5  # negative relevance is visible as blue on the overlay
+
+
+def test_building_a_zoo_model_says_so(tmp_path, monkeypatch):
+    from lrpath_onnx.models import registry
+
+    built = tmp_path / "m.onnx"
+    shutil.copy(Path(registry.__file__).parent / "mnist_vgg.onnx", built)
+    entry = registry.ZooEntry(name="demo-built", description="", source="", license="", preprocessing={},
+                              locate=lambda: built if built.exists() and built.stat().st_size and flag else None,
+                              build=lambda: (flag.append(1), built)[1])
+    flag: list = []
+    import io
+    import sys
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert entry.path() == built
+    assert "note: building 'demo-built'" in err.getvalue()
