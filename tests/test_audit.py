@@ -169,7 +169,7 @@ def test_bad_audit_input_is_one_line_and_writes_nothing(case, tmp_path):
             "unknown_key": (["--config", tmp_path / "typo.toml"], "unknown key"),
             "bad_label": (["--expect", tmp_path / "e.csv"], "neither a class index nor a class name"),
             "reversed_range": (["--conservation-range", "1.2,0.8"], "reversed"),
-            "target": (["--target", "3"], "--target does not apply"),
+            "target": (["--target", "3"], "No such option '--target'"),  # audit explains each top-1
             "unknown_check": (["--checks", "conservation,clever"], "unknown check"),
             "region_without_masks": (["--checks", "region"], "needs --masks")}[case]
     (tmp_path / "b.json").write_text(json.dumps({"digit_3.png": [5, 5, 5, 9]}))

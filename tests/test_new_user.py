@@ -152,3 +152,23 @@ def test_building_a_zoo_model_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stderr", err)
     assert entry.path() == built
     assert "note: building 'demo-built'" in err.getvalue()
+
+
+def test_nearly_flat_curves_get_an_axis_that_shows_they_are_flat():
+    from lrpath_onnx.viz.curve import y_range
+
+    lo, hi = y_range([196.525, 196.527, 196.53])
+    assert hi - lo >= 19.6 and lo <= 196.525 and hi >= 196.53
+    assert y_range([0.0, 0.5, 1.0]) == (0.0, 1.0)  # a real change keeps its own span
+    lo, hi = y_range([0.0, 0.0001, 0.0002, 1e-5])
+    assert lo == 0.0 and hi >= 0.0002  # non-negative values do not get a negative axis
+
+
+def test_help_matches_behaviour():
+    for cmd, absent in (("audit", "--target"), ("report", "--target"), ("deconv", "--preset"),
+                        ("deconv", "--rule")):
+        res = lrpath(cmd, "--help")
+        assert res.returncode == 0 and absent not in res.stdout, (cmd, absent)
+    assert "[MODEL] INPUT..." not in lrpath("audit", "--help").stdout
+    assert "[MODEL] IMAGE" in lrpath("report", "--help").stdout
+    assert "%%" not in lrpath("audit", "--help").stdout

@@ -35,7 +35,7 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
 
 
 @click.command()
-@input_options
+@input_options(inputs="", target=False)
 @click.option("--images", "images", required=True, type=click.Path(path_type=Path),
               help="Folder of images (or .npy tensors) to audit.")
 @click.option("--expect", type=click.Path(path_type=Path), default=None,
@@ -52,7 +52,7 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
                    "conservation, plus prediction with --expect and region with --masks/--boxes).")
 @click.option("--min-region-share", type=float, default=None, help="Relevance-in-region threshold (default 0.5).")
 @click.option("--conservation-range", default=None, help="LOW,HIGH for the conservation ratio (default 0.8,1.2).")
-@click.option("--path-smape-max", type=float, default=None, help="Path-fidelity SMAPE threshold in %% (default 20).")
+@click.option("--path-smape-max", type=float, default=None, help="Path-fidelity SMAPE threshold in % (default 20).")
 @click.option("--faithfulness-min-gain", type=float, default=None,
               help="MoRF AOPC the heatmap must gain over a random one (default 0.05).")
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Paths kept by the path-fidelity check (default 5).")
@@ -77,8 +77,6 @@ def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text,
     1 when one fails, 2 on bad input."""
     if len(args) > 1:
         raise click.UsageError("audit takes one MODEL; the images come from --images")
-    if opts.get("target") is not None:
-        raise InputError("audit explains each image's top-1 prediction; --target does not apply")
     if masks_dir is not None and boxes is not None:
         raise InputError("give --masks or --boxes, not both")
     cons = floats(conservation_range, "--conservation-range")

@@ -37,7 +37,7 @@ def _channels(text: str | None) -> list[int] | None:
 
 
 @click.command()
-@input_options
+@input_options(target=False, rules=False)
 @click.option("--layer", "layers", multiple=True, help="Layer to reconstruct from (repeatable).")
 @click.option("--channels", default=None, help="Channels of the layer, e.g. 3,17 (default: --top).")
 @click.option("--top", type=click.IntRange(min=1), default=9, show_default=True,

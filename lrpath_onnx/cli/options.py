@@ -38,13 +38,19 @@ def size(text: str | None) -> tuple[int, int] | None:
     return (parts[0], parts[-1])
 
 
+def device_option(fn):
+    """--device: where the kernels run."""
+    return click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+                        help="Where the backward kernels run (cuda needs the CUDA kernels and a GPU).")(fn)
+
+
 def model_options(fn):
     """--preset, --rule, --device: how the model is explained."""
-    fn = click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
-                      help="Where the backward kernels run (cuda needs the CUDA kernels and a GPU).")(fn)
+    fn = device_option(fn)
     fn = click.option("--rule", "rules", multiple=True, metavar="PATTERN=RULE[:PARAM]",
                       help="Override the preset for layers whose name (glob) or index matches; "
-                           "repeatable, applied in order. E.g. 'features.0=zbox', '*=epsilon:0.25'.")(fn)
+                           "repeatable, applied in order. E.g. 'features.0=zbox', '*=epsilon:0.25', "
+                           "'conv*=gamma:0.5,nobias'.")(fn)
     fn = click.option("--preset", default="auto", show_default=True, metavar="NAME",
                       help=f"Rule preset: auto (chosen by the network's structure), {', '.join(sorted(PRESETS))}; "
                            "`lrpath plan --presets` says what each is for.")(fn)

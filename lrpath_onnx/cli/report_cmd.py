@@ -28,7 +28,7 @@ def write_report(ses, out: Path, model_label: str, k: int = 5, per_layer: int = 
 
 
 @click.command()
-@input_options
+@input_options(inputs="IMAGE", target=False)
 @click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="How many best paths.")
 @click.option("--per-layer", type=click.IntRange(min=1), default=16, show_default=True,
               help="Neurons per layer of the neuron graph.")
@@ -41,8 +41,6 @@ def report(args, out, k, per_layer, k_max, thresholds, **opts):
     curve, the deconvolution of the path neurons, timings."""
     if len(args) > 2 or (len(args) == 2 and opts.get("model_name")):
         raise InputError("report explains one IMAGE; run it once per image")
-    if opts.get("target") is not None:
-        raise InputError("report explains the top-1 class; --target does not apply")
     grid = floats(thresholds, "--thresholds")
     ses = open_session(args, out, **opts)
     label = str(args[0]) if len(args) == 2 else str(opts.get("model_name"))

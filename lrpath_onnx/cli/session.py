@@ -15,18 +15,25 @@ from ..io.images import Preprocess, preprocess_from_input_shape, z_bounds
 from ..io.inputs import InputReader, check_paths
 from ..io.results import read_labels
 from ..names import did_you_mean, resolve_class
-from .options import floats, model_options, size
+from .options import device_option, floats, model_options, size
 
 
-def input_options(fn):
-    """--model-name, --target and the image/tensor options of explain, paths and optimize."""
+def input_options(fn=None, *, inputs: str = "INPUT...", target: bool = True, rules: bool = True):
+    """The model, its inputs and the image/tensor options every input-taking command shares.
+
+    ``inputs``: the metavar of the positional inputs (``""``: the command takes none, e.g. audit's
+    ``--images``); ``target``: the command takes ``--target``; ``rules``: it takes ``--preset``/
+    ``--rule`` (commands that do not propagate relevance do not)."""
+    if fn is None:
+        return lambda f: input_options(f, inputs=inputs, target=target, rules=rules)
     opts = [
         click.option("--max-pixels", type=click.IntRange(min=1), default=50_000_000, show_default=True,
                      help="Refuse larger images (decompression bombs)."),
         click.option("--labels", type=click.Path(path_type=Path), default=None, help="Class names, one per line."),
         click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default=None,
                      help="Channel order of the model."),
-        click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True),
+        click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True,
+                     help="Where the model's channel axis is (auto: from its input shape)."),
         click.option("--fit", type=click.Choice(["crop", "stretch"]), default=None,
                      help="Resize then crop (default) or stretch."),
         click.option("--resize", type=click.IntRange(min=1), default=None, help="Short side before the centre crop."),
@@ -36,12 +43,13 @@ def input_options(fn):
         click.option("--scale", type=float, default=None, help="Pixel scale before mean/std (default 1/255)."),
         click.option("--std", default=None, help="Per-channel std after scaling, e.g. 0.229,0.224,0.225."),
         click.option("--mean", default=None, help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406."),
-        click.option("--target", default=None,
-                     help="Class index N, LAYER:CHANNEL or LAYER:CHANNEL:Y:X (default: top-1)."),
-        model_options,
+        *([click.option("--target", default=None,
+                        help="Class index N, a class name or synonym, LAYER:CHANNEL or LAYER:CHANNEL:Y:X "
+                             "(default: top-1).")] if target else []),
+        model_options if rules else device_option,
         click.option("--model-name", default=None, help="A zoo model (`lrpath models`); MODEL is then left out."),
         click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder."),
-        click.argument("args", nargs=-1, metavar="[MODEL] INPUT..."),
+        click.argument("args", nargs=-1, metavar=f"[MODEL] {inputs}".strip()),
     ]
     for o in opts:
         fn = o(fn)
@@ -66,6 +74,8 @@ def resolve_model(args: tuple, model_name: str | None):
     from ..models.registry import ZOO, get
 
     paths = [Path(a) for a in args]
+    if model_name is not None and paths and (paths[0].suffix.lower() == ".onnx" or str(paths[0]) in ZOO):
+        raise InputError(f"both --model-name {model_name} and a MODEL ({paths[0]}) were given; give one")
     if model_name is None and paths and not paths[0].exists() and str(paths[0]) in ZOO:
         model_name, paths = str(paths[0]), paths[1:]
     if model_name is not None:

@@ -12,7 +12,7 @@ from ..graph.layers import AvgPoolLayer, MaxPoolLayer, PoolWindow
 from ..kernels.conv import ConvGeometry
 from .conv import resolve_pads
 from .linear import LinearHandler
-from .registry import BackwardContext, OpHandler, ParseContext, node_layer, register, static_dims
+from .registry import BackwardContext, ChannelKeeping, OpHandler, ParseContext, node_layer, register, static_dims
 
 
 def _window(node, ctx: ParseContext, kernel=None) -> tuple[PoolWindow, dict]:
@@ -30,21 +30,8 @@ def _window(node, ctx: ParseContext, kernel=None) -> tuple[PoolWindow, dict]:
     return window, attrs
 
 
-class _ChannelKeeping:
-    """Pools keep each channel apart: chains pass, channel ids stay."""
-
-    def nonneg_output(self, layer, nonneg_inputs):
-        return all(nonneg_inputs)
-
-    def chain_input(self, layer):
-        return layer.inputs[0]
-
-    def channel_map(self, layer, ids, out_shape):
-        return OpHandler.channel_map(self, layer, ids, out_shape)
-
-
 @register
-class MaxPoolHandler(_ChannelKeeping, OpHandler):
+class MaxPoolHandler(ChannelKeeping, OpHandler):
     """MaxPool: all relevance of a pooled value goes to the input element that won it.
 
     The switches are onnxruntime's own ``Indices`` output (the runtime adds it to the
@@ -151,7 +138,7 @@ class PoolMap:
 
 
 @register
-class AveragePoolHandler(_ChannelKeeping, LinearHandler):
+class AveragePoolHandler(ChannelKeeping, LinearHandler):
     """AveragePool (count_include_pad, ceil_mode), GlobalAveragePool and a spatial ReduceMean:
     linear layers over each channel's window."""
 
@@ -200,9 +187,6 @@ class AveragePoolHandler(_ChannelKeeping, LinearHandler):
         if not layer.keepdims:
             g = g.reshape(tuple(g.shape) + (1, 1))
         return super().gradient(layer, g, ctx)
-
-    def flows(self, layer, rule, r, ctx, rows, cols, kept=None):
-        raise ValueError("average pools keep channels; they have no channel-pair flows")
 
     def cache_key(self, layer, a):
         return f"{layer.name}@{a.shape[2]}x{a.shape[3]}"

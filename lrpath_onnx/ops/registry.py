@@ -208,6 +208,23 @@ class OpHandler:
         return False
 
 
+class ChannelKeeping:
+    """Mixin for layers that keep each channel apart (pools, resizes) though a linear handler's
+    defaults say otherwise: chains pass through them, channel ids stay, ≥ 0 in gives ≥ 0 out."""
+
+    def nonneg_output(self, layer, nonneg_inputs):
+        return all(nonneg_inputs)
+
+    def chain_input(self, layer):
+        return layer.inputs[0]
+
+    def channel_map(self, layer, ids, out_shape):
+        return OpHandler.channel_map(self, layer, ids, out_shape)
+
+    def flows(self, layer, rule, r, ctx, rows, cols, kept=None):
+        raise ValueError(f"'{layer.name}' keeps channels apart; it has no channel-pair flows")
+
+
 HANDLERS: dict[str, OpHandler] = {}
 
 

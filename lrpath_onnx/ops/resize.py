@@ -16,7 +16,7 @@ import numpy as np
 
 from ..graph.layers import ResizeLayer
 from .linear import LinearHandler
-from .registry import ParseContext, node_layer, register
+from .registry import ChannelKeeping, ParseContext, node_layer, register
 
 _COORDS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn")
 _NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
@@ -92,7 +92,7 @@ def _scales(layer: ResizeLayer, in_hw, out_hw) -> tuple[float, float]:
 
 
 @register
-class ResizeHandler(LinearHandler):
+class ResizeHandler(ChannelKeeping, LinearHandler):
     """Resize (opset 10+) and Upsample: nearest or linear, over H and W of an NCHW tensor."""
 
     op_types = ("Resize", "Upsample")
@@ -164,17 +164,3 @@ class ResizeHandler(LinearHandler):
         if src is None or len(src) != 4 or any(d is None for d in src[2:]):
             return None
         return tuple(src[:2]) + self.out_size(layer, src[2:])
-
-    def nonneg_output(self, layer, nonneg_inputs):
-        return all(nonneg_inputs)
-
-    def chain_input(self, layer):
-        return layer.inputs[0]
-
-    def channel_map(self, layer, ids, out_shape):
-        from .registry import OpHandler
-
-        return OpHandler.channel_map(self, layer, ids, out_shape)
-
-    def flows(self, layer, rule, r, ctx, rows, cols, kept=None):
-        raise ValueError("a resize keeps channels; it has no channel-pair flows")

@@ -78,10 +78,7 @@ def render_curve(xs: Sequence[float], series: Mapping[str, Sequence[float]],
             if hi - lo <= 2:
                 ticks = sorted(ticks + [m * 10.0 ** k for k in range(lo, hi) for m in (2, 5)])
             return (10.0 ** lo, 10.0 ** hi), ticks, None
-        lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-        if hi <= lo:
-            lo, hi = lo - (abs(lo) * 0.1 or 1.0), hi + (abs(hi) * 0.1 or 1.0)
-        ticks, step = _ticks(lo, hi, 6, False)
+        ticks, step = _ticks(*y_range(vals), 6, False)
         return (ticks[0], ticks[-1]), ticks, step
 
     left = [n for n in series if n not in secondary]
@@ -177,6 +174,22 @@ def render_curve(xs: Sequence[float], series: Mapping[str, Sequence[float]],
     if has2 and ylabel2:
         _vertical(img, ylabel2, 14 * s, w - 22 * s, (by0 + by1) / 2, 270)
     return img.resize((w, h), Image.LANCZOS)
+
+
+def y_range(vals: Sequence[float]) -> tuple[float, float]:
+    """The span a linear y axis shows for ``vals``. A span tiny against the values themselves
+    (SMAPE 196.525…196.530 %) is widened to 10 % of their magnitude, so nearly flat lines look
+    flat instead of like large drops."""
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    least = 0.1 * max(abs(lo), abs(hi))
+    if hi - lo < least:
+        mid = (hi + lo) / 2
+        lo, hi = mid - least / 2, mid + least / 2
+        if min(vals, default=0.0) >= 0 > lo:
+            lo, hi = 0.0, hi - lo
+    if hi <= lo:
+        lo, hi = lo - (abs(lo) * 0.1 or 1.0), hi + (abs(hi) * 0.1 or 1.0)
+    return lo, hi
 
 
 def _check(xs: Sequence[float], series: Mapping[str, Sequence[float]], size: Sequence[int]) -> tuple[int, int]:
