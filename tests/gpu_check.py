@@ -220,7 +220,7 @@ def main() -> int:
         elif step is None:
             b = name[-1]
             report["steps"][name] = _run([py, "-m", "lrpath_onnx.cli.main", "bench", "vgg16", "--device", "cuda",
-                                          "--batch-size", b, "--json", str(args.out / f"bench-cuda-b{b}.json")],
+                                          "--batch-size", b, "--out", str(args.out / "bench-cuda")],
                                          left() - 10, args.out / f"bench-cuda-b{b}.log")
         else:
             try:

@@ -185,9 +185,9 @@ def test_demo_runs_offline_on_the_shipped_model(tmp_path):
 
 def test_bench_writes_json_with_ratios(cnn, tmp_path):
     _, model = cnn
-    res = lrpath("bench", model, "--batch-size", "2", "--runs", "5", "--json", tmp_path / "b.json")
+    res = lrpath("bench", model, "--batch-size", "2", "--runs", "5", "--out", tmp_path / "b")
     assert res.returncode == 0, res.stderr
-    data = json.loads((tmp_path / "b.json").read_text())
+    data = json.loads((tmp_path / "b" / f"bench-{Path(model).stem}-b2.json").read_text())
     stages = {s["stage"]: s for s in data["stages"]}
     assert set(stages) == {"onnxruntime_forward", "forward_with_activations", "backward", "explain_total"}
     assert stages["onnxruntime_forward"]["ratio_to_ort_forward"] == 1.0

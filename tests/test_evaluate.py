@@ -116,7 +116,7 @@ def test_aopc_of_gradient_x_input_on_a_linear_model_is_what_the_algebra_says(tmp
         np.testing.assert_allclose(rec[f"{how}_aopc"], np.mean(1 - np.array(curve)), rtol=1e-4, atol=1e-5)
     assert rec["abpc"] == pytest.approx(rec["morf_aopc"] - rec["lerf_aopc"])
     assert doc["methods"][0]["name"] == "gradient-x-input"  # ranked first: it is exact here
-    assert doc["images"][0]["target"] == t
+    assert doc["images"][0]["target"]["index"] == t
 
 
 def test_nhwc_models_are_perturbed_in_their_own_layout(tmp_path):
@@ -250,7 +250,7 @@ def test_evaluate_cli_on_the_shipped_digits(tmp_path):
     for m in doc["methods"]:
         assert m["abpc_ci"][0] <= m["abpc"] <= m["abpc_ci"][1]
         assert len(m["morf_curve"]) == 50 and m["morf_curve"][0] == 1.0
-    assert doc["settings"]["patch"] == 4 and doc["timings"]["perturbed_inputs"] == 10 * 4 * 2 * 49
+    assert doc["settings"]["patch"] == 4 and doc["throughput"]["perturbed_inputs"] == 10 * 4 * 2 * 49
     assert Image.open(out / "curves.png").size == (1000, 1040)
     assert "auto" in res.stdout and "ABPC" in res.stdout
     sanity = json.loads((out / "sanity.json").read_text())

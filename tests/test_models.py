@@ -13,6 +13,7 @@ from PIL import Image
 
 from lrpath_onnx import Analyzer, InputError
 from lrpath_onnx.io.images import Preprocess
+from lrpath_onnx.io.schema import validate
 from lrpath_onnx.models import registry, vgg16
 from tests.test_cli import lrpath
 
@@ -154,7 +155,9 @@ def test_modern_digit_models_conserve_with_defaults_and_explain_the_strokes(name
 def test_models_lists_every_entry():
     res = lrpath("models", "--json")
     assert res.returncode == 0, res.stderr
-    entries = {e["name"]: e for e in json.loads(res.stdout)}
+    doc = json.loads(res.stdout)
+    validate(doc)
+    entries = {e["name"]: e for e in doc["models"]}
     assert set(entries) == {"mnist-vgg", "mnist-resnet", "mnist-efficientnet", "vgg16", "vgg16-mri",
                             "vgg16-imagenet-backbone", "efficientnet-lite0"}
     assert entries["mnist-vgg"]["state"] == "ready" and "98.0%" in entries["mnist-vgg"]["quality"]

@@ -172,3 +172,19 @@ def test_help_matches_behaviour():
     assert "[MODEL] INPUT..." not in lrpath("audit", "--help").stdout
     assert "[MODEL] IMAGE" in lrpath("report", "--help").stdout
     assert "%%" not in lrpath("audit", "--help").stdout
+
+
+def test_every_rule_text_lrpath_prints_can_be_typed_back(tmp_path):
+    """`plan --presets` lists rules as NAME:ITEMS, the plan table as NAME(ITEMS): both go into --rule."""
+    listed = lrpath("plan", "--presets").stdout.split("rules (for --rule")[1].splitlines()[1:]
+    texts = [line.split()[0] for line in listed if line.strip()]
+    assert "gamma:gamma=0.25,stabilizer=1e-06" in texts and len(texts) >= 9
+    table = lrpath("plan", "mnist-vgg", "--rule", "features.2=zplus:nobias", "--rule", "features.5=gamma:gamma=0.5")
+    row = {l.split()[1]: l.split()[3] for l in table.stdout.splitlines() if l[:1].isdigit()}
+    assert row["features.2"] == "zplus(nobias)*" and row["features.5"] == "gamma(gamma=0.5)*"
+    for text in [t for t in texts if t.split(":")[0] not in ("zbox", "ratio")] + [row["features.5"][:-1]]:
+        res = lrpath("plan", "mnist-vgg", "--rule", f"features.2={text}", "--json")
+        assert res.returncode == 0, (text, res.stderr)
+        rule = json.loads(res.stdout)["rules"][2]
+        assert rule["source"] == "override" and rule["rule"] == text.split(":")[0].split("(")[0].replace(
+            "alpha2beta1", "alphabeta"), text

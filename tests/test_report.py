@@ -62,7 +62,7 @@ def test_report_is_one_self_contained_file(report):
                     "Heatmaps from the 4 best paths only", "How many paths suffice", "What the path neurons see"):
         assert section in html
     rec = json.loads((report / "report.json").read_text())
-    assert len(rec["top5"]) == 5 and rec["top5"][0]["index"] == rec["target"] == 3
+    assert len(rec["top5"]) == 5 and rec["top5"][0]["index"] == rec["target"]["index"] == 3
     assert 0.9 < rec["conservation"]["ratio"] < 1.1
     assert rec["provider"] == "CPUExecutionProvider" and rec["device"] == "cpu"
     assert rec["deconv"] and all(d["layer"].startswith("features.") for d in rec["deconv"])

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from ..io.schema import target_json
 from ..paths.neurons import explain_for_graph
 from . import checks as C
 from .config import AuditConfig
@@ -38,8 +39,7 @@ class Evaluator:
         recs = []
         for i, s in enumerate(samples):
             pred = int(np.asarray(exp.logits[i]).reshape(-1).argmax())
-            rec = {"image": s.name, "source": str(s.source), "predicted": pred,
-                   "predicted_label": ses.labels[pred] if ses.labels and pred < len(ses.labels) else None,
+            rec = {"image": s.name, "source": str(s.source), "predicted": target_json(pred, ses.labels),
                    "checks": {}}
             if "prediction" in self.checks:
                 rec["checks"]["prediction"] = C.prediction(pred, self.expected[s.source], ses.labels)
@@ -56,7 +56,7 @@ class Evaluator:
             recs.append(rec)
         per = (time.perf_counter() - t0) / len(samples)
         for r in recs:
-            r["seconds"] = per
+            r["timings_s"] = {"total": per}
         return recs
 
     def read(self, paths, names: list[str]):

@@ -10,6 +10,11 @@ from datetime import datetime, timezone
 from .config import CHECKS
 
 
+def _seconds(record: dict) -> float:
+    """The time spent on one image (its share of its batch)."""
+    return float(record.get("timings_s", {}).get("total", 0.0))
+
+
 def junit_xml(records: list[dict], model: str, thresholds: dict) -> str:
     """The XML text for ``records`` (audit.json's per-image entries)."""
     root = ET.Element("testsuites", name=f"lrpath audit {model}")
@@ -21,7 +26,7 @@ def junit_xml(records: list[dict], model: str, thresholds: dict) -> str:
         if not cases:
             continue
         n_fail = sum(not c["passed"] for _, c in cases)
-        t = sum(r.get("seconds", 0.0) for r, _ in cases)
+        t = sum(_seconds(r) for r, _ in cases)
         suite = ET.SubElement(root, "testsuite", name=f"lrpath.audit.{check}", tests=str(len(cases)),
                               failures=str(n_fail), errors="0", skipped="0", time=f"{t:.3f}",
                               timestamp=stamp, hostname=socket.gethostname())
@@ -30,7 +35,7 @@ def junit_xml(records: list[dict], model: str, thresholds: dict) -> str:
         ET.SubElement(props, "property", name="threshold", value=str(thresholds.get(check)))
         for r, c in cases:
             case = ET.SubElement(suite, "testcase", classname=f"lrpath.audit.{check}", name=r["image"],
-                                 time=f"{r.get('seconds', 0.0):.3f}", file=r["source"])
+                                 time=f"{_seconds(r):.3f}", file=r["source"])
             if not c["passed"]:
                 fail = ET.SubElement(case, "failure", type=f"{check}_check", message=c["message"])
                 fail.text = f"{check} check failed for {r['source']}: {c['message']} (threshold {c['threshold']})"

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..io.inputs import IMAGE_SUFFIXES, unique_names
 from ..io.outputs import write_json, write_text
+from ..io.schema import model_json, stamp
 from .config import AuditConfig
 from .evaluate import Evaluator
 from .junit import junit_xml
@@ -50,6 +51,9 @@ def previous_records(out: Path, cfg: AuditConfig, checks: list[str]) -> list[dic
         records, settings = old["images"], old["config"]
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"--resume: {path} is not an audit.json of lrpath (remove it or leave out --resume)") from None
+    if not str(old.get("schema", "")).startswith("lrpath.audit/"):
+        raise InputError(f"--resume: {path} was written by an older lrpath (no \"schema\"); "
+                         "rerun without --resume")
     if settings != asdict(cfg) or old.get("checks") != checks:
         raise InputError(f"--resume: {path} was made with other thresholds or checks; "
                          "rerun without --resume (or with the same settings)")
@@ -61,7 +65,7 @@ def summary(records: list[dict], checks: list[str], seconds: float, fresh: int) 
                "failed": sum(not r["checks"][c]["passed"] for r in records if c in r["checks"])} for c in checks}
     bad = [r["image"] for r in records if not all(c["passed"] for c in r["checks"].values())]
     return {"images": len(records), "images_failed": len(bad), "failed_images": bad, "checks": per,
-            "passed": not bad, "seconds_this_run": seconds, "images_this_run": fresh,
+            "passed": not bad, "images_this_run": fresh,
             "images_per_second": fresh / seconds if seconds > 0 and fresh else None}
 
 
@@ -70,9 +74,9 @@ class AuditRun:
     with the local engine, ``ray_engine.run_ray`` with Ray workers; both write through ``write``."""
 
     def __init__(self, ses, cfg: AuditConfig, checks: list[str], expected: dict, regions: RegionSource | None,
-                 out: Path, model_label: str) -> None:
+                 out: Path) -> None:
         self.ses, self.cfg, self.checks, self.expected, self.regions = ses, cfg, checks, expected, regions
-        self.out, self.model_label = out, model_label
+        self.out = out
         self.engine: dict = {"engine": "local"}
         self._written = 0.0
         self._doc: dict = {}
@@ -123,11 +127,12 @@ class AuditRun:
         an = self.ses.an
         engine = dict(self.engine)  # a Ray run says where its workers ran; the driver needs no session
         where = {"device": engine.pop("device", None) or an.device, "provider": engine.pop("provider", None) or an.provider}
-        doc = {"model": self.model_label, **where, **engine,
+        doc = stamp("audit", {**model_json(an.model_path, self.ses.model_name), **where, **engine,
                "preset": an.plan().preset,
                "rule_overrides": list(an.plan().overrides), "checks": self.checks, "config": asdict(self.cfg),
                "thresholds": thresholds_of(self.cfg), "summary": summary(records, self.checks, seconds, fresh),
-               "images": records}
+               "timings_s": {"this_run": seconds}, "images": records})
         write_json(self.out / "audit.json", doc)
-        write_text(self.out / "junit.xml", junit_xml(records, self.model_label, thresholds_of(self.cfg)))
+        label = self.ses.model_name or str(an.model_path)
+        write_text(self.out / "junit.xml", junit_xml(records, label, thresholds_of(self.cfg)))
         return doc

@@ -112,8 +112,7 @@ def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text,
     out = ensure_out_dir(out)
     clean_temporaries(out)
     records = previous_records(out, cfg, checks) if resume else []
-    model_label = str(args[0]) if args else str(opts.get("model_name"))
-    run = AuditRun(ses, cfg, checks, expected, regions, out, model_label)
+    run = AuditRun(ses, cfg, checks, expected, regions, out)
     if engine == "ray":
         from ..audit.ray_engine import RayEngine
 

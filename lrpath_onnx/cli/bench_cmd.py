@@ -15,8 +15,9 @@ import numpy as np
 
 from ..api import Analyzer
 from ..errors import InputError
-from ..io.outputs import write_json
-from .options import model_file, model_options
+from ..io.outputs import ensure_out_dir, write_json
+from ..io.schema import model_json, stamp
+from .options import model_file, model_options, zoo_name
 
 
 def peak_rss_mb() -> float:
@@ -75,8 +76,8 @@ def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
 @click.option("--warmup", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--rule-forward", type=click.Choice(["kernels", "runtime"]), default="kernels", show_default=True,
               help="Where γ/z⁺/αβ modified forwards run: extra onnxruntime nodes, or numba/BLAS kernels.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Write the results as JSON here (default: bench-<model>-b<B>.json in the current folder).")
+@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
+              show_default=True, help="Folder for bench-<model>-b<B>.json (the results).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input batch.")
 @click.option("--paths", "paths_k", type=click.IntRange(min=1), default=None,
               help="Also time `lrpath paths` work per image (graph with --per-layer neurons, K best paths, "
@@ -85,7 +86,7 @@ def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
 @click.option("--deconv", "deconv_layer", default=None, metavar="LAYER",
               help="Also time the deconvolution of the --deconv-top strongest channels of LAYER per image.")
 @click.option("--deconv-top", type=click.IntRange(min=1), default=9, show_default=True)
-def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, json_path, seed, paths_k,
+def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, out, seed, paths_k,
           per_layer, deconv_layer, deconv_top):
     """Time explain stages on MODEL (a path or a zoo name, e.g. vgg16) against onnxruntime's forward.
 
@@ -96,6 +97,7 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
     import onnxruntime as ort
 
     path = model_file(model)
+    out = ensure_out_dir(out)  # refused now, not after minutes of timing
     t0 = time.perf_counter()
     an = Analyzer(path, preset=preset, rules=rules, device=device, rule_forward=rule_forward)
     shape = tuple(batch_size if i == 0 else d for i, d in enumerate(an.input_shape))
@@ -151,8 +153,9 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
         per = _median(ts) / batch_size
         stages.append({"stage": name, "median_s_per_image": per, "ratio_to_ort_forward": per / base,
                        "runs": len(ts)})
-    result = {"machine": machine(), "model": str(path), "input_shape": list(shape), "batch_size": batch_size,
-              "preset": preset, "rules": list(rules), "rule_forward": rule_forward, "provider": first.provider,
+    result = {"machine": machine(), **model_json(path, zoo_name(model)), "input_shape": list(shape),
+              "batch_size": batch_size,
+              "preset": preset, "rule_overrides": list(rules), "rule_forward": rule_forward, "provider": first.provider,
               "device": an.device, "warmup": warmup, "stages": stages,
               "paths": {"k": paths_k, "per_layer": per_layer} if paths_k else None,
               "deconv": {"layer": deconv_layer, "neurons": deconv_top} if deconv_layer else None,
@@ -170,8 +173,8 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
                    "both timed with the graph's session)")
     click.echo(f"peak RSS {rss_explain:.0f} MB (explain only, before the plain session)   "
                f"first explain incl. load {first_s:.2f} s")
-    json_path = json_path or Path(f"bench-{path.stem}-b{batch_size}.json")
-    write_json(json_path, result)
+    json_path = out / f"bench-{path.stem}-b{batch_size}.json"
+    write_json(json_path, stamp("bench", result))
     click.echo(f"wrote {json_path}")
     sys.stdout.flush()
     return 0

@@ -13,6 +13,7 @@ from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, re
 from ..errors import InputError
 from ..graph.layers import ConvLayer
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json
+from ..io.schema import model_json, stamp
 from ..paths.neurons import activation_tensor
 from ..viz.grid import draw_grid
 from ..viz.heatmap import save_png
@@ -91,7 +92,8 @@ def deconv(args, out, layers, channels, top, from_paths, whole_map, **opts):
         seconds = time.perf_counter() - t0
         draw_grid(folder / "grid.png", tiles, columns=min(5, len(tiles)),
                   title=f"{sample.name}: deconvolution of {len(records)} neuron(s)")
-        write_json(folder / "deconv.json", {"input": str(sample.source), "whole_map": whole_map,
-                                            "neurons": records, "seconds": seconds})
+        write_json(folder / "deconv.json", stamp("deconv", {**model_json(an.model_path, ses.model_name), "input": str(sample.source),
+                                                            "whole_map": whole_map, "neurons": records,
+                                                            "timings_s": {"reconstruction": seconds}}))
         click.echo(f"{sample.name}: {len(records)} reconstructions in {seconds:.2f} s -> {folder / 'grid.png'}")
     return 0

@@ -35,7 +35,8 @@ def demo(out):
     paths_out = Path(out) / "paths"
     ses = open_session(["mnist-vgg", HERE / "digits" / DIGITS[0]], paths_out)
     sample = next(ses.reader.batches(ses.paths, 1))[0]
-    rec = explain_paths(ses.an, sample, paths_out / sample.name, k=5, per_layer=8, labels=ses.labels)
+    rec = explain_paths(ses.an, sample, paths_out / sample.name, k=5, per_layer=8, labels=ses.labels,
+                        model_name=ses.model_name)
     best = rec["paths"][0]
     click.echo(f"neuron graph: {rec['graph']['nodes']} neurons, 5 best paths, the best through "
                + " > ".join(f"{n['layer']}:{n['neuron']}" for n in best["neurons"]))
@@ -55,6 +56,6 @@ def demo(out):
     click.echo(f"deconvolution grid: {grid}")
     report_out = Path(out) / "report"
     ses = open_session(["mnist-vgg", HERE / "digits" / DIGITS[0]], report_out)
-    page = write_report(ses, report_out, "mnist-vgg", k=5, per_layer=8, k_max=8)
+    page = write_report(ses, report_out, k=5, per_layer=8, k_max=8)
     click.echo(f"case-study report (open in a browser): {page}")
     return 0

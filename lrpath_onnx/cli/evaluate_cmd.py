@@ -13,6 +13,7 @@ from ..evaluate.methods import MethodContext, check_methods
 from ..evaluate.run import Settings, default_patch, evaluate
 from ..evaluate.sanity_run import run_sanity
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json, write_png
+from ..io.schema import model_json, stamp
 from ..runtime.session import choose_providers
 from ..viz.curve import render_curve
 from .options import progress
@@ -74,14 +75,14 @@ def evaluate_cmd(args, out, methods, patch, steps, baseline, seed, smoothgrad_n,
     clean_temporaries(out)
     with progress(len(ses.paths), "evaluating") as bar:
         doc = evaluate(ses.reader.batches(ses.paths, batch_size), names, ctx, settings, forward, target,
-                       on_batch=bar.update)
-    doc = {"model": str(an.model_path), **doc}
+                       on_batch=bar.update, labels=ses.labels)
+    doc = stamp("evaluate", {**model_json(an.model_path, ses.model_name), **doc})
     write_json(out / "evaluate.json", doc)
     write_png(out / "curves.png", curves_picture(doc))
     click.echo(table(doc))
     if sanity:
         sdoc = run_sanity(ses, names, ctx, sanity_steps, batch_size, out)
-        write_json(out / "sanity.json", sdoc)
+        write_json(out / "sanity.json", stamp("sanity", {**model_json(an.model_path, ses.model_name), **sdoc}))
         for m in sdoc["methods"]:
             click.echo(f"sanity {m['name']}: {m['verdict']}")
     click.echo(f"wrote {out / 'evaluate.json'} and {out / 'curves.png'}" + (f", {out / 'sanity.json'}" if sanity else ""))
@@ -90,16 +91,16 @@ def evaluate_cmd(args, out, methods, patch, steps, baseline, seed, smoothgrad_n,
 
 def table(doc: dict) -> str:
     """The methods ranked by ABPC, with intervals, as the terminal shows them."""
-    t = doc["timings"]
+    t, speed = doc["timings_s"], doc["throughput"]
     lines = [f"{len(doc['images'])} image(s), {doc['settings']['patch']}-px patches, {doc['settings']['steps']} steps, "
              f"baseline {doc['settings']['baseline']}; higher MoRF AOPC and ABPC, lower LeRF AOPC are better",
              f"{'method':22s} {'MoRF AOPC':>22s} {'LeRF AOPC':>22s} {'ABPC':>22s}"]
     for m in doc["methods"]:
         cell = lambda k: f"{m[k]:7.3f} [{m[k + '_ci'][0]:6.3f}, {m[k + '_ci'][1]:6.3f}]"  # noqa: E731
         lines.append(f"{m['name']:22s} {cell('morf_aopc'):>22s} {cell('lerf_aopc'):>22s} {cell('abpc'):>22s}")
-    ratio = t["perturbation_stage_over_onnxruntime"]
-    lines.append(f"{t['images_per_second']:.2f} images/s; {t['perturbed_inputs']} perturbed inputs, onnxruntime "
-                 f"{1000 * t['onnxruntime_seconds_per_input']:.2f} ms each"
+    ratio = speed["perturbation_stage_over_onnxruntime"]
+    lines.append(f"{speed['images_per_second']:.2f} images/s; {speed['perturbed_inputs']} perturbed inputs, onnxruntime "
+                 f"{1000 * t['onnxruntime_per_input']:.2f} ms each"
                  + (f", perturbation stage {ratio:.2f}× onnxruntime's time" if ratio else ""))
     return "\n".join(lines)
 

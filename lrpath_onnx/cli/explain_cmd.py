@@ -42,7 +42,7 @@ def run_explain(ses: Session, out: Path, batch_size: int = 8, keep_layers: str |
             x = np.stack([s.tensor for s in batch])
             exp = an.explain(x, target=ses.target, keep=keep)
             for i, sample in enumerate(batch):
-                rec = record(an, exp, i, sample, ses.labels, len(batch))
+                rec = record(an, exp, i, sample, ses.labels, len(batch), ses.model_name)
                 folder = out / sample.name
                 write_sample(folder, sample, exp.relevance[i], rec, ses.layout)
                 if keep:

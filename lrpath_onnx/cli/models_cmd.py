@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from ..io.schema import stamp
 from ..models.registry import ZOO, cache_dir, get
 from .options import progress
 
@@ -34,10 +35,10 @@ def models(ctx, as_json):
     if ctx.invoked_subcommand is not None:
         return 0
     if as_json:
-        click.echo(json.dumps([{"name": e.name, "state": _state(e), "path": str(e.locate() or ""),
+        click.echo(json.dumps(stamp("models", {"models": [{"name": e.name, "state": _state(e), "path": str(e.locate() or ""),
                                 "description": e.description, "source": e.source, "license": e.license,
                                 "quality": e.quality, "preprocessing": e.preprocessing,
-                                "install": e.install} for e in ZOO.values()], indent=2))
+                                "install": e.install} for e in ZOO.values()]}), indent=2))
         return 0
     click.echo(f"{'name':26s} {'state':14s} {'size':>9s}  description")
     for e in ZOO.values():

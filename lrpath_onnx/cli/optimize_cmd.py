@@ -6,6 +6,7 @@ import click
 import numpy as np
 
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json
+from ..io.schema import model_json, stamp
 from ..paths.optimize import draw_sweep, sweep
 from .options import floats, progress
 from .session import input_options, open_session
@@ -33,6 +34,7 @@ def optimize(args, out, k_max, per_layer, tolerance, thresholds, **opts):
     with progress(len(xs), "optimizing") as bar:
         result = sweep(ses.an, xs, k_max, per_layer, grid, ses.layout, ses.target, tolerance, bar.update)
     result["inputs_files"] = [str(p) for p in ses.paths]
+    result = stamp("optimize", {**model_json(ses.an.model_path, ses.model_name), **result})
     write_json(out / "optimize.json", result)
     draw_sweep(out, result, per_layer)
     pk = result["per_k"]

@@ -70,6 +70,13 @@ def progress(total: int, label: str):
         yield _Silent()
 
 
+def zoo_name(arg: str | Path) -> str | None:
+    """The zoo name ``arg`` stands for, or None when it is a file."""
+    from ..models.registry import ZOO
+
+    return str(arg) if not Path(arg).exists() and str(arg) in ZOO else None
+
+
 def model_file(arg: str | Path) -> Path:
     """A model argument: a .onnx path, or a zoo name (built into the cache if needed)."""
     from ..models.registry import ZOO

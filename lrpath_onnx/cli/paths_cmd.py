@@ -39,7 +39,7 @@ def paths(args, out, k, per_layer, how, threshold, path_heatmap_scale, **opts):
         for batch in ses.reader.batches(ses.paths, 1):
             sample = batch[0]
             rec = explain_paths(ses.an, sample, out / sample.name, k, per_layer, how, threshold, ses.target,
-                                ses.layout, ses.labels, path_heatmap_scale)
+                                ses.layout, ses.labels, path_heatmap_scale, ses.model_name)
             best = rec["paths"][0] if rec["paths"] else None
             route = " > ".join(f"{n['layer']}:{n['neuron']}" for n in best["neurons"]) if best else "none"
             click.echo(f"{sample.name}: {rec['graph']['nodes']} neurons, {rec['graph']['edges']} flows; "

@@ -9,10 +9,11 @@ import click
 from ..errors import UnsupportedOpError
 from ..graph.canonical import build_layer_graph
 from ..graph.loader import load_model
+from ..io.schema import model_json, stamp
 from ..plan.planner import make_plan
 from ..plan.presets import AUTO_DOC, PRESETS
 from ..plan.rules import SPECS
-from .options import model_file, model_options
+from .options import model_file, model_options, zoo_name
 
 
 def _fmt(shape) -> str:
@@ -41,18 +42,19 @@ def plan(model, preset, rules, device, as_json, list_presets):
         return 0
     if model is None:
         raise click.UsageError("missing MODEL (or use --presets)")
-    model = model_file(model)
+    name, model = zoo_name(model), model_file(model)
     loaded = load_model(model)
     unsupported: list[UnsupportedOpError] = []
     graph = build_layer_graph(loaded, collect=unsupported)
     p = make_plan(graph, preset, rules)
     if as_json:
-        click.echo(json.dumps({"model": str(model), "input": graph.input, "input_shape": graph.input_shape,
+        click.echo(json.dumps(stamp("plan", {
+                               **model_json(model, name), "input": graph.input, "input_shape": graph.input_shape,
                                "output": graph.output, "stripped": graph.stripped, "preset": preset,
-                               "preset_applied": p.applied, "preset_reason": p.reason,
-                               "layers": p.to_json(),
+                               "preset_applied": p.applied, "preset_reason": p.reason, "rule_overrides": list(rules),
+                               "rules": p.to_json(),
                                "unsupported": [{"op": e.op_type, "node": e.node, "detail": e.detail}
-                                               for e in unsupported]}, indent=2, default=str))
+                                               for e in unsupported]}), indent=2, default=str))
     else:
         click.echo(f"model  {model}  (opset {loaded.opset})")
         click.echo(f"input  {graph.input} {_fmt(graph.input_shape)}   explained output  {graph.output} "

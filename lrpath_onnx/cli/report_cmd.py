@@ -8,13 +8,14 @@ import click
 
 from ..errors import InputError
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json, write_text
+from ..io.schema import stamp
 from ..report.build import case_study
 from ..report.html import render
 from .options import floats
 from .session import input_options, open_session
 
 
-def write_report(ses, out: Path, model_label: str, k: int = 5, per_layer: int = 16, k_max: int = 10,
+def write_report(ses, out: Path, k: int = 5, per_layer: int = 16, k_max: int = 10,
                  thresholds=(-1.0, 0.0, 1.0, 2.0)) -> Path:
     """The case study of the session's first input, written to ``out/report.html`` (with its
     pictures and ``report.json`` beside it)."""
@@ -22,8 +23,8 @@ def write_report(ses, out: Path, model_label: str, k: int = 5, per_layer: int = 
     out = ensure_out_dir(out)
     clean_temporaries(out)
     cs = case_study(ses, sample, out, k=k, per_layer=per_layer, k_max=k_max, thresholds=thresholds,
-                    model_label=model_label)
-    write_json(out / "report.json", {k_: v for k_, v in cs.items() if k_ not in ("paths", "optimize")})
+                    model_path=str(ses.an.model_path), model_name=ses.model_name)
+    write_json(out / "report.json", stamp("report", {k_: v for k_, v in cs.items() if k_ not in ("paths", "optimize")}))
     return write_text(out / "report.html", render(cs, out))
 
 
@@ -43,7 +44,6 @@ def report(args, out, k, per_layer, k_max, thresholds, **opts):
         raise InputError("report explains one IMAGE; run it once per image")
     grid = floats(thresholds, "--thresholds")
     ses = open_session(args, out, **opts)
-    label = str(args[0]) if len(args) == 2 else str(opts.get("model_name"))
-    page = write_report(ses, out, label, k, per_layer, k_max, grid)
+    page = write_report(ses, out, k, per_layer, k_max, grid)
     click.echo(f"report: {page}")
     return 0

@@ -68,6 +68,11 @@ class Session:
     target: Target
     entry: object = None
 
+    @property
+    def model_name(self) -> str | None:
+        """The zoo name the model was opened by, or None for a file."""
+        return self.entry.name if self.entry is not None else None
+
 
 def resolve_model(args: tuple, model_name: str | None):
     """(model path, inputs, zoo entry or None) from the positional args and --model-name."""

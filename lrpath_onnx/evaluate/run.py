@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import InputError
+from ..io.schema import target_json
 from ..viz.heatmap import relevance_map
 from . import perturb
 from .methods import MethodContext, attribute, from_chw, to_chw
@@ -94,7 +95,7 @@ def curves_for(x: np.ndarray, heat: np.ndarray, regions: perturb.Regions, base: 
 
 
 def evaluate(samples_batches: Iterator[list], methods: list[str], ctx: MethodContext, settings: Settings,
-             forward_run: Callable[[np.ndarray], np.ndarray], targets=None, on_batch=None) -> dict:
+             forward_run: Callable[[np.ndarray], np.ndarray], targets=None, on_batch=None, labels=None) -> dict:
     """Curves and scores of every method over every sample (``samples_batches`` yields lists of
     samples with ``.tensor`` in the model layout and ``.name``)."""
     scores = {m: MethodScores() for m in methods}
@@ -119,7 +120,7 @@ def evaluate(samples_batches: Iterator[list], methods: list[str], ctx: MethodCon
             counts = perturb.step_counts(regions.count, settings.steps)
             base = perturb.baseline(chw, settings.baseline, settings.patch, rng)
             f0 = float(logits[i, tg[i]])
-            rec = {"name": s.name, "source": str(s.source), "target": tg[i], "logit": f0, "methods": {}}
+            rec = {"name": s.name, "source": str(s.source), "target": target_json(int(tg[i]), labels), "logit": f0, "methods": {}}
             for m in methods:
                 heat = relevance_map(maps[m][i], ctx.layout)
                 c = curves_for(chw, heat, regions, base, counts, forward, tg[i], f0, ctx.layout)
@@ -153,12 +154,12 @@ def evaluate(samples_batches: Iterator[list], methods: list[str], ctx: MethodCon
         "methods": results,
         "images": images,
         "settings": settings.to_json(),
-        "timings": {
-            "total_seconds": total, "images_per_second": len(images) / total,
-            "perturbed_inputs": forward.inputs,
-            "perturbation_seconds": perturb_seconds,
-            "onnxruntime_seconds": forward.ort_seconds,
-            "onnxruntime_seconds_per_input": per_input,
+        "timings_s": {
+            "total": total, "perturbation": perturb_seconds, "onnxruntime": forward.ort_seconds,
+            "onnxruntime_per_input": per_input,
+        },
+        "throughput": {
+            "images_per_second": len(images) / total, "perturbed_inputs": forward.inputs,
             "perturbation_stage_over_onnxruntime": perturb_seconds / forward.ort_seconds if forward.ort_seconds else None,
         },
     }

@@ -11,6 +11,7 @@ one run names all of them.
 
 from __future__ import annotations
 
+import ast
 from collections import deque
 
 import numpy as np
@@ -80,20 +81,36 @@ def infer_shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
     return shapes
 
 
-def _module_name(node_name: str) -> str | None:
-    """The name of the module/layer a node belongs to, from exporters' scoped node names.
+#: where torch.onnx's dynamo exporter records a node's module path (its node names are ``node_conv2d_3``)
+_TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
 
-    PyTorch: ``/features/features.0/Conv`` → ``features.0``, ``/_blocks.3/_swish/Clip`` →
-    ``_blocks.3._swish`` (the scope repeats the parent, as ``named_modules`` does not).
-    tf2onnx: ``functional_1/block1_conv1_1/BiasAdd`` → ``block1_conv1_1`` (the Keras layer).
+
+def _module_name(node: onnx.NodeProto) -> str | None:
+    """The name of the module/layer a node belongs to, from exporters' scopes.
+
+    PyTorch (TorchScript exporter): ``/features/features.0/Conv`` → ``features.0``,
+    ``/block1/conv1/conv1.0/Conv`` → ``block1.conv1.0``, ``/_blocks.3/_swish/Clip`` →
+    ``_blocks.3._swish`` (a scope repeats its parent's attribute, as ``named_modules`` does not). PyTorch (dynamo exporter): the node's ``name_scopes`` metadata
+    ``['', 'features', 'features.0', 'conv2d']`` → ``features.0``. tf2onnx:
+    ``functional_1/block1_conv1_1/BiasAdd`` → ``block1_conv1_1`` (the Keras layer).
     """
+    for prop in node.metadata_props:
+        if prop.key == _TORCH_SCOPES:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                break
+            modules = [m for m in scopes[:-1] if isinstance(m, str) and m] if isinstance(scopes, list) else []
+            return modules[-1] if modules else None
+    node_name = node.name or ""
     if node_name.startswith("/"):
         if node_name.count("/") < 2:
             return None
         parts = node_name.strip("/").split("/")[:-1]
-        name = parts[0]
-        for part in parts[1:]:
-            name = part if part.startswith(name + ".") else f"{name}.{part}"
+        name = last = parts[0]
+        for part in parts[1:]:  # a scope repeats its parent's attribute: conv1 / conv1.0 is conv1.0
+            name = name[:len(name) - len(last)] + part if part.startswith(last + ".") else f"{name}.{part}"
+            last = part
         return name
     parts = node_name.split("/")
     return parts[-2] if len(parts) >= 3 else None
@@ -111,7 +128,7 @@ def _unique_names(nodes: list[onnx.NodeProto]) -> dict[int, str]:
     goes to the module's only node, or to its one Conv/dense/pool node; the others get
     ``module/Op``, and the full node name where even that repeats.
     """
-    modules = [_module_name(n.name or "") for n in nodes]
+    modules = [_module_name(n) for n in nodes]
     members: dict[str, list[int]] = {}
     for i, m in enumerate(modules):
         if m:

@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, with_scale_bar
 from .inputs import Sample
 from .outputs import write_json, write_npy
+from .schema import model_json, stamp, target_json
 
 
 def read_labels(path: Path | None, num_classes: int | None) -> list[str] | None:
@@ -40,25 +41,24 @@ def top_k(logits: np.ndarray, labels: Sequence[str] | None, k: int = 5) -> list[
              "probability": float(p[i])} for i in order]
 
 
-def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch_size: int) -> dict:
+def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch_size: int,
+           model_name: str | None = None) -> dict:
     """The explanation.json content for sample ``i`` of a batch."""
     target = exp.targets[i]
     logits = exp.logits[i]
     is_class = isinstance(target, (int, np.integer))
     cons = exp.conservation(i)
-    return {
-        "model": str(an.model_path),
+    return stamp("explanation", {
+        **model_json(an.model_path, model_name),
         "input": str(sample.source),
-        "target": {"index": int(target), "label": labels[target] if labels and is_class else None}
-        if is_class else {"neuron": str(target)},
+        "target": target_json(target, labels),
         "logit": float(np.asarray(logits).reshape(-1)[target]) if is_class else None,
         "top5": top_k(logits, labels) if np.asarray(logits).ndim == 1 else [],
         "preset": an.plan().preset,
         "preset_applied": an.plan().applied,
         "preset_reason": an.plan().reason,
-        "overrides": list(an.plan().overrides),
-        "rules": [{"index": e.layer.index, "name": e.layer.name, "op": e.layer.op, **e.rule.to_json()}
-                  for e in an.plan().entries],
+        "rule_overrides": list(an.plan().overrides),
+        "rules": an.plan().to_json(),
         "conservation": cons,
         "warnings": conservation_warnings(cons, an.plan().applied),
         "zbox_bounds": {"low": np.asarray(an.low).reshape(-1).tolist(),
@@ -69,7 +69,7 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
         "batch_size": batch_size,
         "timings_s": {k: v / max(len(exp.targets), 1) for k, v in exp.timings_s.items()},
         "timings_note": "per input: the batch's time divided by its size",
-    }
+    })
 
 
 def write_sample(folder: Path, sample: Sample, relevance: np.ndarray, rec: dict, layout: str) -> list[Path]:

@@ -11,6 +11,7 @@ import numpy as np
 from ..api import Analyzer
 from ..io.inputs import Sample
 from ..io.outputs import atomic_path, write_json
+from ..io.schema import model_json, stamp, target_json
 from ..viz.graph_draw import draw_png, draw_svg
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, scale_of, with_scale_bar
 from .heatmaps import activation_heatmap, relevance_heatmap
@@ -44,7 +45,7 @@ def path_record(weight: float, path: list, ng: NeuronGraph) -> dict:
 
 def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer: int = 16,
                   how: str = "top", threshold: float = 1.0, target=None, layout: str = "nchw",
-                  labels: list[str] | None = None, path_scale: str = "full") -> dict:
+                  labels: list[str] | None = None, path_scale: str = "full", model_name: str | None = None) -> dict:
     """Everything ``lrpath paths`` writes for one input into ``out``; returns paths.json's content.
 
     ``path_scale``: the relevance-based K-path heatmap is drawn on the full heatmap's colour
@@ -70,7 +71,7 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     draw_png(ng.graph, [p for _, p in best], out / "graph.png", title=title)
     draw_svg(ng.graph, [p for _, p in best], out / "graph.svg", title=title)
     write_graphml(ng, out / "graph.graphml")
-    write_json(out / "graph.json", graph_json(ng))
+    write_json(out / "graph.json", stamp("graph", graph_json(ng)))
     full = relevance_map(exp.relevance[0], layout)
     scale = 224 if min(full.shape) < 224 else None
     part = relevance_map(rel_k, layout)
@@ -82,8 +83,9 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
         note=(f"{share:.3g} of the relevance; " if share is not None else "")
         + ("its own scale" if own else "the full heatmap's scale")))
     save_png(out / "heatmap_k_paths_activation.png", overlay_rgb(sample.display, act_k), scale_to=scale)
-    record = {
-        "input": str(sample.source), "target": ng.target if not isinstance(ng.target, np.integer) else int(ng.target),
+    record = stamp("paths", {
+        **model_json(an.model_path, model_name), "input": str(sample.source),
+        "target": target_json(ng.target, labels),
         "device": an.device, "k": k, "selection": how, "per_layer": per_layer if how == "top" else None,
         "threshold": threshold if how == "getoptimizer" else None,
         "layers": ng.layers, "kept": {name: ng.kept[name].tolist() for name in ng.layers},
@@ -93,6 +95,6 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
         "relevance_share_k_paths": share, "path_heatmap_scale": path_scale,
         "timings_s": {"explain": t1 - t0, "graph_and_paths": t2 - t1, "path_heatmaps": t3 - t2,
                       "total": t3 - t0},
-    }
+    })
     write_json(out / "paths.json", record)
     return record

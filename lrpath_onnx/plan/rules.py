@@ -273,8 +273,13 @@ def _validate(name: str, p: dict[str, float]) -> None:
 def parse_rule(text: str) -> Rule:
     """Parse ``RULE[:ITEM[,ITEM…]]`` as the CLI takes it: items are numbers in parameter order
     (``gamma:0.25``, ``alphabeta:2,1``), ``name=number`` (``gamma:gamma=0.5,stabilizer=0``) or the
-    flag ``nobias`` — so every rule ``lrpath plan`` prints can be typed back."""
-    name, _, rest = text.partition(":")
+    flag ``nobias`` — so every rule ``lrpath plan`` prints can be typed back, in the table's
+    form ``gamma(gamma=0.5)`` as well."""
+    text = text.strip()
+    if text.endswith(")") and "(" in text:  # the plan table's form: name(items)
+        name, _, rest = text[:-1].partition("(")
+    else:
+        name, _, rest = text.partition(":")
     values: list[float] = []
     named: dict[str, float] = {}
     bias = True

@@ -15,6 +15,7 @@ from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, re
 from ..errors import InputError
 from ..graph.layers import ConvLayer
 from ..io.results import top_k
+from ..io.schema import model_json, target_json
 from ..paths.neurons import activation_tensor, graph_layers
 from ..paths.optimize import draw_sweep, sweep
 from ..paths.run import explain_paths
@@ -23,7 +24,8 @@ from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, wit
 
 
 def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: int = 10,
-               thresholds=(-1.0, 0.0, 1.0, 2.0), deconv_max: int = 12, model_label: str = "") -> dict:
+               thresholds=(-1.0, 0.0, 1.0, 2.0), deconv_max: int = 12, model_path: str = "",
+               model_name: str | None = None) -> dict:
     """Everything ``report.html`` shows, as a dict of values and picture paths under ``out``."""
     an, layout = ses.an, ses.layout
     x = sample.tensor[None]
@@ -32,7 +34,7 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
 
     t = time.perf_counter()
     exp = an.explain(x)
-    timings["explain (LRP)"] = time.perf_counter() - t
+    timings["explain"] = time.perf_counter() - t
     full = relevance_map(exp.relevance[0], layout)
     save_png(out / "input.png", sample.display, scale_to=scale)
     save_png(out / "heatmap.png", with_scale_bar(heatmap_rgb(full), full))
@@ -40,14 +42,16 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
     cons = exp.conservation(0)
     t = time.perf_counter()
     faith = faithfulness(ses, x, exp, out)
-    timings["faithfulness (region perturbation)"] = time.perf_counter() - t
-    page = {"model": model_label, "input": str(sample.source), "sample": sample.name,
+    timings["faithfulness"] = time.perf_counter() - t
+    plan = an.plan()
+    page = {**model_json(model_path, model_name), "input": str(sample.source), "sample": sample.name,
             "input_shape": list(x.shape), "layout": layout, "device": an.device, "provider": exp.provider,
-            "preset": an.plan().preset, "preset_applied": an.plan().applied, "overrides": list(an.plan().overrides), "plan": an.plan().to_json(),
-            "top5": top_k(exp.logits[0], ses.labels, 5), "target": int(exp.targets[0]),
-            "conservation": {"ratio": cons["ratio"], "output": cons["output_relevance"], "input": cons["input_relevance"]},
-            "faithfulness": faith,
-            "k": k, "per_layer": per_layer, "timings_s": timings, "paths": None, "optimize": None, "deconv": [],
+            "preset": plan.preset, "preset_applied": plan.applied, "rule_overrides": list(plan.overrides),
+            "rules": plan.to_json(), "top5": top_k(exp.logits[0], ses.labels, 5),
+            "target": target_json(int(exp.targets[0]), ses.labels),
+            "conservation": {k_: cons[k_] for k_ in ("ratio", "output_relevance", "input_relevance")},
+            "faithfulness": faith, "k": k, "per_layer": per_layer, "k_max": k_max, "thresholds": list(thresholds),
+            "timings_s": timings, "paths": None, "optimize": None, "deconv": [],
             "no_paths": None, "machine": {"cpu": platform.processor() or platform.machine(),
                                           "python": platform.python_version()}}
     try:
@@ -57,13 +61,14 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
         return page
 
     t = time.perf_counter()
-    paths = explain_paths(an, sample, out / "paths", k=k, per_layer=per_layer, layout=layout, labels=ses.labels)
-    timings["neuron graph, K paths, K-path heatmaps"] = time.perf_counter() - t
+    paths = explain_paths(an, sample, out / "paths", k=k, per_layer=per_layer, layout=layout, labels=ses.labels,
+                          model_name=ses.model_name)
+    timings["paths"] = time.perf_counter() - t
 
     t = time.perf_counter()
     opt = sweep(an, [x], k_max, per_layer, thresholds, layout, None)
     draw_sweep(out, opt, per_layer)
-    timings[f"MSE/SMAPE sweep (K = 1…{k_max}, {len(thresholds)} thresholds)"] = time.perf_counter() - t
+    timings["sweep"] = time.perf_counter() - t
 
     t = time.perf_counter()
     chosen = {name: chans for name, chans in neurons_on_paths(paths).items() if isinstance(an.graph.find(name), ConvLayer)}
@@ -83,7 +88,7 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
     if deconv:
         draw_grid(out / "deconv_grid.png", tiles, columns=min(5, len(tiles)),
                   title=f"{sample.name}: what the path neurons see (deconvolution)")
-    timings[f"deconvolution ({len(deconv)} path neurons)"] = time.perf_counter() - t
+    timings["deconvolution"] = time.perf_counter() - t
 
     page.update(paths=paths, optimize=opt, deconv=deconv)
     return page

@@ -133,6 +133,15 @@ def _path_sections(cs: dict, out: Path, pixel: str) -> str:
 {deconv}"""
 
 
+def _stage_name(key: str, cs: dict) -> str:
+    """The timing table's words for a ``timings_s`` key."""
+    words = {"explain": "explain (LRP)", "faithfulness": "faithfulness (region perturbation)",
+             "paths": "neuron graph, K paths, K-path heatmaps",
+             "sweep": f"MSE/SMAPE sweep (K = 1…{cs.get('k_max')}, {len(cs.get('thresholds', ()))} thresholds)",
+             "deconvolution": f"deconvolution ({len(cs.get('deconv') or ())} path neurons)"}
+    return words.get(key, key)
+
+
 def render(cs: dict, out: Path) -> str:
     """The page for a ``case_study`` result whose pictures are under ``out``."""
     top = cs["top5"]
@@ -141,12 +150,13 @@ def render(cs: dict, out: Path) -> str:
     pixel = "pixel" if cs["input_shape"][-1] < 64 or cs["input_shape"][2] < 64 else ""
     top_rows = "".join(f"<tr><td class=num>{t['index']}</td><td>{name(t)}</td><td class=num>{t['probability']:.2%}</td>"
                        f"<td class=num>{t['logit']:.3f}</td></tr>" for t in top)
-    timing_rows = "".join(f"<tr><td>{_e(s)}</td><td class=num>{v:.2f} s</td></tr>" for s, v in cs["timings_s"].items())
+    timing_rows = "".join(f"<tr><td>{_e(_stage_name(s, cs))}</td><td class=num>{v:.2f} s</td></tr>"
+                          for s, v in cs["timings_s"].items())
     cons = cs["conservation"]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = f"""
 <main>
-<h1>Why {_e(Path(cs['model']).name or cs['model'])} says “{name(pred)}”</h1>
+<h1>Why {_e(cs.get('model_name') or Path(cs['model']).name or cs['model'])} says “{name(pred)}”</h1>
 <p class=sub>Input <code>{_e(Path(cs['input']).name)}</code> · {stamp} · LRP preset <code>{_e(cs['preset'])}</code>{(' → <code>' + _e(cs['preset_applied']) + '</code>') if cs.get('preset_applied', cs['preset']) != cs['preset'] else ''}
 · relevance on <b>{_e(cs['device'])}</b>, forward on onnxruntime's <b>{_e(cs['provider'])}</b></p>
 
@@ -160,10 +170,10 @@ def render(cs: dict, out: Path) -> str:
 {_fig(out / 'heatmap.png', 'Relevance per pixel, summed over channels: red supports the class, blue speaks against it.', pixel)}
 {_fig(out / 'overlay.png', 'The same relevance over a grey copy of the input.', pixel)}
 </div>
-<div class=kv><div>conservation</div><div>input relevance {_fmt(cons['input'])} of output relevance {_fmt(cons['output'])}
+<div class=kv><div>conservation</div><div>input relevance {_fmt(cons['input_relevance'])} of output relevance {_fmt(cons['output_relevance'])}
 (ratio {_fmt(cons['ratio'])}; what is missing was absorbed by biases and ε)</div>
-<div>rule plan</div><div><details><summary>{len([p for p in cs['plan'] if p.get('kind') == 'linear'])} layers with a rule,
-preset {_e(cs['preset'])}{(' + ' + _e(', '.join(cs['overrides']))) if cs['overrides'] else ''}</summary>{_plan_table(cs['plan'])}</details></div></div>
+<div>rule plan</div><div><details><summary>{len([p for p in cs['rules'] if p.get('kind') == 'linear'])} layers with a rule,
+preset {_e(cs['preset'])}{(' + ' + _e(', '.join(cs['rule_overrides']))) if cs['rule_overrides'] else ''}</summary>{_plan_table(cs['rules'])}</details></div></div>
 </section>
 
 {_faithfulness_section(cs, out)}

@@ -1,0 +1,1 @@
+"""JSON Schemas of the files lrpath writes (package data)."""
