@@ -8,7 +8,7 @@ from onnx import helper
 from ..graph.layers import ConvLayer
 from ..kernels.conv import ConvGeometry
 from .linear import LinearHandler
-from .registry import ParseContext, node_layer, register
+from .registry import ParseContext, input_dims, node_layer, register, window_boxes
 
 
 def resolve_pads(attrs: dict, in_hw: tuple | None, kernel: tuple[int, int], strides, dilations,
@@ -104,6 +104,16 @@ class ConvHandler(LinearHandler):
 
     def neurons(self, layer):
         return layer.in_channels, layer.out_channels
+
+    def input_boxes(self, layer, box, shapes):
+        """Its window over H and W; the input channels of the output channels' groups."""
+        dims = input_dims(layer.inputs[0], shapes)
+        (boxed,) = window_boxes(box, dims, layer.kernel, layer.geometry, keep_channels=False)
+        if boxed is None:
+            return [None]
+        per_out, per_in = layer.out_channels // layer.geometry.groups, layer.weight.shape[1]
+        lo, hi = box[0]
+        return [(((lo // per_out) * per_in, (hi // per_out + 1) * per_in - 1), *boxed[1:])]
 
     def modified_forward_node(self, layer, inputs: list[str], output: str):
         """This layer's convolution over other inputs/weights, as one ONNX node."""

@@ -11,7 +11,7 @@ import numpy as np
 from ..backward import linear_rules
 from ..backward.linear_rules import Part
 from ..plan.rules import Rule, make_rule
-from .registry import BackwardContext, OpHandler
+from .registry import BackwardContext, OpHandler, full_box, input_dims
 
 
 def term_tensor(layer, part: Part) -> str:
@@ -113,6 +113,10 @@ class LinearHandler(OpHandler):
 
     def cache_key(self, layer, a: np.ndarray) -> str:
         return layer.name
+
+    def input_boxes(self, layer, box, shapes):
+        """A dense layer reads every input feature."""
+        return [full_box(input_dims(layer.inputs[0], shapes))]
 
     def nonneg_output(self, layer, nonneg_inputs):
         return False

@@ -7,7 +7,8 @@ import numpy as np
 from ..graph.layers import ConcatLayer
 from ..plan.rules import make_rule
 from .arrays import contiguous
-from .registry import BackwardContext, OpHandler, ParseContext, node_layer, register, static_dims, unbroadcast
+from .registry import (BackwardContext, OpHandler, ParseContext, clip_span, input_dims, node_layer, register,
+                       static_dims, unbroadcast)
 
 
 def _abs(x):
@@ -94,6 +95,17 @@ class ConcatHandler(OpHandler):
 
     def gradient(self, layer, g, ctx):
         return self.relevance(layer, None, g, ctx)
+
+    def input_boxes(self, layer, box, shapes):
+        """Each input the part of the box on its own slice of the concatenated axis."""
+        axis = layer.axis % (len(box) + 1) - 1
+        out, start = [], 0
+        for name in layer.inputs:
+            dims = input_dims(name, shapes)
+            span = clip_span(box[axis][0] - start, box[axis][1] - start, dims[axis])
+            out.append(None if span is None else box[:axis] + (span,) + box[axis + 1:])
+            start += dims[axis]
+        return out
 
     def forward(self, layer, inputs):
         return np.concatenate(inputs, axis=layer.axis)

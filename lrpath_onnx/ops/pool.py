@@ -12,7 +12,8 @@ from ..graph.layers import AvgPoolLayer, MaxPoolLayer, PoolWindow
 from ..kernels.conv import ConvGeometry
 from .conv import resolve_pads
 from .linear import LinearHandler
-from .registry import BackwardContext, ChannelKeeping, OpHandler, ParseContext, node_layer, register, static_dims
+from .registry import (BackwardContext, ChannelKeeping, OpHandler, ParseContext, input_dims, node_layer, register,
+                       static_dims, window_boxes)
 
 
 def _window(node, ctx: ParseContext, kernel=None) -> tuple[PoolWindow, dict]:
@@ -56,6 +57,10 @@ class MaxPoolHandler(ChannelKeeping, OpHandler):
         if not static_dims(shapes.get(layer.inputs[0])):
             need.add(layer.inputs[0])
         return need
+
+    def input_boxes(self, layer, box, shapes):
+        return window_boxes(box, input_dims(layer.inputs[0], shapes), layer.window.kernel, layer.window.geometry,
+                            keep_channels=True)
 
     def session_outputs(self, layer):
         added = {layer.output: layer.indices} if layer.add_indices_output else {}
@@ -165,6 +170,12 @@ class AveragePoolHandler(ChannelKeeping, LinearHandler):
             keepdims = bool(attrs.get("keepdims", 1))
         return node_layer(AvgPoolLayer, node, ctx, self, [node.input[0]], window=PoolWindow(None),
                           keepdims=keepdims)
+
+    def input_boxes(self, layer, box, shapes):
+        """Each channel's window; a global pool (or spatial mean) reads its whole map."""
+        box = box if len(box) == 3 else (box[0], (0, 0), (0, 0))
+        return window_boxes(box, input_dims(layer.inputs[0], shapes), layer.window.kernel, layer.window.geometry,
+                            keep_channels=True)
 
     def linear_map(self, layer, a, r, backend) -> PoolMap:
         return PoolMap(layer, backend, a.shape, layer.window.out_size(*a.shape[2:]))

@@ -13,6 +13,7 @@ analyzer has about a layer of its family:
 - ``nonneg_output``: whether its output is ≥ 0 given which inputs are;
 - ``infer_shape``: its output shape where onnx's inference left it open;
 - ``chain_input`` / ``channel_map``: how channels move through it (neuron graphs, masks);
+- ``input_boxes``: which input elements an output box reads (receptive fields);
 - ``modified_forward_nodes``: its product with other weights as ONNX nodes (rule terms).
 
 Adding an op is adding one handler module and its tests.
@@ -194,6 +195,21 @@ class OpHandler:
         return np.broadcast_to(flat.reshape((ids.shape[0],) + (1,) * (len(out_shape) - 2)),
                                tuple(out_shape[1:]))
 
+    def input_boxes(self, layer: Layer, box: Box, shapes: dict[str, tuple]) -> list[Box | None]:
+        """Per input, the box of its elements that the output elements in ``box`` read (an
+        inclusive (lo, hi) per non-batch axis), or None when they read none of it. The
+        default is an element-wise layer's: the same box, or the whole input where its rank
+        differs; an axis the input broadcasts (size 1) reads its one element."""
+        out = []
+        for name in layer.inputs:
+            dims = input_dims(name, shapes)
+            if len(dims) != len(box):
+                out.append(full_box(dims))
+            else:
+                spans = tuple((0, 0) if n == 1 else clip_span(lo, hi, n) for (lo, hi), n in zip(box, dims))
+                out.append(None if None in spans else spans)
+        return out
+
     def relevance_inputs(self, layer: Layer) -> list[str]:
         """The inputs that receive relevance (a gate's side branch gets none)."""
         return layer.inputs
@@ -206,6 +222,49 @@ class OpHandler:
         """Whether the layer is a ReLU-like rectifier (its output is what the previous layer's
         neurons are seen by, and deconvolution rectifies there)."""
         return False
+
+
+#: an inclusive (lo, hi) span per non-batch axis of a tensor
+Box = tuple
+
+
+def input_dims(name: str, shapes: dict[str, tuple]) -> tuple:
+    """The static non-batch dims of tensor ``name`` (receptive fields need them)."""
+    s = shapes.get(name)
+    if not static_dims(s):
+        raise InputError(f"receptive fields need the static shape of '{name}'")
+    return tuple(s[1:])
+
+
+def full_box(dims: tuple) -> Box:
+    return tuple((0, n - 1) for n in dims)
+
+
+def clip_span(lo: int, hi: int, n: int) -> tuple[int, int] | None:
+    """``[lo, hi]`` clipped to ``[0, n - 1]``; None when nothing is left."""
+    lo, hi = max(lo, 0), min(hi, n - 1)
+    return (lo, hi) if lo <= hi else None
+
+
+def window_span(lo: int, hi: int, n: int, k: int, s: int, d: int, p0: int) -> tuple[int, int] | None:
+    """The first and last input rows that output rows ``lo..hi`` of a window op (kernel k,
+    stride s, dilation d, leading pad p0) read: window o's taps are ``o·s − p0 + d·t``, and a
+    tap in the padding reads nothing (with a dilation, the first real tap may lie further in)."""
+    taps = (np.arange(lo, hi + 1) * s - p0)[:, None] + d * np.arange(k)[None, :]
+    real = taps[(taps >= 0) & (taps < n)]
+    return (int(real.min()), int(real.max())) if real.size else None
+
+
+def window_boxes(box: Box, dims: tuple, kernel, geometry, keep_channels: bool) -> list[Box | None]:
+    """The input box of a 2-D window op on NCHW (Conv, pools): channels kept (pools) or all
+    read (Conv), H and W through the window; a global window (``kernel`` None) reads all."""
+    C, H, W = dims
+    chans = box[0] if keep_channels else (0, C - 1)
+    if kernel is None:
+        return [(chans, (0, H - 1), (0, W - 1))]
+    ys = window_span(*box[1], H, kernel[0], geometry.strides[0], geometry.dilations[0], geometry.pads[0])
+    xs = window_span(*box[2], W, kernel[1], geometry.strides[1], geometry.dilations[1], geometry.pads[1])
+    return [None] if ys is None or xs is None else [(chans, ys, xs)]
 
 
 class ChannelKeeping:

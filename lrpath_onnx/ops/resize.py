@@ -16,7 +16,7 @@ import numpy as np
 
 from ..graph.layers import ResizeLayer
 from .linear import LinearHandler
-from .registry import ChannelKeeping, ParseContext, node_layer, register
+from .registry import ChannelKeeping, ParseContext, input_dims, node_layer, register
 
 _COORDS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn")
 _NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
@@ -146,6 +146,16 @@ class ResizeHandler(ChannelKeeping, LinearHandler):
 
     def cache_key(self, layer, a):
         return f"{layer.name}@{a.shape[2]}x{a.shape[3]}"
+
+    def input_boxes(self, layer, box, shapes):
+        """The input rows and columns the box's interpolation weights touch."""
+        C, H, W = input_dims(layer.inputs[0], shapes)
+        out_hw = tuple(shapes[layer.output][2:])
+        spans = []
+        for (lo, hi), mat in zip(box[1:], ResizeMap(layer, None, (H, W), out_hw).mats):
+            cols = np.nonzero(mat[lo:hi + 1].any(axis=0))[0]
+            spans.append((int(cols.min()), int(cols.max())))
+        return [(box[0], *spans)]
 
     def out_size(self, layer, in_hw) -> tuple[int, int]:
         if layer.sizes is not None:

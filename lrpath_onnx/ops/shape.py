@@ -6,7 +6,8 @@ import numpy as np
 
 from ..graph.layers import PadLayer, ReshapeLayer, TransposeLayer
 from .arrays import contiguous
-from .registry import Alias, BackwardContext, OpHandler, ParseContext, Strip, node_layer, register, static_dims
+from .registry import (Alias, BackwardContext, OpHandler, ParseContext, Strip, clip_span, full_box, input_dims,
+                       node_layer, register, static_dims)
 
 
 class RouteHandler(OpHandler):
@@ -61,6 +62,13 @@ class ReshapeHandler(RouteHandler):
     def channel_map(self, layer, ids, out_shape):
         return ids.reshape(tuple(out_shape[1:]))
 
+    def input_boxes(self, layer, box, shapes):
+        """The same box where the shape is unchanged; otherwise all of the input (a flatten
+        spreads any box over every axis)."""
+        dims = input_dims(layer.inputs[0], shapes)
+        out = shapes.get(layer.output)
+        return [box if out is not None and tuple(out[1:]) == dims else full_box(dims)]
+
 
 @register
 class TransposeHandler(RouteHandler):
@@ -86,6 +94,13 @@ class TransposeHandler(RouteHandler):
     def infer_shape(self, layer, in_shapes, readers):
         src = in_shapes[0]
         return None if src is None else tuple(src[p] for p in layer.perm)
+
+    def input_boxes(self, layer, box, shapes):
+        """The box's spans move back to the axes they came from."""
+        spans = [None] * len(box)
+        for out_axis, in_axis in enumerate(layer.perm[1:]):
+            spans[in_axis - 1] = box[out_axis]
+        return [tuple(spans)]
 
     def channel_map(self, layer, ids, out_shape):
         # ids carry no batch axis: the permutation's batch entry (0) stays in front
@@ -152,6 +167,14 @@ class PadHandler(RouteHandler):
         rank = len(pads) // 2
         index = tuple(slice(pads[i], r.shape[i] - pads[rank + i]) for i in range(rank))
         return [contiguous(r[index])]
+
+    def input_boxes(self, layer, box, shapes):
+        """Spans shifted back by the leading pads; a box inside the padding reads nothing."""
+        dims = input_dims(layer.inputs[0], shapes)
+        rank = len(layer.pads) // 2
+        spans = tuple(clip_span(lo - layer.pads[a + 1], hi - layer.pads[a + 1], n)
+                      for a, ((lo, hi), n) in enumerate(zip(box, dims)))
+        return [None if None in spans or rank != len(box) + 1 else spans]
 
     def forward(self, layer, inputs):
         pads = layer.pads
