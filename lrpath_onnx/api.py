@@ -26,6 +26,7 @@ from .graph.loader import load_model
 from .ops.emit import term_nodes
 from .ops.registry import BackwardContext
 from .plan.planner import Plan, make_plan
+from .runtime.replicate import replicate_forward
 from .runtime.session import ActivationRuntime, default_threads
 
 
@@ -363,6 +364,18 @@ class Analyzer:
         exp.timings_s["forward"] = t1 - t0
         exp.timings_s["total"] = exp.timings_s["backward"] + t1 - t0
         return exp
+
+    def relevance_below(self, exp: Explanation, layer: str, relevance: np.ndarray, sample: int = 0) -> np.ndarray:
+        """Input relevance of each row of ``relevance`` placed on ``layer``'s output and
+        propagated down, all with the forward pass of ``exp``'s sample ``sample`` (``exp``
+        made with ``keep_forward=True``): conditional heatmaps, where one layer's relevance is
+        restricted to some neurons, as one batch without running the model again."""
+        if exp.forward is None:
+            raise InputError("relevance_below needs an explanation made with keep_forward=True")
+        tensor = self.graph.find(layer).output
+        r = np.ascontiguousarray(relevance, np.float32)
+        fwd = replicate_forward(self.graph, exp.forward, r.shape[0], sample)
+        return self._backward(fwd[self.graph.input], fwd, tensor, r, ()).relevance
 
     def _ensure_output(self, tensor: str) -> None:
         if tensor not in self.requests() and tensor != self.graph.output:

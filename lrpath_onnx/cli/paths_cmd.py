@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..io.outputs import clean_temporaries, ensure_out_dir
+from ..paths.conditional import MODES
 from ..paths.run import explain_paths
 from .options import progress
 from .session import input_options, open_session
@@ -24,13 +25,17 @@ def path_options(fn):
 @input_options
 @path_options
 @click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="How many best paths.")
+@click.option("--path-heatmap", type=click.Choice(MODES), default="layerwise", show_default=True,
+              help="The relevance-based K-path heatmap: per graph layer what the path neurons carry, "
+                   "averaged (layerwise), or the path neurons kept at every layer at once (strict).")
 @click.option("--path-heatmap-scale", type=click.Choice(["full", "own"]), default="full", show_default=True,
-              help="Colour scale of the relevance-based K-path heatmap: the full heatmap's, or its own.")
-def paths(args, out, k, per_layer, how, threshold, path_heatmap_scale, **opts):
+              help="Colour scale of the relevance-based K-path heatmaps: the full heatmap's, or their own.")
+def paths(args, out, k, per_layer, how, threshold, path_heatmap, path_heatmap_scale, **opts):
     """Neuron graph of MODEL for each INPUT, its K best paths, and the K-path heatmaps.
 
     Writes graph.png/.svg/.graphml/.json, paths.json, heatmap_full.png,
-    heatmap_k_paths_relevance.png and heatmap_k_paths_activation.png per input.
+    heatmap_k_paths_relevance.png, heatmap_k_paths_layers.png and
+    heatmap_k_paths_activation.png per input.
     """
     ses = open_session(args, out, **opts)
     out = ensure_out_dir(out)
@@ -39,7 +44,7 @@ def paths(args, out, k, per_layer, how, threshold, path_heatmap_scale, **opts):
         for batch in ses.reader.batches(ses.paths, 1):
             sample = batch[0]
             rec = explain_paths(ses.an, sample, out / sample.name, k, per_layer, how, threshold, ses.target,
-                                ses.layout, ses.labels, path_heatmap_scale, ses.model_name)
+                                ses.layout, ses.labels, path_heatmap_scale, ses.model_name, path_heatmap)
             best = rec["paths"][0] if rec["paths"] else None
             route = " > ".join(f"{n['layer']}:{n['neuron']}" for n in best["neurons"]) if best else "none"
             click.echo(f"{sample.name}: {rec['graph']['nodes']} neurons, {rec['graph']['edges']} flows; "

@@ -16,9 +16,9 @@ import numpy as np
 
 from ..api import Analyzer
 from ..errors import InputError
-from ..graph.layers import MaxPoolLayer
 from ..ops.registry import BackwardContext
 from ..paths.neurons import activation_tensor
+from ..runtime.replicate import replicate_forward
 
 
 @dataclass
@@ -78,21 +78,6 @@ def select_neurons(act: np.ndarray, layer: str, channels=None, top: int | None =
     return out
 
 
-def _batched(an: Analyzer, fwd: dict, n: int) -> dict:
-    """The forward tensors of one sample as a batch of ``n`` views; switches re-offset."""
-    out = {}
-    pools = {l.indices: l for l in an.graph.layers if isinstance(l, MaxPoolLayer)}
-    for name, t in fwd.items():
-        if name in pools:
-            plane = int(np.prod(an.graph.shapes[pools[name].inputs[0]][1:])) if \
-                all(d for d in an.graph.shapes.get(pools[name].inputs[0], (None,))[1:]) else \
-                int(np.prod(fwd[pools[name].inputs[0]].shape[1:]))
-            out[name] = t[:1] + (np.arange(n, dtype=np.int64) * plane).reshape((n,) + (1,) * (t.ndim - 1))
-        else:
-            out[name] = np.broadcast_to(t[:1], (n,) + t.shape[1:])
-    return out
-
-
 def reconstruct(an: Analyzer, x: np.ndarray, neurons: list[Neuron], whole_map: bool = False) -> np.ndarray:
     """One pixel-space reconstruction per neuron, in the model's input layout (N, ...)."""
     if not neurons:
@@ -114,7 +99,7 @@ def reconstruct(an: Analyzer, x: np.ndarray, neurons: list[Neuron], whole_map: b
         else:
             signal[k, nr.channel, nr.y, nr.x] = act[nr.channel, nr.y, nr.x]
     be = an.backend
-    batched = be.upload_tensors(_batched(an, fwd, n))
+    batched = be.upload_tensors(replicate_forward(an.graph, fwd, n))
     ctx = BackwardContext(fwd=batched, backend=be, cache=an.cache, batch=n, shapes=an.graph.shapes)
     pending = {tensor: be.upload(signal)}
     with an.backend.threads.blas_single():

@@ -1,6 +1,7 @@
 """Heatmaps of the K best paths: relevance-based and activation-based.
 
-Relevance-based: LRP run again from the same target, keeping at every graph layer only the
+Relevance-based, ``layerwise`` (the default): see ``conditional``. Relevance-based,
+``strict``: LRP run again from the same target, keeping at every graph layer only the
 relevance of the neurons on the K paths (the others are zeroed where the relevance
 arrives at the layer's output), down to the input.
 
@@ -17,7 +18,36 @@ from PIL import Image
 
 from ..api import Analyzer, Explanation
 from ..graph.layers import ConvLayer
+from ..viz.grid import draw_grid
+from ..viz.heatmap import heatmap_rgb, relevance_map
+from .conditional import LayerwiseHeatmaps
 from .neurons import NeuronGraph, activation_tensor, graph_layers
+
+
+def inner_masks(exp: Explanation, masks: dict[str, np.ndarray], sample: int = 0) -> dict[str, np.ndarray]:
+    """The path masks of the layers they restrict: a layer whose relevance lies wholly on its
+    path neurons (the target's own layer, or the one feeding it channel by channel) is left
+    out, as restricting it changes nothing."""
+    out = {}
+    for name, m in masks.items():
+        r = exp.kept[name][sample]
+        if np.any(r.reshape(len(m), -1)[np.asarray(m) == 0]):
+            out[name] = m
+    return out
+
+
+def draw_layer_row(path, lw: LayerwiseHeatmaps, layout: str, title: str) -> None:
+    """One heatmap per graph layer (H_l), each on its own scale and labelled with the share of
+    the layer's relevance on the path neurons, then the summary map."""
+    tiles = []
+    for name in lw.layers:
+        share = lw.layer_share[name]
+        tiles.append((heatmap_rgb(relevance_map(lw.maps[name], layout)),
+                      f"{name} {share:.0%}" if share is not None else name))
+    share = lw.summary_share
+    tiles.append((heatmap_rgb(relevance_map(lw.summary, layout)),
+                  "mean" + (f", {share:.1%} of R" if share is not None else "")))
+    draw_grid(path, tiles, columns=min(7, len(tiles)), tile=150, title=title)
 
 
 def relevance_heatmap(an: Analyzer, x: np.ndarray, target, masks: dict[str, np.ndarray]) -> np.ndarray:

@@ -14,7 +14,8 @@ from ..io.outputs import atomic_path, write_json
 from ..io.schema import model_json, stamp, target_json
 from ..viz.graph_draw import draw_png, draw_svg
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, scale_of, with_scale_bar
-from .heatmaps import activation_heatmap, relevance_heatmap
+from .conditional import layerwise
+from .heatmaps import activation_heatmap, draw_layer_row, inner_masks, relevance_heatmap
 from .kbest import k_best_paths
 from .neurons import SINK, SOURCE, NeuronGraph, build, explain_for_graph
 
@@ -45,11 +46,14 @@ def path_record(weight: float, path: list, ng: NeuronGraph) -> dict:
 
 def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer: int = 16,
                   how: str = "top", threshold: float = 1.0, target=None, layout: str = "nchw",
-                  labels: list[str] | None = None, path_scale: str = "full", model_name: str | None = None) -> dict:
+                  labels: list[str] | None = None, path_scale: str = "full", model_name: str | None = None,
+                  path_heatmap: str = "layerwise") -> dict:
     """Everything ``lrpath paths`` writes for one input into ``out``; returns paths.json's content.
 
-    ``path_scale``: the relevance-based K-path heatmap is drawn on the full heatmap's colour
-    scale (``full``: its share of the relevance shows) or on its own (``own``)."""
+    ``path_heatmap``: the relevance-based K-path heatmap is ``layerwise`` (the mean over graph
+    layers of what the path neurons of that layer carry, ``conditional``) or ``strict`` (the
+    path neurons kept at every layer at once). ``path_scale``: it is drawn on the full
+    heatmap's colour scale (``full``: its share of the relevance shows) or on its own (``own``)."""
     t0 = time.perf_counter()
     x = sample.tensor[None]
     exp = explain_for_graph(an, x, target)
@@ -61,7 +65,11 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     best = k_best_paths(ng.graph, SOURCE, SINK, k)
     t2 = time.perf_counter()
     masks = ng.path_masks([p for _, p in best])
-    rel_k = relevance_heatmap(an, x, target if target is not None else exp.targets[0], masks)
+    lw = layerwise(an, exp, inner_masks(exp, masks))
+    if path_heatmap == "strict":
+        rel_k = relevance_heatmap(an, x, target if target is not None else exp.targets[0], masks)
+    else:
+        rel_k = lw.summary
     hw = sample.display.shape[:2]
     act_k = activation_heatmap(an, exp, ng, masks, hw)
     t3 = time.perf_counter()
@@ -83,6 +91,9 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
         note=(f"{share:.3g} of the relevance; " if share is not None else "")
         + ("its own scale" if own else "the full heatmap's scale")))
     save_png(out / "heatmap_k_paths_activation.png", overlay_rgb(sample.display, act_k), scale_to=scale)
+    draw_layer_row(out / "heatmap_k_paths_layers.png", lw, layout,
+                   f"What the {len(best)} paths' neurons of each layer carry down to the input "
+                   "(each map on its own scale; % = the layer's relevance on them)")
     record = stamp("paths", {
         **model_json(an.model_path, model_name), "input": str(sample.source),
         "target": target_json(ng.target, labels),
@@ -92,7 +103,8 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
         "graph": {"nodes": ng.graph.number_of_nodes(), "edges": ng.graph.number_of_edges()},
         "longest": path_record(*best[0], ng) if best else None,
         "paths": [{"rank": i + 1, **path_record(w, p, ng)} for i, (w, p) in enumerate(best)],
-        "relevance_share_k_paths": share, "path_heatmap_scale": path_scale,
+        "path_heatmap": path_heatmap, "relevance_share_k_paths": share, "path_heatmap_scale": path_scale,
+        "share_per_layer": lw.shares_json(),
         "timings_s": {"explain": t1 - t0, "graph_and_paths": t2 - t1, "path_heatmaps": t3 - t2,
                       "total": t3 - t0},
     })
