@@ -21,7 +21,7 @@ from .backward.linear_rules import WeightCache
 from .backward.propagate import LayerFlow, propagate
 from .errors import InputError
 from .graph.canonical import build_layer_graph
-from .graph.layers import LayerGraph
+from .graph.layers import LayerGraph, TransposeLayer
 from .graph.loader import load_model
 from .ops.emit import term_nodes
 from .ops.registry import BackwardContext
@@ -40,7 +40,8 @@ class NeuronTarget:
     x: int | None = None
 
     def __str__(self) -> str:
-        pos = "" if self.y is None else f":{self.y}:{self.x}"
+        """``layer:channel@(y, x)`` (``layer:channel`` for a whole channel or a dense unit)."""
+        pos = "" if self.y is None else f"@({self.y}, {self.x})"
         return f"{self.layer}:{self.channel}{pos}"
 
 
@@ -55,14 +56,16 @@ Target = int | NeuronTarget | None
 
 
 def parse_target(text: str | None) -> Target | ClassName:
-    """``None``/``""`` → top-1; ``"N"`` → class N; ``"LAYER:C"`` or ``"LAYER:C:Y:X"`` → neuron;
-    anything else → a class name (``ClassName``), resolved where the labels are known."""
+    """``None``/``""`` → top-1; ``"N"`` → class N; ``"LAYER:C"``, ``"LAYER:C:Y:X"`` or
+    ``"LAYER:C@(Y, X)"`` (as lrpath prints neurons) → neuron; anything else → a class name
+    (``ClassName``), resolved where the labels are known."""
     if text is None or text.strip() == "":
         return None
     t = text.strip()
     if re.fullmatch(r"-?\d+", t):
         return int(t)
-    m = re.fullmatch(r"(.+):(-?\d+):(-?\d+):(-?\d+)", t)
+    m = (re.fullmatch(r"(.+):(-?\d+):(-?\d+):(-?\d+)", t)
+         or re.fullmatch(r"(.+):(-?\d+)@\(\s*(-?\d+)\s*,\s*(-?\d+)\s*\)", t))
     if m:
         return NeuronTarget(m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)))
     m = re.fullmatch(r"(.+):(-?\d+)", t)
@@ -376,6 +379,21 @@ class Analyzer:
         r = np.ascontiguousarray(relevance, np.float32)
         fwd = replicate_forward(self.graph, exp.forward, r.shape[0], sample)
         return self._backward(fwd[self.graph.input], fwd, tensor, r, ()).relevance
+
+    def output_neuron(self, index: int) -> NeuronTarget | None:
+        """The neuron a flat index into a feature-map output is (a backbone's target:
+        ``block5_pool:53@(2, 2)``), read through trailing transposes; None for class outputs."""
+        shape = self.graph.shapes.get(self.graph.output)
+        if shape is None or len(shape) != 4 or any(d is None for d in shape[1:]):
+            return None
+        pos = [int(v) for v in np.unravel_index(int(index), tuple(shape[1:]))]
+        layer = self.graph.producer.get(self.graph.output)
+        while layer is not None and isinstance(layer, TransposeLayer):  # e.g. back to NHWC: name the NCHW neuron
+            moved = [0] * 3
+            for out_axis, in_axis in enumerate(layer.perm[1:]):
+                moved[in_axis - 1] = pos[out_axis]
+            pos, layer = moved, self.graph.producer.get(layer.inputs[0])
+        return None if layer is None else NeuronTarget(layer.name, *pos)
 
     def _ensure_output(self, tensor: str) -> None:
         if tensor not in self.requests() and tensor != self.graph.output:

@@ -85,7 +85,7 @@ def test_explain_target_class_and_neuron(cnn, tmp_path):
     res = lrpath("explain", model, d / "t.npy", "--out", tmp_path / "n", "--target", "conv2:1:2:1")
     assert res.returncode == 0, res.stderr
     info = json.loads((tmp_path / "n" / "t" / "explanation.json").read_text())
-    assert info["target"] == {"neuron": "conv2:1:2:1"}
+    assert info["target"] == {"neuron": "conv2:1@(2, 1)"}  # as lrpath prints neurons
     assert info["conservation"]["output_relevance"] != 0
 
 

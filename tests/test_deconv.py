@@ -10,7 +10,11 @@ from onnx import helper
 from PIL import Image
 
 from lrpath_onnx import Analyzer
-from lrpath_onnx.deconv.reconstruct import Neuron, reconstruct, select_neurons
+from lrpath_onnx.deconv.crop import crop, neuron_box, pair
+from lrpath_onnx.deconv.dataset import scan
+from lrpath_onnx.deconv.reconstruct import Neuron, deepest_first, reconstruct, select_neurons
+from lrpath_onnx.io.inputs import InputReader
+from lrpath_onnx.paths.neurons import activation_tensor
 from lrpath_onnx.models.registry import HERE
 from tests import models
 from tests import reference as ref
@@ -123,8 +127,10 @@ def test_deconv_command_on_mnist(tmp_path):
     info = json.loads((folder / "deconv.json").read_text())
     assert [n["layer"] for n in info["neurons"]] == ["features.7"] * 3 + ["features.2"] * 3
     for n in info["neurons"]:
-        with Image.open(folder / n["file"]) as im:
-            assert im.size == (224, 224)
+        with Image.open(folder / n["file"]) as im:  # the receptive field's crop, enlarged by a whole factor
+            box = n["receptive_field"]
+            h, w = box["rows"][1] - box["rows"][0] + 1, box["cols"][1] - box["cols"][0] + 1
+            assert min(im.size) >= 224 and im.size[0] * h == im.size[1] * w
             pix = np.asarray(im)
             assert pix.min() < 100 or pix.max() > 156  # something besides the grey zero level
     with Image.open(folder / "grid.png") as im:
@@ -140,3 +146,78 @@ def test_deconv_command_on_mnist(tmp_path):
                  "99", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "--channels 99" in bad.stderr and bad.stderr.count("\n") == 1
     assert not (tmp_path / "bad").exists()
+
+
+# ----------------------------------------------------------------------------- readable crops, dataset top images
+
+@pytest.fixture(scope="module")
+def mnist():
+    an = Analyzer(HERE / "mnist_vgg.onnx", low=0.0, high=1.0)
+    x = np.asarray(Image.open(HERE / "digits" / "digit_4.png"), np.float32)[None, None] / 255
+    return an, x
+
+
+@pytest.mark.parametrize("layer", ["features.0", "features.2", "features.5", "features.7"])
+def test_a_reconstruction_stays_inside_its_receptive_field(mnist, layer):
+    """The crop loses nothing: deconvolution can only reach the pixels the neuron reads."""
+    an, x = mnist
+    an.request(activation_tensor(an, an.graph.find(layer)))
+    act = an.forward(x)[activation_tensor(an, an.graph.find(layer))][0]
+    for nr in select_neurons(act, layer, top=4):
+        rec = reconstruct(an, x, [nr])[0, 0]
+        (y0, y1), (x0, x1) = neuron_box(an, nr, "nchw")
+        outside = rec.copy()
+        outside[y0:y1 + 1, x0:x1 + 1] = 0
+        assert np.abs(rec).max() > 0 and not outside.any()
+        patch, pic, box = pair(an, nr, rec[None], np.zeros((28, 28, 3), np.uint8), "nchw")
+        assert patch.shape[:2] == pic.shape[:2] == (y1 - y0 + 1, x1 - x0 + 1)
+
+
+def test_crop_scales_a_box_to_a_larger_picture():
+    img = np.arange(56 * 56 * 3).reshape(56, 56, 3)
+    assert crop(img, ((2, 3), (10, 13)), (28, 28)).shape == (4, 8, 3)
+    assert crop(img, ((2, 3), (10, 13)), (28, 28))[0, 0, 0] == img[4, 20, 0]
+    assert crop(img, None, (28, 28)).shape == img.shape
+
+
+def test_deepest_layers_first_and_every_layer_shown():
+    chosen = {"a": [1, 2, 3], "b": [4], "c": [5, 6]}
+    assert deepest_first(chosen, 4) == {"c": [5, 6], "b": [4], "a": [1]}
+    assert deepest_first(chosen, 2) == {"c": [5], "b": [4], "a": [1]}  # never fewer than one per layer
+    assert deepest_first(chosen, 10) == {"c": [5, 6], "b": [4], "a": [1, 2, 3]}
+
+
+def test_dataset_scan_ranks_images_by_activation_and_by_relevance(mnist):
+    an, _ = mnist
+    files = sorted((HERE / "digits").glob("*.png"))
+    reader = InputReader(an.input_shape, an.preprocessing(), "nchw")
+    neurons = {"features.5": [3, 11], "features.7": [0]}
+    found = scan(an, reader, files, neurons, target=7, top=4, batch_size=3)
+    an.request(*(activation_tensor(an, an.graph.find(n)) for n in neurons))
+    for (layer, c), ways in found.items():
+        values = {}
+        for f in files:
+            x = np.asarray(Image.open(f), np.float32)[None, None] / 255
+            exp = an.explain(x, target=7, keep=[layer], keep_forward=True)
+            values[f.stem] = (float(exp.forward[activation_tensor(an, an.graph.find(layer))][0, c].max()),
+                              float(exp.kept[layer][0, c].sum()))
+        for k, way in enumerate(("activation", "relevance")):
+            want = sorted(((v[k], name) for name, v in values.items() if v[k] > 0), reverse=True)[:4]
+            assert [(h.name, pytest.approx(h.value, rel=1e-4)) for h in ways[way]] == [(n, v) for v, n in want]
+
+
+def test_deconv_dataset_command(tmp_path):
+    digits = HERE / "digits"
+    res = lrpath("deconv", "mnist-vgg", digits / "digit_5.png", "--layer", "features.7", "--channels", "3,9",
+                 "--dataset", digits, "--top-images", "3", "--target", "5", "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    info = json.loads((tmp_path / "dataset" / "top_images.json").read_text())
+    assert info["target"] == {"index": 5, "label": "5"} and info["images"] == 10
+    assert [(n["layer"], n["channel"]) for n in info["neurons"]] == [("features.7", 3), ("features.7", 9)]
+    for n in info["neurons"]:
+        assert 0 < len(n["by_activation"]) <= 3 and all(h["receptive_field"] for h in n["by_activation"])
+        with Image.open(tmp_path / "dataset" / n["file"]) as im:
+            assert im.size[0] > 400 and len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 20
+    bad = lrpath("deconv", "mnist-vgg", digits / "digit_5.png", "--layer", "features.7", "--target", "5",
+                 "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "--target only applies with --dataset" in bad.stderr

@@ -14,7 +14,8 @@ from PIL import Image
 
 from lrpath_onnx import Analyzer
 from lrpath_onnx.evaluate import perturb
-from lrpath_onnx.evaluate.sanity import randomized, spearman, ssim, weight_groups
+from lrpath_onnx.evaluate.sanity import randomized, ssim, weight_groups
+from lrpath_onnx.paths.scores import spearman
 from tests import models
 from tests.canonical import canonical_forward
 from tests.test_cli import assert_one_line_error, lrpath

@@ -188,3 +188,35 @@ def test_every_rule_text_lrpath_prints_can_be_typed_back(tmp_path):
         rule = json.loads(res.stdout)["rules"][2]
         assert rule["source"] == "override" and rule["rule"] == text.split(":")[0].split("(")[0].replace(
             "alpha2beta1", "alphabeta"), text
+
+
+def test_neurons_are_named_layer_channel_at_position(tmp_path):
+    """A backbone's outputs are neurons: its target and top-5 say layer:channel@(y, x), also
+    through a trailing NHWC transpose, and that form is accepted back as a --target."""
+    from onnx import helper, numpy_helper
+
+    from lrpath_onnx.api import NeuronTarget, parse_target
+    from tests import models
+
+    assert str(NeuronTarget("block5_pool", 53, 2, 2)) == "block5_pool:53@(2, 2)"
+    assert parse_target("block5_pool:53@(2, 2)") == parse_target("block5_pool:53:2:2") == NeuronTarget("block5_pool", 53, 2, 2)
+    rng = np.random.default_rng(0)
+    model, _, _ = models.conv_model(rng, (1, 2, 5, 6), 3)
+    nhwc = models.make_model(list(model.graph.node) + [helper.make_node("Transpose", ["Y"], ["Z"], name="to_nhwc",
+                                                                        perm=[0, 2, 3, 1])],
+                             [models.vi("X", ["N", 2, 5, 6])], [models.vi("Z", None)],
+                             {i.name: numpy_helper.to_array(i) for i in model.graph.initializer})
+    plain, trans = (Analyzer(models.save(m, tmp_path / f"{n}.onnx")) for m, n in ((model, "plain"), (nhwc, "nhwc")))
+    c, y, x = 2, 3, 4
+    assert plain.output_neuron(int(np.ravel_multi_index((c, y, x), (3, 5, 6)))) == NeuronTarget("conv", c, y, x)
+    assert trans.output_neuron(int(np.ravel_multi_index((y, x, c), (5, 6, 3)))) == NeuronTarget("conv", c, y, x)
+    np.save(tmp_path / "x.npy", rng.standard_normal((1, 2, 5, 6)).astype(np.float32))
+    res = lrpath("explain", tmp_path / "nhwc.onnx", tmp_path / "x.npy", "--out", tmp_path / "o")  # 2 channels: .npy only
+    assert res.returncode == 0, res.stderr
+    info = json.loads((tmp_path / "o" / "x" / "explanation.json").read_text())
+    z = trans.forward(np.load(tmp_path / "x.npy"))[trans.graph.output].reshape(-1)
+    best = int(z.argmax())
+    assert info["target"] == {"neuron": str(trans.output_neuron(best)), "index": best}
+    assert [t["index"] for t in info["top5"]] == list(np.argsort(-z, kind="stable")[:5])
+    assert all(t["neuron"].startswith("conv:") and "@(" in t["neuron"] for t in info["top5"])
+    assert info["target"]["neuron"] in res.stdout

@@ -12,7 +12,11 @@ from PIL import Image
 from lrpath_onnx import Analyzer, InputError
 from lrpath_onnx.models.registry import HERE
 from lrpath_onnx.paths import SINK, SOURCE, build, explain_for_graph, graph_layers, k_best_paths
+from lrpath_onnx.paths.conditional import layerwise
 from lrpath_onnx.paths.masking import MaskedModel
+from lrpath_onnx.paths.optimize import CRITERIA, InputSweep, choose
+from lrpath_onnx.paths.scores import mse, spearman, unit_l1
+from lrpath_onnx.viz.heatmap import relevance_map
 from tests.test_cli import lrpath
 from tests.test_graph import FIXTURES
 
@@ -110,10 +114,46 @@ def test_optimize_command(tmp_path):
     assert res.returncode == 0, res.stderr
     info = json.loads((tmp_path / "optimize.json").read_text())
     assert info["inputs"] == 2 and info["k"] == [1, 2, 3, 4]
-    assert all(np.isfinite(v) for v in info["per_k"]["prob_mse"])
+    assert all(np.isfinite(v) for v in info["per_k"]["all_layers_prob_mse"])
     kept = info["neurons_kept_per_threshold"]
     assert kept == sorted(kept)  # a larger t keeps more neurons
-    assert info["per_threshold"]["prob_mse"][-1] <= info["per_threshold"]["prob_mse"][0]
+    assert info["per_threshold"]["all_layers_prob_mse"][-1] <= info["per_threshold"]["all_layers_prob_mse"][0]
+    assert info["criterion"] == "heatmap_rank" and info["chosen_k"] in info["k"]
+    assert set(info["chosen_k_by"]) == set(CRITERIA) and info["still_improving"] == (info["chosen_k"] == 4)
+    share = info["per_k"]["share"]
+    assert share == sorted(share) and 0 < share[0] < share[-1] < 1  # more paths, more of each layer's relevance
+    assert f"chosen K = {info['chosen_k']} by heatmap_rank" in res.stdout
     for png in ("optimize_k.png", "optimize_threshold.png"):
         with Image.open(tmp_path / png) as im:
             assert im.size == (1000, 600)
+
+
+def test_sweep_measures_match_their_definitions(mnist):
+    """Each K's measures, recomputed from the definitions: the layer-wise heatmap from
+    ``layerwise`` on the K paths' masks, the one-layer outputs from the masked model."""
+    an, x = mnist
+    mm = MaskedModel(an)
+    s = InputSweep(an, mm, x[1:2], 6, 8, "nchw")
+    for k in (1, 3, 6):
+        m = s.measures(k)
+        masks = s.ng.path_masks(s.best[:k])
+        lw = layerwise(an, s.exp, {n: masks[n] for n in s.inner})
+        full = unit_l1(relevance_map(s.exp.relevance[0], "nchw"))
+        mine = unit_l1(relevance_map(lw.summary, "nchw"))
+        assert m["heatmap_mse"] == pytest.approx(mse(mine, full), rel=1e-4)
+        assert m["heatmap_spearman"] == pytest.approx(spearman(mine, full, support=True), abs=1e-3)
+        assert m["share"] == pytest.approx(np.mean([lw.layer_share[n] for n in s.inner]), rel=1e-6)
+        assert m["input_share"] == pytest.approx(lw.summary_share, rel=1e-4)
+        f = float(s.exp.logits[0, s.target])
+        changes = [abs(float(mm.run(x[1:2], {n: masks[n]})[0, s.target]) - f) / abs(f) for n in s.inner]
+        assert m["one_layer_output_change"] == pytest.approx(np.mean(changes), rel=1e-5)
+        every = mm.run(x[1:2], {n: v for n, v in masks.items() if n in mm.shapes})[0, s.target]
+        assert m["all_layers_output_change"] == pytest.approx(abs(float(every) - f) / abs(f), rel=1e-5)
+
+
+def test_the_criterion_picks_the_smallest_k_near_the_best():
+    per_k = {"heatmap_spearman": [0.5, 0.7, 0.79, 0.8, 0.8], "share": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    assert choose([1, 2, 3, 4, 5], per_k, "heatmap_rank", 0.05) == 3  # 1 − 0.79 within 5 % of 1 − 0.8
+    assert choose([1, 2, 3, 4, 5], per_k, "share", 0.05) == 5  # still improving: the largest K
+    with pytest.raises(InputError, match="no 'one_layer_output_change' measure"):
+        choose([1, 2, 3, 4, 5], per_k, "output_one_layer", 0.05)

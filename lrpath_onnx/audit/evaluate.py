@@ -39,7 +39,7 @@ class Evaluator:
         recs = []
         for i, s in enumerate(samples):
             pred = int(np.asarray(exp.logits[i]).reshape(-1).argmax())
-            rec = {"image": s.name, "source": str(s.source), "predicted": target_json(pred, ses.labels),
+            rec = {"image": s.name, "source": str(s.source), "predicted": target_json(pred, ses.labels, an.output_neuron(pred)),
                    "checks": {}}
             if "prediction" in self.checks:
                 rec["checks"]["prediction"] = C.prediction(pred, self.expected[s.source], ses.labels)

@@ -9,30 +9,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-
 from ..errors import InputError
-from ..io.inputs import IMAGE_SUFFIXES, unique_names
+from ..io.inputs import unique_names
 from ..io.outputs import write_json, write_text
 from ..io.schema import model_json, stamp
 from .config import AuditConfig
 from .evaluate import Evaluator
 from .junit import junit_xml
 from .regions import RegionSource
-
-
-def list_images(folder: Path, recursive: bool = False) -> tuple[list[Path], int]:
-    """Image files and ``.npy`` tensors in ``folder`` (and its subfolders with ``recursive``),
-    sorted by path, and how many other entries were skipped."""
-    if not folder.is_dir():
-        raise InputError(f"--images {folder}: not a folder")
-    entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
-    wanted = lambda p: p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() == ".npy")  # noqa: E731
-    found = [p for p in entries if wanted(p)]
-    skipped = sum(1 for p in entries if not wanted(p) and not (recursive and p.is_dir()))
-    if not found:
-        raise InputError(f"--images {folder}: no images (.png, .jpg, …) or .npy files in it"
-                         + ("" if recursive else " (--recursive looks into subfolders)"))
-    return found, skipped
 
 
 def thresholds_of(cfg: AuditConfig) -> dict:

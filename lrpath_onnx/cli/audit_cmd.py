@@ -9,8 +9,9 @@ import click
 from ..audit import regions as R
 from ..audit.checks import read_expected
 from ..audit.config import CHECKS, load_config, with_options
-from ..audit.run import AuditRun, list_images, previous_records
+from ..audit.run import AuditRun, previous_records
 from ..errors import InputError
+from ..io.inputs import list_images
 from ..io.outputs import clean_temporaries, ensure_out_dir
 from .options import floats, progress
 from .session import input_options, open_session

@@ -57,7 +57,7 @@ def run_explain(ses: Session, out: Path, batch_size: int = 8, keep_layers: str |
 
 def _summary(name: str, rec: dict, folder: Path) -> None:
     t = rec["target"]
-    what = f"class {t['index']}" + (f" ({t['label']})" if t.get("label") else "") if "index" in t else t["neuron"]
+    what = t["neuron"] if "neuron" in t else f"class {t['index']}" + (f" ({t['label']})" if t.get("label") else "")
     ratio = rec["conservation"]["ratio"]
     logit = "" if rec["logit"] is None else f", logit {rec['logit']:.4g}"
     cons = "" if ratio is None else f", conservation {ratio:.4f}"

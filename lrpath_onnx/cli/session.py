@@ -97,14 +97,21 @@ def resolve_model(args: tuple, model_name: str | None):
     return paths[0], paths[1:], None
 
 
-def image_preprocess(shape: tuple, opts: dict) -> Preprocess | None:
-    """Preprocessing for image inputs, or None when the model input is not an image batch."""
+def image_preprocess(shape: tuple, opts: dict, images: bool = True) -> Preprocess | None:
+    """Preprocessing for image inputs, or None when the model input is not an image batch.
+    Without ``images`` (only .npy tensors, used as they are) a model no picture fits (two
+    channels, say) needs none."""
     if len(shape) != 4:
         if any(opts.get(k) is not None for k in ("mean", "std", "size", "resize")):
             raise InputError(f"the model input {shape} is not an image batch; image options do not apply")
         return None
     overrides = {k: v for k, v in opts.items() if v is not None}
-    return preprocess_from_input_shape(shape, **overrides)
+    try:
+        return preprocess_from_input_shape(shape, **overrides)
+    except InputError:
+        if images:
+            raise
+        return None
 
 
 def bounds(pre: Preprocess | None, low, high, layout: str):
@@ -154,7 +161,7 @@ def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), d
     opts = {**_zoo_opts(entry), **{k: v for k, v in opts.items() if v is not None}}
     lo, hi = floats(low, "--low"), floats(high, "--high")
     an = Analyzer(model, preset=preset, rules=rules, device=device)
-    pre = image_preprocess(an.input_shape, opts)
+    pre = image_preprocess(an.input_shape, opts, images=not paths or any(p.suffix.lower() != ".npy" for p in paths))
     lay = pre.layout if pre else (opts.get("layout") or "nchw")
     an.set_bounds(*bounds(pre, lo, hi, lay))
     names = read_labels(labels, an.num_classes) if labels else (entry.labels() if entry else None)

@@ -54,6 +54,22 @@ def neurons_on_paths(record: dict) -> dict[str, list[int]]:
     return out
 
 
+def deepest_first(chosen: dict[str, list[int]], limit: int) -> dict[str, list[int]]:
+    """Which of ``chosen`` (layer → channels, shallow layers first) to show, deepest layer
+    first: one neuron of every layer, then further ones round by round, up to ``limit``
+    (never fewer than one per layer)."""
+    layers = list(chosen)[::-1]
+    picked: dict[str, list[int]] = {name: [] for name in layers}
+    limit, n, depth = max(limit, len(layers)), 0, 0
+    while n < limit and any(depth < len(chosen[name]) for name in layers):
+        for name in layers:
+            if depth < len(chosen[name]) and n < limit:
+                picked[name].append(chosen[name][depth])
+                n += 1
+        depth += 1
+    return {name: chans for name, chans in picked.items() if chans}
+
+
 def select_neurons(act: np.ndarray, layer: str, channels=None, top: int | None = None) -> list[Neuron]:
     """The given ``channels``, or the ``top`` channels by their highest activation; each at
     the position of its maximum."""

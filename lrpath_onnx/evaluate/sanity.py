@@ -62,31 +62,6 @@ def randomized(model_path: Path, graph: LayerGraph, layer_names: list[str], seed
     return proto
 
 
-def spearman(a: np.ndarray, b: np.ndarray, support: bool = False) -> float:
-    """Spearman's rank correlation (ties get their mean rank). ``support``: only over pixels
-    where either map is non-zero — input-multiplied maps and occlusion are exactly 0 on a blank
-    background whatever the network, and those tied zeros alone would make any two maps look alike."""
-    a, b = np.ravel(a), np.ravel(b)
-    if support:
-        keep = (a != 0) | (b != 0)
-        if keep.sum() < 3:
-            return 1.0
-        a, b = a[keep], b[keep]
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / den) if den > 0 else 0.0
-
-
-def _ranks(v: np.ndarray) -> np.ndarray:
-    order = np.argsort(v, kind="stable")
-    ranks = np.empty(len(v))
-    ranks[order] = np.arange(len(v))
-    uniq, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=ranks)
-    return (sums / counts)[inv]
-
-
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Structural similarity of two maps, each scaled to [0, 1] by its largest magnitude
     (Wang et al. 2004: Gaussian window σ = 1.5, K1 = 0.01, K2 = 0.03)."""

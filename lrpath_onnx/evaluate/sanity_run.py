@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths.scores import spearman
 from ..viz.grid import draw_grid
 from ..viz.heatmap import heatmap_rgb, relevance_map
 from .methods import MethodContext, attribute
-from .sanity import randomized, spearman, ssim, temporary_folder, verdict, weight_groups, write_model
+from .sanity import randomized, ssim, temporary_folder, verdict, weight_groups, write_model
 
 
 def _maps(ctx: MethodContext, names: list[str], x: np.ndarray, targets: list[int], batch: int) -> dict:

@@ -85,3 +85,18 @@ class InputReader:
                 pending = pending[batch_size:]
         if pending:
             yield pending
+
+
+def list_images(folder: Path, recursive: bool = False, option: str = "--images") -> tuple[list[Path], int]:
+    """Image files and ``.npy`` tensors in ``folder`` (and its subfolders with ``recursive``),
+    sorted by path, and how many other entries were skipped (``option`` names it in errors)."""
+    if not folder.is_dir():
+        raise InputError(f"{option} {folder}: not a folder")
+    entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    wanted = lambda p: p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() == ".npy")  # noqa: E731
+    found = [p for p in entries if wanted(p)]
+    skipped = sum(1 for p in entries if not wanted(p) and not (recursive and p.is_dir()))
+    if not found:
+        raise InputError(f"{option} {folder}: no images (.png, .jpg, …) or .npy files in it"
+                         + ("" if recursive else " (--recursive looks into subfolders)"))
+    return found, skipped

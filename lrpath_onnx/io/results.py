@@ -31,6 +31,17 @@ def read_labels(path: Path | None, num_classes: int | None) -> list[str] | None:
     return lines
 
 
+def top_outputs(an: Analyzer, logits: np.ndarray, labels: Sequence[str] | None, k: int = 5) -> list[dict]:
+    """The best ``k`` classes (``top_k``), or for a feature-map model (a backbone) its ``k``
+    strongest output neurons: ``{"index", "neuron": "layer:channel@(y, x)", "value"}``."""
+    z = np.asarray(logits, np.float64)
+    if z.ndim == 1:
+        return top_k(z, labels, k)
+    flat = z.reshape(-1)
+    order = np.argsort(-flat, kind="stable")[:k]
+    return [{"index": int(i), "neuron": str(an.output_neuron(int(i)) or i), "value": float(flat[i])} for i in order]
+
+
 def top_k(logits: np.ndarray, labels: Sequence[str] | None, k: int = 5) -> list[dict]:
     """Best ``k`` classes with logit, softmax probability and label."""
     z = np.asarray(logits, np.float64).reshape(-1)
@@ -51,9 +62,9 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
     return stamp("explanation", {
         **model_json(an.model_path, model_name),
         "input": str(sample.source),
-        "target": target_json(target, labels),
+        "target": target_json(target, labels, an.output_neuron(target) if is_class else None),
         "logit": float(np.asarray(logits).reshape(-1)[target]) if is_class else None,
-        "top5": top_k(logits, labels) if np.asarray(logits).ndim == 1 else [],
+        "top5": top_outputs(an, logits, labels),
         "preset": an.plan().preset,
         "preset_applied": an.plan().applied,
         "preset_reason": an.plan().reason,

@@ -11,9 +11,11 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 VERSION = 1
-KINDS = ("explanation", "paths", "graph", "optimize", "deconv", "report", "audit", "evaluate", "sanity",
-         "bench", "plan", "models")
+KINDS = ("explanation", "paths", "graph", "optimize", "deconv", "top_images", "report", "audit", "evaluate",
+         "sanity", "bench", "plan", "models")
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "lrpath.schema.json"
 
 
@@ -24,10 +26,14 @@ def stamp(kind: str, doc: dict) -> dict:
     return {"schema": f"lrpath.{kind}/{VERSION}", **{k: v for k, v in doc.items() if k != "schema"}}
 
 
-def target_json(target, labels=None) -> dict:
-    """The explained target as every file writes it: a class ``{"index", "label"}`` or a neuron."""
-    if isinstance(target, (int,)) or type(target).__name__ in ("int64", "int32"):
+def target_json(target, labels=None, neuron=None) -> dict:
+    """The explained target as every file writes it: a class ``{"index", "label"}``, or a neuron
+    ``{"neuron": "layer:channel@(y, x)"}`` (with ``index``, its flat index, when it is an output
+    neuron of a feature-map model such as a backbone: pass ``neuron``)."""
+    if isinstance(target, (int, np.integer)):
         i = int(target)
+        if neuron is not None:
+            return {"neuron": str(neuron), "index": i}
         return {"index": i, "label": labels[i] if labels and 0 <= i < len(labels) else None}
     return {"neuron": str(target)}
 

@@ -142,14 +142,10 @@ def build(an: Analyzer, exp: Explanation, sample: int = 0, per_layer: int = 16, 
     g = nx.DiGraph()
     g.add_node(SOURCE, layer="input", column=0, neuron=-1, relevance=float(exp.start_relevance[sample]))
     target = exp.targets[sample]
-    out_shape = exp.logits.shape[1:]
     if not isinstance(target, (int, np.integer)):
         sink_label = f"{target}"
-    elif len(out_shape) == 3:  # a feature-map output: the flat index is a (channel, y, x) neuron
-        c, y, x = np.unravel_index(int(target), out_shape)
-        sink_label = f"channel {c} at ({y}, {x})"
-    else:
-        sink_label = f"class {target}"
+    else:  # a feature-map output (a backbone): the flat index is a neuron, named layer:channel@(y, x)
+        sink_label = str(an.output_neuron(int(target)) or f"class {target}")
     g.add_node(SINK, layer="target", column=len(layers) + 1, neuron=-1,
                relevance=float(exp.start_relevance[sample]), label=sink_label)
     ng = NeuronGraph(g, [l.name for l in layers], {}, target=target)

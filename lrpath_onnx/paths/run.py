@@ -96,7 +96,8 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
                    "(each map on its own scale; % = the layer's relevance on them)")
     record = stamp("paths", {
         **model_json(an.model_path, model_name), "input": str(sample.source),
-        "target": target_json(ng.target, labels),
+        "target": target_json(ng.target, labels, an.output_neuron(ng.target)
+                              if isinstance(ng.target, (int, np.integer)) else None),
         "device": an.device, "k": k, "selection": how, "per_layer": per_layer if how == "top" else None,
         "threshold": threshold if how == "getoptimizer" else None,
         "layers": ng.layers, "kept": {name: ng.kept[name].tolist() for name in ng.layers},

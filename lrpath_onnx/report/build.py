@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, reconstruct, select_neurons
+from ..deconv.crop import box_json, box_text, pair
+from ..deconv.reconstruct import deepest_first, layer_activation, neurons_on_paths, reconstruct, select_neurons
 from ..errors import InputError
 from ..graph.layers import ConvLayer
-from ..io.results import top_k
+from ..io.results import top_outputs
 from ..io.schema import model_json, target_json
 from ..paths.neurons import activation_tensor, graph_layers
 from ..paths.optimize import draw_sweep, sweep
@@ -24,7 +25,7 @@ from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, wit
 
 
 def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: int = 10,
-               thresholds=(-1.0, 0.0, 1.0, 2.0), deconv_max: int = 12, model_path: str = "",
+               thresholds=(-1.0, 0.0, 1.0, 2.0), deconv_max: int = 16, model_path: str = "",
                model_name: str | None = None) -> dict:
     """Everything ``report.html`` shows, as a dict of values and picture paths under ``out``."""
     an, layout = ses.an, ses.layout
@@ -47,8 +48,8 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
     page = {**model_json(model_path, model_name), "input": str(sample.source), "sample": sample.name,
             "input_shape": list(x.shape), "layout": layout, "device": an.device, "provider": exp.provider,
             "preset": plan.preset, "preset_applied": plan.applied, "rule_overrides": list(plan.overrides),
-            "rules": plan.to_json(), "top5": top_k(exp.logits[0], ses.labels, 5),
-            "target": target_json(int(exp.targets[0]), ses.labels),
+            "rules": plan.to_json(), "top5": top_outputs(an, exp.logits[0], ses.labels, 5),
+            "target": target_json(int(exp.targets[0]), ses.labels, an.output_neuron(int(exp.targets[0]))),
             "conservation": {k_: cons[k_] for k_ in ("ratio", "output_relevance", "input_relevance")},
             "faithfulness": faith, "k": k, "per_layer": per_layer, "k_max": k_max, "thresholds": list(thresholds),
             "timings_s": timings, "paths": None, "optimize": None, "deconv": [],
@@ -71,23 +72,24 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
     timings["sweep"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    chosen = {name: chans for name, chans in neurons_on_paths(paths).items() if isinstance(an.graph.find(name), ConvLayer)}
+    on_paths = {name: chans for name, chans in neurons_on_paths(paths).items() if isinstance(an.graph.find(name), ConvLayer)}
+    chosen = deepest_first(on_paths, deconv_max)
     for name in chosen:
         an.request(activation_tensor(an, an.graph.find(name)))
     fwd = an.forward(x)
     order = "bgr" if (ses.reader.pre and ses.reader.pre.channel_order == "bgr") else "rgb"
-    tiles, deconv = [(sample.display, "input")], []
+    tiles, deconv = [], []
     for name, chans in chosen.items():
         _, act = layer_activation(an, fwd, name)
-        neurons = select_neurons(act, name, chans[:max(1, deconv_max - len(deconv))])
+        neurons = select_neurons(act, name, chans)
         for nr, rec in zip(neurons, reconstruct(an, x, neurons)):
-            tiles.append((picture(rec, layout, order), nr.label()))
-            deconv.append({"layer": name, "channel": nr.channel, "y": nr.y, "x": nr.x, "activation": nr.activation})
-        if len(deconv) >= deconv_max:
-            break
+            patch, pic, box = pair(an, nr, rec, sample.display, layout, order)
+            tiles += [(patch, nr.label()), (pic, box_text(box))]
+            deconv.append({"layer": name, "channel": nr.channel, "y": nr.y, "x": nr.x, "activation": nr.activation,
+                           "receptive_field": box_json(box)})
     if deconv:
-        draw_grid(out / "deconv_grid.png", tiles, columns=min(5, len(tiles)),
-                  title=f"{sample.name}: what the path neurons see (deconvolution)")
+        draw_grid(out / "deconv_grid.png", tiles, columns=min(8, len(tiles)),
+                  title=f"{sample.name}: what the path neurons see, deepest first (input patch, reconstruction)")
     timings["deconvolution"] = time.perf_counter() - t
 
     page.update(paths=paths, optimize=opt, deconv=deconv)

@@ -24,6 +24,7 @@ figcaption{font-size:13px;color:#4a5263;margin-top:4px}
 table{border-collapse:collapse;font-size:14px;margin:8px 0}
 td,th{padding:3px 10px;border-bottom:1px solid #eceef2;text-align:left}th{color:#5a6272;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.chosen td{background:#fff3d6;font-weight:600}
 .kv{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;font-size:14px}
 .kv div:nth-child(odd){color:#5a6272}
 .broken{outline:3px solid #c62828}
@@ -97,17 +98,24 @@ def _path_sections(cs: dict, out: Path, pixel: str) -> str:
     best = paths["paths"][0] if paths["paths"] else None
     chosen = opt["chosen_k"]
     pk = opt["per_k"]
-    opt_rows = "".join(f"<tr><td class=num>{kk}</td><td class=num>{pk['prob_mse'][kk - 1]:.3g}</td>"
-                       f"<td class=num>{pk['prob_smape'][kk - 1]:.1f}</td><td class=num>{pk['heatmap_mse'][kk - 1]:.3g}</td>"
-                       f"<td>{'yes' if pk['same_class'][kk - 1] else 'no'}</td></tr>" for kk in opt["k"])
+    cols = [("share", "layer relevance on the paths", "{:.1%}"), ("heatmap_spearman", "heatmap rank correlation", "{:.3f}"),
+            ("heatmap_mse", "heatmap MSE", "{:.3g}"), ("one_layer_output_change", "output change, one layer masked", "{:.1%}"),
+            ("all_layers_output_change", "output change, all layers masked", "{:.1%}")]
+    cols = [c for c in cols if c[0] in pk]
+    opt_head = "".join(f"<th>{_e(title)}</th>" for _, title, _ in cols)
+    opt_rows = "".join(f"<tr{' class=chosen' if kk == chosen else ''}><td class=num>{kk}</td>"
+                       + "".join(f"<td class=num>{fmt.format(pk[key][kk - 1])}</td>" for key, _, fmt in cols)
+                       + "</tr>" for kk in opt["k"])
     best_txt = (" → ".join(f"{_e(n['layer'])}:{n['neuron']}" for n in best["neurons"]) if best else "none")
     share = paths.get("relevance_share_k_paths")
     deconv = ""
     if cs["deconv"]:
         deconv = ("<section><h2>7. What the path neurons see</h2>" + _fig(
             out / "deconv_grid.png", "Deconvolution (Zeiler–Fergus, switch unpooling) of the convolution neurons on the "
-            f"{k} best paths, each from its strongest activation for this input, normalised per picture around grey. "
-            "Each label gives the layer, the channel and where its strongest activation is (y, x).", "wide") + "</section>")
+            f"{k} best paths, deepest layers first, every layer on the paths represented: each from its strongest "
+            "activation for this input (layer, channel, (y, x) in the layer's map), cut to the neuron's receptive field "
+            "(the input pixels it can see, from the network's kernels, strides and pads) beside that patch of the "
+            "input, normalised per picture around grey.", "wide") + "</section>")
     return f"""
 <section><h2>4. Neuron graph and the {k} best paths</h2>
 {_fig(out / 'paths' / 'graph.png', f"The {paths['per_layer'] or ''} most relevant neurons (channels) of every layer, edges weighted by the "
@@ -118,18 +126,25 @@ def _path_sections(cs: dict, out: Path, pixel: str) -> str:
 
 <section><h2>5. Heatmaps from the {k} best paths only</h2><div class=row>
 {_fig(out / 'paths' / 'heatmap_full.png', 'All relevance (for reference).', pixel)}
-{_fig(out / 'paths' / 'heatmap_k_paths_relevance.png', f'Relevance-based: relevance propagated through the neurons on the {k} paths only'
-      + (f' ({100 * share:.2g} % of the total relevance).' if share is not None else '.'), pixel)}
+{_fig(out / 'paths' / 'heatmap_k_paths_relevance.png', f'Relevance-based, layer-wise: at each graph layer the relevance of the '
+      f'{k} paths’ neurons alone, propagated down to the input, averaged over the layers'
+      + (f' ({100 * share:.2g} % of the total relevance), on the full heatmap’s scale.' if share is not None else '.'), pixel)}
 {_fig(out / 'paths' / 'heatmap_k_paths_activation.png', f'Activation-based: the activations of the path neurons, brought back to '
       'input size, over the input.', pixel)}
-</div></section>
+</div>
+{_fig(out / 'paths' / 'heatmap_k_paths_layers.png', 'Per graph layer: what the path neurons of that layer carry down to the '
+      'input, each map on its own scale; the percentage is the share of the layer’s relevance on them.', 'wide')}
+</section>
 
 <section><h2>6. How many paths suffice</h2><div class=row>
-{_fig(out / 'optimize_k.png', 'Keeping only the neurons on the K best paths: the model output (softmax MSE and SMAPE against the '
-      'full model) and the K-path heatmap (MSE against the full heatmap).' + (f' Chosen K = {chosen}: the smallest within '
-      f"{opt['tolerance']:.0%} of the largest error." if chosen else ' No K was within tolerance.'), 'wide')}
-</div><details><summary>values per K</summary><table><tr><th>K</th><th>softmax MSE</th><th>softmax SMAPE %</th>
-<th>heatmap MSE</th><th>same class</th></tr>{opt_rows}</table></details></section>
+{_fig(out / 'optimize_k.png', 'What the K best paths preserve: the share of each layer’s relevance on their neurons, the '
+      'rank correlation of the layer-wise K-path heatmap with the full one, and how much of the explained output is kept '
+      'when only their neurons are kept at one graph layer (each in turn) or at every graph layer at once.'
+      + (f" Chosen K = {chosen} by {_e(opt['criterion'])} ({_e(opt['criterion_meaning'])}): the smallest within "
+         f"{opt['tolerance']:.0%} of the sweep's best" + (', and still improving at the largest K tried.'
+                                                         if opt.get('still_improving') else '.')
+         if chosen else ' No K was within tolerance.'), 'wide')}
+</div><table><tr><th>K</th>{opt_head}</tr>{opt_rows}</table></section>
 {deconv}"""
 
 
@@ -137,37 +152,66 @@ def _stage_name(key: str, cs: dict) -> str:
     """The timing table's words for a ``timings_s`` key."""
     words = {"explain": "explain (LRP)", "faithfulness": "faithfulness (region perturbation)",
              "paths": "neuron graph, K paths, K-path heatmaps",
-             "sweep": f"MSE/SMAPE sweep (K = 1…{cs.get('k_max')}, {len(cs.get('thresholds', ()))} thresholds)",
+             "sweep": f"how many paths suffice (K = 1…{cs.get('k_max')}, {len(cs.get('thresholds', ()))} thresholds)",
              "deconvolution": f"deconvolution ({len(cs.get('deconv') or ())} path neurons)"}
     return words.get(key, key)
 
 
+def _model_name(cs: dict) -> str:
+    return cs.get("model_name") or Path(cs["model"]).name or cs["model"]
+
+
+def _class_name(t: dict) -> str:
+    return _e(t["label"] if t["label"] not in (None, str(t["index"])) else f"class {t['index']}")
+
+
+def _prediction(cs: dict) -> tuple[str, str, str]:
+    """(top-5 table rows, its caption, the page heading): classes, or for a model that ends in
+    a feature map (a backbone) its strongest output neurons."""
+    top = cs["top5"]
+    pred = top[0]
+    if "neuron" in pred:
+        cols = [("output index", lambda t: t["index"], True), ("neuron", lambda t: f"<code>{_e(t['neuron'])}</code>", False),
+                ("activation", lambda t: f"{t['value']:.3f}", True)]
+        caption = (f"The model ends in a feature map: its {len(top)} strongest output neurons (layer:channel@(y, x)). "
+                   f"Relevance below explains the strongest, {_e(pred['neuron'])}.")
+        heading = f"What makes {_e(_model_name(cs))} fire {_e(cs['target'].get('neuron', pred['neuron']))}"
+    else:
+        cols = [("class", lambda t: t["index"], True), ("name", _class_name, False),
+                ("probability", lambda t: f"{t['probability']:.2%}", True), ("logit", lambda t: f"{t['logit']:.3f}", True)]
+        caption = (f"Top-{len(top)} classes (softmax of the logits). Relevance below explains the top class, "
+                   f"{_class_name(pred)}.")
+        heading = f"Why {_e(_model_name(cs))} says “{_class_name(pred)}”"
+    rows = "<tr>" + "".join(f"<th>{title}</th>" for title, _, _ in cols) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td{' class=num' if num else ''}>{cell(t)}</td>" for _, cell, num in cols) + "</tr>"
+        for t in top)
+    return rows, caption, heading
+
+
 def render(cs: dict, out: Path) -> str:
     """The page for a ``case_study`` result whose pictures are under ``out``."""
-    top = cs["top5"]
-    name = lambda t: _e(t["label"] if t["label"] not in (None, str(t["index"])) else f"class {t['index']}")  # noqa: E731
-    pred = top[0]
+    top_table, top_caption, heading = _prediction(cs)
+    neurons = "neuron" in cs["top5"][0]
     pixel = "pixel" if cs["input_shape"][-1] < 64 or cs["input_shape"][2] < 64 else ""
-    top_rows = "".join(f"<tr><td class=num>{t['index']}</td><td>{name(t)}</td><td class=num>{t['probability']:.2%}</td>"
-                       f"<td class=num>{t['logit']:.3f}</td></tr>" for t in top)
     timing_rows = "".join(f"<tr><td>{_e(_stage_name(s, cs))}</td><td class=num>{v:.2f} s</td></tr>"
                           for s, v in cs["timings_s"].items())
     cons = cs["conservation"]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = f"""
 <main>
-<h1>Why {_e(cs.get('model_name') or Path(cs['model']).name or cs['model'])} says “{name(pred)}”</h1>
+<h1>{heading}</h1>
 <p class=sub>Input <code>{_e(Path(cs['input']).name)}</code> · {stamp} · LRP preset <code>{_e(cs['preset'])}</code>{(' → <code>' + _e(cs['preset_applied']) + '</code>') if cs.get('preset_applied', cs['preset']) != cs['preset'] else ''}
 · relevance on <b>{_e(cs['device'])}</b>, forward on onnxruntime's <b>{_e(cs['provider'])}</b></p>
 
 <section><h2>1. Input and prediction</h2><div class=row>
 {_fig(out / 'input.png', 'The input as the model sees it (after resize, crop and channel order).', pixel)}
-<figure><table><tr><th>class</th><th>name</th><th>probability</th><th>logit</th></tr>{top_rows}</table>
-<figcaption>Top-{len(top)} classes (softmax of the logits). Relevance below explains the top class, {name(pred)}.</figcaption></figure>
+<figure><table>{top_table}</table>
+<figcaption>{top_caption}</figcaption></figure>
 </div></section>
 
 <section><h2>2. Layer-wise relevance propagation</h2><div class=row>
-{_fig(out / 'heatmap.png', 'Relevance per pixel, summed over channels: red supports the class, blue speaks against it.', pixel)}
+{_fig(out / 'heatmap.png', 'Relevance per pixel, summed over channels: red supports the ' + ('neuron' if neurons else 'class')
+      + ', blue speaks against it.', pixel)}
 {_fig(out / 'overlay.png', 'The same relevance over a grey copy of the input.', pixel)}
 </div>
 <div class=kv><div>conservation</div><div>input relevance {_fmt(cons['input_relevance'])} of output relevance {_fmt(cons['output_relevance'])}

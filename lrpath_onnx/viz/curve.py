@@ -147,13 +147,14 @@ def render_curve(xs: Sequence[float], series: Mapping[str, Sequence[float]],
         right = mx + 6 * s + _tw(lab, 13 * s) < bx1 - 4 * s
         text(mx + (6 if right else -6) * s, by0 + 14 * s, lab, 13, _MARK, "lm" if right else "rm")
 
-    # legend in the corner that covers the fewest points
+    # legend in the corner (or at the middle of a side) that covers the fewest points
     fs = 13 * s
     labels = [(n + (" (right axis)" if n in secondary else ""), colours[n]) for n in series]
     lw_ = 34 * s + max((_tw(t, fs) for t, _ in labels), default=0) + 12 * s
     lh = 8 * s + 20 * s * len(labels)
     corners = [(bx1 - 10 * s - lw_, by0 + 28 * s), (bx0 + 10 * s, by0 + 28 * s),
-               (bx1 - 10 * s - lw_, by1 - 10 * s - lh), (bx0 + 10 * s, by1 - 10 * s - lh)]
+               (bx1 - 10 * s - lw_, by1 - 10 * s - lh), (bx0 + 10 * s, by1 - 10 * s - lh),
+               (bx0 + 10 * s, (by0 + by1 - lh) / 2), (bx1 - 10 * s - lw_, (by0 + by1 - lh) / 2)]
     screen = [(px(x), py(y, "r" if n in secondary else "l")) for n, p in pts.items() for x, y in p if ok(x, y)]
     if mark_x is not None and math.isfinite(float(mark_x)):  # keep the legend off the mark line
         screen += [(px(float(mark_x)) + dx, by0 + k * 8 * s) for k in range(int((by1 - by0) / (8 * s)))

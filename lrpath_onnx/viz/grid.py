@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..io.outputs import write_png
+from .graph_draw import png_text
 
 
 def _tile(rgb: np.ndarray, size: int) -> Image.Image:
@@ -31,6 +32,7 @@ def draw_grid(path: str | os.PathLike, tiles: list[tuple[np.ndarray, str]], colu
     if title:
         draw.text((pad, 6), title, fill=(20, 20, 20), font=big)
     for i, (rgb, label) in enumerate(tiles):
+        label = png_text(label)
         r, c = divmod(i, columns)
         x0, y0 = pad + c * (tile + pad), top + r * (tile + label_h + pad)
         img = _tile(rgb, tile)
