@@ -193,4 +193,17 @@ def test_bench_writes_json_with_ratios(cnn, tmp_path):
     assert stages["onnxruntime_forward"]["ratio_to_ort_forward"] == 1.0
     assert all(s["median_s_per_image"] > 0 for s in stages.values())
     assert data["peak_rss_mb_explain"] > 0 and data["batch_size"] == 2 and data["machine"]["cores"] >= 1
-    assert "explain_total" in res.stdout
+    assert "explain_total" in res.stdout and "its own process" in data["baseline"]
+
+
+def test_bench_processes_times_whole_runs(cnn, tmp_path):
+    _, model = cnn
+    res = lrpath("bench", model, "--processes", "3", "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / f"bench-{Path(model).stem}-b1-processes.json").read_text())
+    stages = {s["stage"]: s for s in data["stages"]}
+    assert set(stages) == {"onnxruntime_process", "explain_process"}
+    secs = data["processes"]["seconds"]
+    assert all(len(secs[k][m]) == 3 and min(secs[k][m]) > 0 for k in secs for m in ("1", "3"))
+    want = (np.median(secs["explain"]["3"]) - np.median(secs["explain"]["1"])) / 2
+    assert stages["explain_process"]["median_s_per_image"] == pytest.approx(want)

@@ -17,6 +17,7 @@ from ..api import Analyzer
 from ..errors import InputError
 from ..io.outputs import ensure_out_dir, write_json
 from ..io.schema import model_json, stamp
+from .bench_processes import bench_processes, plain_forward_times
 from .options import model_file, model_options, zoo_name
 
 
@@ -86,18 +87,24 @@ def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
 @click.option("--deconv", "deconv_layer", default=None, metavar="LAYER",
               help="Also time the deconvolution of the --deconv-top strongest channels of LAYER per image.")
 @click.option("--deconv-top", type=click.IntRange(min=1), default=9, show_default=True)
+@click.option("--processes", type=click.IntRange(min=2), default=None, metavar="N",
+              help="Time whole processes instead: `lrpath explain` and a plain onnxruntime script on 1 and N "
+                   ".npy inputs, three runs each; the marginal seconds per image (T(N) − T(1)) / (N − 1).")
 def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, out, seed, paths_k,
-          per_layer, deconv_layer, deconv_top):
+          per_layer, deconv_layer, deconv_top, processes):
     """Time explain stages on MODEL (a path or a zoo name, e.g. vgg16) against onnxruntime's forward.
 
-    Stages: onnxruntime forward (a plain session, as a user would run the model), forward
-    with activations (the analyzer's session), backward, total. Reported as median seconds
-    per image and as ratios to the plain forward, all measured in this run; plus peak RSS.
+    Stages: onnxruntime forward (a plain session with default settings in its own process, as
+    a user would run the model; timed before and after the rest), forward with activations
+    (the analyzer's session), backward, total. Reported as median seconds per image and as
+    ratios to the plain forward, all measured in this run; plus peak RSS. With --processes,
+    whole command runs instead.
     """
-    import onnxruntime as ort
-
     path = model_file(model)
     out = ensure_out_dir(out)  # refused now, not after minutes of timing
+    if processes:
+        return bench_processes(path, out, device, batch_size, processes, preset, rules, zoo_name(model))
+    plain_before = plain_forward_times(path, device, batch_size, runs, warmup, seed)  # before any of our pools
     t0 = time.perf_counter()
     an = Analyzer(path, preset=preset, rules=rules, device=device, rule_forward=rule_forward)
     shape = tuple(batch_size if i == 0 else d for i, d in enumerate(an.input_shape))
@@ -110,15 +117,8 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
         an.explain(x)
     rss_explain = peak_rss_mb()
 
-    plain = ort.InferenceSession(str(path), providers=an.runtime().session.get_providers())  # as the analyzer's
-    feed = {plain.get_inputs()[0].name: x}
-    for _ in range(warmup):
-        plain.run(None, feed)
-    t_plain, t_fwd, t_bwd, t_total, t_paths, t_explain2 = [], [], [], [], [], []
-    for _ in range(runs):  # interleaved, so drift hits every stage alike
-        t = time.perf_counter()
-        plain.run(None, feed)
-        t_plain.append(time.perf_counter() - t)
+    t_fwd, t_bwd, t_total, t_paths, t_explain2 = [], [], [], [], []
+    for _ in range(runs):
         t = time.perf_counter()
         an.forward(x)
         t_fwd.append(time.perf_counter() - t)
@@ -141,8 +141,8 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
             for i in range(batch_size):
                 _paths_work(an, x[i:i + 1], paths_k, per_layer)
             t_paths.append(time.perf_counter() - t)
-    del plain
     gc.collect()
+    t_plain = plain_before + plain_forward_times(path, device, batch_size, runs, warmup, seed)  # and after: drift
     base = _median(t_plain) / batch_size
     stages = []
     for name, ts in (("onnxruntime_forward", t_plain), ("forward_with_activations", t_fwd),
@@ -157,6 +157,8 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
               "batch_size": batch_size,
               "preset": preset, "rule_overrides": list(rules), "rule_forward": rule_forward, "provider": first.provider,
               "device": an.device, "warmup": warmup, "stages": stages,
+              "baseline": "a plain onnxruntime.InferenceSession with default settings in its own process "
+                          f"(plain_forward.py), {runs} runs before and {runs} after the analyzer's",
               "paths": {"k": paths_k, "per_layer": per_layer} if paths_k else None,
               "deconv": {"layer": deconv_layer, "neurons": deconv_top} if deconv_layer else None,
               "peak_rss_mb_explain": rss_explain, "first_explain_s_incl_load": first_s,
@@ -171,7 +173,7 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
         result["paths"]["ratio_to_explain_same_session"] = ratio
         click.echo(f"paths / explain = {ratio:.2f}  (K={paths_k}, {per_layer} neurons per layer, "
                    "both timed with the graph's session)")
-    click.echo(f"peak RSS {rss_explain:.0f} MB (explain only, before the plain session)   "
+    click.echo(f"peak RSS {rss_explain:.0f} MB (explain only)   "
                f"first explain incl. load {first_s:.2f} s")
     json_path = out / f"bench-{path.stem}-b{batch_size}.json"
     write_json(json_path, stamp("bench", result))

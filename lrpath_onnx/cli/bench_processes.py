@@ -1,0 +1,98 @@
+"""Baselines measured apart from the analyzer: the plain onnxruntime forward in its own
+process, and ``bench --processes``, which times whole command runs as a user's shell would.
+
+``--processes N``: ``lrpath explain`` and a plain onnxruntime script (``plain_forward.py``)
+each run on 1 and on N seeded random ``.npy`` inputs, three times; the marginal seconds per
+image, (T(N) − T(1)) / (N − 1), takes process start, imports and model loading out.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.outputs import write_json
+from ..io.schema import model_json, stamp
+
+PLAIN = Path(__file__).with_name("plain_forward.py")
+RUNS = 3
+
+
+def _run(cmd: list[str], what: str) -> tuple[float, str]:
+    t = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["no message"])[-1]
+        raise InputError(f"{what} failed: {last}")
+    return seconds, res.stdout
+
+
+def plain_forward_times(path: Path, device: str, batch: int, runs: int, warmup: int, seed: int) -> list[float]:
+    """Seconds per run of a batch of ``batch`` in a plain onnxruntime session, in a fresh process."""
+    _, out = _run([sys.executable, str(PLAIN), str(path), device, "--timed", str(batch), str(runs), str(warmup),
+                   str(seed)], "the plain onnxruntime forward")
+    return json.loads(out.strip().splitlines()[-1])["seconds"]
+
+
+def _input_shape(path: Path) -> tuple[int, ...]:
+    import onnxruntime as ort
+
+    dims = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    if any(not isinstance(d, int) for d in dims[1:]):
+        raise InputError(f"model input {dims} has unknown dims; bench needs a fixed input size")
+    return tuple(int(d) for d in dims[1:])
+
+
+def bench_processes(path: Path, out: Path, device: str, batch: int, n: int, preset: str, rules, model_name) -> int:
+    """Whole-process timings of explain against the plain forward; writes the bench JSON."""
+    import click
+
+    from .bench_cmd import machine
+
+    shape = _input_shape(path)
+    times: dict[str, dict[int, list[float]]] = {"explain": {1: [], n: []}, "onnxruntime": {1: [], n: []}}
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        files = []
+        for i in range(n):
+            files.append(str(Path(tmp) / f"x{i:03d}.npy"))
+            np.save(files[-1], rng.random(shape, dtype=np.float32))
+        cli = [sys.executable, "-c", "from lrpath_onnx.cli.main import entry; entry()"]
+        extra = ["--preset", preset, "--device", device, *[a for r in rules for a in ("--rule", r)]]
+        for _ in range(RUNS):  # interleaved, so drift hits both alike
+            for k in (1, n):
+                t, _ = _run([*cli, "explain", str(path), *files[:k], "--batch-size", str(batch),
+                             "--out", str(Path(tmp) / "out"), *extra], "lrpath explain")
+                times["explain"][k].append(t)
+                t, _ = _run([sys.executable, str(PLAIN), str(path), device, "--files", str(batch), *files[:k]],
+                            "the plain onnxruntime script")
+                times["onnxruntime"][k].append(t)
+    marginal = {name: (float(np.median(ts[n])) - float(np.median(ts[1]))) / (n - 1) for name, ts in times.items()}
+    base = marginal["onnxruntime"]
+    stages = [{"stage": f"{name}_process", "median_s_per_image": marginal[name],
+               "ratio_to_ort_forward": marginal[name] / base if base > 0 else None, "runs": RUNS}
+              for name in ("onnxruntime", "explain")]
+    result = {"machine": machine(), **model_json(path, model_name), "input_shape": [None, *shape],
+              "batch_size": batch, "preset": preset, "rule_overrides": list(rules), "provider": device,
+              "device": device, "stages": stages,
+              "processes": {"inputs": [1, n], "runs": RUNS, "seconds": {k: {str(m): v for m, v in ts.items()}
+                                                                      for k, ts in times.items()}},
+              "baseline": "marginal seconds per image, (T(N) − T(1)) / (N − 1), of whole processes: `lrpath "
+                          "explain` against a plain onnxruntime script (plain_forward.py) on the same .npy files"}
+    click.echo(f"{path.name}  batch {batch}  whole processes on 1 and {n} inputs, {RUNS} runs each "
+               f"({result['machine']['cpu']}, {result['machine']['cores']} cores)")
+    for s in stages:
+        ratio = f"{s['ratio_to_ort_forward']:.2f}" if s["ratio_to_ort_forward"] is not None else "-"
+        click.echo(f"{s['stage']:28s} {s['median_s_per_image']:10.4f} s/image {ratio:>8s}x")
+    json_path = out / f"bench-{path.stem}-b{batch}-processes.json"
+    write_json(json_path, stamp("bench", result))
+    click.echo(f"wrote {json_path}")
+    return 0
