@@ -83,10 +83,21 @@ def _row_sums(x, out):
         k = t % chunks
         lo = m * k // chunks
         hi = m * (k + 1) // chunks
-        acc = 0.0
-        for j in range(lo, hi):
-            acc += x[i, j]
-        part[i, k] = acc
+        a0 = 0.0  # four running sums: independent additions the CPU can overlap
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        j = lo
+        while j + 4 <= hi:
+            a0 += x[i, j]
+            a1 += x[i, j + 1]
+            a2 += x[i, j + 2]
+            a3 += x[i, j + 3]
+            j += 4
+        while j < hi:
+            a0 += x[i, j]
+            j += 1
+        part[i, k] = (a0 + a1) + (a2 + a3)
     for i in range(n):
         acc = 0.0
         for k in range(chunks):

@@ -19,6 +19,7 @@ from .kernels import elementwise as _ew
 from .kernels import flow as _flow
 from .kernels import pooling as _pool
 from .kernels import winograd as _wino
+from .kernels import winograd4 as _wino4
 from .kernels.conv import ConvGeometry
 from .threads import ThreadControl
 
@@ -95,8 +96,11 @@ class CpuBackend:
         x = np.ascontiguousarray(x)
         w = np.ascontiguousarray(w, x.dtype)
         K, _, kh, kw = w.shape
+        out_hw = out_hw or geom.out_size(x.shape[2], x.shape[3], kh, kw)
+        if not exact and _wino4.applies(kh, kw, geom.strides, geom.dilations, geom.groups, K, w.shape[1], out_hw):
+            U4 = self._derive(w, "winograd4", _wino4.transform_kernel)
+            return _wino4.conv3x3(x, U4, geom.pads, out_hw, bias, None, self.workspace, self.threads.matmul)
         if not exact and _wino.applies(kh, kw, geom.strides, geom.dilations, geom.groups):
-            out_hw = out_hw or geom.out_size(x.shape[2], x.shape[3], kh, kw)
             U = self._derive(w, "winograd", _wino.transform_kernel)
             return _wino.conv3x3(x, U, geom.pads, out_hw, bias, None, self.workspace, self.threads.matmul)
         return _conv.conv2d(x, w, geom, bias, out_hw, self.workspace)
@@ -112,6 +116,12 @@ class CpuBackend:
         w = np.ascontiguousarray(w, s.dtype)
         kh, kw = w.shape[2:]
         as_conv = _conv.transpose_as_conv(geom, kh, kw)
+        if not exact and as_conv is not None and _wino4.applies(kh, kw, as_conv.strides, as_conv.dilations,
+                                                                geom.groups, w.shape[0], w.shape[1], in_hw):
+            # F(4x4, 3x3) cannot reuse the forward's transformed kernel: it transforms the flipped one
+            U4 = self._derive(w, "winograd4-transposed", lambda a: _wino4.transform_kernel(_conv.flip_kernel(a, 1)))
+            rz = None if ratio is None else (np.ascontiguousarray(ratio[0], s.dtype), ratio[1])
+            return _wino4.conv3x3(s, U4, as_conv.pads, tuple(in_hw), None, m, self.workspace, self.threads.matmul, rz)
         if not exact and as_conv is not None and _wino.applies(kh, kw, as_conv.strides, as_conv.dilations,
                                                                geom.groups):
             U = self._derive(w, "winograd", _wino.transform_kernel)  # shared with conv2d

@@ -269,3 +269,30 @@ def test_keras_layer_names_work_as_people_type_them(tmp_path):
     assert str(an.plan().rule_for(an.graph.find("block1_conv1_1"))) == "epsilon(epsilon=0.5)"
     with pytest.raises(InputError, match="no layer named 'conv'"):
         an.graph.find("conv")  # conv_1 and conv_2 both shorten to it
+
+
+def test_session_outputs_bound_ahead_equal_copied_ones_and_wrong_guesses_rerun(tmp_path):
+    """The session writes outputs into buffers sized ahead (static shapes, another batch
+    size); every route gives the tensors a copied run gives, and a wrong guess runs again."""
+    rng = np.random.default_rng(0)
+    model, _ = models.small_cnn(rng)
+    an = Analyzer(models.save(model, tmp_path / "cnn.onnx"))
+    rt = an.runtime()
+    x = rng.standard_normal((3, 3, 12, 12)).astype(np.float32)
+    copied = rt._run(x, None, {})  # every output copied out of onnxruntime
+    floats = {n for n in rt.output_names if n not in rt._int_outputs}
+    assert len(floats) >= 4 and set(rt._foresee(x.shape)) == floats
+    ahead = rt.run(x)  # first run: static shapes
+    again = rt.run(x)  # learnt shapes
+    rt._shapes.clear()
+    rt.run(x[:1])
+    other = rt.run(x)  # scaled from the batch-1 run
+    rt._shapes.clear()
+    rt._foresee = lambda shape: {n: ((shape[0] + 1,) + s[1:], dt) for n, (s, dt) in
+                                 {k: (v.shape, v.dtype) for k, v in copied.items()}.items()}
+    wrong = rt.run(x)
+    for outs in (ahead, again, other, wrong):
+        assert set(outs) == set(copied)
+        for k in copied:
+            np.testing.assert_array_equal(outs[k], copied[k])
+            assert outs[k].dtype == copied[k].dtype

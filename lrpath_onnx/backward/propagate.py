@@ -76,7 +76,9 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         for name, ri in zip(layer.inputs, ins):
             if ri is None:
                 continue
-            sums = be.sample_sums(ri)  # a NaN/inf anywhere makes its sample's sum non-finite
+            # a NaN/inf anywhere makes its sample's sum non-finite; relevance passed on unchanged
+            # (an activation's) has the sums it arrived with
+            sums = r_total if ri is r else be.sample_sums(ri)
             total_in = sums if total_in is None else total_in + sums
             if name in rel:
                 rel[name] = rel[name] + ri
