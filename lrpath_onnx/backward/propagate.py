@@ -40,7 +40,7 @@ class Propagation:
 
 def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor: str,
               start: np.ndarray, keep: tuple[str, ...] = (), masks: dict | None = None,
-              gradient: bool = False) -> Propagation:
+              gradient: bool = False, checked: bool = True, on_layer=None) -> Propagation:
     """Run LRP from ``start`` (relevance of ``start_tensor``) to the graph input.
 
     Parameters
@@ -51,10 +51,14 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         output is multiplied by it before it goes on (only chosen neurons pass).
     gradient : propagate the true gradient instead (each handler's ``gradient`` step), for
         the gradient-based methods ``lrpath evaluate`` compares LRP with.
+    checked : keep per-sample sums per layer (``Propagation.flows``) and stop on NaN/inf;
+        off when the pass is written as a graph (``lrpath compile``), which has no values.
+    on_layer : called with each layer before its step (the compiled graph names its nodes by it).
     """
     be = ctx.backend
     rel: dict[str, np.ndarray] = {start_tensor: start}
-    totals: dict[str, np.ndarray] = {start_tensor: be.sample_sums(start)}  # per-sample sums of rel
+    sums_of = be.sample_sums if checked else (lambda _: None)
+    totals: dict[str, np.ndarray] = {start_tensor: sums_of(start)}  # per-sample sums of rel
     checks: list[tuple] = []  # (layer, rule, per-sample sums of its input relevance), checked at the end
     keep_all = "*" in keep
     wanted = set(keep)
@@ -67,10 +71,12 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         if masks and layer.name in masks:
             m = np.asarray(masks[layer.name], r.dtype)
             r = r * m.reshape((1, -1) + (1,) * (r.ndim - 2))
-            r_total = be.sample_sums(r)
+            r_total = sums_of(r)
         if keep_all or layer.name in wanted:
             out.kept[layer.name] = r
         rule = plan.rule_for(layer)
+        if on_layer is not None:
+            on_layer(layer)
         ins = layer.handler.gradient(layer, r, ctx) if gradient else layer.handler.relevance(layer, rule, r, ctx)
         total_in = None
         for name, ri in zip(layer.inputs, ins):
@@ -78,14 +84,17 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
                 continue
             # a NaN/inf anywhere makes its sample's sum non-finite; relevance passed on unchanged
             # (an activation's) has the sums it arrived with
-            sums = r_total if ri is r else be.sample_sums(ri)
-            total_in = sums if total_in is None else total_in + sums
+            sums = None
+            if checked:
+                sums = r_total if ri is r else be.sample_sums(ri)
+                total_in = sums if total_in is None else total_in + sums
             if name in rel:
                 rel[name] = rel[name] + ri
-                totals[name] = totals[name] + sums
+                totals[name] = sums if sums is None else totals[name] + sums
             else:
                 rel[name], totals[name] = ri, sums
-        checks.append((layer, rule, r_total, total_in))
+        if checked:
+            checks.append((layer, rule, r_total, total_in))
     for layer, rule, r_total, total_in in checks:  # one transfer at the end, not one per layer
         r_host = np.asarray(be.to_host(r_total), np.float64)
         in_host = np.zeros_like(r_host) if total_in is None else np.asarray(be.to_host(total_in), np.float64)

@@ -14,8 +14,8 @@ import click
 
 from ..allocator import tune_allocator
 from ..errors import LrpathError
-from . import (audit_cmd, bench_cmd, deconv_cmd, demo_cmd, evaluate_cmd, explain_cmd, models_cmd, optimize_cmd,
-               paths_cmd, plan_cmd, report_cmd)
+from . import (audit_cmd, bench_cmd, compile_cmd, deconv_cmd, demo_cmd, evaluate_cmd, explain_cmd, models_cmd,
+               optimize_cmd, paths_cmd, plan_cmd, report_cmd)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -35,6 +35,7 @@ cli.add_command(deconv_cmd.deconv)
 cli.add_command(audit_cmd.audit)
 cli.add_command(report_cmd.report)
 cli.add_command(evaluate_cmd.evaluate_cmd, name="evaluate")
+cli.add_command(compile_cmd.compile_cmd, name="compile")
 
 
 def _one_line(msg: str) -> str:

@@ -49,6 +49,24 @@ def choose_providers(device: str) -> list[str]:
     return (["CUDAExecutionProvider"] if usable else []) + ["CPUExecutionProvider"]
 
 
+def add_switch_outputs(proto: onnx.ModelProto, graph: LayerGraph, requests: set[str]) -> set[str]:
+    """Give the nodes the secondary outputs the handlers want among ``requests`` (MaxPool's
+    ``Indices``: its switches); the integer-typed outputs of the handlers."""
+    added: dict[str, str] = {}
+    int_outputs: set[str] = set()
+    for layer in graph.layers:
+        extra, ints = layer.handler.session_outputs(layer)
+        added.update({k: v for k, v in extra.items() if v in requests})
+        int_outputs |= ints
+    for node in proto.graph.node:
+        if node.output and node.output[0] in added:
+            if len(node.output) == 1:
+                node.output.append(added[node.output[0]])
+            else:
+                node.output[1] = added[node.output[0]]
+    return int_outputs
+
+
 def _shared_weights(model: LoadedModel) -> set[str]:
     """Big initializers read only as the weight operand of dense layers."""
     uses: dict[str, list[tuple[str, int]]] = {}
@@ -114,18 +132,7 @@ class ActivationRuntime:
         for name in sorted(shared):
             arr = model.initializers[name]
             g.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arr.shape)))
-        added: dict[str, str] = {}  # secondary outputs the handlers want (MaxPool switches)
-        int_outputs: set[str] = set()
-        for layer in graph.layers:
-            extra, ints = layer.handler.session_outputs(layer)
-            added.update({k: v for k, v in extra.items() if v in requests})
-            int_outputs |= ints
-        for node in g.node:
-            if node.output and node.output[0] in added:
-                if len(node.output) == 1:
-                    node.output.append(added[node.output[0]])
-                else:
-                    node.output[1] = added[node.output[0]]
+        int_outputs = add_switch_outputs(proto, graph, requests)
         existing = [o.name for o in g.output]
         self.output_names = [graph.output] + sorted(r for r in requests if r not in (graph.output, graph.input))
         del g.output[:]

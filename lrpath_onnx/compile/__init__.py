@@ -1,0 +1,1 @@
+"""Write the relevance pass as ONNX operators (``lrpath compile``)."""

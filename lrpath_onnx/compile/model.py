@@ -1,0 +1,150 @@
+"""``lrpath compile``: the model plus its relevance pass, as one ONNX model of standard operators.
+
+The forward graph is the original one, untouched, with each MaxPool's ``Indices`` output
+added (its switches). The relevance pass is written by running the analyzer's own backward
+pass on ``Sym`` tensors (``symbolic``) with the ``GraphBackend``: every handler and rule
+emits the nodes of the computation it performs in ``lrpath explain``, so the compiled file
+and the analyzer agree by construction and each new op or rule compiles as soon as it
+explains. Inputs: the model's, plus an optional int64 ``target`` [N] (−1 or absent: the
+top-1 class). Outputs: the model's, plus ``relevance`` (the input's shape and layout) and
+``relevance/<layer>`` for kept layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..backward.linear_rules import WeightCache
+from ..backward.propagate import propagate
+from ..errors import InputError, ModelError
+from ..ops.registry import BackwardContext
+from ..runtime.session import add_switch_outputs
+from .backend import GraphBackend
+from .symbolic import Builder, Sym
+
+#: the opset the compiled graph is written in (ScatterElements' reduction needs 16)
+OPSET = 17
+TARGET = "target"
+RELEVANCE = "relevance"
+
+
+def _full_proto(model) -> onnx.ModelProto:
+    """The model with its stubbed weights put back."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    inits = []
+    for t in proto.graph.initializer:
+        if t.name in model.stubbed:
+            inits.append(numpy_helper.from_array(np.asarray(model.initializers[t.name]), t.name))
+        else:
+            inits.append(t)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(inits)
+    return proto
+
+
+def _at_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` in the default-domain opset the relevance nodes are written in."""
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current is None or current >= OPSET:
+        return proto
+    try:
+        from onnx import version_converter
+
+        return version_converter.convert_version(proto, OPSET)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"compile needs opset {OPSET}; converting the model from opset {current} failed: {msg}") \
+            from None
+
+
+def _names(proto: onnx.ModelProto) -> set[str]:
+    g = proto.graph
+    names = {v.name for v in list(g.input) + list(g.output) + list(g.value_info)} | {t.name for t in g.initializer}
+    for n in g.node:
+        names |= set(n.input) | set(n.output) | {n.name}
+    return names
+
+
+def _static_input(an) -> tuple[int, ...]:
+    dims = an.graph.input_shape[1:]
+    if not dims or any(d is None for d in dims):
+        raise InputError(f"compile needs the model's input size; its input is {an.graph.input_shape}")
+    return (1,) + tuple(int(d) for d in dims)
+
+
+def _start(b: Builder, logits: Sym) -> Sym:
+    """The target logit per sample, others 0: ``target`` where given (≥ 0), else the top-1."""
+    flat = logits.reshape(logits.shape[0], -1)
+    top1 = b.node("ArgMax", [flat.name], axis=1, keepdims=0)[0]
+    missing = b.node("Less", [TARGET, b.ints([0], "zero")])[0]
+    chosen = b.node("Where", [missing, top1, TARGET])[0]
+    onehot = b.node("OneHot", [chosen, b.ints([flat.shape[1]], "classes"), b.const(np.array([0, 1], np.float32))],
+                    axis=-1)[0]
+    return (flat * flat._new(onehot, flat.shape)).reshape(logits.shape)
+
+
+def compile_model(an, keep_layers=()) -> onnx.ModelProto:
+    """The ONNX model computing ``an``'s outputs and its relevance for ``target``."""
+    graph = an.graph
+    kept = [graph.find(name).name for name in keep_layers]
+    if RELEVANCE in {o.name for o in an.model.proto.graph.output} or TARGET in _names(an.model.proto):
+        raise InputError(f"compile: the model already has a tensor named '{RELEVANCE}' or '{TARGET}'")
+    x0 = np.zeros(_static_input(an), np.float32)
+    fwd = an.forward(x0)  # batch-1 values give every forward tensor's shape
+    proto = _at_opset(_full_proto(an.model))
+    int_outputs = add_switch_outputs(proto, graph, set(fwd))
+    b = Builder(_names(proto))
+    for name, arr in an.model.initializers.items():
+        if arr.size >= 4096:
+            b.share(name, arr)
+    syms = {name: Sym(b, name, arr.shape, np.int64 if name in int_outputs else np.float32) for name, arr in fwd.items()}
+    syms[graph.input] = Sym(b, graph.input, x0.shape)
+    ctx0, _ = an._context(x0, dict(fwd))
+    be = GraphBackend(b)
+    ctx = BackwardContext(fwd=syms, backend=be, cache=WeightCache(be), batch=1, shapes=graph.shapes,
+                          bounds=ctx0.bounds, dtype=np.float32)
+    start = _start(b, syms[graph.output])
+
+    def scope(layer):
+        b.scope = layer.name
+
+    prop = propagate(graph, an.plan(), ctx, graph.output, start, tuple(kept), checked=False, on_layer=scope)
+    b.scope = ""
+    rel = prop.input_relevance
+    if not isinstance(rel, Sym):  # nothing reaches the input
+        rel = syms[graph.input] * np.float32(0)
+    outputs = [(RELEVANCE, rel)] + [(f"{RELEVANCE}/{name}", prop.kept[name]) for name in kept]
+    g = proto.graph
+    g.node.extend(b.nodes)
+    for name, sym in outputs:
+        g.node.append(helper.make_node("Identity", [sym.name], [name], name=name))
+        dims = ["N"] + list(sym.shape[1:])
+        g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+    g.initializer.extend(b.initializers)
+    g.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["N"]))
+    g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), TARGET))  # the default: top-1
+    del g.value_info[:]
+    proto.ir_version = max(proto.ir_version, 8)
+    proto.producer_name = "lrpath-onnx compile"
+    meta = {"lrpath.preset": an.plan().preset, "lrpath.rules": "; ".join(
+        f"{l.name}={an.plan().rule_for(l)}" for l in graph.layers)}
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    return proto
+
+
+def save(proto: onnx.ModelProto, path) -> None:
+    """Write ``proto`` checked by ``onnx.checker`` (full check); weights beside it past protobuf's 2 GB."""
+    big = proto.ByteSize() > (2 << 30) - (64 << 20)
+    if big:
+        onnx.save_model(proto, str(path), save_as_external_data=True, location=f"{Path(path).name}.data")
+        onnx.checker.check_model(str(path), full_check=True)
+    else:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save_model(proto, str(path))
