@@ -55,8 +55,10 @@ class CpuBackend:
 
     name = "cpu"
 
-    def __init__(self, threads: ThreadControl | None = None) -> None:
+    def __init__(self, threads: ThreadControl | None = None, exact: bool = False) -> None:
         self.threads = threads or ThreadControl()
+        #: every product by im2col + GEMM, no Winograd rounding (slower; ``lrpath compile --check``)
+        self.exact = exact
         self.workspace = _conv.Workspace()
         self._derived: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -96,6 +98,7 @@ class CpuBackend:
         F(4x4, 3x3) where it applies, else F(2x2, 3x3)."""
         x = np.ascontiguousarray(x)
         w = np.ascontiguousarray(w, x.dtype)
+        exact = exact or self.exact
         K, _, kh, kw = w.shape
         out_hw = out_hw or geom.out_size(x.shape[2], x.shape[3], kh, kw)
         if not exact and _wino4.applies(kh, kw, geom.strides, geom.dilations, geom.groups, K, w.shape[1], out_hw):
@@ -116,6 +119,7 @@ class CpuBackend:
         s = np.ascontiguousarray(s)
         m = None if mul is None else np.ascontiguousarray(mul, s.dtype)
         w = np.ascontiguousarray(w, s.dtype)
+        exact = exact or self.exact
         kh, kw = w.shape[2:]
         as_conv = _conv.transpose_as_conv(geom, kh, kw)
         if not exact and as_conv is not None and _wino.applies(kh, kw, as_conv.strides, as_conv.dilations,

@@ -43,7 +43,7 @@ def compile_cmd(args, out, keep_layers, check, **opts):
         raise InputError(f"--out {out}: give a .onnx file name")
     if out.exists() and out.is_dir():
         raise InputError(f"--out {out} is a folder; give a .onnx file name")
-    ses = open_session(args, out.parent if str(out.parent) else Path("."), **opts)
+    ses = open_session(args, out.parent if str(out.parent) else Path("."), inputs_optional=True, **opts)
     if check and not ses.paths:
         raise InputError("--check needs INPUT files (images or .npy tensors) to compare on")
     if ses.paths and not check:

@@ -149,10 +149,11 @@ def _zoo_opts(entry) -> dict:
 def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), device="cpu",
                  target=None, mean=None, std=None, scale=None, low=None, high=None, size_=None, resize=None,
                  fit=None, layout="auto", channel_order=None, labels=None, max_pixels=50_000_000,
-                 **_ignored) -> Session:
+                 inputs_optional: bool = False, **_ignored) -> Session:
     """Every check of model, inputs and options, before any output is written."""
     model, paths, entry = resolve_model(tuple(args), model_name)
-    check_paths(paths)
+    if paths or not inputs_optional:
+        check_paths(paths)
     check_out(out)
     tgt = parse_target(target)
     opts = {"mean": floats(mean, "--mean"), "std": floats(std, "--std"), "scale": scale, "size": size(size_),

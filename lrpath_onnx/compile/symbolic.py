@@ -166,7 +166,7 @@ class Sym:
 
     def transpose(self, *axes) -> "Sym":
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list, np.ndarray)) else axes
-        axes = [int(a) for a in axes] if axes else list(range(self.ndim))[::-1]
+        axes = [int(a) for a in axes] if len(axes) else list(range(self.ndim))[::-1]
         if self.batched and axes[0] != 0:
             raise _unsupported("a transpose that moves the batch axis")
         return self._new(self.b.node("Transpose", [self.name], perm=axes)[0], tuple(self.shape[a] for a in axes))

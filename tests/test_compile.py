@@ -1,0 +1,152 @@
+"""``lrpath compile``: the relevance pass as an ONNX model, against explain and float64.
+
+The compiled file runs in a plain onnxruntime session; its relevance is compared with the
+analyzer's (exact products, so Winograd rounding does not blur the comparison) and with a
+float64 pass from the same forward tensors, on every preset, residual and gated networks,
+given targets and the top-1, any batch size, kept layers, and in a process that imports
+only onnxruntime and numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from lrpath_onnx import Analyzer
+from lrpath_onnx.backend import CpuBackend
+from lrpath_onnx.compile.check import relative_l2, run_compiled
+from lrpath_onnx.compile.model import compile_model, save
+from lrpath_onnx.models import registry
+from lrpath_onnx.plan.presets import PRESETS
+from tests import models
+from tests.test_cli import lrpath
+from tests.test_models import MODELS, float64_relevance
+
+DIGITS = np.stack([np.asarray(Image.open(MODELS / "digits" / f"digit_{d}.png"), np.float32) / 255
+                   for d in range(10)])[:, None]
+
+
+def exact_explain(an, x, target=None, keep=()):
+    fast = an.backend
+    an.backend = CpuBackend(exact=True)
+    try:
+        return an.explain(x, target=target, keep=keep)
+    finally:
+        an.backend = fast
+
+
+def compiled(an, tmp_path, keep=()) -> str:
+    path = tmp_path / "model.lrp.onnx"
+    save(compile_model(an, keep), path)
+    return path
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_mnist_vgg_every_preset_every_digit_equals_explain(preset, tmp_path):
+    an = Analyzer(registry.get("mnist-vgg").path(), preset=preset, low=0.0, high=1.0)
+    path = compiled(an, tmp_path)
+    for target in (None, 3):
+        (got,) = run_compiled(path, an.graph.input, DIGITS, target)
+        want = exact_explain(an, DIGITS, target).relevance
+        errors = [relative_l2(g, w) for g, w in zip(got, want)]
+        assert max(errors) < 1e-5, (preset, target, errors)
+    # and it is as close to the float64 pass as explain is
+    (got,) = run_compiled(path, an.graph.input, DIGITS)
+    f64 = float64_relevance(an, DIGITS)
+    assert max(relative_l2(g, w) for g, w in zip(got, f64)) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["mnist-resnet", "mnist-efficientnet"])
+@pytest.mark.parametrize("preset", ["auto", "epsilon-gamma-box", "epsilon-alpha2-beta1"])
+def test_residual_and_gated_networks_equal_explain(name, preset, tmp_path):
+    """Residual sums (ratio rule), squeeze-excitation gates, depthwise and strided convs."""
+    an = Analyzer(registry.get(name).path(), preset=preset)
+    path = compiled(an, tmp_path)
+    x = DIGITS[:6]
+    for target in (None, [7, 1, 0, 9, 2, 5]):
+        (got,) = run_compiled(path, an.graph.input, x, target)
+        want = exact_explain(an, x, target).relevance
+        assert max(relative_l2(g, w) for g, w in zip(got, want)) < 1e-5
+
+
+def test_torch_residual_block_with_concat_and_pools_equals_explain(tmp_path):
+    fixtures = MODELS.parent / "tests" / "fixtures"
+    an = Analyzer(fixtures / "torch_resnet_block.onnx", rules=["*=flat"])
+    data = np.load(fixtures / "torch_resnet_block.npz")
+    path = compiled(an, tmp_path)
+    (got,) = run_compiled(path, an.graph.input, data["x"])
+    want = exact_explain(an, data["x"]).relevance
+    assert max(relative_l2(g, w) for g, w in zip(got, want)) < 1e-5
+
+
+def test_any_batch_size_kept_layers_and_a_valid_model(tmp_path):
+    """Traced with one sample, the file takes any batch; kept layers are outputs; the
+    graph passes onnx's full check in the opset the relevance nodes need."""
+    an = Analyzer(registry.get("mnist-vgg").path(), low=0.0, high=1.0)
+    keep = [an.graph.linear_layers()[1].name, an.graph.layers[-1].name]
+    path = compiled(an, tmp_path, keep)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in proto.graph.input][-1] == "target"
+    outs = ["relevance"] + [f"relevance/{k}" for k in keep]
+    assert [o.name for o in proto.graph.output][-3:] == outs
+    batch = run_compiled(path, an.graph.input, DIGITS[:7], None, outs)
+    one = [run_compiled(path, an.graph.input, DIGITS[i:i + 1], None, outs) for i in range(7)]
+    exp = exact_explain(an, DIGITS[:7], keep=tuple(keep))
+    for j, name in enumerate(outs):
+        want = exp.relevance if j == 0 else exp.kept[keep[j - 1]]
+        assert batch[j].shape == want.shape
+        for i in range(7):
+            np.testing.assert_allclose(one[i][j][0], batch[j][i], rtol=1e-5, atol=1e-6 * np.abs(want[i]).max())
+            assert relative_l2(batch[j][i], want[i]) < 1e-5
+
+
+def test_runs_where_only_onnxruntime_and_numpy_are(tmp_path):
+    """A user's deployment: no lrpath, no numba — a plain onnxruntime session."""
+    an = Analyzer(registry.get("mnist-vgg").path(), low=0.0, high=1.0)
+    path = compiled(an, tmp_path)
+    np.save(tmp_path / "x.npy", DIGITS[:4])
+    script = (
+        "import sys, json, numpy as np, onnxruntime as ort\n"
+        f"s = ort.InferenceSession({str(path)!r}, providers=['CPUExecutionProvider'])\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        "logits, rel = s.run(None, {s.get_inputs()[0].name: x})[:1] + s.run(['relevance'], "
+        "{s.get_inputs()[0].name: x, 'target': np.array([2, 2, 2, 2])})\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lrpath_onnx', 'numba', 'torch')]\n"
+        f"np.save({str(tmp_path / 'rel.npy')!r}, rel)\n"
+        "print(json.dumps({'argmax': logits.argmax(1).tolist(), 'bad': bad}))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["bad"] == [] and res["argmax"] == [0, 1, 2, 3]
+    want = exact_explain(an, DIGITS[:4], 2).relevance
+    got = np.load(tmp_path / "rel.npy")
+    assert max(relative_l2(g, w) for g, w in zip(got, want)) < 1e-5
+
+
+def test_cli_compile_check_and_bad_input(tmp_path):
+    digits = [MODELS / "digits" / f"digit_{d}.png" for d in (1, 4)]
+    out = tmp_path / "m.lrp.onnx"
+    res = lrpath("compile", "mnist-vgg", *digits, "--out", out, "--check", "--preset", "epsilon-plus")
+    assert res.returncode == 0, res.stderr
+    assert out.exists() and "wrote" in res.stdout
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("largest relative L2")
+    assert float(last.split()[3]) < 1e-5
+    assert sum("sample" in line for line in res.stdout.splitlines()) == 2
+    for args, msg in ((("mnist-vgg", "--out", tmp_path / "m.txt"), "give a .onnx file name"),
+                      (("mnist-vgg", "--out", tmp_path / "x.onnx", "--check"), "--check needs INPUT"),
+                      (("mnist-vgg", digits[0], "--out", tmp_path / "y.onnx"), "only read with --check"),
+                      (("mnist-vgg", "--out", tmp_path / "z.onnx", "--keep-layers", "nope"), "nope")):
+        res = lrpath("compile", *args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert msg in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "z.onnx").exists()
