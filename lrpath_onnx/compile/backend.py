@@ -125,16 +125,15 @@ class GraphBackend:
         zname, zshape, _ = r.operand(z)
         b = self.b
         zero, one = b.const(np.float32(0)), b.const(np.float32(1))
-        nonneg = b.node("GreaterOrEqual", [zname, zero])[0]
-        if eps:
-            sign = b.node("Where", [nonneg, one, b.const(np.float32(-1))])[0]
-            den = b.node("Add", [zname, b.node("Mul", [sign, b.const(np.float32(eps))])[0]])[0]
-        else:
-            den = zname
+        shape = np.broadcast_shapes(r.shape, zshape)
+        if eps > 0:  # |z + eps·sign z| ≥ eps: never 0
+            nonneg = b.node("GreaterOrEqual", [zname, zero])[0]
+            den = b.node("Where", [nonneg, b.const(np.float32(eps)), b.const(np.float32(-eps))])[0]
+            return r._new(b.node("Div", [r.name, b.node("Add", [zname, den])[0]])[0], shape)
+        den = zname
         is_zero = b.node("Equal", [den, zero])[0]
         safe = b.node("Where", [is_zero, one, den])[0]
         quot = b.node("Div", [r.name, safe])[0]
-        shape = np.broadcast_shapes(r.shape, zshape)
         return r._new(b.node("Where", [is_zero, zero, quot])[0], shape)
 
     def gate_by_sign(self, r, sign, mode: str):
