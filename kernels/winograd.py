@@ -133,10 +133,11 @@ def output_tiles(M, oh, ow, ty0, ty1, tw, col0, out, bias, use_bias, mul, use_mu
                     out[k, y + r, x + 1] = v
 
 
-def _blocks(n: int, th: int, tw: int, channels: int):
-    """(first sample, last sample, first tile row, last tile row) per block of work."""
-    per_row = 16 * channels * tw
-    rows = max(1, BLOCK_ELEMENTS // per_row)
+def tile_blocks(n: int, th: int, tw: int, channels: int, taps: int, limit: int):
+    """(first sample, last sample, first tile row, last tile row) per block of work whose
+    transformed data (``taps`` x ``channels`` x tiles) holds at most ``limit`` elements."""
+    per_row = taps * channels * tw
+    rows = max(1, limit // per_row)
     if rows >= th:  # whole samples fit: stack as many as the block holds
         per = max(1, min(n, rows // th))
         for lo in range(0, n, per):
@@ -172,7 +173,7 @@ def conv3x3(x: np.ndarray, U: np.ndarray, pads: tuple[int, int, int, int], out_h
     none3 = np.zeros((1, 1, 1), x.dtype)
     b = np.zeros(1, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     eps = x.dtype.type(0 if ratio is None else ratio[1])
-    for lo, hi, r0, r1 in _blocks(N, th, tw, max(C, K)):
+    for lo, hi, r0, r1 in tile_blocks(N, th, tw, max(C, K), 16, BLOCK_ELEMENTS):
         cols = (hi - lo) * (r1 - r0) * tw
         V = ws.get((16, C, cols), x.dtype, "winograd_in") if ws else np.empty((16, C, cols), x.dtype)
         Mt = ws.get((16, K, cols), x.dtype, "winograd_out") if ws else np.empty((16, K, cols), x.dtype)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .winograd import tile_blocks
+
 #: G of F(4, 3): kernel transform U = G g Gᵀ
 G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
               [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
@@ -147,20 +149,6 @@ def output_tiles(M, oh, ow, ty0, ty1, tw, col0, out, bias, use_bias):
                             row[4 * tx + cc] = vals[cc] + b
 
 
-def _blocks(n: int, th: int, tw: int, channels: int):
-    """(first sample, last sample, first tile row, last tile row) per block of work."""
-    per_row = 36 * channels * tw
-    rows = max(1, BLOCK_ELEMENTS // per_row)
-    if rows >= th:
-        per = max(1, min(n, rows // th))
-        for lo in range(0, n, per):
-            yield lo, min(n, lo + per), 0, th
-    else:
-        for i in range(n):
-            for r0 in range(0, th, rows):
-                yield i, i + 1, r0, min(th, r0 + rows)
-
-
 def conv3x3(x: np.ndarray, U: np.ndarray, pads: tuple[int, int, int, int], out_hw: tuple[int, int],
             bias: np.ndarray | None = None, ws=None, matmul=None) -> np.ndarray:
     """Stride-1 3x3 convolution of ``x`` (N, C, H, W) with ``U = transform_kernel(w)``:
@@ -173,7 +161,7 @@ def conv3x3(x: np.ndarray, U: np.ndarray, pads: tuple[int, int, int, int], out_h
     th, tw = (oh + 3) // 4, (ow + 3) // 4
     out = np.empty((N, K, oh, ow), x.dtype)
     b = np.zeros(1, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
-    for lo, hi, r0, r1 in _blocks(N, th, tw, max(C, K)):
+    for lo, hi, r0, r1 in tile_blocks(N, th, tw, max(C, K), 36, BLOCK_ELEMENTS):
         cols = (hi - lo) * (r1 - r0) * tw
         V = ws.get((36, C, cols), x.dtype, "winograd4_in") if ws else np.empty((36, C, cols), x.dtype)
         Mt = ws.get((36, K, cols), x.dtype, "winograd4_out") if ws else np.empty((36, K, cols), x.dtype)
