@@ -24,8 +24,7 @@ class LinearMap(Protocol):
 
     ``exact=True`` asks for products whose exact zeros stay exact zeros (no Winograd
     convolution): the rules that normalise positive and negative parts separately (z⁺,
-    αβ) or rely on a sum being exactly zero (z^B's, flat's and w²'s denominators) need it;
-    LRP-0/ε/γ do not, nor z^B's transposed products.
+    αβ) or rely on a sum being exactly zero (z^B, flat, w²) need it; LRP-0/ε/γ do not.
     ``stackable``: weights may be stacked along the input axis (one transposed product
     for several parts that share a signal).
     """
@@ -243,12 +242,11 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         if len(group.parts) == 1:  # the divide may be fused into the transposed product
             part = group.parts[0]
             out.append(Product(group.coef, signal, fwd.weights(part)[0], fwd.input(part),
-                               (denom, form.stabiliser), form.transpose_exact, part))
+                               (denom, form.stabiliser), form.exact, part))
             continue
         s = backend.stabilised_divide(signal, denom, form.stabiliser)
         for part in group.parts:
-            out.append(Product(group.coef, s, fwd.weights(part)[0], fwd.input(part), exact=form.transpose_exact,
-                               part=part))
+            out.append(Product(group.coef, s, fwd.weights(part)[0], fwd.input(part), exact=form.exact, part=part))
     if lost is not None and lost.any():
         w, _ = fwd.weights(FALLBACK)
         stab = rule.get("stabilizer", min(form.stabiliser, STABILISER))  # a large ε is LRP-ε's own, not w²'s

@@ -66,16 +66,9 @@ class Form:
 
     groups: tuple[Group, ...]
     stabiliser: float = STABILISER
-    exact: bool = False     # forward and transposed products keep exact zeros (no Winograd)
+    exact: bool = False     # transposed products keep exact zeros (no Winograd)
     reuse_z: bool = False   # one group, one plain part: the layer's own output is its forward
     fallback: bool = False  # outputs with a zero denominator pass their relevance on by w²
-    #: whether the transposed products need exact zeros too (None: as ``exact``); z^B needs
-    #: them only in its denominator, which is a forward
-    exact_transpose: bool | None = None
-
-    @property
-    def transpose_exact(self) -> bool:
-        return self.exact if self.exact_transpose is None else self.exact_transpose
 
 #: the part that carries a bias-free rule's relevance of outputs no input contributes to
 FALLBACK = Part("ones", "square", 0.0, False)
@@ -152,7 +145,7 @@ _spec(RuleSpec("zbox", ("low", "high", "stabilizer"), (math.nan, math.nan, STABI
                doc="z^B: box-constrained first-layer rule (bounds from --mean/--std or --low/--high)",
                form=lambda p, nn, b: Form((Group((Part("above", "pos", 0.0, False),
                                                   Part("below", "neg", 0.0, False))),), p["stabilizer"],
-                                          exact=True, exact_transpose=False)))
+                                          exact=True)))
 _spec(RuleSpec("ratio", kinds=("merge",),
                doc="residual sums: each branch gets its share of the absolute contributions |x_i| / Σ|x_j| "
                    "(conserving, never amplifying; in the spirit of Otsuki et al.'s ratio-based splitting)"))
