@@ -150,3 +150,42 @@ def test_cli_compile_check_and_bad_input(tmp_path):
         assert msg in res.stderr and "Traceback" not in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "z.onnx").exists()
+
+
+GEOMETRIES = [((1, 1), (1, 1, 1, 1), (1, 1), 1, 3, 9), ((2, 2), (0, 0, 0, 0), (1, 1), 1, 1, 14),
+              ((2, 2), (1, 1, 1, 1), (1, 1), 1, 3, 14), ((2, 2), (1, 1, 1, 1), (1, 1), 1, 3, 15),
+              ((3, 3), (2, 1, 0, 2), (1, 1), 1, 5, 17), ((1, 1), (2, 2, 2, 2), (2, 2), 1, 3, 11),
+              ((2, 2), (0, 0, 3, 3), (1, 1), 1, 3, 10), ((2, 2), (1, 1, 1, 1), (1, 1), 4, 3, 13),
+              ((1, 1), (1, 0, 2, 1), (1, 1), 2, 3, 8)]
+
+
+@pytest.mark.parametrize("strides,pads,dil,groups,k,size", GEOMETRIES)
+def test_transposed_convolution_nodes_match_the_cpu_kernel(strides, pads, dil, groups, k, size):
+    """The nodes for a transposed product (Conv with the flipped kernel at stride 1,
+    ConvTranspose cropped or zero-padded to the input otherwise) against the CPU kernel,
+    with a multiplier and the stabilised divide, at batch 3 though traced with 1."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from lrpath_onnx.compile.backend import GraphBackend
+    from lrpath_onnx.compile.symbolic import Builder, Sym
+    from lrpath_onnx.kernels.conv import ConvGeometry
+
+    rng = np.random.default_rng(size)
+    g = ConvGeometry(strides, pads, dil, groups)
+    w = rng.standard_normal((8, 8 // groups, k, k)).astype(np.float32)
+    oh = g.out_size(size, size, k, k)
+    s, z = (rng.standard_normal((3, 8) + oh).astype(np.float32) for _ in range(2))
+    a = rng.standard_normal((3, 8, size, size)).astype(np.float32)
+    b = Builder(set())
+    syms = [Sym(b, n, (1,) + shape[1:]) for n, shape in (("s", s.shape), ("z", z.shape), ("a", a.shape))]
+    out = GraphBackend(b).conv2d_transpose(syms[0], w, g, (size, size), syms[2], ratio=(syms[1], 0.01))
+    def info(x):
+        return helper.make_tensor_value_info(x.name, TensorProto.FLOAT, ["N", *x.shape[1:]])
+    graph = helper.make_graph(b.nodes, "t", [info(x) for x in syms], [info(out)], b.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"s": s, "z": z, "a": a})[0]
+    want = CpuBackend(exact=True).conv2d_transpose(s, w, g, (size, size), a, ratio=(z, 0.01))
+    assert got.shape == want.shape == a.shape and out.shape == (1,) + a.shape[1:]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
