@@ -144,7 +144,8 @@ def test_cli_compile_check_and_bad_input(tmp_path):
     for args, msg in ((("mnist-vgg", "--out", tmp_path / "m.txt"), "give a .onnx file name"),
                       (("mnist-vgg", "--out", tmp_path / "x.onnx", "--check"), "--check needs INPUT"),
                       (("mnist-vgg", digits[0], "--out", tmp_path / "y.onnx"), "only read with --check"),
-                      (("mnist-vgg", "--out", tmp_path / "z.onnx", "--keep-layers", "nope"), "nope")):
+                      (("mnist-vgg", "--out", tmp_path / "z.onnx", "--keep-layers", "nope"), "nope"),
+                      (("mnist-vgg", "--out", tmp_path / "w.onnx", "--target", "features.0:3"), "explains classes")):
         res = lrpath("compile", *args)
         assert res.returncode == 2, (args, res.stderr)
         assert msg in res.stderr and "Traceback" not in res.stderr

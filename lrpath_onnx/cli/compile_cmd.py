@@ -48,6 +48,8 @@ def compile_cmd(args, out, keep_layers, check, **opts):
         raise InputError("--check needs INPUT files (images or .npy tensors) to compare on")
     if ses.paths and not check:
         raise InputError("INPUT files are only read with --check")
+    if ses.target is not None and not isinstance(ses.target, int):
+        raise InputError(f"--target {ses.target}: the compiled file explains classes; give a class")
     keep = tuple(k.strip() for k in keep_layers.split(",")) if keep_layers else ()
     proto = compile_model(ses.an, keep)
     with atomic_path(out) as tmp:
@@ -56,8 +58,7 @@ def compile_cmd(args, out, keep_layers, check, **opts):
     click.echo(f"wrote {out} ({n_nodes} nodes, preset {ses.an.plan().describe()})")
     if check:
         x = np.concatenate([np.stack([s.tensor for s in b]) for b in ses.reader.batches(ses.paths, 8)])
-        target = ses.target if isinstance(ses.target, int) else None
-        for line in compare(ses.an, out, x, target, keep):
+        for line in compare(ses.an, out, x, ses.target, keep):
             click.echo(line)
     return 0
 
