@@ -131,7 +131,7 @@ def compile_model(an, keep_layers=()) -> onnx.ModelProto:
     del g.value_info[:]
     proto.ir_version = max(proto.ir_version, 8)
     proto.producer_name = "lrpath-onnx compile"
-    meta = {"lrpath.preset": an.plan().preset, "lrpath.rules": "; ".join(
+    meta = {"lrpath.preset": an.plan().describe(), "lrpath.rules": "; ".join(
         f"{l.name}={an.plan().rule_for(l)}" for l in graph.layers)}
     for k, v in meta.items():
         entry = proto.metadata_props.add()
