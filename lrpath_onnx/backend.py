@@ -103,7 +103,7 @@ class CpuBackend:
         out_hw = out_hw or geom.out_size(x.shape[2], x.shape[3], kh, kw)
         if not exact and _wino4.applies(kh, kw, geom.strides, geom.dilations, geom.groups, K, w.shape[1], out_hw):
             U4 = self._derive(w, "winograd4", _wino4.transform_kernel)
-            return _wino4.conv3x3(x, U4, geom.pads, out_hw, bias, self.workspace, self.threads.matmul)
+            return _wino4.conv3x3(x, U4, geom.pads, out_hw, bias, None, self.workspace, self.threads.matmul)
         if not exact and _wino.applies(kh, kw, geom.strides, geom.dilations, geom.groups):
             U = self._derive(w, "winograd", _wino.transform_kernel)
             return _wino.conv3x3(x, U, geom.pads, out_hw, bias, None, self.workspace, self.threads.matmul)
@@ -111,8 +111,8 @@ class CpuBackend:
 
     def conv2d_transpose(self, s, w, geom: ConvGeometry, in_hw, mul=None, exact: bool = False,
                          ratio=None):
-        """Transposed convolution (times ``mul``); Winograd F(2x2, 3x3) for stride-1 3x3 unless
-        ``exact`` (never F(4x4, 3x3): see ``kernels.winograd4`` on its rounding here).
+        """Transposed convolution (times ``mul``); Winograd for stride-1 3x3 unless ``exact``
+        (F(4x4, 3x3) on the flipped kernel where it applies, else F(2x2, 3x3)).
 
         ``ratio=(z, eps)``: transpose ``s / (z + eps·sign z)`` (fused into Winograd's loads).
         """
@@ -122,6 +122,12 @@ class CpuBackend:
         exact = exact or self.exact
         kh, kw = w.shape[2:]
         as_conv = _conv.transpose_as_conv(geom, kh, kw)
+        if not exact and as_conv is not None and _wino4.applies(kh, kw, as_conv.strides, as_conv.dilations,
+                                                                geom.groups, w.shape[0], w.shape[1], in_hw):
+            # F(4x4, 3x3) cannot reuse the forward's transformed kernel: it transforms the flipped one
+            U4 = self._derive(w, "winograd4-transposed", lambda a: _wino4.transform_kernel(_conv.flip_kernel(a, 1)))
+            rz = None if ratio is None else (np.ascontiguousarray(ratio[0], s.dtype), ratio[1])
+            return _wino4.conv3x3(s, U4, as_conv.pads, tuple(in_hw), None, m, self.workspace, self.threads.matmul, rz)
         if not exact and as_conv is not None and _wino.applies(kh, kw, as_conv.strides, as_conv.dilations,
                                                                geom.groups):
             U = self._derive(w, "winograd", _wino.transform_kernel)  # shared with conv2d

@@ -118,8 +118,9 @@ def test_winograd_only_for_stride1_3x3_ungrouped():
 @pytest.mark.parametrize("pads,h,w", [((1, 1, 1, 1), 9, 8), ((0, 0, 0, 0), 7, 6), ((2, 1, 0, 2), 5, 5),
                                       ((1, 1, 1, 1), 1, 1), ((1, 1, 1, 1), 17, 13), ((0, 2, 1, 0), 10, 11)])
 def test_winograd4_matches_direct_convolution(seed, pads, h, w):
-    """F(4x4, 3x3) in float64 with a bias, and blocks cut into bands of tile rows, against
-    the unrolled-matrix convolution; with the flipped kernel it computes the transpose too."""
+    """F(4x4, 3x3) in float64: bias, multiplier, the fused stabilised divide, the transpose
+    through the flipped kernel, and blocks cut into bands of tile rows, all against the
+    unrolled-matrix convolution."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((3, 4, h, w))
     wt = rng.standard_normal((5, 4, 3, 3))
@@ -127,17 +128,29 @@ def test_winograd4_matches_direct_convolution(seed, pads, h, w):
     g = K.ConvGeometry((1, 1), pads)
     oh, ow = g.out_size(h, w, 3, 3)
     want = _ref_conv(x, wt, g)[0] + b.reshape(1, -1, 1, 1)
+    mul = rng.standard_normal(want.shape)
     U = W4.transform_kernel(wt)
-    np.testing.assert_allclose(W4.conv3x3(x, U, pads, (oh, ow), b), want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(W4.conv3x3(x, U, pads, (oh, ow), b, mul), want * mul, rtol=1e-10, atol=1e-10)
+    # the stabilised divide fused into the loads: x / (z + eps·sign z), 0 where z = 0 and eps = 0
+    z = rng.standard_normal(x.shape)
+    z[0, 0, 0, 0] = 0.0
+    x0 = x.copy()
+    x0[0, 0, 0, 0] = 0.0
+    for eps in (0.0, 0.25):
+        den = z + eps * np.where(z >= 0, 1.0, -1.0)
+        ratio_x = np.divide(x0, den, out=np.zeros_like(x0), where=den != 0)
+        got = W4.conv3x3(x0, U, pads, (oh, ow), ratio=(z, eps))
+        np.testing.assert_allclose(got, _ref_conv(ratio_x, wt, g)[0], rtol=1e-10, atol=1e-10)
+    # the transpose: a convolution with the flipped, channel-swapped kernel
     s = rng.standard_normal((3, 5, oh, ow))
     tpads = K.transpose_as_conv(g, 3, 3).pads
-    got_t = W4.conv3x3(s, W4.transform_kernel(K.flip_kernel(wt, 1)), tpads, (h, w))
-    np.testing.assert_allclose(got_t, K.conv2d_transpose(s, wt, g, (h, w)), rtol=1e-10, atol=1e-10)
+    got_t = W4.conv3x3(s, W4.transform_kernel(K.flip_kernel(wt, 1)), tpads, (h, w), None, x)
+    np.testing.assert_allclose(got_t, K.conv2d_transpose(s, wt, g, (h, w)) * x, rtol=1e-10, atol=1e-10)
     keep = W4.BLOCK_ELEMENTS
     try:
         for size in (36 * 5 * 2, 36 * 5 * 3 * 3 * 2 + 1):
             W4.BLOCK_ELEMENTS = size
-            np.testing.assert_allclose(W4.conv3x3(x, U, pads, (oh, ow), b), want, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(W4.conv3x3(x, U, pads, (oh, ow), b, mul), want * mul, rtol=1e-10, atol=1e-10)
     finally:
         W4.BLOCK_ELEMENTS = keep
 
@@ -165,9 +178,9 @@ def test_winograd4_only_where_it_pays():
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_backend_uses_winograd4_for_large_forward_maps_only(seed):
-    """Through the backend: a 20x18 map's forward takes F(4x4, 3x3) unless exact zeros are
-    asked for; its transpose (fused ratio) F(2x2, 3x3); all match the float64 reference."""
+def test_backend_uses_winograd4_for_large_maps_unless_exact(seed):
+    """Through the backend: a 20x18 map takes F(4x4, 3x3) in both directions (the transpose
+    with its fused ratio) unless exact zeros are asked for; all match the float64 reference."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, 6, 20, 18))
     wt = rng.standard_normal((7, 6, 3, 3))
@@ -182,7 +195,7 @@ def test_backend_uses_winograd4_for_large_forward_maps_only(seed):
                        for si, zi in zip(s, z)])
     got = be.conv2d_transpose(s, wt, g, x.shape[2:], x, ratio=(z, 0.1))
     np.testing.assert_allclose(got, want_t * x, rtol=1e-10, atol=1e-10)
-    assert {key[1] for key in be._derived} == {"winograd4", "winograd"}
+    assert {key[1] for key in be._derived} == {"winograd4", "winograd4-transposed"}
     # exact: im2col + GEMM in both directions, no transformed kernel
     be = CpuBackend()
     np.testing.assert_allclose(be.conv2d(x, wt, g, exact=True), want, rtol=1e-12, atol=1e-12)

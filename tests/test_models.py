@@ -125,16 +125,16 @@ def float64_relevance(an, x):
     return an._backward(x.astype(np.float64), fwd64, an.graph.output, start.astype(np.float64), ()).relevance
 
 
-def test_mnist_vgg_float32_relevance_stays_within_2e5_of_float64():
+def test_mnist_vgg_float32_relevance_stays_within_2e6_of_float64():
     """The fast products (Winograd) on a real trained model: every shipped digit's relevance
-    within 2e-5 relative L2 of the float64 pass (F(4x4, 3x3) in the transposed products
-    measured 1.4e-4 here; the forward products are not sensitive)."""
+    within 2e-6 relative L2 of the float64 pass (measured 3.4e-7; z^B's first-layer
+    transposes through Winograd put it at 1e-5, through F(4x4, 3x3) at 1.4e-4)."""
     an = Analyzer(registry.get("mnist-vgg").path(), low=0.0, high=1.0)
     imgs = np.stack([np.asarray(Image.open(MODELS / "digits" / f"digit_{d}.png"), np.float32) / 255
                      for d in range(10)])[:, None]
     got, want = an.explain(imgs).relevance, float64_relevance(an, imgs)
     errors = [np.linalg.norm(g - w) / np.linalg.norm(w) for g, w in zip(got, want)]
-    assert max(errors) < 2e-5, errors
+    assert max(errors) < 2e-6, errors
 
 # ----------------------------------------------------------------------------- mnist-resnet, mnist-efficientnet
 
