@@ -46,7 +46,7 @@ def compare(an, path: Path, x: np.ndarray, target=None, keep=()) -> list[str]:
     """Per sample and output, the relative L2 of the compiled file's relevance against the
     analyzer's: its backward pass (exact products) on the compiled file's own forward values
     (what compiling can change), explain with exact products, and explain as it runs by
-    default (Winograd products, whose rounding is about 1e-5 on some models). The first and
+    default (Winograd products). The first and
     the second differ where onnxruntime rounds the two graphs' forwards differently and the
     explanation amplifies it (near-zero ε denominators)."""
     from ..backend import CpuBackend
