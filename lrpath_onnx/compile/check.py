@@ -46,9 +46,9 @@ def compare(an, path: Path, x: np.ndarray, target=None, keep=()) -> list[str]:
     """Per sample and output, the relative L2 of the compiled file's relevance against the
     analyzer's: its backward pass (exact products) on the compiled file's own forward values
     (what compiling can change), explain with exact products, and explain as it runs by
-    default (Winograd products). The first and
-    the second differ where onnxruntime rounds the two graphs' forwards differently and the
-    explanation amplifies it (near-zero ε denominators)."""
+    default (Winograd products). The first and the second differ where onnxruntime rounds
+    the two graphs' forwards differently and the explanation amplifies it (near-zero ε
+    denominators)."""
     from ..backend import CpuBackend
 
     kept = tuple(an.graph.find(k).name for k in keep)
