@@ -86,8 +86,8 @@ class DenseHandler(LinearHandler):
         rin = super().relevance(layer, rule, r, ctx)[0]
         return [contiguous(rin.T) if layer.trans_a else rin]
 
-    def gradient(self, layer, g, ctx: BackwardContext):
-        out = super().gradient(layer, g, ctx)[0]
+    def gradient(self, layer, g, ctx: BackwardContext, exact: bool = False):
+        out = super().gradient(layer, g, ctx, exact)[0]
         return [contiguous(out.T) if layer.trans_a else out]
 
     def forward(self, layer, inputs):

@@ -99,17 +99,19 @@ class LinearHandler(OpHandler):
             kept = (setup["lin"], linear_rules.products(rule, **setup))
         return linear_rules.channel_flows(kept[0], kept[1], ctx.backend, rows, cols)
 
-    def gradient(self, layer, g, ctx: BackwardContext):
+    def gradient(self, layer, g, ctx: BackwardContext, exact: bool = False):
         """The transposed layer with its own weights (the bias has no gradient path)."""
         a = self.input_activation(layer, ctx)
         lin = self.linear_map(layer, a, g, ctx.backend)
         w, _ = ctx.cache.get(self.cache_key(layer, a), lin, "id", 0.0, g.dtype)
-        return [lin.transpose(g, w)]
+        return [lin.transpose(g, w, exact=exact)]
 
     def deconv(self, layer, s, ctx: BackwardContext):
         """The transposed layer with its own (forward) weights, as the paper initialises its
-        deconvolution layers from the conv layers: the gradient's step."""
-        return self.gradient(layer, s, ctx)
+        deconvolution layers from the conv layers: the gradient's step, with exact products
+        (a single neuron's signal is sparse; Winograd's rounding would leak past the pixels
+        it reads)."""
+        return self.gradient(layer, s, ctx, exact=True)
 
     def cache_key(self, layer, a: np.ndarray) -> str:
         return layer.name

@@ -194,10 +194,10 @@ class AveragePoolHandler(ChannelKeeping, LinearHandler):
             setup["z"] = self.output_view(layer, setup["z"])
         return setup
 
-    def gradient(self, layer, g, ctx):
+    def gradient(self, layer, g, ctx, exact: bool = False):
         if not layer.keepdims:
             g = g.reshape(tuple(g.shape) + (1, 1))
-        return super().gradient(layer, g, ctx)
+        return super().gradient(layer, g, ctx, exact)
 
     def cache_key(self, layer, a):
         return f"{layer.name}@{a.shape[2]}x{a.shape[3]}"
