@@ -169,7 +169,7 @@ def test_transposed_convolution_nodes_match_the_cpu_kernel(strides, pads, dil, g
     from onnx import TensorProto, helper
 
     from lrpath_onnx.compile.backend import GraphBackend
-    from lrpath_onnx.compile.symbolic import Builder, Sym
+    from lrpath_onnx.graph.symbolic import Builder, Sym
     from lrpath_onnx.kernels.conv import ConvGeometry
 
     rng = np.random.default_rng(size)

@@ -21,10 +21,11 @@ from onnx import TensorProto, helper, numpy_helper
 from ..backward.linear_rules import WeightCache
 from ..backward.propagate import propagate
 from ..errors import InputError, ModelError
+from ..ops.emit import output_node, target_logit_nodes
 from ..ops.registry import BackwardContext
 from ..runtime.session import add_switch_outputs
 from .backend import GraphBackend
-from .symbolic import Builder, Sym
+from ..graph.symbolic import Builder, Sym
 
 #: the opset the compiled graph is written in (ScatterElements' reduction needs 16)
 OPSET = 17
@@ -80,12 +81,7 @@ def _static_input(an) -> tuple[int, ...]:
 def _start(b: Builder, logits: Sym) -> Sym:
     """The target logit per sample, others 0: ``target`` where given (≥ 0), else the top-1."""
     flat = logits.reshape(logits.shape[0], -1)
-    top1 = b.node("ArgMax", [flat.name], axis=1, keepdims=0)[0]
-    missing = b.node("Less", [TARGET, b.ints([0], "zero")])[0]
-    chosen = b.node("Where", [missing, top1, TARGET])[0]
-    onehot = b.node("OneHot", [chosen, b.ints([flat.shape[1]], "classes"), b.const(np.array([0, 1], np.float32))],
-                    axis=-1)[0]
-    return (flat * flat._new(onehot, flat.shape)).reshape(logits.shape)
+    return flat._new(target_logit_nodes(b, flat.name, flat.shape[1], TARGET), flat.shape).reshape(logits.shape)
 
 
 def compile_model(an, keep_layers=()) -> onnx.ModelProto:
@@ -122,7 +118,7 @@ def compile_model(an, keep_layers=()) -> onnx.ModelProto:
     g = proto.graph
     g.node.extend(b.nodes)
     for name, sym in outputs:
-        g.node.append(helper.make_node("Identity", [sym.name], [name], name=name))
+        g.node.append(output_node(sym.name, name))
         dims = ["N"] + list(sym.shape[1:])
         g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
     g.initializer.extend(b.initializers)

@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import InputError
+from ..graph.constants import stored_tensors
 from ..graph.layers import ConvLayer, DenseLayer, LayerGraph
 from .perturb import gaussian_blur
 
@@ -43,20 +44,14 @@ def randomized(model_path: Path, graph: LayerGraph, layer_names: list[str], seed
     each tensor's own σ; every other tensor as it was. Each tensor's draw depends only on
     ``seed`` and its name, so a cascade keeps the layers it already randomised as they were."""
     proto = onnx.load(str(model_path))
-    inits = {t.name: t for t in proto.graph.initializer}
-    consts = {n.output[0]: n for n in proto.graph.node if n.op_type == "Constant"}
+    stored = stored_tensors(proto)
     for name in layer_names:
         for src in graph.find(name).sources:
             rng = np.random.default_rng([seed, zlib.crc32(src.encode())])
-            if src in inits:
-                old = numpy_helper.to_array(inits[src])
+            if src in stored:
+                old = numpy_helper.to_array(stored[src])
                 new = rng.normal(0.0, float(old.std()) or 1e-2, old.shape).astype(old.dtype)
-                inits[src].CopyFrom(numpy_helper.from_array(new, src))
-            elif src in consts:
-                attr = next(a for a in consts[src].attribute if a.name == "value")
-                old = numpy_helper.to_array(attr.t)
-                attr.t.CopyFrom(numpy_helper.from_array(
-                    rng.normal(0.0, float(old.std()) or 1e-2, old.shape).astype(old.dtype)))
+                stored[src].CopyFrom(numpy_helper.from_array(new, stored[src].name))
             else:
                 raise InputError(f"cannot randomise '{name}': its weight '{src}' is computed, not stored")
     return proto

@@ -23,6 +23,18 @@ FALLBACK_LIMIT = 1 << 20
 Folder = Callable[[onnx.NodeProto, list], np.ndarray]
 
 
+def stored_tensors(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The tensors a file stores by name, to edit in place: initializers, and the ``value``
+    of Constant nodes (exporters keep weights in either)."""
+    out = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                out[node.output[0]] = value
+    return out
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 

@@ -38,6 +38,31 @@ def resolve_pads(attrs: dict, in_hw: tuple | None, kernel: tuple[int, int], stri
     return (begin[0], begin[1], end[0], end[1])
 
 
+def conv_attrs(kernel, geom: ConvGeometry, pads=None) -> dict:
+    """A Conv/ConvTranspose node's attributes for this geometry."""
+    return dict(kernel_shape=list(kernel), strides=list(geom.strides), pads=list(pads or geom.pads),
+                dilations=list(geom.dilations), group=geom.groups)
+
+
+def conv_nodes(b, inputs: list[str], kernel, geom: ConvGeometry) -> str:
+    """A convolution as a node of builder ``b`` (``lrpath compile``); its output's name."""
+    return b.node("Conv", inputs, **conv_attrs(kernel, geom))[0]
+
+
+def conv_transpose_nodes(b, s: str, w: str, kernel, geom: ConvGeometry, s_hw, in_hw) -> str:
+    """The transposed convolution of ``s`` back to ``in_hw``: ConvTranspose cropped at the end
+    to the input, then zero rows past the windows' reach (rows no window reads)."""
+    begin, end, extra = list(geom.pads[:2]), [], []
+    for i, (o, k) in enumerate(zip(s_hw, kernel)):
+        reach = geom.strides[i] * (o - 1) + geom.dilations[i] * (k - 1) + 1
+        end.append(max(0, reach - begin[i] - int(in_hw[i])))
+        extra.append(max(0, int(in_hw[i]) - (reach - begin[i])))
+    name = b.node("ConvTranspose", [s, w], **conv_attrs(kernel, geom, begin + end))[0]
+    if max(extra) > 0:
+        name = b.node("Pad", [name, b.ints([0, 0, 0, 0, 0, 0, extra[0], extra[1]], "pads")])[0]
+    return name
+
+
 class ConvMap:
     """``linear_rules.LinearMap`` of a Conv layer for one batch (sizes fixed by the tensors)."""
 
@@ -117,7 +142,4 @@ class ConvHandler(LinearHandler):
 
     def modified_forward_node(self, layer, inputs: list[str], output: str):
         """This layer's convolution over other inputs/weights, as one ONNX node."""
-        g = layer.geometry
-        return helper.make_node("Conv", inputs, [output], name=output, kernel_shape=list(layer.kernel),
-                                strides=list(g.strides), pads=list(g.pads), dilations=list(g.dilations),
-                                group=g.groups)
+        return helper.make_node("Conv", inputs, [output], name=output, **conv_attrs(layer.kernel, layer.geometry))

@@ -33,6 +33,13 @@ class DenseMap:
         return self.backend.dense_flow(mul, s, w, rows, cols)
 
 
+def matmul_node(b, x: str, w: str, transpose_w: bool) -> str:
+    """``x · w`` (``x · wᵀ`` with ``transpose_w``) as a node of builder ``b`` (``lrpath compile``)."""
+    if transpose_w:
+        return b.node("Gemm", [x, w], transB=1)[0]
+    return b.node("MatMul", [x, w])[0]
+
+
 @register
 class DenseHandler(LinearHandler):
     """Gemm (alpha, beta, transA, transB, bias C) and MatMul with a constant right operand.

@@ -60,3 +60,42 @@ def term_nodes(layer: Layer, terms: list[Part]) -> tuple[list, list, list[str]]:
 def mask_node(tensor: str, mask: str, out: str):
     """``out = tensor · mask`` (a 0/1 mask per channel, broadcast)."""
     return helper.make_node("Mul", [tensor, mask], [out], name=out)
+
+
+# -- the relevance pass's element-wise steps as nodes of a builder ``b`` (``lrpath compile``) --
+
+def divide_nodes(b, r: str, z: str, eps: float) -> str:
+    """``r / (z + eps·sign z)`` with sign(0) = 1, and 0 where that denominator is 0."""
+    zero = b.const(np.float32(0))
+    if eps > 0:  # |z + eps·sign z| ≥ eps: never 0
+        nonneg = b.node("GreaterOrEqual", [z, zero])[0]
+        den = b.node("Where", [nonneg, b.const(np.float32(eps)), b.const(np.float32(-eps))])[0]
+        return b.node("Div", [r, b.node("Add", [z, den])[0]])[0]
+    is_zero = b.node("Equal", [z, zero])[0]
+    safe = b.node("Where", [is_zero, b.const(np.float32(1)), z])[0]
+    return b.node("Where", [is_zero, zero, b.node("Div", [r, safe])[0]])[0]
+
+
+#: the comparison ``gate_nodes`` keeps relevance by (as ``kernels.elementwise.GATE_MODES``)
+_GATES = {"pos": "Greater", "neg": "Less", "nonpos": "LessOrEqual", "zero": "Equal"}
+
+
+def gate_nodes(b, r: str, sign: str, mode: str) -> str:
+    """``r`` where ``sign`` is as ``mode`` says, 0 elsewhere."""
+    zero = b.const(np.float32(0))
+    return b.node("Where", [b.node(_GATES[mode], [sign, zero])[0], r, zero])[0]
+
+
+def target_logit_nodes(b, flat: str, classes: int, target: str) -> str:
+    """(N, classes) logits kept at ``target`` per sample (int64 [N]; < 0: the top-1), 0 elsewhere."""
+    top1 = b.node("ArgMax", [flat], axis=1, keepdims=0)[0]
+    missing = b.node("Less", [target, b.ints([0], "zero")])[0]
+    chosen = b.node("Where", [missing, top1, target])[0]
+    onehot = b.node("OneHot", [chosen, b.ints([classes], "classes"), b.const(np.array([0, 1], np.float32))],
+                    axis=-1)[0]
+    return b.node("Mul", [flat, onehot])[0]
+
+
+def output_node(source: str, name: str):
+    """A graph output ``name`` holding ``source``."""
+    return helper.make_node("Identity", [source], [name], name=name)

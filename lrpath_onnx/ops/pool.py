@@ -7,6 +7,7 @@ what many exporters write for adaptive average pooling) are the same linear laye
 from __future__ import annotations
 
 import numpy as np
+from onnx import numpy_helper
 
 from ..graph.layers import AvgPoolLayer, MaxPoolLayer, PoolWindow
 from ..kernels.conv import ConvGeometry
@@ -29,6 +30,19 @@ def _window(node, ctx: ParseContext, kernel=None) -> tuple[PoolWindow, dict]:
     pads = resolve_pads(attrs, None if shape is None else shape[2:], k, strides, dil, node, ctx)
     window = PoolWindow(k, ConvGeometry(strides, pads, dil), bool(attrs.get("ceil_mode", 0)))
     return window, attrs
+
+
+def unpool_nodes(b, values: str, indices: str, in_shape) -> str:
+    """Scatter-add ``values`` at onnxruntime's MaxPool ``Indices`` (flat over N·C·H·W) into
+    zeros of ``in_shape`` (any batch), as nodes of builder ``b`` (``lrpath compile``)."""
+    plane = int(np.prod(in_shape[1:]))
+    n = b.node("Slice", [b.node("Shape", [values])[0], b.ints([0]), b.ints([1]), b.ints([0])])[0]
+    size = b.node("Mul", [n, b.ints([plane], "plane")])[0]
+    zeros = b.node("ConstantOfShape", [size], value=numpy_helper.from_array(np.zeros(1, np.float32)))[0]
+    flat_v = b.node("Reshape", [values, b.ints([-1])])[0]
+    flat_i = b.node("Reshape", [indices, b.ints([-1])])[0]
+    out = b.node("ScatterElements", [zeros, flat_i, flat_v], axis=0, reduction="add")[0]
+    return b.node("Reshape", [out, b.ints([-1] + [int(d) for d in in_shape[1:]])])[0]
 
 
 @register

@@ -63,6 +63,11 @@ def interpolation_matrix(n_in: int, n_out: int, scale: float, mode: str, coords:
     return A
 
 
+def separable_nodes(b, x: str, rows: str, cols_t: str) -> str:
+    """``rows · x · colsᵀ`` over the last two axes as nodes of builder ``b`` (``lrpath compile``)."""
+    return b.node("MatMul", [b.node("MatMul", [rows, x])[0], cols_t])[0]
+
+
 class ResizeMap:
     """``LinearMap`` of a resize: ``A_h · x · A_wᵀ`` (its only weight is the map itself)."""
 

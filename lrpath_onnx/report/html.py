@@ -129,7 +129,7 @@ def _path_sections(cs: dict, out: Path, pixel: str) -> str:
 {_fig(out / 'paths' / 'heatmap_k_paths_relevance.png', f'Relevance-based, layer-wise: at each graph layer the relevance of the '
       f'{k} paths’ neurons alone, propagated down to the input, averaged over the layers'
       + (f' ({100 * share:.2g} % of the total relevance), on the full heatmap’s scale.' if share is not None else '.'), pixel)}
-{_fig(out / 'paths' / 'heatmap_k_paths_activation.png', f'Activation-based: the activations of the path neurons, brought back to '
+{_fig(out / 'paths' / 'heatmap_k_paths_activation.png', 'Activation-based: the activations of the path neurons, brought back to '
       'input size, over the input.', pixel)}
 </div>
 {_fig(out / 'paths' / 'heatmap_k_paths_layers.png', 'Per graph layer: what the path neurons of that layer carry down to the '
