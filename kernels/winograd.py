@@ -161,28 +161,38 @@ def conv3x3(x: np.ndarray, U: np.ndarray, pads: tuple[int, int, int, int], out_h
     ``matmul(a, b, out=)`` runs the 16 stacked products (the backend may split them over
     threads). ``ratio=(z, eps)`` convolves ``x / (z + eps·sign z)`` instead of ``x``.
     """
-    N, C, H, W = x.shape
     Um = U.transpose(0, 2, 1) if transposed else U
     slots = SLOTS_FLIPPED if transposed else SLOTS
-    K = Um.shape[1]
-    if Um.shape[2] != C:
-        raise ValueError(f"kernel expects {Um.shape[2]} input channels, got {C}")
+    return run_blocks(x, Um, 2, pads, out_hw, bias, mul, ws, matmul, ratio, input_tiles, output_tiles,
+                      BLOCK_ELEMENTS, "winograd", (slots,))
+
+
+def run_blocks(x, U, m: int, pads, out_hw, bias, mul, ws, matmul, ratio, input_tiles, output_tiles,
+               limit: int, tag: str, extra: tuple = ()) -> np.ndarray:
+    """The loop both Winograd kernels share (F(m x m, 3x3), ``U`` of (m+2)² taps): per block
+    of samples and tile rows, ``input_tiles`` transforms each sample's tiles, one stacked
+    product per tap, ``output_tiles`` transforms back (+ bias, × mul). ``extra``: trailing
+    arguments of both tile functions; ``tag`` names the workspace buffers."""
+    N, C = x.shape[:2]
+    taps, K = U.shape[0], U.shape[1]
+    if U.shape[2] != C:
+        raise ValueError(f"kernel expects {U.shape[2]} input channels, got {C}")
     oh, ow = out_hw
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    th, tw = (oh + m - 1) // m, (ow + m - 1) // m
     out = np.empty((N, K, oh, ow), x.dtype)
     none3 = np.zeros((1, 1, 1), x.dtype)
     b = np.zeros(1, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     eps = x.dtype.type(0 if ratio is None else ratio[1])
-    for lo, hi, r0, r1 in tile_blocks(N, th, tw, max(C, K), 16, BLOCK_ELEMENTS):
+    for lo, hi, r0, r1 in tile_blocks(N, th, tw, max(C, K), taps, limit):
         cols = (hi - lo) * (r1 - r0) * tw
-        V = ws.get((16, C, cols), x.dtype, "winograd_in") if ws else np.empty((16, C, cols), x.dtype)
-        Mt = ws.get((16, K, cols), x.dtype, "winograd_out") if ws else np.empty((16, K, cols), x.dtype)
+        V = ws.get((taps, C, cols), x.dtype, f"{tag}_in") if ws else np.empty((taps, C, cols), x.dtype)
+        Mt = ws.get((taps, K, cols), x.dtype, f"{tag}_out") if ws else np.empty((taps, K, cols), x.dtype)
         per = (r1 - r0) * tw
         for n in range(lo, hi):
             zn = none3 if ratio is None else ratio[0][n]
-            input_tiles(x[n], pads[0], pads[1], r0, r1, tw, V, (n - lo) * per, zn, eps, ratio is not None, slots)
-        (matmul or np.matmul)(Um, V, out=Mt)
+            input_tiles(x[n], pads[0], pads[1], r0, r1, tw, V, (n - lo) * per, zn, eps, ratio is not None, *extra)
+        (matmul or np.matmul)(U, V, out=Mt)
         for n in range(lo, hi):
             output_tiles(Mt, oh, ow, r0, r1, tw, (n - lo) * per, out[n], b, bias is not None,
-                         none3 if mul is None else mul[n], mul is not None, slots)
+                         none3 if mul is None else mul[n], mul is not None, *extra)
     return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .winograd import tile_blocks
+from .winograd import run_blocks
 
 #: G of F(4, 3): kernel transform U = G g Gᵀ
 G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -167,26 +167,5 @@ def conv3x3(x: np.ndarray, U: np.ndarray, pads: tuple[int, int, int, int], out_h
     """Stride-1 3x3 convolution of ``x`` (N, C, H, W) with ``U = transform_kernel(w)``:
     (N, K, oh, ow) = conv + ``bias``, × ``mul``; ``ratio=(z, eps)`` convolves
     ``x / (z + eps·sign z)``. ``matmul(a, b, out=)`` runs the 36 stacked products."""
-    N, C, H, W = x.shape
-    K = U.shape[1]
-    if U.shape[2] != C:
-        raise ValueError(f"kernel expects {U.shape[2]} input channels, got {C}")
-    oh, ow = out_hw
-    th, tw = (oh + 3) // 4, (ow + 3) // 4
-    out = np.empty((N, K, oh, ow), x.dtype)
-    none3 = np.zeros((1, 1, 1), x.dtype)
-    b = np.zeros(1, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
-    eps = x.dtype.type(0 if ratio is None else ratio[1])
-    for lo, hi, r0, r1 in tile_blocks(N, th, tw, max(C, K), 36, BLOCK_ELEMENTS):
-        cols = (hi - lo) * (r1 - r0) * tw
-        V = ws.get((36, C, cols), x.dtype, "winograd4_in") if ws else np.empty((36, C, cols), x.dtype)
-        Mt = ws.get((36, K, cols), x.dtype, "winograd4_out") if ws else np.empty((36, K, cols), x.dtype)
-        per = (r1 - r0) * tw
-        for n in range(lo, hi):
-            zn = none3 if ratio is None else ratio[0][n]
-            input_tiles(x[n], pads[0], pads[1], r0, r1, tw, V, (n - lo) * per, zn, eps, ratio is not None)
-        (matmul or np.matmul)(U, V, out=Mt)
-        for n in range(lo, hi):
-            output_tiles(Mt, oh, ow, r0, r1, tw, (n - lo) * per, out[n], b, bias is not None,
-                         none3 if mul is None else mul[n], mul is not None)
-    return out
+    return run_blocks(x, U, 4, pads, out_hw, bias, mul, ws, matmul, ratio, input_tiles, output_tiles,
+                      BLOCK_ELEMENTS, "winograd4")
