@@ -76,18 +76,24 @@ def test_direct_and_gemm_paths_agree(seed, monkeypatch):
     np.testing.assert_allclose(K.conv2d(x, wt, g), gemm, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("pads,h,w", [((1, 1, 1, 1), 9, 8), ((0, 0, 0, 0), 7, 6), ((2, 1, 0, 2), 5, 5),
-                                      ((1, 1, 1, 1), 1, 1)])
-def test_winograd_matches_direct_convolution(seed, pads, h, w):
+def _winograd_case(seed, pads, h, w):
+    """A stride-1 3x3 case: its input, kernel, bias, geometry, output size, the float64
+    reference output with the bias, and a multiplier."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((3, 4, h, w))
     wt = rng.standard_normal((5, 4, 3, 3))
     b = rng.standard_normal(5)
     g = K.ConvGeometry((1, 1), pads)
-    oh, ow = g.out_size(h, w, 3, 3)
+    out_hw = g.out_size(h, w, 3, 3)
     want = _ref_conv(x, wt, g)[0] + b.reshape(1, -1, 1, 1)
-    mul = rng.standard_normal(want.shape)
+    return rng, x, wt, b, g, out_hw, want, rng.standard_normal(want.shape)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("pads,h,w", [((1, 1, 1, 1), 9, 8), ((0, 0, 0, 0), 7, 6), ((2, 1, 0, 2), 5, 5),
+                                      ((1, 1, 1, 1), 1, 1)])
+def test_winograd_matches_direct_convolution(seed, pads, h, w):
+    rng, x, wt, b, g, (oh, ow), want, mul = _winograd_case(seed, pads, h, w)
     got = W.conv3x3(x, W.transform_kernel(wt), pads, (oh, ow), b, mul)
     np.testing.assert_allclose(got, want * mul, rtol=1e-10, atol=1e-10)
     # the same transformed kernel computes the transpose (flipped, channel-swapped kernel)
@@ -121,14 +127,7 @@ def test_winograd4_matches_direct_convolution(seed, pads, h, w):
     """F(4x4, 3x3) in float64: bias, multiplier, the fused stabilised divide, the transpose
     through the flipped kernel, and blocks cut into bands of tile rows, all against the
     unrolled-matrix convolution."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((3, 4, h, w))
-    wt = rng.standard_normal((5, 4, 3, 3))
-    b = rng.standard_normal(5)
-    g = K.ConvGeometry((1, 1), pads)
-    oh, ow = g.out_size(h, w, 3, 3)
-    want = _ref_conv(x, wt, g)[0] + b.reshape(1, -1, 1, 1)
-    mul = rng.standard_normal(want.shape)
+    rng, x, wt, b, g, (oh, ow), want, mul = _winograd_case(seed, pads, h, w)
     U = W4.transform_kernel(wt)
     np.testing.assert_allclose(W4.conv3x3(x, U, pads, (oh, ow), b, mul), want * mul, rtol=1e-10, atol=1e-10)
     # the stabilised divide fused into the loads: x / (z + eps·sign z), 0 where z = 0 and eps = 0
