@@ -71,14 +71,16 @@ def test_all_unsupported_ops_are_named_at_once(tmp_path):
     assert [l.name for l in graph] == ["relu"]
 
 
-def test_mid_graph_softmax_and_dynamic_mul_are_unsupported(tmp_path):
-    nodes = [helper.make_node("Softmax", ["X"], ["s"], name="attn", axis=1),
+def test_mid_graph_logsoftmax_and_dynamic_mul_are_unsupported(tmp_path):
+    """(A Softmax inside the network is attention's, explained by AttnLRP's rule; a LogSoftmax
+    there is not explainable.)"""
+    nodes = [helper.make_node("LogSoftmax", ["X"], ["s"], name="attn", axis=1),
              helper.make_node("Mul", ["s", "X"], ["Y"], name="gate")]
     path = models.save(models.make_model(nodes, [models.vi("X", ["N", 6])], [models.vi("Y", None)]),
                        tmp_path / "u.onnx")
     with pytest.raises(UnsupportedOpError) as err:
         graph_of(path)
-    assert "Mul at 'gate'" in str(err.value)
+    assert "Mul at 'gate'" in str(err.value) and "LogSoftmax at 'attn'" in str(err.value)
 
 
 def test_cycle_and_dangling_inputs_are_model_errors(tmp_path):

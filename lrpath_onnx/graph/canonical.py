@@ -20,7 +20,7 @@ import onnx
 from ..errors import ModelError, UnsupportedOpError
 from ..ops import handler_for
 from ..ops.registry import Alias, ParseContext, Strip
-from .constants import fold_constants
+from .constants import fold_constants, fold_shape_arithmetic
 from .layers import Layer, LayerGraph
 from .loader import LoadedModel
 from .passes import PassContext, run_passes
@@ -161,11 +161,11 @@ def _image_input(model: LoadedModel, shapes: dict[str, tuple]) -> str:
     return inputs[0]
 
 
-def _parse_node(handler, node, ctx: ParseContext):
-    """``handler.parse``, with a malformed node (an attribute of the wrong type, a weight of
+def _parse_node(parse, node, ctx: ParseContext):
+    """``parse`` (a handler's ``parse`` or ``parse_inner``), with a malformed node (an attribute of the wrong type, a weight of
     the wrong rank, a missing input) reported as a ModelError naming it instead of a crash."""
     try:
-        return handler.parse(node, ctx)
+        return parse(node, ctx)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError) as exc:
         detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise ModelError(f"node '{ctx.node_name}' ({node.op_type}) is malformed: {detail}") from None
@@ -185,6 +185,8 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     consts = fold_constants_ordered(graph, nodes, model)
     shapes = infer_shapes(proto)
     x = _image_input(model, shapes)
+    varying = varying_tensors(nodes, x)
+    consts.update(fold_shape_arithmetic(nodes, consts, shapes, varying, model.opset))
     node_names = _unique_names(nodes)
     producer = {o: n for n in nodes for o in n.output if o}
     consumers: dict[str, int] = {}
@@ -200,7 +202,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     stripped: list[str] = []
     while out in producer and producer[out].op_type in STRIPPABLE:  # trailing Softmax/Identity/Dropout
         node = producer[out]
-        res = _parse_node(handler_for(node.op_type), node, ParseContext(consts, shapes, model.opset,
+        res = _parse_node(handler_for(node.op_type).parse, node, ParseContext(consts, shapes, model.opset,
                                                                          node_names[id(node)]))
         if isinstance(res, (Alias, Strip)):
             if isinstance(res, Strip):
@@ -228,8 +230,11 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
             errors.append(UnsupportedOpError(node.op_type, name))
             stack.extend(i for i in node.input if i and i not in consts)
             continue
+        pctx = ParseContext(consts, shapes, model.opset, name, varying)
         try:
-            res = _parse_node(h, node, ParseContext(consts, shapes, model.opset, name))
+            res = _parse_node(h.parse, node, pctx)
+            if isinstance(res, Strip) and hasattr(h, "parse_inner"):  # a Softmax inside: attention
+                res = _parse_node(h.parse_inner, node, pctx) or res
         except UnsupportedOpError as exc:
             errors.append(exc)
             stack.extend(i for i in node.input if i and i not in consts)
@@ -238,7 +243,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
             alias[res.output] = res.source
             stack.append(res.source)
         elif isinstance(res, Strip):
-            errors.append(UnsupportedOpError(node.op_type, name, "only a final Softmax can be explained "
+            errors.append(UnsupportedOpError(node.op_type, name, "only a final LogSoftmax can be explained "
                                                                  "(it is stripped); this one is inside the network"))
             stack.append(res.source)
         else:
@@ -271,6 +276,20 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
         raise ModelError(f"graph output '{out}' is not computed from the input")
     return LayerGraph(layers=layers, input=x, output=out, input_shape=shapes.get(x) or (),
                       output_shape=shapes.get(out) or (), shapes=shapes, stripped=stripped)
+
+
+#: ops whose output depends on their input's shape only, never on its values
+SHAPE_ONLY = ("Shape", "Size")
+
+
+def varying_tensors(nodes: list[onnx.NodeProto], x: str) -> set[str]:
+    """Tensors whose values depend on the input ``x``'s values (a class token broadcast by
+    Expand to the batch size depends on ``x``'s shape only, and is no such tensor)."""
+    out = {x}
+    for node in nodes:
+        if node.op_type not in SHAPE_ONLY and any(i in out for i in node.input if i):
+            out.update(o for o in node.output if o)
+    return out
 
 
 def _raise_all(errors: list[UnsupportedOpError]) -> None:

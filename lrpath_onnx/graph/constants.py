@@ -116,6 +116,10 @@ FOLDERS: dict[str, Folder] = {
     "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply),
     "Div": _div, "Pow": _binary(np.power),
     "Neg": lambda node, ins: -np.asarray(ins[0]),
+    "Equal": _binary(np.equal),
+    "Where": lambda node, ins: np.where(np.asarray(ins[0]), np.asarray(ins[1]), np.asarray(ins[2])),
+    "Expand": lambda node, ins: np.asarray(ins[0]) * np.ones(tuple(int(d) for d in np.asarray(ins[1])),
+                                                             np.asarray(ins[0]).dtype),
     "Sqrt": lambda node, ins: np.sqrt(ins[0]),
     "Reciprocal": lambda node, ins: 1.0 / np.asarray(ins[0]),
 }
@@ -166,3 +170,55 @@ def fold_constants(graph: onnx.GraphProto, initializers: dict[str, np.ndarray],
         if out is not None and len(node.output) >= 1 and node.output[0]:
             consts[node.output[0]] = out
     return consts
+
+
+#: batch sizes shape arithmetic is evaluated at: a value the same at both does not depend on it
+_PROBE_BATCHES = (2, 3)
+
+
+def _shape_value(node: onnx.NodeProto, shape: tuple | None, batch: int) -> np.ndarray | None:
+    """``Shape``'s output for a tensor of static ``shape`` whose batch dim (the one unknown) is
+    ``batch``; None when more than that is unknown."""
+    if shape is None or sum(d is None for d in shape) > 1 or (None in shape and shape[0] is not None
+                                                              and shape.count(None) != 1):
+        return None
+    full = np.asarray([batch if d is None else d for d in shape], np.int64)
+    a = _attrs(node)
+    return full[a.get("start", 0):a.get("end", len(full))] if ("start" in a or "end" in a) else full
+
+
+def fold_shape_arithmetic(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
+                          shapes: dict[str, tuple], varying: set[str], opset: int) -> dict[str, np.ndarray]:
+    """Values computed from tensor shapes that do not depend on the batch size.
+
+    Exporters compute attention's ``1/√d`` or a head count from ``x.shape`` at run time
+    (Shape → Gather → Cast → Pow). Evaluated at two batch sizes from the static shapes, a
+    value that comes out the same is a constant; one that differs (a class token expanded
+    to the batch) stays for onnxruntime.
+    """
+    runs = []
+    for batch in _PROBE_BATCHES:
+        vals: dict[str, np.ndarray] = {}
+        for node in nodes:
+            if any(o in varying or o in consts for o in node.output if o):
+                continue
+            if node.op_type == "Shape":
+                out = _shape_value(node, shapes.get(node.input[0]), batch)
+            elif node.op_type == "Size":
+                out = _shape_value(node, shapes.get(node.input[0]), batch)
+                out = None if out is None else np.asarray(np.prod(out), np.int64)
+            elif node.input and all((not n) or n in consts or n in vals for n in node.input):
+                ins = [(vals[n] if n in vals else consts[n]) if n else None for n in node.input]
+                try:
+                    fold = FOLDERS.get(node.op_type)
+                    out = fold(node, ins) if fold else _fallback(node, ins, opset)
+                except Exception:
+                    out = None
+            else:
+                out = None
+            if out is not None and node.output and node.output[0]:
+                vals[node.output[0]] = np.asarray(out)
+        runs.append(vals)
+    first, second = runs
+    return {k: v for k, v in first.items()
+            if k in second and v.shape == second[k].shape and np.array_equal(v, second[k])}

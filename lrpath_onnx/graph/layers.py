@@ -26,6 +26,9 @@ MERGE = "merge"        # several inputs summed (Add, Sum): split by contribution
 ROUTE = "route"        # relevance moves without arithmetic (reshape, transpose, concat, pad)
 PASS = "pass"          # element-wise (activations, constant affine maps): relevance passes through
 GATE = "gate"          # signal × gate: the gate is a constant, all relevance goes to the signal
+NORM = "norm"          # LayerNormalization: linear once its standard deviation is held constant
+BILINEAR = "bilinear"  # MatMul of two activations (attention's q·kᵀ and weights·v)
+SOFTMAX = "softmax"    # a Softmax inside the network (attention weights)
 
 
 @dataclass(eq=False)
@@ -120,11 +123,14 @@ class ConvLayer(LinearLayer):
 
 @dataclass(eq=False)
 class DenseLayer(LinearLayer):
-    """``z = a·W + b`` with ``weight`` stored as (in, out); ``trans_a``: the input is (in, N)."""
+    """``z = a·W + b`` with ``weight`` stored as (in, out); ``trans_a``: the input is (in, N);
+    ``rank``: the input's rank (3 for a transformer's tokens: batch × tokens × features, the
+    weight applied to the last axis)."""
 
     weight: np.ndarray = None
     bias: np.ndarray | None = None
     trans_a: bool = False
+    rank: int = 2
     family: ClassVar[str] = "dense"
 
     @property
@@ -278,12 +284,87 @@ class TransposeLayer(Layer):
 
 @dataclass(eq=False)
 class ConcatLayer(Layer):
+    """Concat of the ``inputs``; ``constants`` are the pieces that do not depend on the model
+    input (a ViT's class token): (position among all pieces, tensor name, size along the axis
+    or None, value or None where only onnxruntime knows it). Their share of relevance is dropped."""
+
     axis: int = 1
+    constants: tuple = ()
     kind: ClassVar[str] = ROUTE
     family: ClassVar[str] = "concat"
 
     def describe(self) -> str:
+        dropped = (f"constant piece(s) at {[c[0] for c in self.constants]} (relevance dropped)"
+                   if self.constants else "")
+        return self._join(f"axis={self.axis}", dropped, self._folded())
+
+
+@dataclass(eq=False)
+class GatherLayer(Layer):
+    """Gather with constant indices along ``axis`` (a ViT's class token ``x[:, 0]``, the q/k/v
+    split of a fused projection); ``indices`` keeps its ONNX shape (a scalar removes the axis)."""
+
+    axis: int = 0
+    indices: np.ndarray = None
+    kind: ClassVar[str] = ROUTE
+    family: ClassVar[str] = "gather"
+
+    def describe(self) -> str:
+        shown = self.indices.tolist() if self.indices.size <= 4 else f"{self.indices.size} indices"
+        return self._join(f"axis={self.axis}", f"indices={shown}", self._folded())
+
+
+@dataclass(eq=False)
+class SliceLayer(Layer):
+    """Slice with constant bounds: ``slices`` per axis (Python ``slice`` objects, axis 0 first)."""
+
+    slices: tuple = ()
+    kind: ClassVar[str] = ROUTE
+    family: ClassVar[str] = "slice"
+
+    def describe(self) -> str:
+        shown = [f"{a}:{s.start}:{s.stop}:{s.step}" for a, s in enumerate(self.slices) if s != slice(None)]
+        return self._join("slices=" + ",".join(shown), self._folded())
+
+
+@dataclass(eq=False)
+class LayerNormLayer(Layer):
+    """LayerNormalization over the axes from ``axis`` on: ``(x − μ)/σ · weight + bias``."""
+
+    axis: int = -1
+    epsilon: float = 1e-5
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    kind: ClassVar[str] = NORM
+    family: ClassVar[str] = "layernorm"
+
+    def describe(self) -> str:
+        return self._join(f"axis={self.axis}", f"eps={self.epsilon:g}", self._folded())
+
+
+@dataclass(eq=False)
+class SoftmaxLayer(Layer):
+    """A Softmax inside the network (attention weights) along ``axis``."""
+
+    axis: int = -1
+    kind: ClassVar[str] = SOFTMAX
+    family: ClassVar[str] = "softmax"
+
+    def describe(self) -> str:
         return self._join(f"axis={self.axis}", self._folded())
+
+
+@dataclass(eq=False)
+class BilinearLayer(Layer):
+    """``y = a @ b`` of two activations (MatMul with batch dims); ``attention``: the index of
+    the operand that is a Softmax's output (the attention weights), or None."""
+
+    attention: int | None = None
+    kind: ClassVar[str] = BILINEAR
+    family: ClassVar[str] = "bilinear"
+
+    def describe(self) -> str:
+        return self._join("attention weights × values" if self.attention is not None else "", self._folded())
 
 
 @dataclass(eq=False)

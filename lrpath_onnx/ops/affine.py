@@ -21,7 +21,26 @@ from .registry import OpHandler, ParseContext, node_layer, register, unbroadcast
 
 
 class AffineHandler(OpHandler):
-    """``y = x·scale + shift``: relevance (and a deconvolution signal) passes through."""
+    """``y = x·scale + shift``: relevance (and a deconvolution signal) passes through, or, under
+    the ``shift`` rule (the transformer presets, for a position embedding), crosses it as a
+    linear layer whose shift is a bias: ``R_in = x·scale·R / stab(y)``."""
+
+    def accepts(self, layer, rule):
+        return rule.name in ("pass", "shift")
+
+    def needs(self, layer, rule, shapes):
+        if rule.name == "pass":
+            return super().needs(layer, rule, shapes)
+        return {layer.inputs[0]}
+
+    def relevance(self, layer, rule, r, ctx):
+        if rule.name == "pass":
+            return super().relevance(layer, rule, r, ctx)
+        x = ctx.fwd[layer.inputs[0]]
+        scale = ctx.backend.asarray(np.asarray(layer.scale, x.dtype))
+        z = x * scale + ctx.backend.asarray(np.asarray(layer.shift, x.dtype))
+        s = ctx.backend.stabilised_divide(r, z, rule.get("epsilon", 0.0))
+        return [unbroadcast(x * scale * s, ctx.shape_of(layer.inputs[0]))]
 
     def deconv(self, layer, s, ctx):
         """Constant affine maps pass the signal on (as in the relevance pass)."""

@@ -45,7 +45,9 @@ class DenseHandler(LinearHandler):
     """Gemm (alpha, beta, transA, transB, bias C) and MatMul with a constant right operand.
 
     A MatMul's bias Add (and any constant Mul/Add after it, e.g. tf2onnx's folded BN) is
-    folded in by the graph walker.
+    folded in by the graph walker. A MatMul may read tokens (batch × tokens × features, any
+    rank ≥ 2): the weight applies to the last axis, each token a row of one big batch. A
+    MatMul of two activations is a bilinear layer (``ops.bilinear``).
     """
 
     op_types = ("Gemm", "MatMul")
@@ -54,15 +56,20 @@ class DenseHandler(LinearHandler):
     def parse(self, node, ctx: ParseContext):
         if ctx.is_const(node.input[0]):
             raise ctx.fail(node, "a constant left operand with a non-constant weight")
+        gemm = node.op_type == "Gemm"
+        if not gemm and len(node.input) > 1 and not ctx.is_const(node.input[1]):
+            from .bilinear import BILINEAR
+
+            return BILINEAR.parse(node, ctx)
         B = ctx.const(node, 1, "weight (B)")
         shape = ctx.shape(node.input[0])
         attrs = ctx.attrs(node)
-        gemm = node.op_type == "Gemm"
         trans_a = bool(attrs.get("transA", 0)) if gemm else False
         if B.ndim != 2:
             raise ctx.fail(node, f"weight of rank {B.ndim} (need a matrix)")
-        if shape is not None and len(shape) != 2:
+        if shape is not None and (len(shape) < 2 or (gemm and len(shape) != 2)):
             raise ctx.fail(node, f"input of rank {len(shape)} (need batch × features)")
+        rank = 2 if shape is None else len(shape)
         bias = None
         if gemm:
             W = B.T if attrs.get("transB", 0) else B  # a view: the weights stay shared
@@ -80,21 +87,36 @@ class DenseHandler(LinearHandler):
             W = B
         return node_layer(DenseLayer, node, ctx, self, [node.input[0]],
                           weight=W if W.dtype == np.float32 else W.astype(np.float32), bias=bias, trans_a=trans_a,
-                          sources=tuple(i for i in node.input[1:3] if i))
+                          rank=rank, sources=tuple(i for i in node.input[1:3] if i))
 
     def input_activation(self, layer, ctx: BackwardContext) -> np.ndarray:
         a = ctx.fwd[layer.inputs[0]]
+        if layer.rank > 2:
+            return a.reshape(-1, a.shape[-1])
         return contiguous(a.T) if layer.trans_a else a
+
+    def output_view(self, layer, t):
+        """Token outputs as rows (batch × tokens, features)."""
+        return t.reshape(-1, t.shape[-1]) if layer.rank > 2 else t
+
+    def terms(self, layer, rule):
+        """Token layers compute their rule terms here (onnxruntime's Gemm takes matrices only)."""
+        return [] if layer.rank > 2 else super().terms(layer, rule)
 
     def linear_map(self, layer, a, r, backend) -> DenseMap:
         return DenseMap(layer, backend)
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
-        rin = super().relevance(layer, rule, r, ctx)[0]
+        rows = self.output_view(layer, r)
+        rin = super().relevance(layer, rule, rows, ctx)[0]
+        if layer.rank > 2:
+            return [rin.reshape(r.shape[:-1] + (layer.in_channels,))]
         return [contiguous(rin.T) if layer.trans_a else rin]
 
     def gradient(self, layer, g, ctx: BackwardContext, exact: bool = False):
-        out = super().gradient(layer, g, ctx, exact)[0]
+        out = super().gradient(layer, self.output_view(layer, g), ctx, exact)[0]
+        if layer.rank > 2:
+            return [out.reshape(g.shape[:-1] + (layer.in_channels,))]
         return [contiguous(out.T) if layer.trans_a else out]
 
     def forward(self, layer, inputs):
@@ -104,10 +126,10 @@ class DenseHandler(LinearHandler):
 
     def infer_shape(self, layer, in_shapes, readers):
         src = in_shapes[0]
-        return (src[0], layer.out_channels) if src is not None and len(src) == 2 else None
+        return tuple(src[:-1]) + (layer.out_channels,) if src is not None and len(src) == layer.rank else None
 
     def neurons(self, layer):
-        return None if layer.trans_a else (layer.in_channels, layer.out_channels)
+        return None if layer.trans_a or layer.rank > 2 else (layer.in_channels, layer.out_channels)
 
     def modified_forward_node(self, layer, inputs: list[str], output: str):
         """This layer's product over other inputs/weights, as one ONNX Gemm node."""

@@ -61,6 +61,7 @@ class LinearHandler(OpHandler):
         z, terms, sign = None, {}, None
         if ctx.reuse_forward:  # onnxruntime's float32 products; a float64 run recomputes them
             z = ctx.fwd.get(layer.output) if linear_rules.is_identity(rule) else None
+            z = None if z is None else self.output_view(layer, z)
             for term in self.terms(layer, rule):
                 t = ctx.fwd.get(term_tensor(layer, term))
                 if t is not None:

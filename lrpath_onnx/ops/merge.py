@@ -70,25 +70,54 @@ MERGE_HANDLER = MergeHandler()
 
 @register
 class ConcatHandler(OpHandler):
-    """Concat: each input gets back its own slice of the relevance."""
+    """Concat: each input gets back its own slice of the relevance. Pieces that do not depend
+    on the model input (a ViT's class token, concatenated before the patch tokens) are
+    constants: their slice of the relevance is dropped, as a bias's share is. A constant whose
+    size only onnxruntime knows (broadcast to the batch by an Expand) is fetched for its shape."""
 
     op_types = ("Concat",)
     fixed_rule = "route"
 
     def parse(self, node, ctx: ParseContext):
         names = [n for n in node.input if n]
-        if any(ctx.is_const(n) for n in names):
-            raise ctx.fail(node, "Concat with a constant input")
-        return node_layer(ConcatLayer, node, ctx, self, names, axis=int(ctx.attrs(node)["axis"]))
+        axis = int(ctx.attrs(node)["axis"])
+        constants = []
+        for i, n in enumerate(names):
+            if ctx.depends_on_input(n):
+                continue
+            shape = ctx.shape(n)
+            size = None if shape is None or shape[axis] is None else int(shape[axis])
+            value = ctx.consts.get(n)
+            constants.append((i, n, size, None if value is None else np.asarray(value)))
+        data = [n for n in names if ctx.depends_on_input(n)]
+        if not data:
+            raise ctx.fail(node, "every input is constant")
+        return node_layer(ConcatLayer, node, ctx, self, data, axis=axis, constants=tuple(constants))
 
     def needs(self, layer, rule, shapes):
-        return {n for n in layer.inputs if not static_dims(shapes.get(n))}
+        return ({n for n in layer.inputs if not static_dims(shapes.get(n))}
+                | {name for _, name, size, _ in layer.constants if size is None})
+
+    def _sizes(self, layer, ndim: int, ctx: BackwardContext) -> list[tuple[str | None, int]]:
+        """(input name or None for a constant, size along the axis) for every piece in order."""
+        axis = layer.axis % ndim
+        fixed = {pos: (name, size) for pos, name, size, _ in layer.constants}
+        data = iter(layer.inputs)
+        pieces = []
+        for pos in range(len(layer.inputs) + len(layer.constants)):
+            if pos in fixed:
+                name, size = fixed[pos]
+                pieces.append((None, size if size is not None else ctx.shape_of(name)[axis]))
+            else:
+                name = next(data)
+                pieces.append((name, ctx.shape_of(name)[axis]))
+        return pieces
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
-        axis = layer.axis % r.ndim
-        sizes = [ctx.shape_of(n)[axis] for n in layer.inputs]
-        cuts = np.cumsum(sizes)[:-1]
-        return [contiguous(p) for p in np.split(r, cuts, axis=axis)]
+        pieces = self._sizes(layer, r.ndim, ctx)
+        cuts = np.cumsum([size for _, size in pieces])[:-1]
+        parts = np.split(r, cuts, axis=layer.axis % r.ndim)
+        return [contiguous(p) for (name, _), p in zip(pieces, parts) if name is not None]
 
     def deconv(self, layer, s, ctx):
         return self.relevance(layer, None, s, ctx)
@@ -99,19 +128,33 @@ class ConcatHandler(OpHandler):
     def input_boxes(self, layer, box, shapes):
         """Each input the part of the box on its own slice of the concatenated axis."""
         axis = layer.axis % (len(box) + 1) - 1
+        fixed = {pos: size for pos, _, size, _ in layer.constants}
+        data = iter(layer.inputs)
         out, start = [], 0
-        for name in layer.inputs:
-            dims = input_dims(name, shapes)
+        for pos in range(len(layer.inputs) + len(layer.constants)):
+            if pos in fixed:
+                if fixed[pos] is None:
+                    raise ValueError(f"'{layer.name}': the size of a constant piece is known at run time only")
+                start += fixed[pos]
+                continue
+            dims = input_dims(next(data), shapes)
             span = clip_span(box[axis][0] - start, box[axis][1] - start, dims[axis])
             out.append(None if span is None else box[:axis] + (span,) + box[axis + 1:])
             start += dims[axis]
         return out
 
     def forward(self, layer, inputs):
-        return np.concatenate(inputs, axis=layer.axis)
+        batch = inputs[0].shape[0]
+        values = {pos: value for pos, _, _, value in layer.constants}
+        if any(v is None for v in values.values()):
+            raise NotImplementedError(f"'{layer.name}' concatenates a constant only onnxruntime computes")
+        data = iter(inputs)
+        pieces = [np.broadcast_to(values[pos], (batch,) + values[pos].shape[1:]).astype(inputs[0].dtype)
+                  if pos in values else next(data) for pos in range(len(inputs) + len(values))]
+        return np.concatenate(pieces, axis=layer.axis)
 
     def nonneg_output(self, layer, nonneg_inputs):
-        return all(nonneg_inputs)
+        return all(nonneg_inputs) and all(v is not None and (v >= 0).all() for *_, v in layer.constants)
 
     def chain_input(self, layer):
         return None

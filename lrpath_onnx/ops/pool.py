@@ -202,12 +202,6 @@ class AveragePoolHandler(ChannelKeeping, LinearHandler):
             r = r.reshape(tuple(r.shape) + (1, 1))
         return super().relevance(layer, rule, r, ctx)
 
-    def _setup(self, layer, rule, r, ctx):
-        setup = super()._setup(layer, rule, r, ctx)
-        if setup["z"] is not None:
-            setup["z"] = self.output_view(layer, setup["z"])
-        return setup
-
     def gradient(self, layer, g, ctx, exact: bool = False):
         if not layer.keepdims:
             g = g.reshape(tuple(g.shape) + (1, 1))

@@ -57,6 +57,8 @@ class ParseContext:
     shapes: dict[str, tuple]
     opset: int
     node_name: str
+    #: tensors whose values depend on the model input (None: every non-constant one)
+    varying: set[str] | None = None
 
     def attrs(self, node: onnx.NodeProto) -> dict[str, Any]:
         return {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -78,6 +80,11 @@ class ParseContext:
 
     def is_const(self, name: str) -> bool:
         return name in self.consts
+
+    def depends_on_input(self, name: str) -> bool:
+        """Whether ``name``'s values depend on the model input (a class token broadcast to the
+        batch by Expand does not, though it is no folded constant)."""
+        return not self.is_const(name) if self.varying is None else name in self.varying
 
     def shape(self, name: str) -> tuple | None:
         return self.shapes.get(name)
@@ -115,9 +122,13 @@ class BackwardContext:
         if tensor in self.fwd:
             return tuple(self.fwd[tensor].shape)
         static = self.shapes.get(tensor)
-        if static is None or any(d is None for d in static[1:]):
+        if static is None:
             raise KeyError(f"shape of '{tensor}' unknown at run time")
-        return (self.batch,) + tuple(static[1:])
+        if all(d is not None for d in static[1:]):
+            return (self.batch,) + tuple(static[1:])
+        if static[0] is not None and sum(d is None for d in static) == 1:  # the batch moved (q/k/v split)
+            return tuple(self.batch if d is None else d for d in static)
+        raise KeyError(f"shape of '{tensor}' unknown at run time")
 
 
 class OpHandler:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph.layers import PadLayer, ReshapeLayer, TransposeLayer
+from ..graph.layers import GatherLayer, PadLayer, ReshapeLayer, SliceLayer, TransposeLayer
 from .arrays import contiguous
-from .registry import (Alias, BackwardContext, OpHandler, ParseContext, Strip, clip_span, full_box, input_dims,
-                       node_layer, register, static_dims)
+from .registry import (Alias, BackwardContext, OpHandler, ParseContext, clip_span, full_box, input_dims, node_layer,
+                       register, static_dims)
 
 
 class RouteHandler(OpHandler):
@@ -118,16 +118,6 @@ class IdentityHandler(OpHandler):
 
 
 @register
-class SoftmaxHandler(OpHandler):
-    """A trailing Softmax/LogSoftmax is stripped: LRP explains the logits before it."""
-
-    op_types = ("Softmax", "LogSoftmax")
-
-    def parse(self, node, ctx):
-        return Strip(node.output[0], node.input[0])
-
-
-@register
 class PadHandler(RouteHandler):
     """Constant zero Pad (e.g. PyTorch's ZeroPad2d for TF-style "SAME"): relevance of the
     padded border goes nowhere (those inputs are constant zeros), the rest is cropped back.
@@ -184,3 +174,97 @@ class PadHandler(RouteHandler):
     def chain_input(self, layer):
         rank = len(layer.pads) // 2  # padding the batch or channel axis would move channels
         return None if any(layer.pads[i] for i in (0, 1, rank, rank + 1)) else layer.inputs[0]
+
+
+@register
+class GatherHandler(RouteHandler):
+    """Gather with constant indices (a ViT's class token ``x[:, 0]``; q, k and v taken from a
+    fused projection): each gathered element's relevance goes back to where it was read
+    (summed where an index repeats), the rest of the input gets none."""
+
+    op_types = ("Gather",)
+
+    def parse(self, node, ctx: ParseContext):
+        if ctx.is_const(node.input[0]):
+            raise ctx.fail(node, "the data input is constant")
+        indices = np.asarray(ctx.const(node, 1, "indices"), np.int64)
+        axis = int(ctx.attrs(node).get("axis", 0))
+        shape = ctx.shape(node.input[0])
+        if (indices < 0).any():
+            if shape is None or shape[axis] is None:
+                raise ctx.fail(node, "negative indices on an axis of unknown size")
+            indices = np.where(indices < 0, indices + shape[axis], indices)
+        if axis < 0:
+            if shape is None:
+                raise ctx.fail(node, "a negative axis on a tensor of unknown rank")
+            axis += len(shape)
+        return node_layer(GatherLayer, node, ctx, self, [node.input[0]], axis=axis, indices=indices)
+
+    def relevance(self, layer, rule, r, ctx: BackwardContext):
+        shape = ctx.shape_of(layer.inputs[0])
+        ax = layer.axis
+        idx = layer.indices.reshape(-1)
+        rows = r.reshape(tuple(shape[:ax]) + (idx.size,) + tuple(shape[ax + 1:]))
+        out = np.zeros(shape, r.dtype)
+        np.add.at(out, (slice(None),) * ax + (idx,), rows)
+        return [out]
+
+    def forward(self, layer, inputs):
+        return np.take(inputs[0], layer.indices, axis=layer.axis)
+
+    def infer_shape(self, layer, in_shapes, readers):
+        src = in_shapes[0]
+        return None if src is None else tuple(src[:layer.axis]) + layer.indices.shape + tuple(src[layer.axis + 1:])
+
+    def input_boxes(self, layer, box, shapes):
+        return [full_box(input_dims(layer.inputs[0], shapes))]
+
+    def chain_input(self, layer):
+        return None
+
+
+@register
+class SliceHandler(RouteHandler):
+    """Slice with constant starts, ends, axes and steps: relevance goes back into the slice."""
+
+    op_types = ("Slice",)
+
+    def parse(self, node, ctx: ParseContext):
+        if ctx.is_const(node.input[0]):
+            raise ctx.fail(node, "the data input is constant")
+        shape = ctx.shape(node.input[0])
+        if shape is None:
+            raise ctx.fail(node, "a Slice of a tensor of unknown rank")
+        if ctx.opset >= 10:
+            starts = ctx.const(node, 1, "starts").reshape(-1)
+            ends = ctx.const(node, 2, "ends").reshape(-1)
+            axes = ctx.optional_const(node, 3, "axes")
+            steps = ctx.optional_const(node, 4, "steps")
+        else:
+            attrs = ctx.attrs(node)
+            starts, ends = np.asarray(attrs["starts"]), np.asarray(attrs["ends"])
+            axes, steps = attrs.get("axes"), None
+        axes = list(range(len(starts))) if axes is None else [int(a) % len(shape) for a in np.reshape(axes, -1)]
+        steps = [1] * len(starts) if steps is None else [int(v) for v in np.reshape(steps, -1)]
+        slices = [slice(None)] * len(shape)
+        for a, b, e, st in zip(axes, starts, ends, steps):
+            if a == 0 and shape[0] is None:
+                raise ctx.fail(node, "a Slice along the batch axis")
+            big = np.iinfo(np.int64)
+            slices[a] = slice(None if b in (big.min, big.max) else int(b), None if e in (big.min, big.max)
+                              else int(e), st)
+        return node_layer(SliceLayer, node, ctx, self, [node.input[0]], slices=tuple(slices))
+
+    def relevance(self, layer, rule, r, ctx: BackwardContext):
+        out = np.zeros(ctx.shape_of(layer.inputs[0]), r.dtype)
+        out[layer.slices] = r
+        return [out]
+
+    def forward(self, layer, inputs):
+        return inputs[0][layer.slices]
+
+    def input_boxes(self, layer, box, shapes):
+        return [full_box(input_dims(layer.inputs[0], shapes))]
+
+    def chain_input(self, layer):
+        return None

@@ -18,7 +18,8 @@ from typing import Callable
 import networkx as nx
 
 from ..errors import RuleError
-from ..graph.layers import ConvLayer, DenseLayer, GateLayer, Layer, LayerGraph, MergeLayer
+from ..graph.layers import (AffineLayer, BilinearLayer, ConvLayer, DenseLayer, GateLayer, Layer, LayerGraph,
+                            LayerNormLayer, MergeLayer, SoftmaxLayer)
 from .rules import Rule, make_rule
 
 PresetFn = Callable[[LayerGraph], dict[str, Rule]]
@@ -96,6 +97,40 @@ def _conserving(graph: LayerGraph) -> dict[str, Rule]:
                         grouped=make_rule("zplus", bias=False))
 
 
+def _transformer(graph: LayerGraph, bilinear: Rule) -> dict[str, Rule]:
+    """AttnLRP's composite as LXT computes it (Gradient × Input, no stabiliser): LRP-0 with a
+    zero-safe division on every linear layer (the patch embedding and the head too), LayerNorm
+    (σ held constant), residual sums and constant additions (position embeddings absorb their
+    share, as biases); ``bilinear`` on MatMuls of two activations; softmax and element-wise
+    activations keep their handlers' treatment. (ε = 1e-6 instead moves the trained mnist-vit's
+    heatmaps up to 69 % rel-L2 away from LXT's: attention's logits hold many near-cancelling
+    sums; ``--rule '*=epsilon:1e-6'`` asks for it.)"""
+    zero = make_rule("zero")
+    rules: dict[str, Rule] = {}
+    for layer in graph.layers:
+        if isinstance(layer, (ConvLayer, DenseLayer, LayerNormLayer, MergeLayer)):
+            rules[layer.name] = zero
+        elif isinstance(layer, AffineLayer) and bool((layer.shift != 0).any()):
+            rules[layer.name] = make_rule("shift")
+        elif isinstance(layer, BilinearLayer):
+            rules[layer.name] = bilinear
+    return rules
+
+
+@register_preset("attnlrp", "for transformers (AttnLRP, Achtibat et al. 2024, as LXT computes it): LRP-0 on "
+                            "linear layers, residual sums and position embeddings, LayerNorm linear with σ "
+                            "constant, softmax by its Taylor decomposition, MatMuls of two activations split "
+                            "uniformly, activations identity")
+def _attnlrp(graph: LayerGraph) -> dict[str, Rule]:
+    return _transformer(graph, make_rule("uniform", 0.0))
+
+
+@register_preset("cp-lrp", "for transformers (CP-LRP, Ali et al. 2022): as attnlrp, but the attention "
+                           "weights are constants, so no relevance flows through softmax, queries and keys")
+def _cp_lrp(graph: LayerGraph) -> dict[str, Rule]:
+    return _transformer(graph, make_rule("cp", 0.0))
+
+
 @dataclass(frozen=True)
 class Choice:
     """The preset ``auto`` chose, and why."""
@@ -105,9 +140,14 @@ class Choice:
 
 
 def choose_preset(graph: LayerGraph) -> Choice:
-    """``epsilon-gamma-box`` for a plain chain of ReLU layers; ``conserving`` once residual sums,
+    """``attnlrp`` for transformers (attention, LayerNorm); ``epsilon-gamma-box`` for a plain chain
+    of ReLU layers; ``conserving`` once residual sums,
     gates or linear bottlenecks (a convolution reading signed values) appear. (Dense heads reading
     signed values, such as Keras' BatchNorm after a ReLU, do not count: ε treats them alike.)"""
+    attention = [l.name for l in graph.layers if isinstance(l, (BilinearLayer, SoftmaxLayer, LayerNormLayer))]
+    if attention:
+        return Choice("attnlrp", f"a transformer: {len(attention)} attention/normalisation layer(s), "
+                                 f"e.g. '{attention[0]}'")
     firsts = {l.name for l in first_layers(graph)}
     merges = [l.name for l in graph.layers if isinstance(l, MergeLayer)]
     gates = [l.name for l in graph.layers if isinstance(l, GateLayer)]
@@ -138,4 +178,4 @@ def preset_rules(graph: LayerGraph, preset: str) -> tuple[str, dict[str, Rule], 
 
 
 AUTO_DOC = ("the default: epsilon-gamma-box for plain ReLU chains, conserving for networks with residual "
-            "sums, gates or linear bottlenecks (`lrpath plan` says which and why)")
+            "sums, gates or linear bottlenecks, attnlrp for transformers (`lrpath plan` says which and why)")

@@ -149,6 +149,17 @@ _spec(RuleSpec("zbox", ("low", "high", "stabilizer"), (math.nan, math.nan, STABI
 _spec(RuleSpec("ratio", kinds=("merge",),
                doc="residual sums: each branch gets its share of the absolute contributions |x_i| / Σ|x_j| "
                    "(conserving, never amplifying; in the spirit of Otsuki et al.'s ratio-based splitting)"))
+_spec(RuleSpec("uniform", ("epsilon",), (1e-6,), ("attnlrp",), ("bilinear",),
+               doc="MatMul of two activations (AttnLRP): each operand half of the relevance, by ε-LRP with "
+                   "the other held constant"))
+_spec(RuleSpec("cp", ("epsilon",), (1e-6,), ("cp-lrp", "cplrp"), ("bilinear",),
+               doc="MatMul of two activations (CP-LRP): the attention weights are constants, all relevance "
+                   "goes to the values by ε (a product without attention weights is split uniformly)"))
+_spec(RuleSpec("shift", ("epsilon",), (0.0,), (), ("affine",),
+               doc="a constant addition (a position embedding) absorbs its share like a bias: "
+                   "R_in = x·scale·R / (y + ε·sign(y))"))
+_spec(RuleSpec("softmax", kinds=("softmax",),
+               doc="softmax inside the network (AttnLRP): R_in = x ⊙ (R_out − s ⊙ Σ R_out)"))
 _spec(RuleSpec("wta", kinds=("wta",), doc="winner-take-all through MaxPool switches"))
 _spec(RuleSpec("pass", kinds=("pass",), doc="element-wise layer: relevance passes unchanged"))
 _spec(RuleSpec("route", kinds=("route",), doc="relevance moves with the data (reshape, transpose, concat)"))

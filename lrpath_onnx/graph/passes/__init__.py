@@ -35,8 +35,8 @@ Pass = Callable[[list[Layer], PassContext], list[Layer]]
 
 
 def _passes() -> list[tuple[str, Pass]]:
-    from . import (complete_shapes, detect_gates, fold_affine, fold_pads, fuse_elementwise, mark_nonnegative,
-                   mark_sign_sources)
+    from . import (complete_shapes, detect_gates, fold_affine, fold_pads, fuse_elementwise, mark_attention,
+                   mark_nonnegative, mark_sign_sources)
 
     return [
         # patterns first: x·sigmoid(x) must be one activation before affine folding looks at its parts
@@ -50,6 +50,7 @@ def _passes() -> list[tuple[str, Pass]]:
         ("complete_shapes", complete_shapes.run),
         ("mark_nonnegative", mark_nonnegative.run),
         ("mark_sign_sources", mark_sign_sources.run),
+        ("mark_attention", mark_attention.run),
     ]
 
 

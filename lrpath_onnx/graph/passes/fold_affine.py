@@ -16,15 +16,15 @@ from ..layers import AffineLayer, ConvLayer, DenseLayer, Layer
 from . import PassContext
 
 
-def _per_channel(arr: np.ndarray, k: int, rank: int) -> np.ndarray | None:
-    """``arr`` as a length-k vector if it broadcasts along axis 1 only (of a rank-``rank`` tensor)."""
+def _per_channel(arr: np.ndarray, k: int, rank: int, axis: int = 1) -> np.ndarray | None:
+    """``arr`` as a length-k vector if it broadcasts along ``axis`` only (of a rank-``rank`` tensor)."""
     a = np.asarray(arr, np.float64)
     if a.ndim > rank:
         return None
     full = (1,) * (rank - a.ndim) + a.shape
-    if any(d != 1 for i, d in enumerate(full) if i != 1):
+    if any(d != 1 for i, d in enumerate(full) if i != axis):
         return None
-    if full[1] not in (1, k):
+    if full[axis] not in (1, k):
         return None
     return np.broadcast_to(a.reshape(-1) if a.size > 1 else a.reshape(()), (k,)).astype(np.float64)
 
@@ -33,13 +33,18 @@ def _foldable(layer: Layer | None) -> bool:
     return isinstance(layer, ConvLayer) or (isinstance(layer, DenseLayer) and not layer.trans_a)
 
 
+def _geometry(layer: Layer) -> tuple[int, int]:
+    """(rank, channel axis) of the tensors around a foldable layer: NCHW, or features last."""
+    return (4, 1) if isinstance(layer, ConvLayer) else (layer.rank, layer.rank - 1)
+
+
 def _into_previous(layer: AffineLayer, prev: Layer | None, ctx: PassContext) -> bool:
     if not _foldable(prev) or not ctx.single_use(prev.output):
         return False
     conv = isinstance(prev, ConvLayer)
     k = prev.out_channels
-    scale = _per_channel(layer.scale, k, 4 if conv else 2)
-    shift = _per_channel(layer.shift, k, 4 if conv else 2)
+    scale = _per_channel(layer.scale, k, *_geometry(prev))
+    shift = _per_channel(layer.shift, k, *_geometry(prev))
     if scale is None or shift is None:
         return False
     w64 = prev.weight.astype(np.float64) * (scale.reshape(-1, 1, 1, 1) if conv else scale.reshape(1, -1))
@@ -58,8 +63,8 @@ def _into_next(layer: AffineLayer, nxt: Layer) -> bool:
     if conv and nxt.geometry.groups != 1:
         return False
     c = nxt.in_channels
-    scale = _per_channel(layer.scale, c, 4 if conv else 2)
-    shift = _per_channel(layer.shift, c, 4 if conv else 2)
+    scale = _per_channel(layer.scale, c, *_geometry(nxt))
+    shift = _per_channel(layer.shift, c, *_geometry(nxt))
     if scale is None or shift is None:
         return False
     if shift.any():  # a shift would move into the next layer's bias, which then absorbs relevance

@@ -1,0 +1,83 @@
+"""LayerNormalization: AttnLRP's identity rule for normalisation.
+
+``y = (x − μ)/σ · w + b`` over the normalised axes. With σ held constant for the backward
+pass (AttnLRP; LXT stops the gradient through the variance), the layer is a linear map per
+sample, ``y = A x + b`` with ``A = diag(w/σ)(I − 11ᵀ/D)``, and LRP-ε applies to it:
+``s = R / stab(y)``, ``R_in = x ⊙ Aᵀ s = x ⊙ (w⊙s − mean(w⊙s)) / σ``. The bias ``b`` absorbs
+its share, as any bias; the centring moves relevance between features but conserves it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph.layers import LayerNormLayer
+from ..plan.rules import make_rule
+from .registry import BackwardContext, OpHandler, ParseContext, node_layer, register
+
+
+@register
+class LayerNormHandler(OpHandler):
+    """LayerNormalization (opset 17) with constant scale and bias."""
+
+    op_types = ("LayerNormalization",)
+    fixed_rule = None
+
+    def parse(self, node, ctx: ParseContext):
+        if ctx.is_const(node.input[0]):
+            raise ctx.fail(node, "the data input is constant")
+        attrs = ctx.attrs(node)
+        weight = np.asarray(ctx.const(node, 1, "scale"), np.float32)
+        bias = ctx.optional_const(node, 2, "bias")
+        return node_layer(LayerNormLayer, node, ctx, self, [node.input[0]], axis=int(attrs.get("axis", -1)),
+                          epsilon=float(attrs.get("epsilon", 1e-5)), weight=weight,
+                          bias=None if bias is None else np.asarray(bias, np.float32))
+
+    def default_rule(self, layer):
+        return make_rule("epsilon", 1e-6)
+
+    def accepts(self, layer, rule):
+        return rule.name in ("epsilon", "zero") and rule.bias
+
+
+    def needs(self, layer, rule, shapes):
+        return {layer.inputs[0], layer.output}
+
+    @staticmethod
+    def _axes(layer, x) -> tuple[int, ...]:
+        return tuple(range(layer.axis % x.ndim, x.ndim))
+
+    def _stats(self, layer, x):
+        """(μ, σ) over the normalised axes, in ``x``'s precision."""
+        axes = self._axes(layer, x)
+        mu = x.mean(axis=axes, keepdims=True)
+        var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+        return mu, np.sqrt(var + np.asarray(layer.epsilon, x.dtype))
+
+    def forward(self, layer, inputs):
+        x = inputs[0]
+        mu, sigma = self._stats(layer, x)
+        y = (x - mu) / sigma * layer.weight.astype(x.dtype)
+        return y if layer.bias is None else y + layer.bias.astype(x.dtype)
+
+    def relevance(self, layer, rule, r, ctx: BackwardContext):
+        x = ctx.fwd[layer.inputs[0]]
+        y = ctx.fwd[layer.output] if ctx.reuse_forward else self.forward(layer, [x])
+        _, sigma = self._stats(layer, x)
+        t = ctx.backend.stabilised_divide(r, y, rule.get("epsilon", 0.0)) * layer.weight.astype(x.dtype)
+        return [x * ((t - t.mean(axis=self._axes(layer, x), keepdims=True)) / sigma)]
+
+    def gradient(self, layer, g, ctx: BackwardContext):
+        """The true derivative (σ depends on x): ``(t − mean(t) − x̂·mean(t·x̂)) / σ``, t = g⊙w."""
+        x = ctx.fwd[layer.inputs[0]]
+        mu, sigma = self._stats(layer, x)
+        axes = self._axes(layer, x)
+        xhat = (x - mu) / sigma
+        t = g * layer.weight.astype(g.dtype)
+        return [(t - t.mean(axis=axes, keepdims=True) - xhat * (t * xhat).mean(axis=axes, keepdims=True)) / sigma]
+
+    def infer_shape(self, layer, in_shapes, readers):
+        return in_shapes[0]
+
+    def chain_input(self, layer):
+        return None

@@ -1,0 +1,157 @@
+"""Vision-transformer fixtures for the AttnLRP / CP-LRP tests, and their LXT explanations.
+
+One torch ViT, configurable (patch size, width, heads, depth, channels, image size, the
+GELU's form, hand-written attention or ``scaled_dot_product_attention``, a class token or
+mean pooling), runs in two modes on the same weights:
+
+- plain, for the ONNX export the analyzer reads;
+- ``lxt``, with LXT's own rule functions (``lxt/efficient/rules.py``) put where LXT's patches
+  put them: the LayerNorm's standard deviation through ``stop_gradient``, the GELU through
+  ``identity_rule_implicit``, and before the attention ``divide_gradient`` of q and k by 4 and
+  v by 2 (AttnLRP) or ``stop_gradient`` of q and k (CP-LRP). Gradient × Input of that forward
+  is LXT's relevance.
+
+LXT's package imports transformers on import; its rules module needs torch only, so it is
+loaded from its file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+
+def lxt_rules():
+    """``lxt.efficient.rules`` loaded from its file (the package's ``__init__`` wants transformers)."""
+    spec = importlib.util.find_spec("lxt")
+    if spec is None:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "efficient" / "rules.py"
+    mod_spec = importlib.util.spec_from_file_location("lxt_efficient_rules", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod
+
+
+CONFIGS = {
+    # name: (channels, size, patch, dim, heads, depth, hidden, gelu, sdpa, cls token)
+    "vit-digits": (1, 28, 7, 32, 4, 2, 64, "none", False, True),
+    "vit-rgb-tanh": (3, 24, 6, 24, 3, 3, 48, "tanh", False, True),
+    "vit-sdpa-meanpool": (3, 16, 4, 16, 2, 2, 40, "none", True, False),
+}
+
+
+def build(name: str, seed: int, mode: str = "plain"):
+    """The fixture ``name`` with seeded weights, in ``mode`` ``plain``, ``attnlrp`` or ``cp-lrp``."""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    channels, size, patch, dim, heads, depth, hidden, gelu, sdpa, cls_token = CONFIGS[name]
+    rules = lxt_rules() if mode != "plain" else None
+
+    class LayerNorm(nn.LayerNorm):
+        def forward(self, x):
+            if rules is None:
+                return super().forward(x)
+            mean = x.mean(dim=-1, keepdim=True)
+            std = ((x - mean) ** 2).mean(dim=-1, keepdim=True).add(self.eps).sqrt()
+            return (x - mean) / rules.stop_gradient(std) * self.weight + self.bias
+
+    class Gelu(nn.GELU):
+        def forward(self, x):
+            if rules is None:
+                return super().forward(x)
+            return rules.identity_rule_implicit(lambda t: F.gelu(t, approximate=self.approximate), x)
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.proj = nn.Linear(dim, dim)
+
+        def forward(self, x):
+            n, t, d = x.shape
+            qkv = self.qkv(x).reshape(n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            if mode == "attnlrp":
+                q, k, v = rules.divide_gradient(q, 4), rules.divide_gradient(k, 4), rules.divide_gradient(v, 2)
+            elif mode == "cp-lrp":
+                q, k = rules.stop_gradient(q), rules.stop_gradient(k)
+            if sdpa and mode == "plain":
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:
+                attn = ((q @ k.transpose(-2, -1)) * (d // heads) ** -0.5).softmax(dim=-1)
+                y = attn @ v
+            return self.proj(y.transpose(1, 2).reshape(n, t, d))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.attn = LayerNorm(dim), Attention()
+            self.norm2 = LayerNorm(dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, hidden), Gelu(approximate=gelu), nn.Linear(hidden, dim))
+
+        def forward(self, x):
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+
+    class ViT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(channels, dim, patch, patch)
+            tokens = (size // patch) ** 2 + int(cls_token)
+            self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.5) if cls_token else None
+            self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.5)
+            self.blocks = nn.Sequential(*[Block() for _ in range(depth)])
+            self.norm = LayerNorm(dim)
+            self.head = nn.Linear(dim, 10)
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)
+            if self.cls is not None:
+                t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1)
+            t = self.norm(self.blocks(t + self.pos))
+            return self.head(t[:, 0] if self.cls is not None else t.mean(dim=1))
+
+    torch.manual_seed(seed)
+    model = ViT()
+    with torch.no_grad():  # LayerNorm weights away from 1 and biases away from 0, so they matter
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def shape(name: str) -> tuple[int, int, int]:
+    channels, size = CONFIGS[name][:2]
+    return channels, size, size
+
+
+def inputs(name: str, seed: int, n: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, *shape(name))).astype(np.float32)
+
+
+def export(model, name: str, path: Path) -> Path:
+    """torch's TorchScript exporter at opset 17, dynamic batch, as a user would write it."""
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(1, *shape(name)),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    return path
+
+
+def lxt_relevance(name: str, seed: int, x: np.ndarray, targets, mode: str) -> np.ndarray:
+    """LXT's Gradient × Input relevance of ``targets`` under ``mode`` (attnlrp or cp-lrp), float64."""
+    import torch
+
+    model = build(name, seed, mode).double()
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    out = model(xt)
+    out[torch.arange(len(targets)), torch.as_tensor(targets)].sum().backward()
+    return (xt * xt.grad).detach().numpy()
