@@ -20,6 +20,7 @@ import onnx
 from ..errors import ModelError, UnsupportedOpError
 from ..ops import handler_for
 from ..ops.registry import Alias, ParseContext, Strip
+from ..runtime.shape_probe import shape_probe
 from .constants import fold_constants, fold_shape_arithmetic
 from .layers import Layer, LayerGraph
 from .loader import LoadedModel
@@ -186,7 +187,8 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     shapes = infer_shapes(proto)
     x = _image_input(model, shapes)
     varying = varying_tensors(nodes, x)
-    consts.update(fold_shape_arithmetic(nodes, consts, shapes, varying, model.opset))
+    consts.update(fold_shape_arithmetic(nodes, consts, shapes, varying, model.opset,
+                                        probe=shape_probe(model, x, shapes.get(x) or ())))
     node_names = _unique_names(nodes)
     producer = {o: n for n in nodes for o in n.output if o}
     consumers: dict[str, int] = {}

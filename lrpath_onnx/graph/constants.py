@@ -187,26 +187,37 @@ def _shape_value(node: onnx.NodeProto, shape: tuple | None, batch: int) -> np.nd
     return full[a.get("start", 0):a.get("end", len(full))] if ("start" in a or "end" in a) else full
 
 
+def _static_value(node: onnx.NodeProto, shape: tuple | None, batch: int) -> np.ndarray | None:
+    """A Shape or Size node's output from static shapes at ``batch``; None if they do not say."""
+    v = _shape_value(node, shape, batch)
+    return v if v is None or node.op_type == "Shape" else np.asarray(np.prod(v), np.int64)
+
+
 def fold_shape_arithmetic(nodes: list[onnx.NodeProto], consts: dict[str, np.ndarray],
-                          shapes: dict[str, tuple], varying: set[str], opset: int) -> dict[str, np.ndarray]:
+                          shapes: dict[str, tuple], varying: set[str], opset: int,
+                          probe: Callable[[list[str], int], dict[str, np.ndarray]] | None = None
+                          ) -> dict[str, np.ndarray]:
     """Values computed from tensor shapes that do not depend on the batch size.
 
     Exporters compute attention's ``1/√d`` or a head count from ``x.shape`` at run time
-    (Shape → Gather → Cast → Pow). Evaluated at two batch sizes from the static shapes, a
-    value that comes out the same is a constant; one that differs (a class token expanded
-    to the batch) stays for onnxruntime.
+    (Shape → Gather → Cast → Pow). Evaluated at two batch sizes, a value that comes out the
+    same is a constant; one that differs (a class token expanded to the batch) stays for
+    onnxruntime. A ``Shape`` reads the static shape where shape inference knows it, else
+    ``probe(outputs, batch)`` (onnxruntime on a dummy batch) gives it.
     """
+    shape_nodes = [n for n in nodes if n.op_type in ("Shape", "Size") and n.output[0] not in consts]
     runs = []
     for batch in _PROBE_BATCHES:
+        known = {n.output[0]: _static_value(n, shapes.get(n.input[0]), batch) for n in shape_nodes}
+        missing = [k for k, v in known.items() if v is None]
+        if missing and probe is not None:
+            known.update(probe(missing, batch))
         vals: dict[str, np.ndarray] = {}
         for node in nodes:
             if any(o in varying or o in consts for o in node.output if o):
                 continue
-            if node.op_type == "Shape":
-                out = _shape_value(node, shapes.get(node.input[0]), batch)
-            elif node.op_type == "Size":
-                out = _shape_value(node, shapes.get(node.input[0]), batch)
-                out = None if out is None else np.asarray(np.prod(out), np.int64)
+            if node.op_type in ("Shape", "Size"):
+                out = known.get(node.output[0])
             elif node.input and all((not n) or n in consts or n in vals for n in node.input):
                 ins = [(vals[n] if n in vals else consts[n]) if n else None for n in node.input]
                 try:

@@ -343,6 +343,20 @@ class LayerNormLayer(Layer):
 
 
 @dataclass(eq=False)
+class ReduceLayer(Layer):
+    """ReduceMean (``mean``) or ReduceSum over ``axes`` (not the batch): a sum of its inputs."""
+
+    axes: tuple[int, ...] = ()
+    keepdims: bool = True
+    mean: bool = True
+    kind: ClassVar[str] = MERGE
+    family: ClassVar[str] = "reduce"
+
+    def describe(self) -> str:
+        return self._join(f"{'mean' if self.mean else 'sum'} over {list(self.axes)}", self._folded())
+
+
+@dataclass(eq=False)
 class SoftmaxLayer(Layer):
     """A Softmax inside the network (attention weights) along ``axis``."""
 

@@ -156,6 +156,15 @@ class PoolMap:
                                              self.in_hw, mul, exact=True)
 
 
+def _spatial_mean(node, ctx: ParseContext, shape: tuple | None) -> bool:
+    """Whether a ReduceMean averages an NCHW map's spatial axes (a global average pool)."""
+    axes = ctx.attrs(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1] and ctx.is_const(node.input[1]):
+        axes = ctx.consts[node.input[1]].reshape(-1).tolist()
+    rank = 4 if shape is None else len(shape)
+    return rank == 4 and axes is not None and sorted(int(a) % 4 for a in axes) == [2, 3]
+
+
 @register
 class AveragePoolHandler(ChannelKeeping, LinearHandler):
     """AveragePool (count_include_pad, ceil_mode), GlobalAveragePool and a spatial ReduceMean:
@@ -170,6 +179,10 @@ class AveragePoolHandler(ChannelKeeping, LinearHandler):
             return node_layer(AvgPoolLayer, node, ctx, self, [node.input[0]], window=window,
                               count_include_pad=bool(attrs.get("count_include_pad", 0)))
         shape = ctx.shape(node.input[0])
+        if node.op_type == "ReduceMean" and not _spatial_mean(node, ctx, shape):
+            from .reduce import REDUCE
+
+            return REDUCE.parse(node, ctx)
         if shape is not None and len(shape) != 4:
             raise ctx.fail(node, f"input rank {len(shape)} (only 2-D pooling is supported)")
         keepdims = True

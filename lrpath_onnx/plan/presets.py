@@ -19,7 +19,7 @@ import networkx as nx
 
 from ..errors import RuleError
 from ..graph.layers import (AffineLayer, BilinearLayer, ConvLayer, DenseLayer, GateLayer, Layer, LayerGraph,
-                            LayerNormLayer, MergeLayer, SoftmaxLayer)
+                            LayerNormLayer, MergeLayer, ReduceLayer, SoftmaxLayer)
 from .rules import Rule, make_rule
 
 PresetFn = Callable[[LayerGraph], dict[str, Rule]]
@@ -108,7 +108,7 @@ def _transformer(graph: LayerGraph, bilinear: Rule) -> dict[str, Rule]:
     zero = make_rule("zero")
     rules: dict[str, Rule] = {}
     for layer in graph.layers:
-        if isinstance(layer, (ConvLayer, DenseLayer, LayerNormLayer, MergeLayer)):
+        if isinstance(layer, (ConvLayer, DenseLayer, LayerNormLayer, MergeLayer, ReduceLayer)):
             rules[layer.name] = zero
         elif isinstance(layer, AffineLayer) and bool((layer.shift != 0).any()):
             rules[layer.name] = make_rule("shift")

@@ -1,0 +1,67 @@
+"""AttnLRP and CP-LRP equal LXT's (Achtibat et al., ICML 2024) on torch ViTs exported to ONNX.
+
+Three ViT families (``tests/vit_models.py``: class token or mean pooling, erf or tanh GELU,
+hand-written attention or ``scaled_dot_product_attention``, grey or RGB, 1–3 blocks), two
+seeds each, top-1 and given targets: the analyzer explains the ONNX export, LXT's rule
+functions explain the torch model by Gradient × Input in float64.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from lrpath_onnx import Analyzer
+from tests import vit_models as vm
+
+for _pkg, _how in (("torch", "pip install -e '.[test]'"), ("lxt", "pip install --no-deps lxt==2.1")):
+    if importlib.util.find_spec(_pkg) is None:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{_pkg} is missing in CI ({_how}): the README's test command installs it")
+        pytest.skip(f"{_pkg} is not installed here ({_how}); CI runs these tests", allow_module_level=True)
+
+TOL = 1e-4
+
+
+def rel_l2(got, want) -> float:
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vit")
+    cache = {}
+
+    def get(name, seed):
+        if (name, seed) not in cache:
+            cache[name, seed] = vm.export(vm.build(name, seed), name, d / f"{name}-{seed}.onnx")
+        return cache[name, seed]
+    return get
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp"])
+@pytest.mark.parametrize("name", list(vm.CONFIGS))
+def test_relevance_equals_lxt(exported, name, preset, seed):
+    x = vm.inputs(name, seed + 10, n=3)
+    an = Analyzer(exported(name, seed), preset=preset)
+    for target in (None, [3, 7, 1]):
+        exp = an.explain(x, target=target)
+        want = vm.lxt_relevance(name, seed, x, exp.targets, preset)
+        assert rel_l2(exp.relevance, want) <= TOL, (name, preset, target)
+
+
+def test_attnlrp_and_cp_lrp_differ_where_attention_matters(exported):
+    """The two presets are not the same computation: CP-LRP sends nothing through q and k."""
+    x = vm.inputs("vit-digits", 4, n=2)
+    a = Analyzer(exported("vit-digits", 0), preset="attnlrp").explain(x, target=[2, 2]).relevance
+    c = Analyzer(exported("vit-digits", 0), preset="cp-lrp").explain(x, target=[2, 2]).relevance
+    assert rel_l2(a, c) > 1e-2
+
+
+def test_auto_picks_attnlrp_for_a_vit(exported):
+    an = Analyzer(exported("vit-rgb-tanh", 0))
+    assert an.plan().applied == "attnlrp"
