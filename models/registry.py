@@ -263,6 +263,17 @@ _add(ZooEntry(
     quality_fn=_digit_quality("mnist_efficientnet.json"),
 ))
 _add(ZooEntry(
+    name="mnist-vit",
+    description="small vision transformer digit classifier (7x7 patches, class token, 3 pre-norm blocks of "
+                "4-head softmax attention and GELU MLPs, LayerNorm)",
+    source="trained by models/train_mnist_vit.py on the mnist-vgg split; shipped",
+    license="Apache-2.0 (model); MNIST digits: Y. LeCun, C. Cortes, C. Burges, CC BY-SA 3.0",
+    preprocessing=DIGITS,
+    locate=_shipped("mnist_vit.onnx"),
+    labels=lambda: [str(i) for i in range(10)],
+    quality_fn=_digit_quality("mnist_vit.json"),
+))
+_add(ZooEntry(
     name="vgg16",
     description="VGG16 in torchvision's layout with seeded random weights (benchmarks, tests)",
     source="built by models/vgg16.py with onnx.helper (528 MB, never committed)",

@@ -98,16 +98,16 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
     return out
 
 
-def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    """Adam with small random shifts; returns the training seconds."""
+def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, seed: int, epochs: int = EPOCHS) -> float:
+    """Adam with small random shifts and a cosine schedule over ``epochs``; returns the training seconds."""
     gen = torch.Generator().manual_seed(seed)
     x_all = torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
     y_all = torch.from_numpy(labels)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=EPOCHS)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     loss_fn = nn.CrossEntropyLoss()
     t0 = time.perf_counter()
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(y_all), generator=gen)
         total = 0.0
@@ -120,7 +120,7 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, seed: int) -
             opt.step()
             total += float(loss.detach()) * len(idx)
         sched.step()
-        print(f"epoch {epoch + 1:2d}/{EPOCHS}  loss {total / len(perm):.4f}  "
+        print(f"epoch {epoch + 1:2d}/{epochs}  loss {total / len(perm):.4f}  "
               f"{time.perf_counter() - t0:6.1f} s")
     return time.perf_counter() - t0
 

@@ -83,6 +83,9 @@ class MnistViT(nn.Module):
         return self.head(self.norm(self.blocks(tokens))[:, 0])
 
 
+#: a transformer learns from 4 000 digits more slowly than a CNN: 40 epochs (12 give 90.8 %)
+EPOCHS = 40
+
 DESCRIPTION = ("ViT: 7×7 patch-embedding conv (16 tokens), class token, position embedding, 3 pre-norm "
                "blocks (LayerNorm, 4-head softmax self-attention, GELU MLP, residual sums), LayerNorm, "
                "dense head on the class token")
@@ -95,7 +98,7 @@ def build() -> Path:
     images, labels = load_digits()
     train_idx, held_idx = stratified_split(labels, N_HELDOUT_PER_CLASS, SEED)
     model = MnistViT()
-    seconds = train(model, images[train_idx], labels[train_idx], SEED)
+    seconds = train(model, images[train_idx], labels[train_idx], SEED, epochs=EPOCHS)
     model.eval()
     onnx_path = HERE / "mnist_vit.onnx"
     export_onnx(model, onnx_path)
@@ -104,7 +107,8 @@ def build() -> Path:
     meta = {"name": "mnist-vit", "file": onnx_path.name, "sha256": hashlib.sha256(data).hexdigest(),
             "size_bytes": len(data), "heldout_accuracy": acc, "train_digits": int(len(train_idx)),
             "heldout_digits": int(len(held_idx)), "train_seconds": round(seconds, 1),
-            "parameters": int(sum(p.numel() for p in model.parameters())), "torch_version": torch.__version__,
+            "parameters": int(sum(p.numel() for p in model.parameters())), "epochs": EPOCHS,
+            "torch_version": torch.__version__,
             "source": SOURCE, "architecture": DESCRIPTION}
     atomic_write_bytes(HERE / "mnist_vit.json", (json.dumps(meta, indent=2) + "\n").encode())
     print(f"mnist-vit: held-out accuracy (onnxruntime) {acc:.4f}; wrote {onnx_path} ({len(data)} bytes)")

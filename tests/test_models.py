@@ -170,6 +170,38 @@ def test_modern_digit_models_conserve_with_defaults_and_explain_the_strokes(name
     assert min(enrichment) > 1.5 and np.mean(enrichment) > 2.0, enrichment  # measured: 3.2 and 2.7 on average
 
 
+# ----------------------------------------------------------------------------- mnist-vit
+
+def test_digit_vit_is_accurate_and_small():
+    data = np.load(MODELS / "mnist_vgg_heldout.npz")
+    x = (data["images"].astype(np.float32) / 255.0)[:, None]
+    sess = ort.InferenceSession(str(MODELS / "mnist_vit.onnx"), providers=["CPUExecutionProvider"])
+    acc = float((sess.run(None, {"input": x})[0].argmax(1) == data["labels"]).mean())
+    assert acc >= 0.93
+    meta = json.loads((MODELS / "mnist_vit.json").read_text())
+    assert abs(meta["heldout_accuracy"] - acc) < 1e-9 and meta["heldout_digits"] == 1000
+    assert (MODELS / "mnist_vit.onnx").stat().st_size < 2 * 2 ** 20
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp"])
+def test_digit_vit_explains_the_strokes(preset):
+    """auto picks attnlrp; the positive relevance sits on the strokes (the background is 0, so
+    the enrichment counts where on the digit, not only that the blank page gets none)."""
+    an = Analyzer(registry.get("mnist-vit").path(), preset=preset)
+    assert Analyzer(registry.get("mnist-vit").path()).plan().applied == "attnlrp"
+    imgs = np.stack([np.asarray(Image.open(MODELS / "digits" / f"digit_{d}.png"), np.float32) / 255
+                     for d in range(10)])[:, None]
+    exp = an.explain(imgs)
+    assert exp.targets == list(range(10))
+    for i in range(10):
+        pos, stroke = np.maximum(exp.relevance[i, 0], 0), imgs[i, 0] > 0.25
+        assert pos[stroke].sum() / pos.sum() > 0.9
+        # relevance is spread over the digit, not one patch: ≥ 3 of the 16 patches hold 5 % or more
+        # (measured: 4–7 under attnlrp, 3–7 under cp-lrp)
+        patches = np.abs(exp.relevance[i, 0]).reshape(4, 7, 4, 7).sum(axis=(1, 3)).reshape(-1)
+        assert (patches / patches.sum() >= 0.05).sum() >= 3
+
+
 # ----------------------------------------------------------------------------- registry + CLI
 
 def test_models_lists_every_entry():
@@ -178,10 +210,10 @@ def test_models_lists_every_entry():
     doc = json.loads(res.stdout)
     validate(doc)
     entries = {e["name"]: e for e in doc["models"]}
-    assert set(entries) == {"mnist-vgg", "mnist-resnet", "mnist-efficientnet", "vgg16", "vgg16-mri",
+    assert set(entries) == {"mnist-vgg", "mnist-resnet", "mnist-efficientnet", "mnist-vit", "vgg16", "vgg16-mri",
                             "vgg16-imagenet-backbone", "efficientnet-lite0"}
     assert entries["mnist-vgg"]["state"] == "ready" and "98.0%" in entries["mnist-vgg"]["quality"]
-    for name in ("mnist-resnet", "mnist-efficientnet"):
+    for name in ("mnist-resnet", "mnist-efficientnet", "mnist-vit"):
         assert entries[name]["state"] == "ready" and "held-out accuracy" in entries[name]["quality"]
 
 

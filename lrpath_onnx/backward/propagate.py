@@ -56,8 +56,17 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
     on_layer : called with each layer before its step (the compiled graph names its nodes by it).
     """
     be = ctx.backend
+
+    moved = {k: v for k, v in graph.batch_axes().items() if v != 0}
+
+    def sample_sums(name: str, x):
+        """Per-sample sums of ``x`` (relevance of tensor ``name``), wherever its batch axis is
+        (attention's q/k/v split moves it behind the head axis)."""
+        ax = moved.get(name, 0)
+        return be.sample_sums(x if ax == 0 else np.moveaxis(x, ax, 0))
+
     rel: dict[str, np.ndarray] = {start_tensor: start}
-    sums_of = be.sample_sums if checked else (lambda _: None)
+    sums_of = (lambda x: sample_sums(start_tensor, x)) if checked else (lambda _: None)
     totals: dict[str, np.ndarray] = {start_tensor: sums_of(start)}  # per-sample sums of rel
     checks: list[tuple] = []  # (layer, rule, per-sample sums of its input relevance), checked at the end
     keep_all = "*" in keep
@@ -71,7 +80,7 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         if masks and layer.name in masks:
             m = np.asarray(masks[layer.name], r.dtype)
             r = r * m.reshape((1, -1) + (1,) * (r.ndim - 2))
-            r_total = sums_of(r)
+            r_total = sample_sums(layer.output, r) if checked else None
         if keep_all or layer.name in wanted:
             out.kept[layer.name] = r
         rule = plan.rule_for(layer)
@@ -86,7 +95,7 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
             # (an activation's) has the sums it arrived with
             sums = None
             if checked:
-                sums = r_total if ri is r else be.sample_sums(ri)
+                sums = r_total if ri is r else sample_sums(name, ri)
                 total_in = sums if total_in is None else total_in + sums
             if name in rel:
                 rel[name] = rel[name] + ri

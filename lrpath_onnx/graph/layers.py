@@ -446,6 +446,13 @@ class LayerGraph:
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)
 
+    def batch_axes(self) -> dict[str, int]:
+        """The batch axis of every layer's output (0 but where attention's q/k/v split moved it)."""
+        axes = {self.input: 0}
+        for layer in self.layers:
+            axes[layer.output] = layer.handler.batch_axis(layer, axes.get(layer.inputs[0], 0))
+        return axes
+
     def __len__(self) -> int:
         return len(self.layers)
 

@@ -221,6 +221,10 @@ class OpHandler:
                 out.append(None if None in spans else spans)
         return out
 
+    def batch_axis(self, layer: Layer, in_axis: int) -> int:
+        """The output's batch axis given the first input's (layers that move axes say how)."""
+        return in_axis
+
     def relevance_inputs(self, layer: Layer) -> list[str]:
         """The inputs that receive relevance (a gate's side branch gets none)."""
         return layer.inputs

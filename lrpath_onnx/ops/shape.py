@@ -88,6 +88,9 @@ class TransposeHandler(RouteHandler):
     def relevance(self, layer, rule, r, ctx):
         return [contiguous(np.transpose(r, np.argsort(layer.perm)))]
 
+    def batch_axis(self, layer, in_axis):
+        return list(layer.perm).index(in_axis)
+
     def forward(self, layer, inputs):
         return np.transpose(inputs[0], layer.perm)
 
@@ -211,6 +214,9 @@ class GatherHandler(RouteHandler):
 
     def forward(self, layer, inputs):
         return np.take(inputs[0], layer.indices, axis=layer.axis)
+
+    def batch_axis(self, layer, in_axis):
+        return in_axis + layer.indices.ndim - 1 if layer.axis < in_axis else in_axis
 
     def infer_shape(self, layer, in_shapes, readers):
         src = in_shapes[0]

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..api import Analyzer, Explanation, NeuronTarget
 from ..errors import InputError
-from ..graph.layers import ConvLayer, Layer
+from ..graph.layers import BILINEAR, NORM, SOFTMAX, ConvLayer, Layer
 from .optimizer import get_optimizer
 
 SOURCE, SINK = "input", "target"
@@ -40,6 +40,12 @@ def relevant_layers(an: Analyzer) -> set[str]:
 def graph_layers(an: Analyzer) -> list[Layer]:
     """The Conv/dense layers in order, checked to form a chain; raises with the culprit."""
     reached = relevant_layers(an)
+    attention = [l for l in an.graph.layers if l.kind in (BILINEAR, SOFTMAX, NORM) and l.name in reached]
+    if attention:
+        raise InputError(f"neuron paths are defined for chains of conv and dense layers, not transformers "
+                         f"('{attention[0].name}' is {attention[0].op}): a token mixes every position and "
+                         "attention multiplies activations, so no per-neuron flow conserves; use `lrpath "
+                         "explain` (attnlrp) and `lrpath evaluate` for this model")
     layers = [l for l in an.graph.layers if l.handler.neurons(l) is not None and l.name in reached]
     if not layers:
         raise InputError("the model has no Conv or dense layer to build a neuron graph from")
