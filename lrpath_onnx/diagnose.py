@@ -33,14 +33,17 @@ def conservation_warnings(conservation: dict, preset_applied: str | None = None)
     if WARN_RANGE[0] <= ratio <= WARN_RANGE[1]:
         return []
     where = ", ".join(f"{name} ×{r:.2g}" for name, r in worst_layers(conservation))
+    transformer = preset_applied in ("attnlrp", "cp-lrp")
     if 0 <= ratio < WARN_RANGE[0]:
+        absorbed = ("biases, the class token and the softmax rule's dropped terms take the rest" if transformer
+                    else "biases and stabilisers absorb the rest")
         msg = (f"only {ratio:.2%} of the relevance reaches the input (conservation {ratio:.3g}, outside "
-               f"[{WARN_RANGE[0]:g}, {WARN_RANGE[1]:g}]): biases and stabilisers absorb the rest")
+               f"[{WARN_RANGE[0]:g}, {WARN_RANGE[1]:g}]): {absorbed}")
     else:
         msg = (f"conservation {ratio:.3g} is outside [{WARN_RANGE[0]:g}, {WARN_RANGE[1]:g}]: relevance is "
                "amplified or changes sign on its way to the input")
     if where:
         msg += f"; most at {where}"
-    if preset_applied != "conserving":
+    if preset_applied != "conserving" and not transformer:
         msg += "; --preset conserving keeps relevance (biases take none)"
     return [msg]

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from train_mnist_vgg import (HERE, N_HELDOUT_PER_CLASS, SEED, SOURCE, atomic_write_bytes, export_onnx, load_digits,
-                             onnx_predict, stratified_split, train)
+from train_mnist_vgg import (EPOCHS, HERE, N_HELDOUT_PER_CLASS, SEED, SOURCE, atomic_write_bytes, export_onnx,
+                             load_digits, onnx_predict, stratified_split, train)
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: nn.Module | None = None):
@@ -117,14 +117,14 @@ DESCRIPTION = {"resnet": "ResNet: conv-BN-ReLU stem, 3 basic blocks (residual su
                                "bottlenecks, residual sums), GAP, dense"}
 
 
-def build(name: str) -> Path:
-    torch.manual_seed(SEED)
+def ship(model: nn.Module, name: str, description: str, epochs: int = EPOCHS) -> Path:
+    """Train ``model`` (initialised by the caller after ``torch.manual_seed(SEED)``) on the mnist-vgg
+    split, export it and write ``mnist_<name>.onnx/.json``."""
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     images, labels = load_digits()
     train_idx, held_idx = stratified_split(labels, N_HELDOUT_PER_CLASS, SEED)
-    model = MODELS[name]()
-    seconds = train(model, images[train_idx], labels[train_idx], SEED)
+    seconds = train(model, images[train_idx], labels[train_idx], SEED, epochs=epochs)
     model.eval()
     onnx_path = HERE / f"mnist_{name}.onnx"
     export_onnx(model, onnx_path)
@@ -134,10 +134,17 @@ def build(name: str) -> Path:
             "size_bytes": len(data), "heldout_accuracy": acc, "train_digits": int(len(train_idx)),
             "heldout_digits": int(len(held_idx)), "train_seconds": round(seconds, 1),
             "parameters": int(sum(p.numel() for p in model.parameters())), "torch_version": torch.__version__,
-            "source": SOURCE, "architecture": DESCRIPTION[name]}
+            "source": SOURCE, "architecture": description}
+    if epochs != EPOCHS:
+        meta["epochs"] = epochs
     atomic_write_bytes(HERE / f"mnist_{name}.json", (json.dumps(meta, indent=2) + "\n").encode())
     print(f"mnist-{name}: held-out accuracy (onnxruntime) {acc:.4f}; wrote {onnx_path} ({len(data)} bytes)")
     return onnx_path
+
+
+def build(name: str) -> Path:
+    torch.manual_seed(SEED)
+    return ship(MODELS[name](), name, DESCRIPTION[name])
 
 
 if __name__ == "__main__":

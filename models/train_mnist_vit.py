@@ -16,15 +16,13 @@ held-out accuracy from onnxruntime, training time). The analyzer never needs tor
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from train_mnist_vgg import (HERE, N_HELDOUT_PER_CLASS, SEED, SOURCE, atomic_write_bytes, export_onnx, load_digits,
-                             onnx_predict, stratified_split, train)
+from train_mnist_modern import ship
+from train_mnist_vgg import SEED
 
 
 class Attention(nn.Module):
@@ -93,26 +91,7 @@ DESCRIPTION = ("ViT: 7×7 patch-embedding conv (16 tokens), class token, positio
 
 def build() -> Path:
     torch.manual_seed(SEED)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    images, labels = load_digits()
-    train_idx, held_idx = stratified_split(labels, N_HELDOUT_PER_CLASS, SEED)
-    model = MnistViT()
-    seconds = train(model, images[train_idx], labels[train_idx], SEED, epochs=EPOCHS)
-    model.eval()
-    onnx_path = HERE / "mnist_vit.onnx"
-    export_onnx(model, onnx_path)
-    acc = float((onnx_predict(onnx_path, images[held_idx]) == labels[held_idx]).mean())
-    data = onnx_path.read_bytes()
-    meta = {"name": "mnist-vit", "file": onnx_path.name, "sha256": hashlib.sha256(data).hexdigest(),
-            "size_bytes": len(data), "heldout_accuracy": acc, "train_digits": int(len(train_idx)),
-            "heldout_digits": int(len(held_idx)), "train_seconds": round(seconds, 1),
-            "parameters": int(sum(p.numel() for p in model.parameters())), "epochs": EPOCHS,
-            "torch_version": torch.__version__,
-            "source": SOURCE, "architecture": DESCRIPTION}
-    atomic_write_bytes(HERE / "mnist_vit.json", (json.dumps(meta, indent=2) + "\n").encode())
-    print(f"mnist-vit: held-out accuracy (onnxruntime) {acc:.4f}; wrote {onnx_path} ({len(data)} bytes)")
-    return onnx_path
+    return ship(MnistViT(), "vit", DESCRIPTION, EPOCHS)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,11 @@ def exported(tmp_path_factory):
     d = tmp_path_factory.mktemp("vit")
     cache = {}
 
-    def get(name, seed):
-        if (name, seed) not in cache:
-            cache[name, seed] = vm.export(vm.build(name, seed), name, d / f"{name}-{seed}.onnx")
-        return cache[name, seed]
+    def get(name, seed, how="torchscript"):
+        if (name, seed, how) not in cache:
+            cache[name, seed, how] = vm.export(vm.build(name, seed), name, d / f"{name}-{seed}-{how}.onnx",
+                                               dynamo=how == "dynamo", opset=16 if how == "opset16" else 17)
+        return cache[name, seed, how]
     return get
 
 
@@ -52,6 +53,24 @@ def test_relevance_equals_lxt(exported, name, preset, seed):
         exp = an.explain(x, target=target)
         want = vm.lxt_relevance(name, seed, x, exp.targets, preset)
         assert rel_l2(exp.relevance, want) <= TOL, (name, preset, target)
+
+
+@pytest.mark.parametrize("how", ["dynamo", "opset16"])
+@pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp"])
+@pytest.mark.parametrize("name", list(vm.CONFIGS))
+def test_other_exports_equal_lxt_too(exported, name, preset, how):
+    """torch's default exporter writes other graphs (opset 18; attention's batch and heads merged
+    into one axis around scaled_dot_product_attention's kᵀ), and at opset 16 LayerNorm comes
+    written out in ReduceMean, Sub, Pow, Sqrt, Div, Mul, Add: the same relevance."""
+    x = vm.inputs(name, 20, n=2)
+    an = Analyzer(exported(name, 0, how), preset=preset)
+    if how == "opset16":
+        assert sum(l.op == "LayerNormalization" for l in an.graph.layers) >= 5
+    exp = an.explain(x)
+    want = vm.lxt_relevance(name, 0, x, exp.targets, preset)
+    assert rel_l2(exp.relevance, want) <= TOL
+    for i in range(2):  # per-sample sums hold wherever the batch axis went
+        assert np.isfinite(exp.conservation(i)["ratio"])
 
 
 def test_attnlrp_and_cp_lrp_differ_where_attention_matters(exported):

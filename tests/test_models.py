@@ -202,6 +202,36 @@ def test_digit_vit_explains_the_strokes(preset):
         assert (patches / patches.sum() >= 0.05).sum() >= 3
 
 
+def test_token_map_is_the_relevance_per_patch(tmp_path):
+    """--token-map: the 4×4 grid of token relevance at the patch embedding; the pixel heatmap is
+    that grid brought back through the embedding (LRP-0 with a bias), so the two agree patch by
+    patch where the digit is."""
+    digit = str(MODELS / "digits" / "digit_3.png")
+    res = lrpath("explain", "--model-name", "mnist-vit", digit, "--token-map", "--out", str(tmp_path / "e"))
+    assert res.returncode == 0, res.stderr
+    grid = np.load(tmp_path / "e" / "digit_3" / "tokens.npy")
+    pixels = np.load(tmp_path / "e" / "digit_3" / "relevance.npy")[0].reshape(4, 7, 4, 7).sum(axis=(1, 3))
+    assert grid.shape == (4, 4) and (tmp_path / "e" / "digit_3" / "tokens.png").stat().st_size > 0
+    assert np.corrcoef(grid.reshape(-1), pixels.reshape(-1))[0, 1] > 0.9
+    img = np.asarray(Image.open(digit), np.float32).reshape(4, 7, 4, 7).max(axis=(1, 3))
+    # a blank patch's token holds relevance (its embedding is the bias, which attention reads),
+    # but none of it reaches pixels that are 0: the token map shows what the heatmap cannot
+    assert np.abs(grid[img == 0]).sum() > 0 and np.abs(pixels[img == 0]).sum() == 0.0
+    res = lrpath("explain", "--model-name", "mnist-vgg", digit, "--token-map", "--out", str(tmp_path / "f"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "patch embedding" in res.stderr
+
+
+def test_digit_vit_refuses_neuron_paths_and_compile_with_one_line(tmp_path):
+    digit = str(MODELS / "digits" / "digit_3.png")
+    res = lrpath("paths", "--model-name", "mnist-vit", digit, "--out", str(tmp_path / "p"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "not transformers" in res.stderr
+    res = lrpath("compile", "--model-name", "mnist-vit", "--out", str(tmp_path / "v.lrp.onnx"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "as ONNX nodes yet" in res.stderr
+    assert not (tmp_path / "v.lrp.onnx").exists()
+    res = lrpath("explain", "--model-name", "mnist-vit", digit, "--out", str(tmp_path / "e"))
+    assert res.returncode == 0 and "class 3" in res.stdout
+
+
 # ----------------------------------------------------------------------------- registry + CLI
 
 def test_models_lists_every_entry():

@@ -270,3 +270,34 @@ def test_auto_picks_attnlrp_and_plan_says_why(tmp_path):
     an = Analyzer(models.save(model, tmp_path / "m.onnx"))
     assert an.plan().applied == "attnlrp" and "transformer" in an.plan().reason
     assert an.plan().rule_for(an.graph.find("av")).name == "uniform"
+
+
+@pytest.mark.parametrize("variant", ["pow_div", "mul_reciprocal"])
+def test_written_out_layernorm_is_fused_and_explained_like_the_op(tmp_path, variant):
+    """ReduceMean, Sub, Pow (or x·x), ReduceMean, Add ε, Sqrt, Div (or ·Reciprocal), Mul w, Add b:
+    one LayerNormalization (unit scale) and two constant affine layers, whose relevance equals
+    the LayerNormalization op's with that weight and bias."""
+    rng = np.random.default_rng(11)
+    T, D = 4, 6
+    w = rng.uniform(0.5, 1.5, D).astype(np.float32)
+    b = rng.normal(0, 0.3, D).astype(np.float32)
+    n = helper.make_node
+    sq = (n("Pow", ["d", "two"], ["p"], name="pow") if variant == "pow_div" else n("Mul", ["d", "d"], ["p"], name="sq"))
+    norm = ([n("Div", ["d", "s"], ["xn"], name="div")] if variant == "pow_div" else
+            [n("Reciprocal", ["s"], ["rs"], name="rec"), n("Mul", ["d", "rs"], ["xn"], name="mulr")])
+    nodes = [n("ReduceMean", ["X"], ["m"], name="mean", axes=[-1], keepdims=1),
+             n("Sub", ["X", "m"], ["d"], name="sub"), sq,
+             n("ReduceMean", ["p"], ["v"], name="var", axes=[-1], keepdims=1),
+             n("Add", ["v", "eps"], ["ve"], name="addeps"), n("Sqrt", ["ve"], ["s"], name="sqrt"), *norm,
+             n("Mul", ["xn", "w"], ["xw"], name="scale"), n("Add", ["xw", "b"], ["Y"], name="shift")]
+    inits = {"two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32), "w": w, "b": b}
+    model = models.make_model(nodes, [models.vi("X", ["N", T, D])], [models.vi("Y", ["N", T, D])], inits, opset=13)
+    x = rng.normal(0, 2, (2, T, D)).astype(np.float32)
+    r = rng.normal(0, 1, (2, T, D))
+    an, exp = explain64(tmp_path, model, x, r)
+    assert [l.op for l in an.graph.layers] == ["LayerNormalization", "Mul", "Add"]
+    op_model, _ = layernorm_model(np.random.default_rng(0), T, D)
+    op_model.graph.initializer[0].CopyFrom(helper.make_tensor("w", 1, [D], w.tolist()))
+    op_model.graph.initializer[1].CopyFrom(helper.make_tensor("b", 1, [D], b.tolist()))
+    _, want = explain64(tmp_path, op_model, x, r)
+    assert_close(exp.relevance, want.relevance, rtol=1e-6)

@@ -135,14 +135,20 @@ def inputs(name: str, seed: int, n: int = 2) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (n, *shape(name))).astype(np.float32)
 
 
-def export(model, name: str, path: Path) -> Path:
-    """torch's TorchScript exporter at opset 17, dynamic batch, as a user would write it."""
+def export(model, name: str, path: Path, dynamo: bool = False, opset: int = 17) -> Path:
+    """torch's TorchScript exporter at ``opset`` (16 writes LayerNorm out in elementary ops), or
+    its default dynamo exporter at opset 18, dynamic batch, as a user would write it."""
     import torch
 
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, *shape(name)),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        if dynamo:
+            torch.onnx.export(model, (torch.zeros(1, *shape(name)),), str(path), dynamo=True, opset_version=18,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_shapes={"x": {0: torch.export.Dim("N", min=1, max=64)}})
+        else:
+            torch.onnx.export(model, (torch.zeros(1, *shape(name)),), str(path), dynamo=False, opset_version=opset,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
     return path
 
 

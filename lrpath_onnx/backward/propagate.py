@@ -63,7 +63,10 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         """Per-sample sums of ``x`` (relevance of tensor ``name``), wherever its batch axis is
         (attention's q/k/v split moves it behind the head axis)."""
         ax = moved.get(name, 0)
-        return be.sample_sums(x if ax == 0 else np.moveaxis(x, ax, 0))
+        x = x if ax == 0 else np.moveaxis(x, ax, 0)
+        if x.shape[0] != ctx.batch:  # batch and heads merged into one axis, batch-major
+            x = x.reshape(ctx.batch, -1)
+        return be.sample_sums(x)
 
     rel: dict[str, np.ndarray] = {start_tensor: start}
     sums_of = (lambda x: sample_sums(start_tensor, x)) if checked else (lambda _: None)

@@ -7,8 +7,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..io.outputs import atomic_path, clean_temporaries, ensure_out_dir
+from ..io.outputs import atomic_path, clean_temporaries, ensure_out_dir, write_npy
 from ..io.results import record, write_sample
+from ..viz.heatmap import save_png
+from ..viz.tokens import patch_embedding, token_grid, token_picture
 from .options import progress
 from .session import Session, input_options, open_session
 
@@ -17,37 +19,45 @@ from .session import Session, input_options, open_session
 @input_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--keep-layers", default=None, help="Comma-separated layers whose relevance is saved too ('*' = all).")
-def explain(args, out, batch_size, keep_layers, **opts):
+@click.option("--token-map", is_flag=True, help="Also write tokens.png/tokens.npy: a ViT's relevance per patch token "
+                                                "(at its patch embedding, features summed).")
+def explain(args, out, batch_size, keep_layers, token_map, **opts):
     """Explain MODEL's decision on each INPUT (image or .npy tensor) and write to --out.
 
     MODEL is a .onnx file, or a zoo name (`lrpath models`), whose preprocessing and class
     names are then used unless options say otherwise.
     """
-    run_explain(open_session(args, out, **opts), out, batch_size, keep_layers)
+    run_explain(open_session(args, out, **opts), out, batch_size, keep_layers, token_map)
     return 0
 
 
-def run_explain(ses: Session, out: Path, batch_size: int = 8, keep_layers: str | None = None) -> Path:
+def run_explain(ses: Session, out: Path, batch_size: int = 8, keep_layers: str | None = None,
+                token_map: bool = False) -> Path:
     """The explain pipeline over a checked session, files written atomically; returns --out."""
     an = ses.an
     keep = tuple(k.strip() for k in keep_layers.split(",")) if keep_layers else ()
     for k in keep:
         if k != "*":
             an.graph.find(k)
+    patches = patch_embedding(an.graph) if token_map else None
     out = ensure_out_dir(out)
     clean_temporaries(out)
     written = 0
     with progress(len(ses.paths), "explaining") as bar:
         for batch in ses.reader.batches(ses.paths, batch_size):
             x = np.stack([s.tensor for s in batch])
-            exp = an.explain(x, target=ses.target, keep=keep)
+            exp = an.explain(x, target=ses.target, keep=keep + ((patches.name,) if patches else ()))
             for i, sample in enumerate(batch):
                 rec = record(an, exp, i, sample, ses.labels, len(batch), ses.model_name)
                 folder = out / sample.name
                 write_sample(folder, sample, exp.relevance[i], rec, ses.layout)
                 if keep:
                     with atomic_path(folder / "layer_relevance.npz") as tmp:
-                        np.savez(tmp, **{k: v[i] for k, v in exp.kept.items()})
+                        np.savez(tmp, **{k: v[i] for k, v in exp.kept.items() if k in keep or "*" in keep})
+                if patches is not None:
+                    grid = token_grid(exp.kept[patches.name][i])
+                    write_npy(folder / "tokens.npy", grid)
+                    save_png(folder / "tokens.png", token_picture(grid))
                 written += 1
                 _summary(sample.name, rec, folder)
             bar.update(len({s.source for s in batch}))

@@ -109,7 +109,13 @@ def compile_model(an, keep_layers=()) -> onnx.ModelProto:
     def scope(layer):
         b.scope = layer.name
 
-    prop = propagate(graph, an.plan(), ctx, graph.output, start, tuple(kept), checked=False, on_layer=scope)
+    try:
+        prop = propagate(graph, an.plan(), ctx, graph.output, start, tuple(kept), checked=False, on_layer=scope)
+    except (TypeError, AttributeError, ValueError) as exc:  # a step written for arrays only
+        layer = graph.by_name.get(b.scope)
+        what = f"'{layer.name}' ({layer.op})" if layer is not None else "a layer"
+        raise InputError(f"lrpath compile cannot write the relevance step of {what} as ONNX nodes yet "
+                         f"({type(exc).__name__}); `lrpath explain` explains this model") from None
     b.scope = ""
     rel = prop.input_relevance
     if not isinstance(rel, Sym):  # nothing reaches the input

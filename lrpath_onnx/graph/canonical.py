@@ -22,6 +22,7 @@ from ..ops import handler_for
 from ..ops.registry import Alias, ParseContext, Strip
 from ..runtime.shape_probe import shape_probe
 from .constants import fold_constants, fold_shape_arithmetic
+from .layernorm_pattern import fuse_layernorm
 from .layers import Layer, LayerGraph
 from .loader import LoadedModel
 from .passes import PassContext, run_passes
@@ -189,6 +190,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     varying = varying_tensors(nodes, x)
     consts.update(fold_shape_arithmetic(nodes, consts, shapes, varying, model.opset,
                                         probe=shape_probe(model, x, shapes.get(x) or ())))
+    nodes = fuse_layernorm(nodes, consts, shapes)
     node_names = _unique_names(nodes)
     producer = {o: n for n in nodes for o in n.output if o}
     consumers: dict[str, int] = {}

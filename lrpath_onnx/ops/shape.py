@@ -38,7 +38,13 @@ class ReshapeHandler(RouteHandler):
                           out_shape=tuple(static[1:]) if static_dims(static) else None)
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
-        return [r.reshape(ctx.shape_of(layer.inputs[0]))]
+        name = layer.inputs[0]
+        static = ctx.shapes.get(name)
+        if name not in ctx.fwd and static is not None and sum(d is None for d in static) == 1:
+            # the open dim holds the batch, maybe merged with another axis (attention's
+            # batch × heads): the sizes say how big it is
+            return [r.reshape(tuple(-1 if d is None else d for d in static))]
+        return [r.reshape(ctx.shape_of(name))]
 
     def forward(self, layer, inputs):
         x = inputs[0]
@@ -187,6 +193,9 @@ class GatherHandler(RouteHandler):
 
     op_types = ("Gather",)
 
+    def needs(self, layer, rule, shapes):
+        return {layer.inputs[0]}  # its shape, wherever the batch went
+
     def parse(self, node, ctx: ParseContext):
         if ctx.is_const(node.input[0]):
             raise ctx.fail(node, "the data input is constant")
@@ -234,6 +243,9 @@ class SliceHandler(RouteHandler):
     """Slice with constant starts, ends, axes and steps: relevance goes back into the slice."""
 
     op_types = ("Slice",)
+
+    def needs(self, layer, rule, shapes):
+        return {layer.inputs[0]}  # its shape, wherever the batch went
 
     def parse(self, node, ctx: ParseContext):
         if ctx.is_const(node.input[0]):

@@ -16,8 +16,10 @@ parameter and output modifiers):
 
 ``backward.linear_rules`` evaluates any form; a new rule is one ``RuleSpec`` here.
 Layers that are not linear get a fixed treatment (``wta`` for MaxPool, ``pass`` for
-element-wise ops, ``route`` for reshapes, ``gate`` for squeeze-excitation gates), and
-merges (Add/Sum) split by contribution with ``zero`` or ``epsilon``.
+element-wise ops, ``route`` for reshapes, ``gate`` for squeeze-excitation gates,
+``softmax`` for a softmax inside the network), merges (Add/Sum) split by contribution with
+``zero`` or ``epsilon``, MatMuls of two activations take ``uniform`` or ``cp`` (AttnLRP,
+CP-LRP), and a constant addition may take ``shift`` (a position embedding as a bias).
 """
 
 from __future__ import annotations
