@@ -181,6 +181,11 @@ def test_demo_runs_offline_on_the_shipped_model(tmp_path):
         assert 0.8 < info["conservation"]["ratio"] < 1.1
     paths = tmp_path / "demo" / "paths" / "digit_3"
     assert (paths / "graph.png").exists() and len(json.loads((paths / "paths.json").read_text())["paths"]) == 5
+    for digit in (3, 7):  # the transformer, by AttnLRP, with its token maps
+        folder = tmp_path / "demo" / "vit" / f"digit_{digit}"
+        info = json.loads((folder / "explanation.json").read_text())
+        assert info["target"]["index"] == digit and info["preset_applied"] == "attnlrp"
+        assert np.load(folder / "tokens.npy").shape == (4, 4) and (folder / "tokens.png").exists()
 
 
 def test_bench_writes_json_with_ratios(cnn, tmp_path):

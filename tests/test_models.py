@@ -221,6 +221,17 @@ def test_token_map_is_the_relevance_per_patch(tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "patch embedding" in res.stderr
 
 
+def test_digit_vit_report_shows_lrp_tokens_and_why_no_paths(tmp_path):
+    res = lrpath("report", "--model-name", "mnist-vit", str(MODELS / "digits" / "digit_7.png"),
+                 "--out", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
+    page = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert page["preset_applied"] == "attnlrp" and page["tokens"] and "not transformers" in page["no_paths"]
+    assert page["target"]["index"] == 7 and (tmp_path / "r" / "tokens.png").stat().st_size > 0
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "Relevance per patch token" in html and "the class token and the softmax rule" in html
+
+
 def test_digit_vit_refuses_neuron_paths_and_compile_with_one_line(tmp_path):
     digit = str(MODELS / "digits" / "digit_3.png")
     res = lrpath("paths", "--model-name", "mnist-vit", digit, "--out", str(tmp_path / "p"))

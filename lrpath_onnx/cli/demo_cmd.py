@@ -24,7 +24,8 @@ DIGITS = ("digit_3.png", "digit_7.png")
 def demo(out):
     """Explain the shipped mnist-vgg digit classifier on shipped digits, draw the neuron graph
     and K best paths of one, reconstruct what its top neurons see, write the case-study
-    report.html, and say where everything is."""
+    report.html, explain the same digits with the shipped vision transformer (AttnLRP), and
+    say where everything is."""
     entry = get("mnist-vgg")
     click.echo(f"model mnist-vgg: {entry.path()} ({entry.quality})")
     target = Path(out) / "explain"
@@ -58,4 +59,10 @@ def demo(out):
     ses = open_session(["mnist-vgg", HERE / "digits" / DIGITS[0]], report_out)
     page = write_report(ses, report_out, k=5, per_layer=8, k_max=8)
     click.echo(f"case-study report (open in a browser): {page}")
+    vit_out = Path(out) / "vit"
+    ses = open_session(["mnist-vit", *(HERE / "digits" / d for d in DIGITS)], vit_out)
+    click.echo(f"transformer mnist-vit ({get('mnist-vit').quality}), preset {ses.an.plan().describe()}:")
+    folder = run_explain(ses, vit_out, batch_size=len(DIGITS), token_map=True)
+    click.echo(f"pictures: {folder / Path(DIGITS[0]).stem / 'overlay.png'} and tokens.png (relevance per patch) "
+               "beside it")
     return 0

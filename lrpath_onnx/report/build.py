@@ -20,8 +20,19 @@ from ..io.schema import model_json, target_json
 from ..paths.neurons import activation_tensor, graph_layers
 from ..paths.optimize import draw_sweep, sweep
 from ..paths.run import explain_paths
+from ..viz.tokens import patch_embedding, token_grid, token_picture
 from ..viz.grid import draw_grid
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, with_scale_bar
+
+
+def _patch_embedding(an):
+    """The patch embedding of a transformer explained by a transformer preset, else None."""
+    if an.plan().applied not in ("attnlrp", "cp-lrp"):
+        return None
+    try:
+        return patch_embedding(an.graph)
+    except InputError:
+        return None
 
 
 def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: int = 10,
@@ -33,9 +44,12 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
     timings: dict[str, float] = {}
     scale = 224 if min(sample.display.shape[:2]) < 224 else None
 
+    patches = _patch_embedding(an)
     t = time.perf_counter()
-    exp = an.explain(x)
+    exp = an.explain(x, keep=(patches.name,) if patches else ())
     timings["explain"] = time.perf_counter() - t
+    if patches is not None:  # a transformer's relevance per patch token, beside the pixel heatmap
+        save_png(out / "tokens.png", token_picture(token_grid(exp.kept[patches.name][0])))
     full = relevance_map(exp.relevance[0], layout)
     save_png(out / "input.png", sample.display, scale_to=scale)
     save_png(out / "heatmap.png", with_scale_bar(heatmap_rgb(full), full))
@@ -53,7 +67,8 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
             "conservation": {k_: cons[k_] for k_ in ("ratio", "output_relevance", "input_relevance")},
             "faithfulness": faith, "k": k, "per_layer": per_layer, "k_max": k_max, "thresholds": list(thresholds),
             "timings_s": timings, "paths": None, "optimize": None, "deconv": [],
-            "no_paths": None, "machine": {"cpu": platform.processor() or platform.machine(),
+            "no_paths": None, "tokens": patches is not None,
+            "machine": {"cpu": platform.processor() or platform.machine(),
                                           "python": platform.python_version()}}
     try:
         graph_layers(an)

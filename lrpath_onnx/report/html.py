@@ -148,6 +148,13 @@ def _path_sections(cs: dict, out: Path, pixel: str) -> str:
 {deconv}"""
 
 
+def _absorbed(cs: dict) -> str:
+    """What takes the relevance that does not reach the pixels, under the applied preset."""
+    if cs.get("preset_applied") in ("attnlrp", "cp-lrp"):
+        return "biases, the class token and the softmax rule’s dropped terms"
+    return "biases and ε"
+
+
 def _stage_name(key: str, cs: dict) -> str:
     """The timing table's words for a ``timings_s`` key."""
     words = {"explain": "explain (LRP)", "faithfulness": "faithfulness (region perturbation)",
@@ -213,9 +220,12 @@ def render(cs: dict, out: Path) -> str:
 {_fig(out / 'heatmap.png', 'Relevance per pixel, summed over channels: red supports the ' + ('neuron' if neurons else 'class')
       + ', blue speaks against it.', pixel)}
 {_fig(out / 'overlay.png', 'The same relevance over a grey copy of the input.', pixel)}
+{_fig(out / 'tokens.png', 'Relevance per patch token (at the patch embedding, features summed): what attention '
+      'works on. Blank patches hold relevance too (their tokens are the embedding’s bias); it reaches no pixel.')
+ if cs.get('tokens') else ''}
 </div>
 <div class=kv><div>conservation</div><div>input relevance {_fmt(cons['input_relevance'])} of output relevance {_fmt(cons['output_relevance'])}
-(ratio {_fmt(cons['ratio'])}; what is missing was absorbed by biases and ε)</div>
+(ratio {_fmt(cons['ratio'])}; what is missing was absorbed by {_absorbed(cs)})</div>
 <div>rule plan</div><div><details><summary>{len([p for p in cs['rules'] if p.get('kind') == 'linear'])} layers with a rule,
 preset {_e(cs['preset'])}{(' + ' + _e(', '.join(cs['rule_overrides']))) if cs['rule_overrides'] else ''}</summary>{_plan_table(cs['rules'])}</details></div></div>
 </section>

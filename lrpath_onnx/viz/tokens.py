@@ -31,4 +31,4 @@ def token_grid(relevance: np.ndarray) -> np.ndarray:
 
 def token_picture(grid: np.ndarray) -> np.ndarray:
     """The grid as a diverging heatmap (one square per token) with its colour bar."""
-    return with_scale_bar(heatmap_rgb(grid), grid, note=f"{grid.shape[0]}x{grid.shape[1]} tokens")
+    return with_scale_bar(heatmap_rgb(grid), grid, note=f"{grid.size} patch tokens ({grid.shape[0]} by {grid.shape[1]})")
