@@ -317,6 +317,9 @@ class Analyzer:
         keep_forward : return the forward tensors too (``Explanation.forward``).
         """
         x = self.check_input(x)
+        fixed = _fixed_batch(self.graph.input_shape)
+        if fixed is not None and x.shape[0] > fixed and x.shape[0] % fixed == 0 and self._batch_moves():
+            return self._explain_in_parts(x, fixed, target, keep, masks)
         if isinstance(target, NeuronTarget):
             self._ensure_output(self.graph.find(target.layer).output)
         t0 = time.perf_counter()
@@ -328,6 +331,34 @@ class Analyzer:
         exp.timings_s["forward"] = t1 - t0
         exp.timings_s["total"] = exp.timings_s["backward"] + t1 - t0
         return exp
+
+    def _batch_moves(self) -> bool:
+        """Whether some tensor's batch axis is not the first (attention layouts)."""
+        if not hasattr(self, "_moves"):
+            self._moves = any(a != 0 for a in self.graph.batch_axes().values())
+        return self._moves
+
+    def _explain_in_parts(self, x: np.ndarray, fixed: int, target, keep, masks) -> Explanation:
+        """A fixed-batch model whose batch axis moves inside (a transformer exported for batch 1):
+        the batch is explained ``fixed`` samples at a time and the parts joined, since its
+        tensors cannot be stacked along one axis."""
+        parts = []
+        for i in range(0, x.shape[0], fixed):
+            t = target[i:i + fixed] if isinstance(target, (list, tuple, np.ndarray)) else target
+            parts.append(self.explain(x[i:i + fixed], t, keep, masks))
+        first = parts[0]
+        flows = [LayerFlow(f.name, f.op, f.rule, np.concatenate([p.flows[j].relevance_out for p in parts]),
+                           np.concatenate([p.flows[j].relevance_in for p in parts]))
+                 for j, f in enumerate(first.flows)]
+        violations = [p.bounds_violation for p in parts if p.bounds_violation is not None]
+        return Explanation(
+            relevance=np.concatenate([p.relevance for p in parts]), logits=np.concatenate([p.logits for p in parts]),
+            targets=[t for p in parts for t in p.targets],
+            start_relevance=np.concatenate([p.start_relevance for p in parts]), flows=flows,
+            kept={k: np.concatenate([p.kept[k] for p in parts]) for k in first.kept},
+            provider=first.provider, device=first.device,
+            timings_s={k: sum(p.timings_s.get(k, 0.0) for p in parts) for k in first.timings_s},
+            bounds_violation=max(violations) if violations else None)
 
     def reexplain(self, exp: Explanation, masks: dict[str, np.ndarray] | None = None,
                   keep: Sequence[str] = ()) -> Explanation:

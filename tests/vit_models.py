@@ -36,11 +36,18 @@ def lxt_rules():
 
 
 CONFIGS = {
-    # name: (channels, size, patch, dim, heads, depth, hidden, gelu, sdpa, cls token)
-    "vit-digits": (1, 28, 7, 32, 4, 2, 64, "none", False, True),
-    "vit-rgb-tanh": (3, 24, 6, 24, 3, 3, 48, "tanh", False, True),
-    "vit-sdpa-meanpool": (3, 16, 4, 16, 2, 2, 40, "none", True, False),
+    # name: (channels, size, patch, dim, heads, depth, hidden, gelu, attention, cls token)
+    "vit-digits": (1, 28, 7, 32, 4, 2, 64, "none", "manual", True),
+    "vit-rgb-tanh": (3, 24, 6, 24, 3, 3, 48, "tanh", "manual", True),
+    "vit-sdpa-meanpool": (3, 16, 4, 16, 2, 2, 40, "none", "sdpa", False),
+    # torch's own nn.MultiheadAttention (as torchvision's ViT): only the dynamo exporter writes it
+    "vit-mha": (1, 28, 7, 32, 4, 2, 64, "none", "mha", True),
 }
+
+
+def exporters(name: str) -> tuple[str, ...]:
+    """How the fixture can be exported: ``torchscript`` (opset 17), ``opset16``, ``dynamo``."""
+    return ("dynamo",) if CONFIGS[name][8] == "mha" else ("torchscript", "opset16", "dynamo")
 
 
 def build(name: str, seed: int, mode: str = "plain"):
@@ -49,7 +56,7 @@ def build(name: str, seed: int, mode: str = "plain"):
     from torch import nn
     import torch.nn.functional as F
 
-    channels, size, patch, dim, heads, depth, hidden, gelu, sdpa, cls_token = CONFIGS[name]
+    channels, size, patch, dim, heads, depth, hidden, gelu, attention, cls_token = CONFIGS[name]
     rules = lxt_rules() if mode != "plain" else None
 
     class LayerNorm(nn.LayerNorm):
@@ -69,23 +76,33 @@ def build(name: str, seed: int, mode: str = "plain"):
     class Attention(nn.Module):
         def __init__(self):
             super().__init__()
-            self.qkv = nn.Linear(dim, 3 * dim)
-            self.proj = nn.Linear(dim, dim)
+            if attention == "mha":
+                self.mha = nn.MultiheadAttention(dim, heads, batch_first=True)
+            else:
+                self.qkv = nn.Linear(dim, 3 * dim)
+                self.proj = nn.Linear(dim, dim)
 
         def forward(self, x):
             n, t, d = x.shape
-            qkv = self.qkv(x).reshape(n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+            if attention == "mha" and mode == "plain":
+                return self.mha(x, x, x, need_weights=False)[0]
+            if attention == "mha":  # the same weights, written out so LXT's rules can be placed
+                qkv = F.linear(x, self.mha.in_proj_weight, self.mha.in_proj_bias)
+            else:
+                qkv = self.qkv(x)
+            qkv = qkv.reshape(n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]
             if mode == "attnlrp":
                 q, k, v = rules.divide_gradient(q, 4), rules.divide_gradient(k, 4), rules.divide_gradient(v, 2)
             elif mode == "cp-lrp":
                 q, k = rules.stop_gradient(q), rules.stop_gradient(k)
-            if sdpa and mode == "plain":
+            if attention == "sdpa" and mode == "plain":
                 y = F.scaled_dot_product_attention(q, k, v)
             else:
                 attn = ((q @ k.transpose(-2, -1)) * (d // heads) ** -0.5).softmax(dim=-1)
                 y = attn @ v
-            return self.proj(y.transpose(1, 2).reshape(n, t, d))
+            y = y.transpose(1, 2).reshape(n, t, d)
+            return self.mha.out_proj(y) if attention == "mha" else self.proj(y)
 
     class Block(nn.Module):
         def __init__(self):

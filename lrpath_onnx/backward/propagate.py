@@ -57,12 +57,21 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
     """
     be = ctx.backend
 
-    moved = {k: v for k, v in graph.batch_axes().items() if v != 0}
+    axes = graph.batch_axes()
+    unknown: set[str] = set()  # layers whose per-sample sums cannot be told (batch merged by a reshape)
 
-    def sample_sums(name: str, x):
+    def sample_sums(name: str, x, layer=None):
         """Per-sample sums of ``x`` (relevance of tensor ``name``), wherever its batch axis is
-        (attention's q/k/v split moves it behind the head axis)."""
-        ax = moved.get(name, 0)
+        (attention's q/k/v split moves it behind the head axis; batch-major merges are summed
+        by sizes). Where a reshape merged it in an unknown order the sums are NaN, the layer's
+        flow is left out, and only the total is checked for NaN/inf here."""
+        ax = axes.get(name, 0)
+        if ax is None:
+            total = np.asarray(be.to_host(be.sample_sums(x.reshape(1, -1))), np.float64)
+            if not np.isfinite(total).all():
+                where = f" at layer '{layer.name}' ({layer.op})" if layer is not None else ""
+                raise NumericalError(f"relevance became NaN or infinite{where}")
+            return be.asarray(np.full(ctx.batch, np.nan, np.float64 if x.dtype == np.float64 else np.float32))
         x = x if ax == 0 else np.moveaxis(x, ax, 0)
         if x.shape[0] != ctx.batch:  # batch and heads merged into one axis, batch-major
             x = x.reshape(ctx.batch, -1)
@@ -98,7 +107,9 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
             # (an activation's) has the sums it arrived with
             sums = None
             if checked:
-                sums = r_total if ri is r else sample_sums(name, ri)
+                sums = r_total if ri is r else sample_sums(name, ri, layer)
+                if axes.get(name, 0) is None or axes.get(layer.output, 0) is None:
+                    unknown.add(layer.name)
                 total_in = sums if total_in is None else total_in + sums
             if name in rel:
                 rel[name] = rel[name] + ri
@@ -108,6 +119,8 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         if checked:
             checks.append((layer, rule, r_total, total_in))
     for layer, rule, r_total, total_in in checks:  # one transfer at the end, not one per layer
+        if layer.name in unknown:
+            continue
         r_host = np.asarray(be.to_host(r_total), np.float64)
         in_host = np.zeros_like(r_host) if total_in is None else np.asarray(be.to_host(total_in), np.float64)
         if not np.isfinite(in_host).all():

@@ -446,11 +446,17 @@ class LayerGraph:
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)
 
-    def batch_axes(self) -> dict[str, int]:
-        """The batch axis of every layer's output (0 but where attention's q/k/v split moved it)."""
-        axes = {self.input: 0}
+    def batch_axes(self) -> dict[str, int | None]:
+        """The batch axis of every layer's output: 0, another axis where attention moved it (the
+        q/k/v split, a sequence-first layout), or None where a reshape merged it with another
+        axis in an order the shapes do not say."""
+        axes: dict[str, int | None] = {self.input: 0}
         for layer in self.layers:
-            axes[layer.output] = layer.handler.batch_axis(layer, axes.get(layer.inputs[0], 0))
+            ax = layer.handler.batch_axis(layer, [axes.get(i, 0) for i in layer.inputs], self.shapes)
+            static = self.shapes.get(layer.output)
+            if ax is None and static and static[0] is not None and sum(d is None for d in static) == 1:
+                ax = static.index(None)  # a known leading dim and one open one: the batch
+            axes[layer.output] = ax
         return axes
 
     def __len__(self) -> int:

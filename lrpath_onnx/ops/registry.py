@@ -221,9 +221,10 @@ class OpHandler:
                 out.append(None if None in spans else spans)
         return out
 
-    def batch_axis(self, layer: Layer, in_axis: int) -> int:
-        """The output's batch axis given the first input's (layers that move axes say how)."""
-        return in_axis
+    def batch_axis(self, layer: Layer, in_axes: list[int | None], shapes: dict[str, tuple]) -> int | None:
+        """The output's batch axis given the inputs' (None: unknown); the first known one by
+        default, layers that move axes say how."""
+        return next((a for a in in_axes if a is not None), None)
 
     def relevance_inputs(self, layer: Layer) -> list[str]:
         """The inputs that receive relevance (a gate's side branch gets none)."""

@@ -37,6 +37,20 @@ class ReshapeHandler(RouteHandler):
         return node_layer(ReshapeLayer, node, ctx, self, [node.input[0]], axis=int(attrs.get("axis", 1)),
                           out_shape=tuple(static[1:]) if static_dims(static) else None)
 
+    def needs(self, layer, rule, shapes):
+        """The input's run-time shape, unless its static shape is batch-first with every other
+        dim known (exporters that bake a batch of 1 into inner shapes leave no open dim)."""
+        s = shapes.get(layer.inputs[0])
+        return set() if s is not None and s[0] is None and static_dims(s) else {layer.inputs[0]}
+
+    def batch_axis(self, layer, in_axes, shapes):
+        """A batch-first tensor reshaped to a batch-first one (the open leading dim): the batch
+        leads, merged batch-major at worst; any other reshape of it is not known here."""
+        out = shapes.get(layer.output)
+        if in_axes[0] == 0 and (out is None or out[0] is None):
+            return 0
+        return None
+
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         name = layer.inputs[0]
         static = ctx.shapes.get(name)
@@ -94,8 +108,8 @@ class TransposeHandler(RouteHandler):
     def relevance(self, layer, rule, r, ctx):
         return [contiguous(np.transpose(r, np.argsort(layer.perm)))]
 
-    def batch_axis(self, layer, in_axis):
-        return list(layer.perm).index(in_axis)
+    def batch_axis(self, layer, in_axes, shapes):
+        return None if in_axes[0] is None else list(layer.perm).index(in_axes[0])
 
     def forward(self, layer, inputs):
         return np.transpose(inputs[0], layer.perm)
@@ -224,8 +238,9 @@ class GatherHandler(RouteHandler):
     def forward(self, layer, inputs):
         return np.take(inputs[0], layer.indices, axis=layer.axis)
 
-    def batch_axis(self, layer, in_axis):
-        return in_axis + layer.indices.ndim - 1 if layer.axis < in_axis else in_axis
+    def batch_axis(self, layer, in_axes, shapes):
+        b = in_axes[0]
+        return None if b is None or b == layer.axis else b + layer.indices.ndim - 1 if layer.axis < b else b
 
     def infer_shape(self, layer, in_shapes, readers):
         src = in_shapes[0]
