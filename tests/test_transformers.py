@@ -301,3 +301,26 @@ def test_written_out_layernorm_is_fused_and_explained_like_the_op(tmp_path, vari
     op_model.graph.initializer[1].CopyFrom(helper.make_tensor("b", 1, [D], b.tolist()))
     _, want = explain64(tmp_path, op_model, x, r)
     assert_close(exp.relevance, want.relevance, rtol=1e-6)
+
+
+@pytest.mark.parametrize("sizes", [[3, 2, 1], None])
+def test_split_outputs_are_slices_of_their_input(tmp_path, sizes):
+    """Split (TorchScript's ``unbind`` of q, k, v): each output read is a slice layer; relevance
+    goes back to its own part, the part no one reads gets none."""
+    rng = np.random.default_rng(12)
+    n = helper.make_node
+    ins = ["X", "sizes"] if sizes else ["X"]
+    nodes = [n("Split", ins, ["s0", "s1", "s2"], name="split", axis=2),
+             n("Relu", ["s0"], ["r0"], name="relu"),
+             n("Concat", ["r0", "s2"], ["Y"], name="cat", axis=2)]
+    inits = {"sizes": np.array(sizes, np.int64)} if sizes else {}
+    model = models.make_model(nodes, [models.vi("X", ["N", 3, 6])], [models.vi("Y", None)], inits)
+    x = rng.normal(0, 1, (2, 3, 6)).astype(np.float32)
+    first, last = (3, 1) if sizes else (2, 2)
+    r = rng.normal(0, 1, (2, 3, first + last))
+    an, exp = explain64(tmp_path, model, x, r)
+    assert sorted(l.name for l in an.graph.layers if l.op == "Split") == ["split:0", "split:2"]
+    want = np.zeros((2, 3, 6))
+    want[:, :, :first] = r[:, :, :first]
+    want[:, :, 6 - last:] = r[:, :, first:]
+    assert_close(exp.relevance, want)

@@ -216,7 +216,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
         break
 
     errors: list[UnsupportedOpError] = []
-    layers_by_node: dict[int, Layer] = {}
+    layers_by_node: dict[int, list[Layer]] = {}
     alias: dict[str, str] = {}
     visited: set[str] = set()
     stack = [out]
@@ -230,13 +230,19 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
             raise ModelError(f"tensor '{t}' has no producer")
         name = node_names[id(node)]
         h = handler_for(node.op_type) if node.domain in ("", "ai.onnx") else None
+        index = list(node.output).index(t)
+        if h is not None and hasattr(h, "parse_output") and len(node.output) > 1:
+            name = f"{name}:{index}"  # one layer per output read (Split)
         if h is None:
             errors.append(UnsupportedOpError(node.op_type, name))
             stack.extend(i for i in node.input if i and i not in consts)
             continue
         pctx = ParseContext(consts, shapes, model.opset, name, varying)
         try:
-            res = _parse_node(h.parse, node, pctx)
+            if hasattr(h, "parse_output"):
+                res = _parse_node(lambda n, c: h.parse_output(n, c, index), node, pctx)
+            else:
+                res = _parse_node(h.parse, node, pctx)
             if isinstance(res, Strip) and hasattr(h, "parse_inner"):  # a Softmax inside: attention
                 res = _parse_node(h.parse_inner, node, pctx) or res
         except UnsupportedOpError as exc:
@@ -255,7 +261,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
                 errors.append(UnsupportedOpError(node.op_type, name, f"the network reads its "
                                                  f"secondary output '{t}'"))
                 continue
-            layers_by_node[id(node)] = res
+            layers_by_node.setdefault(id(node), []).append(res)
             stack.extend(res.inputs)
 
     def resolve(name: str) -> str:
@@ -263,7 +269,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
             name = alias[name]
         return name
 
-    layers = [layers_by_node[id(n)] for n in nodes if id(n) in layers_by_node]
+    layers = [l for n in nodes for l in sorted(layers_by_node.get(id(n), []), key=lambda l: l.name)]
     for layer in layers:
         layer.inputs = [resolve(i) for i in layer.inputs]
     out = resolve(out)

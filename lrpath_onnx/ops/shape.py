@@ -301,3 +301,40 @@ class SliceHandler(RouteHandler):
 
     def chain_input(self, layer):
         return None
+
+
+@register
+class SplitHandler(SliceHandler):
+    """Split with constant sizes: each output read is its own slice layer (``name:k``), so q, k
+    and v taken from a fused projection by ``unbind`` get back their own part of the input."""
+
+    op_types = ("Split",)
+
+    def parse(self, node, ctx: ParseContext):
+        return self.parse_output(node, ctx, 0)
+
+    def parse_output(self, node, ctx: ParseContext, index: int):
+        if ctx.is_const(node.input[0]):
+            raise ctx.fail(node, "the data input is constant")
+        shape = ctx.shape(node.input[0])
+        attrs = ctx.attrs(node)
+        axis = int(attrs.get("axis", 0))
+        if shape is None:
+            raise ctx.fail(node, "a Split of a tensor of unknown rank")
+        axis %= len(shape)
+        if axis == 0 and shape[0] is None:
+            raise ctx.fail(node, "a Split along the batch axis")
+        sizes = attrs.get("split")
+        if sizes is None and len(node.input) > 1 and node.input[1]:
+            sizes = ctx.const(node, 1, "split").reshape(-1).tolist()
+        if sizes is None:
+            n, k = shape[axis], len(node.output)
+            if n is None:
+                raise ctx.fail(node, "an even Split of an axis of unknown size")
+            step = -(-n // k)  # ONNX: equal parts, the last one smaller
+            sizes = [min(step, n - i * step) for i in range(k)]
+        start = int(sum(sizes[:index]))
+        slices = [slice(None)] * len(shape)
+        slices[axis] = slice(start, start + int(sizes[index]), 1)
+        return SliceLayer(name=ctx.node_name, op="Split", inputs=[node.input[0]], output=node.output[index],
+                          nodes=[ctx.node_name], handler=self, slices=tuple(slices))
