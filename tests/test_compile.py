@@ -190,3 +190,33 @@ def test_transposed_convolution_nodes_match_the_cpu_kernel(strides, pads, dil, g
     want = CpuBackend(exact=True).conv2d_transpose(s, w, g, (size, size), a, ratio=(z, 0.01))
     assert got.shape == want.shape == a.shape and out.shape == (1,) + a.shape[1:]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp"])
+def test_mnist_vit_compiles_and_equals_explain(preset, tmp_path):
+    """A transformer: token gathers that move the batch axis, MatMuls of two activations,
+    LayerNorm's statistics, softmax, the class token: the compiled pass equals explain."""
+    an = Analyzer(registry.get("mnist-vit").path(), preset=preset)
+    path = compiled(an, tmp_path)
+    for target in (None, [3] * 10):
+        (got,) = run_compiled(path, an.graph.input, DIGITS, target)
+        want = exact_explain(an, DIGITS, target).relevance
+        errors = [relative_l2(g, w) for g, w in zip(got, want)]
+        assert max(errors) < 1e-5, (preset, target, errors)
+
+
+@pytest.mark.parametrize("how", ["torchscript", "dynamo", "opset16"])
+def test_torch_vits_compile_and_equal_explain(how, tmp_path):
+    """scaled_dot_product_attention and mean pooling (dynamo merges batch and heads into one
+    axis; opset 16 writes LayerNorm out): the compiled pass equals explain at batch 3."""
+    torch = pytest.importorskip("torch")  # noqa: F841  (the fixtures are torch models)
+    from tests import vit_models as vm
+
+    name = "vit-sdpa-meanpool"
+    path = vm.export(vm.build(name, 0), name, tmp_path / f"{how}.onnx", dynamo=how == "dynamo",
+                     opset=16 if how == "opset16" else 17)
+    an = Analyzer(path, preset="attnlrp")
+    x = vm.inputs(name, 3, n=3)
+    (got,) = run_compiled(compiled(an, tmp_path), an.graph.input, x, [1, 2, 3])
+    want = exact_explain(an, x, [1, 2, 3]).relevance
+    assert max(relative_l2(g, w) for g, w in zip(got, want)) < 1e-5

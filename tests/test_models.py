@@ -232,15 +232,16 @@ def test_digit_vit_report_shows_lrp_tokens_and_why_no_paths(tmp_path):
     assert "Relevance per patch token" in html and "the class token and the softmax rule" in html
 
 
-def test_digit_vit_refuses_neuron_paths_and_compile_with_one_line(tmp_path):
+def test_digit_vit_refuses_neuron_paths_with_one_line_and_compiles(tmp_path):
     digit = str(MODELS / "digits" / "digit_3.png")
     res = lrpath("paths", "--model-name", "mnist-vit", digit, "--out", str(tmp_path / "p"))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "not transformers" in res.stderr
-    res = lrpath("compile", "--model-name", "mnist-vit", "--out", str(tmp_path / "v.lrp.onnx"))
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "as ONNX nodes yet" in res.stderr
-    assert not (tmp_path / "v.lrp.onnx").exists()
     res = lrpath("explain", "--model-name", "mnist-vit", digit, "--out", str(tmp_path / "e"))
     assert res.returncode == 0 and "class 3" in res.stdout
+    res = lrpath("compile", "--model-name", "mnist-vit", "--out", str(tmp_path / "v.lrp.onnx"), "--check", digit)
+    assert res.returncode == 0, res.stderr
+    largest = float(res.stdout.strip().splitlines()[-1].split("relative L2 ")[1].split()[0])
+    assert largest < 1e-5 and (tmp_path / "v.lrp.onnx").stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------- registry + CLI

@@ -84,6 +84,15 @@ def _start(b: Builder, logits: Sym) -> Sym:
     return flat._new(target_logit_nodes(b, flat.name, flat.shape[1], TARGET), flat.shape).reshape(logits.shape)
 
 
+def _forward_sym(b: Builder, name: str, traced: tuple, dtype, bax: int | None) -> Sym:
+    """The Sym of a forward tensor traced at batch 1, its batch where the graph says; an axis that
+    holds more than the batch at batch 1 has it merged in front (attention's batch × heads)."""
+    if bax is None:
+        raise InputError(f"lrpath compile cannot tell where the batch sits in '{name}' (a reshape merges it "
+                         "with another axis); `lrpath explain` explains this model")
+    return Sym(b, name, traced, dtype, bax=bax, bsplit=(1, int(traced[bax])) if traced else (1, 1))
+
+
 def compile_model(an, keep_layers=()) -> onnx.ModelProto:
     """The ONNX model computing ``an``'s outputs and its relevance for ``target``."""
     graph = an.graph
@@ -98,7 +107,9 @@ def compile_model(an, keep_layers=()) -> onnx.ModelProto:
     for name, arr in an.model.initializers.items():
         if arr.size >= 4096:
             b.share(name, arr)
-    syms = {name: Sym(b, name, arr.shape, np.int64 if name in int_outputs else np.float32) for name, arr in fwd.items()}
+    axes = graph.batch_axes()
+    syms = {name: _forward_sym(b, name, arr.shape, np.int64 if name in int_outputs else np.float32, axes.get(name, 0))
+            for name, arr in fwd.items()}
     syms[graph.input] = Sym(b, graph.input, x0.shape)
     ctx0, _ = an._context(x0, dict(fwd))
     be = GraphBackend(b)

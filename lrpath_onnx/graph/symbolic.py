@@ -6,9 +6,10 @@ operation on it appends the ONNX node that computes it to a ``Builder`` and retu
 ``Sym`` of the node's output. Running the ordinary backward pass on ``Sym`` forward tensors
 therefore writes the relevance pass as a graph, rule by rule exactly as explain computes it.
 
-Shapes are traced with a batch of one; axis 0 of a ``batched`` tensor stands for the
-model's batch, so reshapes keep it symbolic (ONNX ``0``) and the compiled model takes any
-batch size. Data-dependent branches in the handlers (``signal.any()``) are taken as true:
+Shapes are traced with a batch of one. A tensor knows where the model's batch sits: its
+axis ``bax``, alone there or merged with neighbours (``bsplit``: the traced axis is
+``pre · N · post`` at run time, as attention's batch × heads). Reshapes write ``-1`` where the
+batch goes, so the compiled model takes any batch size. Data-dependent branches in the handlers (``signal.any()``) are taken as true:
 the graph computes every term, which for an absent term adds exact zeros.
 """
 
@@ -92,18 +93,21 @@ class Sym:
 
     __array_priority__ = 200
 
-    def __init__(self, builder: Builder, name: str, shape: tuple, dtype=np.float32, batched: bool = True) -> None:
+    def __init__(self, builder: Builder, name: str, shape: tuple, dtype=np.float32, batched: bool = True,
+                 bax: int = 0, bsplit: tuple[int, int] = (1, 1)) -> None:
         self.b = builder
         self.name = name
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
-        self.batched = batched and len(self.shape) > 0
+        self.bax = bax if batched and len(self.shape) > 0 else None
+        self.bsplit = bsplit
 
     ndim = property(lambda self: len(self.shape))
     size = property(lambda self: int(np.prod(self.shape)))
+    batched = property(lambda self: self.bax is not None)
 
     def __repr__(self) -> str:
-        return f"Sym({self.name!r}, shape={self.shape}, batched={self.batched})"
+        return f"Sym({self.name!r}, shape={self.shape}, bax={self.bax})"
 
     def __array__(self, *args, **kwargs):
         raise TypeError("a compiled tensor has no values; the operation needs an ONNX form")
@@ -111,9 +115,16 @@ class Sym:
     def __bool__(self):
         raise TypeError("a compiled tensor has no truth value")
 
-    def _new(self, name: str, shape, dtype=None, batched=None) -> "Sym":
-        return Sym(self.b, name, shape, self.dtype if dtype is None else dtype,
-                   self.batched if batched is None else batched)
+    def _new(self, name: str, shape, dtype=None, batched=None, bax=None, bsplit=None) -> "Sym":
+        """A Sym like this one: the batch where it was, unless told otherwise."""
+        batched = self.batched if batched is None else batched
+        return Sym(self.b, name, shape, self.dtype if dtype is None else dtype, batched,
+                   self.bax if bax is None else bax, self.bsplit if bsplit is None else bsplit)
+
+    def _flat_batch(self) -> tuple[int, int]:
+        """(elements before, elements after) the batch in row-major order, per batch item."""
+        pre, post = self.bsplit
+        return int(np.prod(self.shape[:self.bax])) * pre, post * int(np.prod(self.shape[self.bax + 1:]))
 
     # -- operands ---------------------------------------------------------------------
     def operand(self, x) -> tuple[str, tuple, bool]:
@@ -129,7 +140,11 @@ class Sym:
         name, shape, batched = self.operand(other)
         a, b = (name, self.name) if reverse else (self.name, name)
         out = np.broadcast_shapes(self.shape, shape)
-        return self._new(self.b.node(op, [a, b])[0], out, batched=self.batched or (batched and len(shape) == len(out)))
+        lead = self if self.batched else other if isinstance(other, Sym) and other.batched else None
+        name = self.b.node(op, [a, b])[0]
+        if lead is None:
+            return self._new(name, out, batched=False)
+        return self._new(name, out, batched=True, bax=lead.bax + len(out) - lead.ndim, bsplit=lead.bsplit)
 
     __add__ = lambda self, o: self._binary(o, "Add")
     __radd__ = lambda self, o: self._binary(o, "Add", True)
@@ -139,6 +154,17 @@ class Sym:
     __rmul__ = lambda self, o: self._binary(o, "Mul", True)
     __truediv__ = lambda self, o: self._binary(o, "Div")
     __rtruediv__ = lambda self, o: self._binary(o, "Div", True)
+
+    def __pow__(self, k):
+        if k == 2:
+            return self * self
+        return self._binary(np.asarray(k, self.dtype), "Pow")
+
+    def __matmul__(self, other) -> "Sym":
+        return _matmul(self, other)
+
+    def __rmatmul__(self, other) -> "Sym":
+        return _matmul(other, self)
 
     def __neg__(self) -> "Sym":
         return self.unary("Neg")
@@ -155,21 +181,39 @@ class Sym:
             shape = [self.size // known if s == -1 else s for s in shape]
         if int(np.prod(shape)) != self.size:
             raise ValueError(f"cannot reshape {self.shape} to {tuple(shape)}")
-        target = list(shape)
-        if self.batched:
-            if not shape or shape[0] != self.shape[0]:
-                raise _unsupported(f"a reshape that moves the batch axis ({self.shape} → {tuple(shape)})")
-            target[0] = 0  # ONNX: copy the batch size from the input
         if tuple(shape) == self.shape:
             return self
-        return self._new(self.b.node("Reshape", [self.name, self.b.ints(target)])[0], shape)
+        if not self.batched:
+            return self._new(self.b.node("Reshape", [self.name, self.b.ints(shape)])[0], shape)
+        before, after = self._flat_batch()
+        for j, d in enumerate(shape):  # the output axis the batch falls in, and its neighbours there
+            head, tail = int(np.prod(shape[:j])), int(np.prod(shape[j + 1:]))
+            if before % head == 0 and after % tail == 0 and (before // head) * (after // tail) == d:
+                target = list(shape)
+                target[j] = -1  # the batch's axis: its size follows from the others
+                name = self.b.node("Reshape", [self.name, self.b.ints(target)])[0]
+                return self._new(name, shape, bax=j, bsplit=(before // head, after // tail))
+        raise _unsupported(f"a reshape that splits the batch ({self.shape} → {tuple(shape)})")
 
     def transpose(self, *axes) -> "Sym":
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list, np.ndarray)) else axes
         axes = [int(a) for a in axes] if len(axes) else list(range(self.ndim))[::-1]
-        if self.batched and axes[0] != 0:
-            raise _unsupported("a transpose that moves the batch axis")
-        return self._new(self.b.node("Transpose", [self.name], perm=axes)[0], tuple(self.shape[a] for a in axes))
+        name = self.b.node("Transpose", [self.name], perm=axes)[0]
+        shape = tuple(self.shape[a] for a in axes)
+        return self._new(name, shape, bax=axes.index(self.bax)) if self.batched else self._new(name, shape)
+
+    def swapaxes(self, a: int, b: int) -> "Sym":
+        axes = list(range(self.ndim))
+        axes[a], axes[b] = axes[b], axes[a]
+        return self.transpose(axes)
+
+    def expand_dims(self, axis: int) -> "Sym":
+        axis %= self.ndim + 1
+        shape = self.shape[:axis] + (1,) + self.shape[axis:]
+        name = self.b.node("Unsqueeze", [self.name, self.b.ints([axis], "axes")])[0]
+        if not self.batched:
+            return self._new(name, shape)
+        return self._new(name, shape, bax=self.bax + (axis <= self.bax))
 
     @property
     def T(self) -> "Sym":
@@ -187,7 +231,7 @@ class Sym:
             lo, hi, _ = k.indices(self.shape[axis])
             if (lo, hi) == (0, self.shape[axis]):
                 continue
-            if self.batched and axis == 0:
+            if self.batched and axis == self.bax:
                 raise _unsupported("slicing the batch axis")
             starts.append(lo)
             ends.append(hi)
@@ -205,12 +249,23 @@ class Sym:
             return self  # the compiled pass runs in float32 throughout
         return self._new(self.b.node("Cast", [self.name], to=_ONNX_TYPE[np.dtype(dtype)])[0], self.shape, dtype)
 
-    def sum(self, axis=None, dtype=None, keepdims: bool = False) -> "Sym":
+    def _reduce(self, op: str, axis, keepdims: bool) -> "Sym":
         axes = list(range(self.ndim)) if axis is None else sorted(int(a) % self.ndim for a in np.atleast_1d(axis))
         shape = [1 if a in axes else d for a, d in enumerate(self.shape)] if keepdims else \
             [d for a, d in enumerate(self.shape) if a not in axes]
-        name = self.b.node("ReduceSum", [self.name, self.b.ints(axes, "axes")], keepdims=int(keepdims))[0]
-        return self._new(name, shape, batched=self.batched and 0 not in axes)
+        name = self.b.node(op, [self.name, self.b.ints(axes, "axes")], keepdims=int(keepdims))[0]
+        if not self.batched or self.bax in axes:
+            return self._new(name, shape, batched=False)
+        return self._new(name, shape, bax=self.bax - (0 if keepdims else sum(a < self.bax for a in axes)))
+
+    def sum(self, axis=None, dtype=None, keepdims: bool = False) -> "Sym":
+        return self._reduce("ReduceSum", axis, keepdims)
+
+    def mean(self, axis=None, dtype=None, keepdims: bool = False) -> "Sym":
+        """A sum times 1/count (ReduceMean takes its axes as an input only from opset 18 on)."""
+        axes = range(self.ndim) if axis is None else np.atleast_1d(axis)
+        count = int(np.prod([self.shape[int(a)] for a in axes]))
+        return self._reduce("ReduceSum", axis, keepdims) * np.float32(1.0 / count)
 
     def any(self) -> bool:
         return True  # the graph computes the term; where it is absent it adds zeros
@@ -219,6 +274,8 @@ class Sym:
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         if method != "__call__" or kwargs.get("out") is not None:
             return NotImplemented
+        if ufunc is np.matmul and len(inputs) == 2:
+            return _matmul(*inputs)
         if ufunc in _UNARY and len(inputs) == 1:
             return inputs[0].unary(_UNARY[ufunc])
         if ufunc in _BINARY and len(inputs) == 2:
@@ -235,7 +292,7 @@ class Sym:
         return impl(*args, **kwargs)
 
 
-_UNARY = {np.negative: "Neg", np.absolute: "Abs", np.sign: "Sign"}
+_UNARY = {np.negative: "Neg", np.absolute: "Abs", np.sign: "Sign", np.sqrt: "Sqrt", np.exp: "Exp"}
 _BINARY = {np.add: "Add", np.subtract: "Sub", np.multiply: "Mul", np.true_divide: "Div", np.divide: "Div",
            np.maximum: "Max", np.minimum: "Min"}
 
@@ -247,7 +304,7 @@ def _split(x: Sym, indices_or_sections, axis=0):
     else:
         edges = [0] + [int(c) for c in indices_or_sections] + [n]
         sizes = [hi - lo for lo, hi in zip(edges[:-1], edges[1:])]
-    if x.batched and axis % x.ndim == 0:
+    if x.batched and axis % x.ndim == x.bax:
         raise _unsupported("splitting the batch axis")
     names = x.b.node("Split", [x.name, x.b.ints(sizes, "split")], outputs=len(sizes), axis=axis)
     return [x._new(nm, tuple(s if a == axis % x.ndim else d for a, d in enumerate(x.shape)))
@@ -270,6 +327,32 @@ def _concatenate(xs, axis=0):
     return first._new(first.b.node("Concat", names, axis=axis)[0], shape)
 
 
+def _matmul(a, b) -> Sym:
+    """``a @ b`` (numpy's matmul: leading dims broadcast) as one MatMul node."""
+    first = a if isinstance(a, Sym) else b
+    na, sa, _ = first.operand(a)
+    nb, sb, _ = first.operand(b)
+    lead = np.broadcast_shapes(tuple(sa[:-2]), tuple(sb[:-2]))
+    shape = tuple(lead) + (sa[-2], sb[-1])
+    name = first.b.node("MatMul", [na, nb])[0]
+    src = a if isinstance(a, Sym) and a.batched else b if isinstance(b, Sym) and b.batched else None
+    if src is None:
+        return first._new(name, shape, batched=False)
+    if src.bax >= src.ndim - 2:
+        raise _unsupported("a product over the batch axis")
+    return first._new(name, shape, batched=True, bax=src.bax + len(shape) - src.ndim, bsplit=src.bsplit)
+
+
+def _pad(x: Sym, pad_width, mode="constant", **kwargs):
+    """Zero padding as one Pad node (ONNX: all begins, then all ends)."""
+    widths = [(int(p[0]), int(p[1])) for p in np.broadcast_to(np.asarray(pad_width), (x.ndim, 2))]
+    if x.batched and widths[x.bax] != (0, 0):
+        raise _unsupported("padding the batch axis")
+    pads = [w[0] for w in widths] + [w[1] for w in widths]
+    shape = tuple(d + a + b for d, (a, b) in zip(x.shape, widths))
+    return x._new(x.b.node("Pad", [x.name, x.b.ints(pads, "pads")])[0], shape)
+
+
 _FUNCTIONS = {
     np.split: _split,
     np.ones_like: lambda x, dtype=None: _full_like(x, 1, dtype),
@@ -280,4 +363,17 @@ _FUNCTIONS = {
     np.concatenate: _concatenate,
     np.reshape: lambda x, shape: x.reshape(shape),
     np.sum: lambda x, axis=None, dtype=None, keepdims=False: x.sum(axis, dtype, keepdims),
+    np.mean: lambda x, axis=None, dtype=None, keepdims=False: x.mean(axis, dtype, keepdims),
+    np.matmul: _matmul,
+    np.swapaxes: lambda x, a, b: x.swapaxes(a, b),
+    np.expand_dims: lambda x, axis: x.expand_dims(axis),
+    np.moveaxis: lambda x, source, destination: x.transpose(_moved(x.ndim, source, destination)),
+    np.pad: _pad,
 }
+
+
+def _moved(ndim: int, source: int, destination: int) -> list[int]:
+    """The permutation ``np.moveaxis(x, source, destination)`` applies."""
+    order = [a for a in range(ndim) if a != source % ndim]
+    order.insert(destination % ndim, source % ndim)
+    return order

@@ -39,7 +39,6 @@ class LayerNormHandler(OpHandler):
     def accepts(self, layer, rule):
         return rule.name in ("epsilon", "zero") and rule.bias
 
-
     def needs(self, layer, rule, shapes):
         return {layer.inputs[0], layer.output}
 

@@ -199,16 +199,27 @@ class PadHandler(RouteHandler):
         return None if any(layer.pads[i] for i in (0, 1, rank, rank + 1)) else layer.inputs[0]
 
 
+class SelectingHandler(RouteHandler):
+    """Ops that pick parts of their input (Gather, Slice, Split): relevance goes back to what was
+    picked, into an input whose run-time shape is fetched (the batch may sit on any axis)."""
+
+    def needs(self, layer, rule, shapes):
+        return {layer.inputs[0]}
+
+    def input_boxes(self, layer, box, shapes):
+        return [full_box(input_dims(layer.inputs[0], shapes))]
+
+    def chain_input(self, layer):
+        return None
+
+
 @register
-class GatherHandler(RouteHandler):
+class GatherHandler(SelectingHandler):
     """Gather with constant indices (a ViT's class token ``x[:, 0]``; q, k and v taken from a
     fused projection): each gathered element's relevance goes back to where it was read
     (summed where an index repeats), the rest of the input gets none."""
 
     op_types = ("Gather",)
-
-    def needs(self, layer, rule, shapes):
-        return {layer.inputs[0]}  # its shape, wherever the batch went
 
     def parse(self, node, ctx: ParseContext):
         if ctx.is_const(node.input[0]):
@@ -227,13 +238,20 @@ class GatherHandler(RouteHandler):
         return node_layer(GatherLayer, node, ctx, self, [node.input[0]], axis=axis, indices=indices)
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
-        shape = ctx.shape_of(layer.inputs[0])
-        ax = layer.axis
+        """Through a one-hot matrix (index × input position) along the axis: repeated indices
+        add up, and the same few products write the step as ONNX nodes (``lrpath compile``)."""
+        n = ctx.shape_of(layer.inputs[0])[layer.axis]
         idx = layer.indices.reshape(-1)
-        rows = r.reshape(tuple(shape[:ax]) + (idx.size,) + tuple(shape[ax + 1:]))
-        out = np.zeros(shape, r.dtype)
-        np.add.at(out, (slice(None),) * ax + (idx,), rows)
-        return [out]
+        ax = layer.axis
+        if layer.indices.ndim == 0:
+            rows = np.expand_dims(r, ax)
+        elif layer.indices.ndim == 1:
+            rows = r
+        else:
+            rows = r.reshape(tuple(r.shape[:ax]) + (idx.size,) + tuple(r.shape[ax + layer.indices.ndim:]))
+        onehot = np.zeros((idx.size, n), np.float64 if r.dtype == np.float64 else np.float32)
+        onehot[np.arange(idx.size), idx] = 1.0
+        return [np.moveaxis(np.moveaxis(rows, ax, -1) @ onehot, -1, ax)]
 
     def forward(self, layer, inputs):
         return np.take(inputs[0], layer.indices, axis=layer.axis)
@@ -246,21 +264,12 @@ class GatherHandler(RouteHandler):
         src = in_shapes[0]
         return None if src is None else tuple(src[:layer.axis]) + layer.indices.shape + tuple(src[layer.axis + 1:])
 
-    def input_boxes(self, layer, box, shapes):
-        return [full_box(input_dims(layer.inputs[0], shapes))]
-
-    def chain_input(self, layer):
-        return None
-
 
 @register
-class SliceHandler(RouteHandler):
+class SliceHandler(SelectingHandler):
     """Slice with constant starts, ends, axes and steps: relevance goes back into the slice."""
 
     op_types = ("Slice",)
-
-    def needs(self, layer, rule, shapes):
-        return {layer.inputs[0]}  # its shape, wherever the batch went
 
     def parse(self, node, ctx: ParseContext):
         if ctx.is_const(node.input[0]):
@@ -283,24 +292,20 @@ class SliceHandler(RouteHandler):
         for a, b, e, st in zip(axes, starts, ends, steps):
             if a == 0 and shape[0] is None:
                 raise ctx.fail(node, "a Slice along the batch axis")
-            big = np.iinfo(np.int64)
-            slices[a] = slice(None if b in (big.min, big.max) else int(b), None if e in (big.min, big.max)
-                              else int(e), st)
+            slices[a] = slice(int(b), int(e), st)  # Python clamps ONNX's INT64 "to the end" as ONNX does
         return node_layer(SliceLayer, node, ctx, self, [node.input[0]], slices=tuple(slices))
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
-        out = np.zeros(ctx.shape_of(layer.inputs[0]), r.dtype)
+        shape = ctx.shape_of(layer.inputs[0])
+        spans = [sl.indices(n) for sl, n in zip(layer.slices, shape)]
+        if all(step == 1 for _, _, step in spans):  # zero padding around the slice (an ONNX Pad)
+            return [np.pad(r, [(lo, n - max(hi, lo)) for (lo, hi, _), n in zip(spans, shape)])]
+        out = np.zeros(shape, r.dtype)
         out[layer.slices] = r
         return [out]
 
     def forward(self, layer, inputs):
         return inputs[0][layer.slices]
-
-    def input_boxes(self, layer, box, shapes):
-        return [full_box(input_dims(layer.inputs[0], shapes))]
-
-    def chain_input(self, layer):
-        return None
 
 
 @register
