@@ -53,7 +53,10 @@ def fuse_layernorm(nodes: list[onnx.NodeProto], consts: dict, shapes: dict) -> l
 
     out = []
     for node in nodes:
-        fused = _match(node, prod, consts, shapes)
+        try:
+            fused = _match(node, prod, consts, shapes)
+        except (IndexError, ValueError, TypeError):  # a malformed node: the layer walk reports it
+            fused = None
         if fused is None:
             out.append(node)
             continue
