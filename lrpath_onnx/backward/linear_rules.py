@@ -185,7 +185,8 @@ def bias_like(b, z):
 def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
              cache: WeightCache, layer_name: str, z: np.ndarray | None = None,
              bounds: tuple[np.ndarray, np.ndarray] | None = None, nonneg: bool = False,
-             terms: Mapping[Part, np.ndarray] | None = None, sign: tuple | None = None) -> list[Product]:
+             terms: Mapping[Part, np.ndarray] | None = None, sign: tuple | None = None,
+             quiet_negatives: bool = False) -> list[Product]:
     """The products whose sum is the input relevance of one linear layer under ``rule``.
 
     Parameters
@@ -200,6 +201,9 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         (the output itself, or the ReLU after it: ``rectified``, zero where z ≤ 0). Groups that
         explain only positive or only negative outputs gate the relevance with it. None:
         the layer's own forward is computed.
+    quiet_negatives : ``r`` is 0 wherever the ReLU after the layer is off
+        (``backward.vanishing``): with that ReLU as ``sign``, the group explaining the
+        non-positive outputs has nothing to explain and is left out.
     """
     form: Form = rule.form(nonneg)
     fwd = _Forward(lin, a, cache, layer_name, dict(terms or {}), bounds, form.exact)
@@ -226,6 +230,8 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         groups = groups[1:]
     for group in groups:
         signal = r
+        if group.where == "neg" and quiet_negatives and sign is not None and sign[1]:
+            continue
         if group.where != "all":
             if sign is None:  # the layer's own output (z, or z − b when the rule leaves the bias out)
                 plain, b = fwd.weights(Part("id", "id"))

@@ -16,6 +16,7 @@ from ..errors import NumericalError
 from ..graph.layers import LayerGraph
 from ..ops.registry import BackwardContext
 from ..plan.planner import Plan
+from .vanishing import quiet_negatives
 
 
 @dataclass
@@ -56,6 +57,8 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
     on_layer : called with each layer before its step (the compiled graph names its nodes by it).
     """
     be = ctx.backend
+    if not gradient:
+        ctx.quiet_negatives = quiet_negatives(graph, plan, start_tensor)
 
     axes = graph.batch_axes()
     unknown: set[str] = set()  # layers whose per-sample sums cannot be told (batch merged by a reshape)

@@ -74,7 +74,8 @@ class LinearHandler(OpHandler):
                     t = t - linear_rules.bias_like(ctx.backend.asarray(lin.bias, t.dtype), t)
                 sign = (t, tensor != layer.output)
         return dict(lin=lin, a=a, r=r, backend=ctx.backend, cache=ctx.cache, layer_name=self.cache_key(layer, a),
-                    z=z, bounds=ctx.bounds.get(layer.name), nonneg=layer.nonneg_input, terms=terms, sign=sign)
+                    z=z, bounds=ctx.bounds.get(layer.name), nonneg=layer.nonneg_input, terms=terms, sign=sign,
+                    quiet_negatives=layer.name in ctx.quiet_negatives)
 
     def output_view(self, layer, t):
         """A fetched output-shaped tensor as the linear map's output layout."""

@@ -111,6 +111,8 @@ class BackwardContext:
     dtype: Any = np.float32
     keep_products: frozenset = frozenset()
     products: dict = field(default_factory=dict)
+    #: layers whose relevance is 0 wherever the ReLU after them is off (``backward.vanishing``)
+    quiet_negatives: frozenset = frozenset()
 
     @property
     def reuse_forward(self) -> bool:

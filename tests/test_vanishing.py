@@ -1,0 +1,67 @@
+"""Behind a ReLU the γ rule's negative-output group has nothing to explain (``backward.vanishing``).
+
+Leaving it out is only allowed where the relevance is exactly 0 wherever the ReLU is off: the
+result must be the same to the last bit as computing the group, for every preset, and the
+layers where that does not hold (a bias-free rule's w² fallback above, a flat rule above,
+relevance placed on the ReLU's output from outside) must keep it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lrpath_onnx import Analyzer
+from lrpath_onnx.backward import propagate as propagate_module
+from lrpath_onnx.backward.vanishing import quiet_negatives
+from lrpath_onnx.models import registry
+from lrpath_onnx.plan.presets import PRESETS
+from tests import models
+from tests.test_compile import DIGITS
+
+
+def _without_skipping(monkeypatch):
+    monkeypatch.setattr(propagate_module, "quiet_negatives", lambda *a: frozenset())
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_leaving_the_group_out_changes_nothing(preset, monkeypatch):
+    an = Analyzer(registry.get("mnist-vgg").path(), preset=preset, low=0.0, high=1.0)
+    quiet = quiet_negatives(an.graph, an.plan(), an.graph.output)
+    fast = an.explain(DIGITS).relevance
+    _without_skipping(monkeypatch)
+    full = an.explain(DIGITS).relevance
+    np.testing.assert_array_equal(fast, full)
+    gammas = {l.name for l in an.plan().uses("gamma")}
+    if preset in ("epsilon-gamma-box", "paper"):  # every γ conv behind a ReLU is left its positive group
+        assert gammas and gammas <= quiet
+    if preset == "conserving":  # bias-free rules pass zero-denominator outputs on by w², to every input
+        assert not quiet
+
+
+def test_a_flat_rule_above_or_relevance_from_outside_keeps_the_group(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    path = models.save(models.small_cnn(rng)[0], tmp_path / "m.onnx")
+    an = Analyzer(path, preset="epsilon-gamma-box", low=-1.0, high=1.0, rules=["conv1=gamma"])
+    assert {"conv1", "conv2", "fc1"} <= quiet_negatives(an.graph, an.plan(), an.graph.output)
+    flat = Analyzer(path, preset="epsilon-gamma-box", low=-1.0, high=1.0, rules=["conv1=gamma", "conv2=flat"])
+    assert "conv1" not in quiet_negatives(flat.graph, flat.plan(), flat.graph.output)
+    assert "conv1" not in quiet_negatives(an.graph, an.plan(), "r1")
+    # relevance placed on the ReLU's output everywhere (where it is 0 too) goes on through both groups
+    x = rng.uniform(-1, 1, (2, 3, 12, 12)).astype(np.float32)
+    r = rng.normal(0, 1, (2, 6, 12, 12))
+    got = an.relevance_from(x, "r1", r, dtype=np.float64).relevance
+    _without_skipping(monkeypatch)
+    np.testing.assert_array_equal(got, an.relevance_from(x, "r1", r, dtype=np.float64).relevance)
+
+
+def test_compiled_pass_leaves_the_group_out_too():
+    """The compiled graph cannot look at values: without the plan's knowledge it would write each
+    γ layer's negative group (a modified forward and a transposed product) and add zeros."""
+    from lrpath_onnx.compile.model import compile_model
+
+    an = Analyzer(registry.get("mnist-vgg").path(), preset="epsilon-gamma-box", low=0.0, high=1.0)
+    proto = compile_model(an)
+    convs = [n for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose") and n.name.startswith("lrp/")]
+    gammas = [l.name for l in an.plan().uses("gamma") if l.op == "Conv"]
+    assert len(gammas) == 3 and len(convs) == 3 + 2 * len(gammas)  # z^B's three terms, γ's forward and transpose
