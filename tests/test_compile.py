@@ -220,3 +220,20 @@ def test_torch_vits_compile_and_equal_explain(how, tmp_path):
     (got,) = run_compiled(compiled(an, tmp_path), an.graph.input, x, [1, 2, 3])
     want = exact_explain(an, x, [1, 2, 3]).relevance
     assert max(relative_l2(g, w) for g, w in zip(got, want)) < 1e-5
+
+
+def test_multihead_attention_vit_exported_for_one_sample_compiles(tmp_path):
+    """torch's nn.MultiheadAttention through dynamo: a model fixed to one sample, sequence-first
+    inside; it compiles with its traced shapes and equals explain sample by sample."""
+    pytest.importorskip("torch")
+    from tests import vit_models as vm
+
+    path = vm.export(vm.build("vit-mha", 1), "vit-mha", tmp_path / "mha.onnx", dynamo=True)
+    an = Analyzer(path, preset="attnlrp")
+    assert an.graph.input_shape[0] == 1
+    lrp = compiled(an, tmp_path)
+    x = vm.inputs("vit-mha", 4, n=2)
+    want = exact_explain(an, x).relevance  # explained one sample at a time
+    for i in range(2):
+        (got,) = run_compiled(lrp, an.graph.input, x[i:i + 1])
+        assert relative_l2(got[0], want[i]) < 1e-5

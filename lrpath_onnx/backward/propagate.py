@@ -69,6 +69,8 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         by sizes). Where a reshape merged it in an unknown order the sums are NaN, the layer's
         flow is left out, and only the total is checked for NaN/inf here."""
         ax = axes.get(name, 0)
+        if ax is None and ctx.batch == 1:  # one sample: its sum is the tensor's
+            return be.sample_sums(x.reshape(1, -1))
         if ax is None:
             total = np.asarray(be.to_host(be.sample_sums(x.reshape(1, -1))), np.float64)
             if not np.isfinite(total).all():
@@ -111,7 +113,7 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
             sums = None
             if checked:
                 sums = r_total if ri is r else sample_sums(name, ri, layer)
-                if axes.get(name, 0) is None or axes.get(layer.output, 0) is None:
+                if ctx.batch > 1 and (axes.get(name, 0) is None or axes.get(layer.output, 0) is None):
                     unknown.add(layer.name)
                 total_in = sums if total_in is None else total_in + sums
             if name in rel:

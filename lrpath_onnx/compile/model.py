@@ -84,9 +84,12 @@ def _start(b: Builder, logits: Sym) -> Sym:
     return flat._new(target_logit_nodes(b, flat.name, flat.shape[1], TARGET), flat.shape).reshape(logits.shape)
 
 
-def _forward_sym(b: Builder, name: str, traced: tuple, dtype, bax: int | None) -> Sym:
+def _forward_sym(b: Builder, name: str, traced: tuple, dtype, bax: int | None, single: bool = False) -> Sym:
     """The Sym of a forward tensor traced at batch 1, its batch where the graph says; an axis that
-    holds more than the batch at batch 1 has it merged in front (attention's batch × heads)."""
+    holds more than the batch at batch 1 has it merged in front (attention's batch × heads). A
+    model exported for one sample is written with its shapes as they are."""
+    if single:  # it runs one sample only: every shape is as traced
+        return Sym(b, name, traced, dtype, batched=False)
     if bax is None:
         raise InputError(f"lrpath compile cannot tell where the batch sits in '{name}' (a reshape merges it "
                          "with another axis); `lrpath explain` explains this model")
@@ -108,9 +111,10 @@ def compile_model(an, keep_layers=()) -> onnx.ModelProto:
         if arr.size >= 4096:
             b.share(name, arr)
     axes = graph.batch_axes()
-    syms = {name: _forward_sym(b, name, arr.shape, np.int64 if name in int_outputs else np.float32, axes.get(name, 0))
-            for name, arr in fwd.items()}
-    syms[graph.input] = Sym(b, graph.input, x0.shape)
+    single = bool(graph.input_shape) and graph.input_shape[0] == 1  # a model exported for one sample
+    syms = {name: _forward_sym(b, name, arr.shape, np.int64 if name in int_outputs else np.float32,
+                               axes.get(name, 0), single) for name, arr in fwd.items()}
+    syms[graph.input] = Sym(b, graph.input, x0.shape, batched=not single)
     ctx0, _ = an._context(x0, dict(fwd))
     be = GraphBackend(b)
     ctx = BackwardContext(fwd=syms, backend=be, cache=WeightCache(be), batch=1, shapes=graph.shapes,

@@ -335,10 +335,11 @@ def _matmul(a, b) -> Sym:
     lead = np.broadcast_shapes(tuple(sa[:-2]), tuple(sb[:-2]))
     shape = tuple(lead) + (sa[-2], sb[-1])
     name = first.b.node("MatMul", [na, nb])[0]
-    src = a if isinstance(a, Sym) and a.batched else b if isinstance(b, Sym) and b.batched else None
+    left = isinstance(a, Sym) and a.batched
+    src = a if left else b if isinstance(b, Sym) and b.batched else None
     if src is None:
         return first._new(name, shape, batched=False)
-    if src.bax >= src.ndim - 2:
+    if src.bax == (src.ndim - 1 if left else src.ndim - 2):
         raise _unsupported("a product over the batch axis")
     return first._new(name, shape, batched=True, bax=src.bax + len(shape) - src.ndim, bsplit=src.bsplit)
 

@@ -44,11 +44,12 @@ class ReshapeHandler(RouteHandler):
         return set() if s is not None and s[0] is None and static_dims(s) else {layer.inputs[0]}
 
     def batch_axis(self, layer, in_axes, shapes):
-        """A batch-first tensor reshaped to a batch-first one (the open leading dim): the batch
-        leads, merged batch-major at worst; any other reshape of it is not known here."""
-        out = shapes.get(layer.output)
-        if in_axes[0] == 0 and (out is None or out[0] is None):
-            return 0
+        """A batch-first tensor reshaped to a batch-first one (the open leading dim, or the same
+        fixed one): the batch leads, merged batch-major at worst; any other reshape of it is not
+        known here."""
+        out, src = shapes.get(layer.output), shapes.get(layer.inputs[0])
+        if in_axes[0] == 0 and (out is None or out[0] is None or (src is not None and out[0] == src[0])):
+            return 0  # (a model with a fixed batch keeps its leading dim)
         return None
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
