@@ -25,9 +25,19 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-from train_mnist_vgg import (EPOCHS, HERE, N_HELDOUT_PER_CLASS, SEED, SOURCE, atomic_write_bytes, export_onnx,
-                             load_digits, onnx_predict, stratified_split, train)
+from train_mnist_vgg import (
+    EPOCHS,
+    HERE,
+    N_HELDOUT_PER_CLASS,
+    SEED,
+    SOURCE,
+    atomic_write_bytes,
+    export_onnx,
+    load_digits,
+    onnx_predict,
+    stratified_split,
+    train,
+)
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: nn.Module | None = None):

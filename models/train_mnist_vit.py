@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
 from train_mnist_modern import ship
 from train_mnist_vgg import SEED
 

@@ -18,7 +18,8 @@ import pytest
 from lrpath_onnx import Analyzer
 from tests import vit_models as vm
 
-for _pkg, _how in (("torch", "pip install -e '.[test]'"), ("lxt", "pip install --no-deps lxt==2.1")):
+for _pkg, _how in (("torch", "pip install -e '.[test]'"), ("lxt", "pip install --no-deps lxt==2.1"),
+                   ("transformers", "pip install -e '.[test]'")):
     if importlib.util.find_spec(_pkg) is None:
         if os.environ.get("CI"):
             raise RuntimeError(f"{_pkg} is missing in CI ({_how}): the README's test command installs it")
@@ -85,3 +86,40 @@ def test_attnlrp_and_cp_lrp_differ_where_attention_matters(exported):
 def test_auto_picks_attnlrp_for_a_vit(exported):
     an = Analyzer(exported("vit-rgb-tanh", 0))
     assert an.plan().applied == "attnlrp"
+
+
+@pytest.fixture(scope="module")
+def hf_exported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hfvit")
+    cache = {}
+
+    def get(seed, dynamo):
+        if (seed, dynamo) not in cache:
+            import torch
+
+            model = vm.logits_of(vm.hf_vit(seed))
+            path = d / f"hf-{seed}-{dynamo}.onnx"
+            with torch.no_grad():
+                if dynamo:
+                    torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), str(path), dynamo=True, opset_version=18,
+                                      input_names=["input"], output_names=["logits"],
+                                      dynamic_shapes={"x": {0: torch.export.Dim("N", min=2, max=64)}})
+                else:
+                    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                                      input_names=["input"], output_names=["logits"],
+                                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+            cache[seed, dynamo] = path
+        return cache[seed, dynamo]
+    return get
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp"])
+def test_hugging_face_vit_equals_lxt_with_its_own_patches(hf_exported, preset, dynamo):
+    """transformers' ViTForImageClassification, explained from its ONNX export, against LXT's own
+    patch functions applied to the torch model (not a re-implementation of them)."""
+    x = np.random.default_rng(7).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+    an = Analyzer(hf_exported(0, dynamo), preset=preset)
+    exp = an.explain(x, target=[3, 8])
+    want = vm.hf_lxt_relevance(0, x, exp.targets, preset)
+    assert rel_l2(exp.relevance, want) <= TOL

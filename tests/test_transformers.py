@@ -13,8 +13,15 @@ import pytest
 from onnx import helper
 
 from lrpath_onnx import Analyzer
-from lrpath_onnx.graph.layers import BilinearLayer, ConcatLayer, DenseLayer, LayerNormLayer, SoftmaxLayer
-from tests import models, reference as ref
+from lrpath_onnx.graph.layers import (
+    BilinearLayer,
+    ConcatLayer,
+    DenseLayer,
+    LayerNormLayer,
+    SoftmaxLayer,
+)
+from tests import models
+from tests import reference as ref
 
 SEEDS = [0, 1, 2]
 

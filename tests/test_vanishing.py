@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lrpath_onnx.models import registry
 
 from lrpath_onnx import Analyzer
 from lrpath_onnx.backward import propagate as propagate_module
 from lrpath_onnx.backward.vanishing import quiet_negatives
-from lrpath_onnx.models import registry
 from lrpath_onnx.plan.presets import PRESETS
 from tests import models
 from tests.test_compile import DIGITS

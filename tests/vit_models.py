@@ -53,8 +53,8 @@ def exporters(name: str) -> tuple[str, ...]:
 def build(name: str, seed: int, mode: str = "plain"):
     """The fixture ``name`` with seeded weights, in ``mode`` ``plain``, ``attnlrp`` or ``cp-lrp``."""
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     channels, size, patch, dim, heads, depth, hidden, gelu, attention, cls_token = CONFIGS[name]
     rules = lxt_rules() if mode != "plain" else None
@@ -178,3 +178,95 @@ def lxt_relevance(name: str, seed: int, x: np.ndarray, targets, mode: str) -> np
     out = model(xt)
     out[torch.arange(len(targets)), torch.as_tensor(targets)].sum().backward()
     return (xt * xt.grad).detach().numpy()
+
+
+def lxt_patches():
+    """``lxt.efficient.patches``: LXT's own forward patches (the package imports transformers'
+    model files and ``torchvision.models.vision_transformer``, which the stub stands in for)."""
+    from tests import torchvision_stub
+
+    torchvision_stub.install()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lxt warns when zennit's optional hooks do not load
+        from lxt.efficient import patches
+    return patches
+
+
+def hf_vit(seed: int):
+    """A Hugging Face ``ViTForImageClassification`` (eager attention), 32² RGB, patch 8, width 48,
+    2 layers of 4 heads, seeded, LayerNorms and embeddings away from their defaults."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=48, num_hidden_layers=2,
+                    num_attention_heads=4, intermediate_size=96, num_labels=10, attn_implementation="eager")
+    torch.manual_seed(seed)
+    m = ViTForImageClassification(cfg).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.3, 0.3)
+        m.vit.embeddings.cls_token.normal_(0, 0.5)
+        m.vit.embeddings.position_embeddings.normal_(0, 0.5)
+    return m
+
+
+def logits_of(model):
+    """``pixel_values → logits`` of a Hugging Face classifier, as a module for the ONNX export."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return self.m(pixel_values=x).logits
+
+    return Logits().eval()
+
+
+def hf_lxt_relevance(seed: int, x: np.ndarray, targets, mode: str) -> np.ndarray:
+    """LXT's Gradient × Input on the Hugging Face ViT with LXT's own patches applied: its attention
+    wrapper (q, k ÷ 4 and v ÷ 2 for AttnLRP; q, k stopped for CP-LRP), its LayerNorm forward (σ
+    stopped) and its identity rule on the GELU. The patches change the classes for good, so
+    this runs in a process of its own (``python -m tests.vit_models``)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        np.save(Path(d) / "x.npy", x)
+        subprocess.run([sys.executable, "-m", "tests.vit_models", str(seed), mode, d, json.dumps([int(t) for t in targets])],
+                       check=True, cwd=Path(__file__).resolve().parents[1])
+        return np.load(Path(d) / "relevance.npy")
+
+
+def _hf_lxt_main(seed: int, mode: str, folder: str, targets: list[int]) -> None:
+    import torch
+    from transformers import activations
+    from transformers.models.vit import modeling_vit
+
+    patches = lxt_patches()
+    model = hf_vit(seed).double()
+    if mode == "attnlrp":
+        patches.patch_attention(modeling_vit)
+    else:
+        patches.patch_cp_attention(modeling_vit)
+    patches.patch_method(patches.layer_norm_forward, torch.nn.LayerNorm)
+    patches.patch_method(patches.non_linear_forward, activations.GELUActivation, keep_original=True)
+    x = torch.tensor(np.load(Path(folder) / "x.npy"), dtype=torch.float64, requires_grad=True)
+    out = model(pixel_values=x).logits
+    out[torch.arange(len(targets)), torch.as_tensor(targets)].sum().backward()
+    np.save(Path(folder) / "relevance.npy", (x * x.grad).detach().numpy())
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    _hf_lxt_main(int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))

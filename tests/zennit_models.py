@@ -17,8 +17,6 @@ in (``import_zennit``).
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -28,23 +26,9 @@ SHAPE = (3, 32, 32)
 
 def import_zennit():
     """zennit's modules, with a stub ``torchvision.models.resnet`` for its import of block classes."""
-    if "torchvision" not in sys.modules:
-        import importlib.machinery
+    from tests import torchvision_stub
 
-        import torch
-
-        def module(name):
-            m = types.ModuleType(name)
-            m.__spec__ = importlib.machinery.ModuleSpec(name, None)
-            return m
-
-        tv = module("torchvision")
-        tv.models = module("torchvision.models")
-        tv.models.resnet = module("torchvision.models.resnet")
-        tv.models.resnet.Bottleneck = type("Bottleneck", (torch.nn.Module,), {})
-        tv.models.resnet.BasicBlock = type("BasicBlock", (torch.nn.Module,), {})
-        sys.modules.update({"torchvision": tv, "torchvision.models": tv.models,
-                            "torchvision.models.resnet": tv.models.resnet})
+    torchvision_stub.install()
     import zennit.canonizers
     import zennit.composites
     import zennit.layer

@@ -10,8 +10,20 @@ plan, so a compiled pass (which cannot look at the values) leaves them out too.
 
 from __future__ import annotations
 
-from ..graph.layers import (ActivationLayer, ConcatLayer, GateLayer, GatherLayer, LayerGraph, LinearLayer, MaxPoolLayer,
-                            MergeLayer, PadLayer, ReshapeLayer, SliceLayer, TransposeLayer)
+from ..graph.layers import (
+    ActivationLayer,
+    ConcatLayer,
+    GateLayer,
+    GatherLayer,
+    LayerGraph,
+    LinearLayer,
+    MaxPoolLayer,
+    MergeLayer,
+    PadLayer,
+    ReshapeLayer,
+    SliceLayer,
+    TransposeLayer,
+)
 from ..plan.planner import Plan
 
 #: input modifiers that multiply by the activation (a, a⁺, a⁻): zero in, zero relevance out

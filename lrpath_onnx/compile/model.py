@@ -21,11 +21,11 @@ from onnx import TensorProto, helper, numpy_helper
 from ..backward.linear_rules import WeightCache
 from ..backward.propagate import propagate
 from ..errors import InputError, ModelError
+from ..graph.symbolic import Builder, Sym
 from ..ops.emit import output_node, target_logit_nodes
 from ..ops.registry import BackwardContext
 from ..runtime.session import add_switch_outputs
 from .backend import GraphBackend
-from ..graph.symbolic import Builder, Sym
 
 #: the opset the compiled graph is written in (ScatterElements' reduction needs 16)
 OPSET = 17

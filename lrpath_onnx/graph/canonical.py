@@ -27,7 +27,6 @@ from .layers import Layer, LayerGraph
 from .loader import LoadedModel
 from .passes import PassContext, run_passes
 
-
 #: ops that may end the graph and are removed there (LRP explains the logits before them)
 STRIPPABLE = ("Softmax", "LogSoftmax", "Identity", "Dropout")
 

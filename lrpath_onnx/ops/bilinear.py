@@ -16,7 +16,15 @@ import numpy as np
 
 from ..graph.layers import BilinearLayer
 from ..plan.rules import make_rule
-from .registry import BackwardContext, OpHandler, ParseContext, full_box, input_dims, node_layer, unbroadcast
+from .registry import (
+    BackwardContext,
+    OpHandler,
+    ParseContext,
+    full_box,
+    input_dims,
+    node_layer,
+    unbroadcast,
+)
 
 
 def _swap(x):

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
-from ..graph.layers import GatherLayer, PadLayer, ReshapeLayer, SliceLayer, TransposeLayer
+from ..graph.layers import (
+    GatherLayer,
+    PadLayer,
+    ReshapeLayer,
+    SliceLayer,
+    TransposeLayer,
+)
 from .arrays import contiguous
-from .registry import (Alias, BackwardContext, OpHandler, ParseContext, clip_span, full_box, input_dims, node_layer,
-                       register, static_dims)
+from .registry import (
+    Alias,
+    BackwardContext,
+    OpHandler,
+    ParseContext,
+    clip_span,
+    full_box,
+    input_dims,
+    node_layer,
+    register,
+    static_dims,
+)
 
 
 class RouteHandler(OpHandler):
@@ -138,6 +155,22 @@ class IdentityHandler(OpHandler):
     op_types = ("Identity", "Dropout")
 
     def parse(self, node, ctx):
+        return Alias(node.output[0], node.input[0])
+
+
+@register
+class CastHandler(OpHandler):
+    """Cast to a floating type on the data path (Hugging Face's ``softmax(dtype=float32).to(dtype)``):
+    an identity for relevance; casts to integers or booleans carry no relevance and are refused."""
+
+    op_types = ("Cast",)
+    FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+    def parse(self, node, ctx):
+        to = ctx.attrs(node).get("to")
+        if to not in self.FLOATS:
+            raise ctx.fail(node, f"a Cast to {onnx.TensorProto.DataType.Name(to) if to else 'nothing'} on the data "
+                                 "path (only casts between float types pass relevance)")
         return Alias(node.output[0], node.input[0])
 
 

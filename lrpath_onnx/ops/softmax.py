@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph.layers import SoftmaxLayer
-from .registry import BackwardContext, OpHandler, ParseContext, Strip, node_layer, register
+from .registry import (
+    BackwardContext,
+    OpHandler,
+    ParseContext,
+    Strip,
+    node_layer,
+    register,
+)
 
 
 @register
