@@ -163,8 +163,9 @@ def _image_input(model: LoadedModel, shapes: dict[str, tuple]) -> str:
 
 
 def _parse_node(parse, node, ctx: ParseContext):
-    """``parse`` (a handler's ``parse`` or ``parse_inner``), with a malformed node (an attribute of the wrong type, a weight of
-    the wrong rank, a missing input) reported as a ModelError naming it instead of a crash."""
+    """``parse`` (a handler's ``parse``, ``parse_inner`` or ``parse_output``), with a malformed node
+    (an attribute of the wrong type, a weight of the wrong rank, a missing input) reported as a
+    ModelError naming it instead of a crash."""
     try:
         return parse(node, ctx)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError) as exc:

@@ -179,8 +179,7 @@ _PROBE_BATCHES = (2, 3)
 def _shape_value(node: onnx.NodeProto, shape: tuple | None, batch: int) -> np.ndarray | None:
     """``Shape``'s output for a tensor of static ``shape`` whose batch dim (the one unknown) is
     ``batch``; None when more than that is unknown."""
-    if shape is None or sum(d is None for d in shape) > 1 or (None in shape and shape[0] is not None
-                                                              and shape.count(None) != 1):
+    if shape is None or sum(d is None for d in shape) > 1:
         return None
     full = np.asarray([batch if d is None else d for d in shape], np.int64)
     a = _attrs(node)
