@@ -9,21 +9,15 @@ explain the torch model by Gradient × Input in float64.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 from lrpath_onnx import Analyzer
 from tests import vit_models as vm
+from tests.requires import require
 
-for _pkg, _how in (("torch", "pip install -e '.[test]'"), ("lxt", "pip install --no-deps lxt==2.1"),
-                   ("transformers", "pip install -e '.[test]'")):
-    if importlib.util.find_spec(_pkg) is None:
-        if os.environ.get("CI"):
-            raise RuntimeError(f"{_pkg} is missing in CI ({_how}): the README's test command installs it")
-        pytest.skip(f"{_pkg} is not installed here ({_how}); CI runs these tests", allow_module_level=True)
+require(("torch", "pip install -e '.[test]'"), ("lxt", "pip install --no-deps lxt==2.1"),
+        ("transformers", "pip install -e '.[test]'"))
 
 TOL = 1e-4
 

@@ -8,21 +8,15 @@ name, BN merged by its canonizer, residual sums through its ``Sum`` layer (Norm 
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 from lrpath_onnx import Analyzer
 from tests import zennit_models as zm
+from tests.requires import require
 
-for _pkg, _how in (("torch", "pip install -e '.[test]'"), ("zennit", "pip install --no-deps zennit==0.5.1"),
-                   ("onnxscript", "pip install -e '.[test]'")):
-    if importlib.util.find_spec(_pkg) is None:
-        if os.environ.get("CI"):
-            raise RuntimeError(f"{_pkg} is missing in CI ({_how}): the README's test command installs it")
-        pytest.skip(f"{_pkg} is not installed here ({_how}); CI runs these tests", allow_module_level=True)
+require(("torch", "pip install -e '.[test]'"), ("zennit", "pip install --no-deps zennit==0.5.1"),
+        ("onnxscript", "pip install -e '.[test]'"))
 import torch  # noqa: E402
 
 PRESETS = ("epsilon-gamma-box", "epsilon-plus", "epsilon-alpha2-beta1")
