@@ -1,8 +1,8 @@
 """AttnLRP and CP-LRP equal LXT's (Achtibat et al., ICML 2024) on torch ViTs exported to ONNX.
 
-Four ViT families (``tests/vit_models.py``: class token or mean pooling, erf or tanh GELU,
-hand-written attention, ``scaled_dot_product_attention`` or ``nn.MultiheadAttention``, grey or
-RGB, 2–3 blocks), two seeds each, top-1 and given targets, three exports (TorchScript at
+Five ViT families (``tests/vit_models.py``: class token or mean pooling, erf or tanh GELU,
+hand-written attention, ``scaled_dot_product_attention``, ``nn.MultiheadAttention`` or whole
+``nn.TransformerEncoderLayer``s, grey or RGB, 2–3 blocks), two seeds each, top-1 and given targets, three exports (TorchScript at
 opset 17 and 16, dynamo at 18): the analyzer explains the ONNX export, LXT's rule functions
 explain the torch model by Gradient × Input in float64.
 """

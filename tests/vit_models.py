@@ -42,12 +42,14 @@ CONFIGS = {
     "vit-sdpa-meanpool": (3, 16, 4, 16, 2, 2, 40, "none", "sdpa", False),
     # torch's own nn.MultiheadAttention (as torchvision's ViT): only the dynamo exporter writes it
     "vit-mha": (1, 28, 7, 32, 4, 2, 64, "none", "mha", True),
+    # torch's nn.TransformerEncoderLayer (pre-norm, GELU): its fused fast path, dynamo only too
+    "vit-encoder": (3, 16, 4, 24, 3, 2, 48, "none", "encoder", True),
 }
 
 
 def exporters(name: str) -> tuple[str, ...]:
     """How the fixture can be exported: ``torchscript`` (opset 17), ``opset16``, ``dynamo``."""
-    return ("dynamo",) if CONFIGS[name][8] == "mha" else ("torchscript", "opset16", "dynamo")
+    return ("dynamo",) if CONFIGS[name][8] in ("mha", "encoder") else ("torchscript", "opset16", "dynamo")
 
 
 def build(name: str, seed: int, mode: str = "plain"):
@@ -59,13 +61,15 @@ def build(name: str, seed: int, mode: str = "plain"):
     channels, size, patch, dim, heads, depth, hidden, gelu, attention, cls_token = CONFIGS[name]
     rules = lxt_rules() if mode != "plain" else None
 
+    def lxt_layer_norm(norm, x):
+        """LayerNorm with σ through LXT's ``stop_gradient`` (its ``layer_norm_forward``)."""
+        mean = x.mean(dim=-1, keepdim=True)
+        std = ((x - mean) ** 2).mean(dim=-1, keepdim=True).add(norm.eps).sqrt()
+        return (x - mean) / rules.stop_gradient(std) * norm.weight + norm.bias
+
     class LayerNorm(nn.LayerNorm):
         def forward(self, x):
-            if rules is None:
-                return super().forward(x)
-            mean = x.mean(dim=-1, keepdim=True)
-            std = ((x - mean) ** 2).mean(dim=-1, keepdim=True).add(self.eps).sqrt()
-            return (x - mean) / rules.stop_gradient(std) * self.weight + self.bias
+            return super().forward(x) if rules is None else lxt_layer_norm(self, x)
 
     class Gelu(nn.GELU):
         def forward(self, x):
@@ -76,7 +80,7 @@ def build(name: str, seed: int, mode: str = "plain"):
     class Attention(nn.Module):
         def __init__(self):
             super().__init__()
-            if attention == "mha":
+            if attention in ("mha", "encoder"):
                 self.mha = nn.MultiheadAttention(dim, heads, batch_first=True)
             else:
                 self.qkv = nn.Linear(dim, 3 * dim)
@@ -86,7 +90,7 @@ def build(name: str, seed: int, mode: str = "plain"):
             n, t, d = x.shape
             if attention == "mha" and mode == "plain":
                 return self.mha(x, x, x, need_weights=False)[0]
-            if attention == "mha":  # the same weights, written out so LXT's rules can be placed
+            if attention in ("mha", "encoder"):  # the same weights, written out so LXT's rules can be placed
                 qkv = F.linear(x, self.mha.in_proj_weight, self.mha.in_proj_bias)
             else:
                 qkv = self.qkv(x)
@@ -102,18 +106,33 @@ def build(name: str, seed: int, mode: str = "plain"):
                 attn = ((q @ k.transpose(-2, -1)) * (d // heads) ** -0.5).softmax(dim=-1)
                 y = attn @ v
             y = y.transpose(1, 2).reshape(n, t, d)
-            return self.mha.out_proj(y) if attention == "mha" else self.proj(y)
+            return self.mha.out_proj(y) if attention in ("mha", "encoder") else self.proj(y)
 
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
+            if attention == "encoder":
+                self.layer = nn.TransformerEncoderLayer(dim, heads, hidden, dropout=0.0, activation="gelu",
+                                                        batch_first=True, norm_first=True)
+                return
             self.norm1, self.attn = LayerNorm(dim), Attention()
             self.norm2 = LayerNorm(dim)
             self.mlp = nn.Sequential(nn.Linear(dim, hidden), Gelu(approximate=gelu), nn.Linear(hidden, dim))
 
         def forward(self, x):
+            if attention == "encoder":
+                return self.layer(x) if rules is None else self._encoder_lxt(x)
             x = x + self.attn(self.norm1(x))
             return x + self.mlp(self.norm2(x))
+
+        def _encoder_lxt(self, x):
+            """nn.TransformerEncoderLayer's pre-norm computation with its own weights, LXT's rules placed."""
+            layer = self.layer
+            attn = Attention()
+            attn.mha = layer.self_attn
+            x = x + attn(lxt_layer_norm(layer.norm1, x))
+            h = rules.identity_rule_implicit(F.gelu, layer.linear1(lxt_layer_norm(layer.norm2, x)))
+            return x + layer.linear2(h)
 
     class ViT(nn.Module):
         def __init__(self):
