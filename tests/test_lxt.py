@@ -2,9 +2,9 @@
 
 Five ViT families (``tests/vit_models.py``: class token or mean pooling, erf or tanh GELU,
 hand-written attention, ``scaled_dot_product_attention``, ``nn.MultiheadAttention`` or whole
-``nn.TransformerEncoderLayer``s, grey or RGB, 2–3 blocks), two seeds each, top-1 and given targets, three exports (TorchScript at
-opset 17 and 16, dynamo at 18): the analyzer explains the ONNX export, LXT's rule functions
-explain the torch model by Gradient × Input in float64.
+``nn.TransformerEncoderLayer``s, grey or RGB, 2–3 blocks), two seeds each, top-1 and given
+targets, three exports (TorchScript at opset 17 and 16, dynamo at 18): the analyzer explains
+the ONNX export, LXT's rule functions explain the torch model by Gradient × Input in float64.
 """
 
 from __future__ import annotations

@@ -260,8 +260,9 @@ def hf_lxt_relevance(seed: int, x: np.ndarray, targets, mode: str) -> np.ndarray
 
     with tempfile.TemporaryDirectory() as d:
         np.save(Path(d) / "x.npy", x)
-        subprocess.run([sys.executable, "-m", "tests.vit_models", str(seed), mode, d, json.dumps([int(t) for t in targets])],
-                       check=True, cwd=Path(__file__).resolve().parents[1])
+        args = [str(seed), mode, d, json.dumps([int(t) for t in targets])]
+        subprocess.run([sys.executable, "-m", "tests.vit_models", *args], check=True,
+                       cwd=Path(__file__).resolve().parents[1])
         return np.load(Path(d) / "relevance.npy")
 
 

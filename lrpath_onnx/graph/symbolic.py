@@ -9,8 +9,9 @@ therefore writes the relevance pass as a graph, rule by rule exactly as explain 
 Shapes are traced with a batch of one. A tensor knows where the model's batch sits: its
 axis ``bax``, alone there or merged with neighbours (``bsplit``: the traced axis is
 ``pre · N · post`` at run time, as attention's batch × heads). Reshapes write ``-1`` where the
-batch goes, so the compiled model takes any batch size. Data-dependent branches in the handlers (``signal.any()``) are taken as true:
-the graph computes every term, which for an absent term adds exact zeros.
+batch goes, so the compiled model takes any batch size. Data-dependent branches in the
+handlers (``signal.any()``) are taken as true: the graph computes every term, which for an
+absent term adds exact zeros.
 """
 
 from __future__ import annotations
