@@ -39,7 +39,16 @@ def _zero_off(layer: ActivationLayer) -> bool:
 
 
 def quiet_negatives(graph: LayerGraph, plan: Plan, start_tensor: str) -> frozenset[str]:
-    """Names of the linear layers whose relevance is 0 wherever the ReLU after them is 0."""
+    """Names of the linear layers whose relevance is 0 wherever the ReLU after them is 0 (worked
+    out once per plan and start: every batch of an explain asks again)."""
+    cache = plan.__dict__.setdefault("_quiet_negatives", {})
+    key = (id(graph), start_tensor)
+    if key not in cache:
+        cache[key] = _quiet_negatives(graph, plan, start_tensor)
+    return cache[key]
+
+
+def _quiet_negatives(graph: LayerGraph, plan: Plan, start_tensor: str) -> frozenset[str]:
     memo: dict[str, bool] = {}
 
     def vanishes(tensor: str) -> bool:

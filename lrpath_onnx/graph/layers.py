@@ -450,6 +450,8 @@ class LayerGraph:
         """The batch axis of every layer's output: 0, another axis where attention moved it (the
         q/k/v split, a sequence-first layout), or None where a reshape merged it with another
         axis in an order the shapes do not say."""
+        if getattr(self, "_batch_axes", None) is not None:  # the layers are final: once per graph
+            return self._batch_axes
         axes: dict[str, int | None] = {self.input: 0}
         for layer in self.layers:
             ax = layer.handler.batch_axis(layer, [axes.get(i, 0) for i in layer.inputs], self.shapes)
@@ -457,6 +459,7 @@ class LayerGraph:
             if ax is None and static and static[0] is not None and sum(d is None for d in static) == 1:
                 ax = static.index(None)  # a known leading dim and one open one: the batch
             axes[layer.output] = ax
+        self._batch_axes = axes
         return axes
 
     def __len__(self) -> int:

@@ -183,8 +183,7 @@ class ActivationHandler(OpHandler):
             if e.size != 1:
                 raise ctx.fail(node, "Pow with a non-scalar exponent")
             params = {"exponent": float(e.reshape(-1)[0])}
-        if ctx.is_const(node.input[0]):
-            raise ctx.fail(node, "the data input is constant")
+        ctx.data_input(node)
         return node_layer(ActivationLayer, node, ctx, self, [node.input[0]], fn=fn, params=params)
 
     def forward(self, layer, inputs):

@@ -95,8 +95,7 @@ class BatchNormHandler(AffineHandler):
         attrs = ctx.attrs(node)
         if attrs.get("spatial", 1) != 1:
             raise ctx.fail(node, "BatchNormalization with spatial=0")
-        if ctx.is_const(node.input[0]):
-            raise ctx.fail(node, "the data input is constant")
+        ctx.data_input(node)
         gamma = ctx.const(node, 1, "scale").astype(np.float64)
         beta = ctx.const(node, 2, "bias").astype(np.float64)
         mean = ctx.const(node, 3, "mean").astype(np.float64)

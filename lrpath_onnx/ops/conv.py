@@ -92,8 +92,7 @@ class ConvHandler(LinearHandler):
     op_types = ("Conv",)
 
     def parse(self, node, ctx: ParseContext):
-        if ctx.is_const(node.input[0]):
-            raise ctx.fail(node, "the data input is constant")
+        ctx.data_input(node)
         w = ctx.const(node, 1, "weight")
         if w.ndim != 4:
             raise ctx.fail(node, f"only 2-D convolutions are supported (weight rank {w.ndim})")

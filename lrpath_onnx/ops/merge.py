@@ -98,20 +98,19 @@ class ConcatHandler(OpHandler):
         return ({n for n in layer.inputs if not static_dims(shapes.get(n))}
                 | {name for _, name, size, _ in layer.constants if size is None})
 
+    @staticmethod
+    def _pieces(layer):
+        """Every piece in order: (input name, None, None), or (None, constant name, static size or None)."""
+        fixed = {pos: (name, size) for pos, name, size, _ in layer.constants}
+        data = iter(layer.inputs)
+        for pos in range(len(layer.inputs) + len(layer.constants)):
+            yield (None, *fixed[pos]) if pos in fixed else (next(data), None, None)
+
     def _sizes(self, layer, ndim: int, ctx: BackwardContext) -> list[tuple[str | None, int]]:
         """(input name or None for a constant, size along the axis) for every piece in order."""
         axis = layer.axis % ndim
-        fixed = {pos: (name, size) for pos, name, size, _ in layer.constants}
-        data = iter(layer.inputs)
-        pieces = []
-        for pos in range(len(layer.inputs) + len(layer.constants)):
-            if pos in fixed:
-                name, size = fixed[pos]
-                pieces.append((None, size if size is not None else ctx.shape_of(name)[axis]))
-            else:
-                name = next(data)
-                pieces.append((name, ctx.shape_of(name)[axis]))
-        return pieces
+        return [(None, size if size is not None else ctx.shape_of(const)[axis]) if name is None
+                else (name, ctx.shape_of(name)[axis]) for name, const, size in self._pieces(layer)]
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         pieces = self._sizes(layer, r.ndim, ctx)
@@ -128,16 +127,14 @@ class ConcatHandler(OpHandler):
     def input_boxes(self, layer, box, shapes):
         """Each input the part of the box on its own slice of the concatenated axis."""
         axis = layer.axis % (len(box) + 1) - 1
-        fixed = {pos: size for pos, _, size, _ in layer.constants}
-        data = iter(layer.inputs)
         out, start = [], 0
-        for pos in range(len(layer.inputs) + len(layer.constants)):
-            if pos in fixed:
-                if fixed[pos] is None:
+        for name, _, size in self._pieces(layer):
+            if name is None:
+                if size is None:
                     raise ValueError(f"'{layer.name}': the size of a constant piece is known at run time only")
-                start += fixed[pos]
+                start += size
                 continue
-            dims = input_dims(next(data), shapes)
+            dims = input_dims(name, shapes)
             span = clip_span(box[axis][0] - start, box[axis][1] - start, dims[axis])
             out.append(None if span is None else box[:axis] + (span,) + box[axis + 1:])
             start += dims[axis]

@@ -12,32 +12,29 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph.layers import LayerNormLayer
-from ..plan.rules import make_rule
-from .registry import BackwardContext, OpHandler, ParseContext, node_layer, register
+from .registry import (
+    BackwardContext,
+    OpHandler,
+    OwnLinearMap,
+    ParseContext,
+    node_layer,
+    register,
+)
 
 
 @register
-class LayerNormHandler(OpHandler):
+class LayerNormHandler(OwnLinearMap, OpHandler):
     """LayerNormalization (opset 17) with constant scale and bias."""
 
     op_types = ("LayerNormalization",)
-    fixed_rule = None
-
     def parse(self, node, ctx: ParseContext):
-        if ctx.is_const(node.input[0]):
-            raise ctx.fail(node, "the data input is constant")
+        ctx.data_input(node)
         attrs = ctx.attrs(node)
         weight = np.asarray(ctx.const(node, 1, "scale"), np.float32)
         bias = ctx.optional_const(node, 2, "bias")
         return node_layer(LayerNormLayer, node, ctx, self, [node.input[0]], axis=int(attrs.get("axis", -1)),
                           epsilon=float(attrs.get("epsilon", 1e-5)), weight=weight,
                           bias=None if bias is None else np.asarray(bias, np.float32))
-
-    def default_rule(self, layer):
-        return make_rule("epsilon", 1e-6)
-
-    def accepts(self, layer, rule):
-        return rule.name in ("epsilon", "zero") and rule.bias
 
     def needs(self, layer, rule, shapes):
         return {layer.inputs[0], layer.output}

@@ -11,20 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph.layers import ReduceLayer
-from ..plan.rules import make_rule
-from .registry import BackwardContext, OpHandler, ParseContext, node_layer, register
+from .registry import (
+    BackwardContext,
+    OpHandler,
+    OwnLinearMap,
+    ParseContext,
+    node_layer,
+    register,
+)
 
 
 @register
-class ReduceSumHandler(OpHandler):
+class ReduceSumHandler(OwnLinearMap, OpHandler):
     """ReduceSum, and ReduceMean over axes other than a 4-D map's spatial ones."""
 
     op_types = ("ReduceSum",)
-    fixed_rule = None
-
     def parse(self, node, ctx: ParseContext):
-        if ctx.is_const(node.input[0]):
-            raise ctx.fail(node, "the data input is constant")
+        ctx.data_input(node)
         attrs = ctx.attrs(node)
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
@@ -37,12 +40,6 @@ class ReduceSumHandler(OpHandler):
             raise ctx.fail(node, f"{node.op_type} over the batch axis")
         return node_layer(ReduceLayer, node, ctx, REDUCE, [node.input[0]], axes=axes,
                           keepdims=bool(attrs.get("keepdims", 1)), mean=node.op_type == "ReduceMean")
-
-    def default_rule(self, layer):
-        return make_rule("epsilon", 1e-6)
-
-    def accepts(self, layer, rule):
-        return rule.name in ("epsilon", "zero") and rule.bias
 
     def needs(self, layer, rule, shapes):
         return {layer.inputs[0]}

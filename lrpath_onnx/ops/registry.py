@@ -73,6 +73,12 @@ class ParseContext:
                                      f"{what} ('{name}') is not a constant")
         return np.asarray(self.consts[name])
 
+    def data_input(self, node: onnx.NodeProto) -> str:
+        """The node's data input (input 0), or the error that it is a constant (folded away)."""
+        if self.is_const(node.input[0]):
+            raise self.fail(node, "the data input is constant")
+        return node.input[0]
+
     def optional_const(self, node: onnx.NodeProto, i: int, what: str) -> np.ndarray | None:
         if i >= len(node.input) or not node.input[i]:
             return None
@@ -240,6 +246,20 @@ class OpHandler:
         """Whether the layer is a ReLU-like rectifier (its output is what the previous layer's
         neurons are seen by, and deconvolution rectifies there)."""
         return False
+
+
+class OwnLinearMap:
+    """Mixin for layers explained as a linear map of their own (LayerNorm with σ held, a sum over
+    tokens) rather than by a preset's rule: ε = 1e-6 unless a preset or ``--rule`` gives LRP-0 or
+    another ε; the map's bias (if any) always takes part."""
+
+    fixed_rule = None
+
+    def default_rule(self, layer):
+        return make_rule("epsilon", 1e-6)
+
+    def accepts(self, layer, rule):
+        return rule.name in ("epsilon", "zero") and rule.bias
 
 
 #: an inclusive (lo, hi) span per non-batch axis of a tensor

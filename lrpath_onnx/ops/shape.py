@@ -256,8 +256,7 @@ class GatherHandler(SelectingHandler):
     op_types = ("Gather",)
 
     def parse(self, node, ctx: ParseContext):
-        if ctx.is_const(node.input[0]):
-            raise ctx.fail(node, "the data input is constant")
+        ctx.data_input(node)
         indices = np.asarray(ctx.const(node, 1, "indices"), np.int64)
         axis = int(ctx.attrs(node).get("axis", 0))
         shape = ctx.shape(node.input[0])
@@ -306,8 +305,7 @@ class SliceHandler(SelectingHandler):
     op_types = ("Slice",)
 
     def parse(self, node, ctx: ParseContext):
-        if ctx.is_const(node.input[0]):
-            raise ctx.fail(node, "the data input is constant")
+        ctx.data_input(node)
         shape = ctx.shape(node.input[0])
         if shape is None:
             raise ctx.fail(node, "a Slice of a tensor of unknown rank")
@@ -353,8 +351,7 @@ class SplitHandler(SliceHandler):
         return self.parse_output(node, ctx, 0)
 
     def parse_output(self, node, ctx: ParseContext, index: int):
-        if ctx.is_const(node.input[0]):
-            raise ctx.fail(node, "the data input is constant")
+        ctx.data_input(node)
         shape = ctx.shape(node.input[0])
         attrs = ctx.attrs(node)
         axis = int(attrs.get("axis", 0))
