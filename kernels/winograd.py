@@ -36,7 +36,8 @@ def applies(kh: int, kw: int, strides, dilations, groups: int) -> bool:
 def transform_kernel(w: np.ndarray) -> np.ndarray:
     """(K, C, 3, 3) → U (16, K, C) with U[4a+b] = (G g Gᵀ)[a, b] (float64 maths, w's dtype)."""
     K, C = w.shape[:2]
-    u = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G).reshape(16, K, C)
+    # two matrix products per (k, c) (an unoptimised 4-operand einsum took 50 ms a VGG16 layer)
+    u = (G @ w.astype(np.float64) @ G.T).transpose(2, 3, 0, 1).reshape(16, K, C)
     return np.ascontiguousarray(u, w.dtype)
 
 

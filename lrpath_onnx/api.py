@@ -7,6 +7,7 @@ cached across calls; ``explain`` then costs one forward and one backward pass pe
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -450,7 +451,8 @@ class Analyzer:
             violation = float(((x < lows - 1e-6) | (x > highs + 1e-6)).mean())
         be = self.backend  # the CPU keeps the tensors; a GPU gets each of them once per batch
         ctx = BackwardContext(fwd=be.upload_tensors(fwd), backend=be, cache=self.cache, batch=x.shape[0],
-                              shapes=self.graph.shapes, bounds=bounds, dtype=x.dtype)
+                              shapes=self.graph.shapes, bounds=bounds, dtype=x.dtype,
+                              bounds_key=_fingerprint(self.low, self.high) if bounds else "")
         return ctx, violation
 
     def gradient(self, x: np.ndarray, target: int | Sequence[int] | None = None, dtype=np.float32) -> Explanation:
@@ -516,6 +518,16 @@ class Analyzer:
             f = h.flows(layer, self._plan.rule_for(layer), self.backend.upload(r), ctx, np.asarray(rows),
                         np.asarray(cols), exp.products.get(layer.name))
         return np.asarray(self.backend.to_host(f))
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+    """A short digest of arrays' shapes and values."""
+    h = hashlib.blake2b(digest_size=8)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(repr((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _model_file(model: str | Path):

@@ -4,6 +4,7 @@ masked backward pass, and sample by sample in a batch."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -100,6 +101,45 @@ def test_neuron_maps_add_up_and_each_sample_uses_its_own_forward_pass(digits, la
     pick = [0, 3, n - 1]
     np.testing.assert_allclose(neuron_maps(an, exp, layer, pick, 1), neuron_maps(an, alone, layer, pick, 0),
                                rtol=1e-5, atol=1e-8)
+
+
+def test_later_passes_reuse_the_modified_forwards_of_the_first(digits, monkeypatch):
+    """The rules' forward terms (γ's modified forward, z^B's bounded ones) depend on the
+    activations only: the explanation the neuron graph keeps holds them, and the restricted
+    passes that follow convolve nothing forward, with the same maps as recomputing them."""
+    an, _, exp = digits
+    kept = {k for k in exp.forward if "::z[" in k}
+    gamma = [l.name for l in an.graph.layers if an.plan().rule_for(l).name in ("gamma", "zbox")]
+    assert gamma and {k.split("::")[0] for k in kept} >= {an.graph.find(n).output for n in gamma}
+    layer = "features.5"
+    masks = np.eye(exp.kept[layer].shape[1], dtype=np.float32)[:4]
+    calls = []
+    forward = type(an.backend).conv2d
+    monkeypatch.setattr(type(an.backend), "conv2d", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    reused = restricted_maps(an, exp, layer, masks, sample=1)
+    assert calls == []
+    bare = {k: v for k, v in exp.forward.items() if k not in kept}
+    recomputed = restricted_maps(an, dataclasses.replace(exp, forward=bare), layer, masks, sample=1)
+    assert len(calls) >= 2  # the layers below features.5 compute their terms again
+    # the kept terms come from the batch of two, the recomputed ones from a batch of four:
+    # BLAS may sum in another order
+    np.testing.assert_allclose(reused, recomputed, rtol=1e-5, atol=1e-6 * np.abs(recomputed).max())
+
+
+def test_kept_z_box_terms_are_not_taken_under_other_bounds():
+    an = Analyzer(HERE / "mnist_vgg.onnx", low=0.0, high=1.0)
+    x = np.random.default_rng(3).uniform(size=(1, 1, 28, 28)).astype(np.float32)
+    exp = explain_for_graph(an, x)
+    assert any("above" in k for k in exp.forward)
+    masks = np.eye(exp.kept["features.2"].shape[1], dtype=np.float32)[:3]
+    an.set_bounds(-0.5, 1.5)
+    got = restricted_maps(an, exp, "features.2", masks)
+    bare = {k: v for k, v in exp.forward.items() if "::z[" not in k}
+    want = restricted_maps(an, dataclasses.replace(exp, forward=bare), "features.2", masks)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    an.set_bounds(0.0, 1.0)
+    stale = restricted_maps(an, dataclasses.replace(exp, forward=bare), "features.2", masks)
+    assert np.abs(stale - want).max() > 1e-3 * np.abs(want).max()  # the bounds matter
 
 
 def test_layerwise_shares_and_summary(digits):

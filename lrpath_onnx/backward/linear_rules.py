@@ -108,6 +108,13 @@ def forward_terms(rule: Rule, nonneg: bool) -> list[Part]:
     return [p for g in form.groups if g.where in ("all", "pos") for p in g.parts if p.inp in ("id", "pos", "neg")]
 
 
+def all_parts(rule: Rule, nonneg: bool) -> list[Part]:
+    """Every forward product ``rule`` may compute (its groups' parts, and w²'s fallback)."""
+    form = rule.form(nonneg)
+    parts = [p for g in form.groups for p in g.parts]
+    return parts + [FALLBACK] if form.fallback else parts
+
+
 def _input(a: np.ndarray, part: Part, bounds) -> np.ndarray | None:
     """``ρ_in(a)`` of a part (None: the constant 1)."""
     if part.inp == "id":
@@ -185,7 +192,7 @@ def bias_like(b, z):
 def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
              cache: WeightCache, layer_name: str, z: np.ndarray | None = None,
              bounds: tuple[np.ndarray, np.ndarray] | None = None, nonneg: bool = False,
-             terms: Mapping[Part, np.ndarray] | None = None, sign: tuple | None = None,
+             terms: dict[Part, np.ndarray] | None = None, sign: tuple | None = None,
              quiet_negatives: bool = False) -> list[Product]:
     """The products whose sum is the input relevance of one linear layer under ``rule``.
 
@@ -196,7 +203,9 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
     z : the layer's own output from onnxruntime; reused where the rule's forward is it.
     bounds : (low, high) arrays shaped like ``a``, for z^B.
     nonneg : ``a`` is known to be ≥ 0.
-    terms : part forwards already computed (by onnxruntime), keyed by ``Part``.
+    terms : part forwards already computed (by onnxruntime or an earlier pass), keyed by
+        ``Part``; those the kernels compute here are added to it, so a caller that keeps
+        them (``LinearHandler.relevance``) spares later passes over the same batch the work.
     sign : ``(tensor, rectified)``: a tensor positive exactly where the layer's output is
         (the output itself, or the ReLU after it: ``rectified``, zero where z ≤ 0). Groups that
         explain only positive or only negative outputs gate the relevance with it. None:
@@ -206,7 +215,7 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         non-positive outputs has nothing to explain and is left out.
     """
     form: Form = rule.form(nonneg)
-    fwd = _Forward(lin, a, cache, layer_name, dict(terms or {}), bounds, form.exact)
+    fwd = _Forward(lin, a, cache, layer_name, terms, bounds, form.exact)
     out: list[Product] = []
     lost = None  # relevance of outputs whose denominator is 0 (passed on by w² when the form says so)
 
@@ -265,7 +274,7 @@ def relevance(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
               bounds: tuple[np.ndarray, np.ndarray] | None = None, nonneg: bool = False,
               terms: Mapping[Part, np.ndarray] | None = None, sign: tuple | None = None) -> np.ndarray:
     """Input relevance of one linear layer under ``rule``: the sum of its ``products``."""
-    prods = products(rule, lin, a, r, backend, cache, layer_name, z, bounds, nonneg, terms, sign)
+    prods = products(rule, lin, a, r, backend, cache, layer_name, z, bounds, nonneg, dict(terms or {}), sign)
     return combine(lin, prods, a, cache, layer_name)
 
 

@@ -14,9 +14,12 @@ from ..plan.rules import Rule, make_rule
 from .registry import BackwardContext, OpHandler, full_box, input_dims
 
 
-def term_tensor(layer, part: Part) -> str:
-    """Name of the tensor holding the forward of ``part`` of ``layer`` (when onnxruntime computes it)."""
-    return f"{layer.output}::z[{part.tag()}]"
+def term_tensor(layer, part: Part, bounds_key: str = "") -> str:
+    """Name of the tensor holding the forward of ``part`` of ``layer`` (computed by onnxruntime,
+    or kept from an earlier pass over the same batch). z^B's parts depend on the bounds too:
+    theirs carry ``bounds_key``, so a pass under other bounds does not take them."""
+    key = f"@{bounds_key}" if bounds_key and part.inp in ("above", "below") else ""
+    return f"{layer.output}::z[{part.tag()}{key}]"
 
 
 class LinearHandler(OpHandler):
@@ -62,8 +65,8 @@ class LinearHandler(OpHandler):
         if ctx.reuse_forward:  # onnxruntime's float32 products; a float64 run recomputes them
             z = ctx.fwd.get(layer.output) if linear_rules.is_identity(rule) else None
             z = None if z is None else self.output_view(layer, z)
-            for term in self.terms(layer, rule):
-                t = ctx.fwd.get(term_tensor(layer, term))
+            for term in linear_rules.all_parts(rule, layer.nonneg_input):
+                t = ctx.fwd.get(term_tensor(layer, term, ctx.bounds_key))
                 if t is not None:
                     terms[term] = t
         if ctx.reuse_forward and linear_rules.needs_sign(rule, layer.nonneg_input):  # a float64 run recomputes it
@@ -84,9 +87,9 @@ class LinearHandler(OpHandler):
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         setup = self._setup(layer, rule, r, ctx)
         prods = linear_rules.products(rule, **setup)
-        if ctx.reuse_forward and ctx.keep_products:  # forward terms serve later passes (reexplain)
+        if ctx.reuse_forward and ctx.keep_products:  # forward terms serve later passes (reexplain, relevance_below)
             for term, value in setup["terms"].items():
-                ctx.fwd.setdefault(term_tensor(layer, term), value)
+                ctx.fwd.setdefault(term_tensor(layer, term, ctx.bounds_key), value)
         if layer.name in ctx.keep_products:  # the neuron graph's flows reuse them
             ctx.products[layer.name] = (setup["lin"], prods)
         return [linear_rules.combine(setup["lin"], prods, setup["a"], ctx.cache, setup["layer_name"])]

@@ -117,6 +117,8 @@ class BackwardContext:
     dtype: Any = np.float32
     keep_products: frozenset = frozenset()
     products: dict = field(default_factory=dict)
+    #: a fingerprint of the z^B bounds (the forward terms that depend on them are kept under it)
+    bounds_key: str = ""
     #: layers whose relevance is 0 wherever the ReLU after them is off (``backward.vanishing``)
     quiet_negatives: frozenset = frozenset()
 
