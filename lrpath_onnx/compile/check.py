@@ -46,9 +46,10 @@ def compare(an, path: Path, x: np.ndarray, target=None, keep=()) -> list[str]:
     """Per sample and output, the relative L2 of the compiled file's relevance against the
     analyzer's: its backward pass (exact products) on the compiled file's own forward values
     (what compiling can change), explain with exact products, and explain as it runs by
-    default (Winograd products). The first and the second differ where onnxruntime rounds
-    the two graphs' forwards differently and the explanation amplifies it (near-zero ε
-    denominators)."""
+    default (Winograd products). The first and the second would differ if onnxruntime
+    rounded the two graphs' forwards differently (the explanation amplifies that through
+    near-zero ε denominators); both sides are built to run the same forward (the file's dense
+    weights are not prepacked, the session declares its outputs' shapes)."""
     from ..backend import CpuBackend
 
     kept = tuple(an.graph.find(k).name for k in keep)

@@ -48,6 +48,28 @@ def _full_proto(model) -> onnx.ModelProto:
     return proto
 
 
+def _keep_unpacked(proto: onnx.ModelProto) -> None:
+    """Declare the weights of the forward graph's matrix products as (overridable) graph inputs
+    too, keeping their initializers as defaults.
+
+    onnxruntime prepacks a constant B of Gemm/MatMul, and its prepacked kernel sums in another
+    order than the plain one the analyzer's session runs (which shares those weights with the
+    relevance pass instead of copying them): 97 % of VGG16's dense outputs differed by an ulp,
+    and the ε rule's small denominators turned that into 7·10⁻⁵ of the heatmap. An
+    initializer that is also an input is not constant to onnxruntime, so it is not prepacked
+    and both sides compute the forward alike. Callers need not feed them (onnxruntime lists
+    them among ``get_overridable_initializers``, not ``get_inputs``)."""
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    declared = {v.name for v in g.input}
+    for node in g.node:
+        if node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits \
+                and node.input[1] not in declared:
+            t = inits[node.input[1]]
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            declared.add(t.name)
+
+
 def _at_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` in the default-domain opset the relevance nodes are written in."""
     current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -106,6 +128,7 @@ def compile_model(an, keep_layers=()) -> onnx.ModelProto:
     fwd = an.forward(x0)  # batch-1 values give every forward tensor's shape
     proto = _at_opset(_full_proto(an.model))
     int_outputs = add_switch_outputs(proto, graph, set(fwd))
+    _keep_unpacked(proto)
     b = Builder(_names(proto))
     for name, arr in an.model.initializers.items():
         if arr.size >= 4096:

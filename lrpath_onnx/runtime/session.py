@@ -67,6 +67,17 @@ def add_switch_outputs(proto: onnx.ModelProto, graph: LayerGraph, requests: set[
     return int_outputs
 
 
+def _declared_dims(graph: LayerGraph, name: str) -> list | None:
+    """The shape an added output is declared with: the graph's, batch left open, where every
+    other dim is known; else none. An output of unknown shape hides its shape from
+    onnxruntime's fusions (MatMul + Add into Gemm needs it): the session would then compute
+    another forward than the model's own, one rounding apart (vgg16-mri's dense layers)."""
+    shape = graph.shapes.get(name)
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        return None
+    return [None] + list(shape[1:])
+
+
 def _shared_weights(model: LoadedModel) -> set[str]:
     """Big initializers read only as the weight operand of dense layers."""
     uses: dict[str, list[tuple[str, int]]] = {}
@@ -138,7 +149,7 @@ class ActivationRuntime:
         del g.output[:]
         for name in self.output_names:
             dtype = TensorProto.INT64 if name in int_outputs else TensorProto.FLOAT
-            g.output.append(helper.make_tensor_value_info(name, dtype, None))
+            g.output.append(helper.make_tensor_value_info(name, dtype, _declared_dims(graph, name)))
         del g.value_info[:]  # stale shapes of renamed/extended outputs must not constrain ORT
         self.original_outputs = existing
         self._int_outputs = int_outputs
@@ -154,9 +165,17 @@ class ActivationRuntime:
         del proto, g, inits
         try:
             self.session = ort.InferenceSession(data, opts, providers=providers)
-        except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelError(f"onnxruntime cannot run {model.path.name}: {msg}") from None
+        except Exception:  # declared output shapes onnxruntime disagrees with: leave them open
+            proto = onnx.ModelProto.FromString(data)
+            for out in proto.graph.output:
+                out.type.tensor_type.ClearField("shape")
+            data = proto.SerializeToString()
+            del proto
+            try:
+                self.session = ort.InferenceSession(data, opts, providers=providers)
+            except Exception as exc:
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ModelError(f"onnxruntime cannot run {model.path.name}: {msg}") from None
         del data
         self.provider = self.session.get_providers()[0]
         self._binding_values = {name: ort.OrtValue.ortvalue_from_numpy(

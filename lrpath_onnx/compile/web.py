@@ -1,0 +1,137 @@
+"""``lrpath compile --web DIR``: a static page that explains pictures in the browser.
+
+DIR gets the compiled model, onnxruntime-web's WebAssembly build (copied from the npm
+package the user has, nothing fetched at run time) and ``index.html``: drop a picture on it
+and it preprocesses it as the CLI does (resize, centre crop, scale, mean/std, layout),
+runs the model's forward and relevance pass in one onnxruntime-web session and draws the
+heatmap in the CLI's colours. ``?image=NAME`` explains a picture beside the page on load
+(a demo, and how the browser test drives it). Browsers load WebAssembly only over HTTP:
+``python -m http.server -d DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+from ..errors import InputError
+from ..io.images import Preprocess
+
+#: what the page needs from onnxruntime-web's ``dist`` folder (single-threaded WebAssembly)
+ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+HOW = "npm pack onnxruntime-web (or npm install onnxruntime-web) and pass --ort-web with the .tgz or the package folder"
+PAGE = Path(__file__).with_name("web_page.html")
+
+
+def ort_web_candidates(given: Path | None) -> list[Path]:
+    """Where onnxruntime-web may be: ``--ort-web``, ``$LRPATH_ORT_WEB``, ./node_modules, the cache."""
+    if given is not None:
+        return [given]
+    out = [Path(os.environ["LRPATH_ORT_WEB"])] if os.environ.get("LRPATH_ORT_WEB") else []
+    out.append(Path("node_modules") / "onnxruntime-web")
+    cache = Path(os.environ.get("LRPATH_CACHE", Path.home() / ".cache" / "lrpath-onnx"))
+    out += sorted(cache.glob("onnxruntime-web-*.tgz"), reverse=True)
+    return out
+
+
+def copy_ort_web(source: Path | None, dest: Path) -> str:
+    """Copy ``ORT_FILES`` from an onnxruntime-web package (folder, its ``dist``, or the npm
+    ``.tgz``) into ``dest``; the package's version."""
+    for cand in ort_web_candidates(source):
+        if cand.is_file() and cand.name.endswith((".tgz", ".tar.gz")):
+            return _from_tarball(cand, dest)
+        for dist in (cand / "dist", cand):
+            if all((dist / f).is_file() for f in ORT_FILES):
+                dest.mkdir(parents=True, exist_ok=True)
+                for f in ORT_FILES:
+                    shutil.copyfile(dist / f, dest / f)
+                return _version(dist.parent / "package.json") or _version(dist / "package.json") or "unknown"
+        if source is not None:
+            raise InputError(f"--ort-web {source}: no onnxruntime-web dist files there ({', '.join(ORT_FILES)}); {HOW}")
+    raise InputError(f"--web needs onnxruntime-web: {HOW}")
+
+
+def _from_tarball(path: Path, dest: Path) -> str:
+    try:
+        with tarfile.open(path) as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            missing = [f for f in ORT_FILES if f"package/dist/{f}" not in members]
+            if missing:
+                raise InputError(f"--ort-web {path}: not an onnxruntime-web package (no {missing[0]}); {HOW}")
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in ORT_FILES:
+                with tar.extractfile(members[f"package/dist/{f}"]) as src, open(dest / f, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            meta = members.get("package/package.json")
+            return json.load(tar.extractfile(meta)).get("version", "unknown") if meta else "unknown"
+    except (tarfile.TarError, OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"--ort-web {path}: cannot read it as an npm package ({exc})") from None
+
+
+def _without_target_default(compiled: Path, dest: Path) -> None:
+    """The compiled model with ``target`` a plain input: onnxruntime-web refuses to feed an
+    input that has a default value (an initializer), so the page always feeds it (−1: top-1)."""
+    import onnx
+
+    from .model import TARGET
+
+    proto = onnx.load(str(compiled))
+    kept = [t for t in proto.graph.initializer if t.name != TARGET]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    onnx.save(proto, str(dest))
+
+
+def _version(package_json: Path) -> str | None:
+    try:
+        return json.loads(package_json.read_text()).get("version")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def page_config(an, pre: Preprocess, labels: list[str] | None, model_file: str) -> dict:
+    """What the page needs to know: the model file and its input, the preprocessing, labels."""
+    return {
+        "model": model_file, "input": an.graph.input, "output": an.graph.output,
+        "size": list(pre.size), "channels": pre.channels, "layout": pre.layout, "resize": pre.resize,
+        "fit": pre.fit, "scale": pre.scale, "mean": [float(v) for v in _per_channel(pre.mean, pre.channels)],
+        "std": [float(v) for v in _per_channel(pre.std, pre.channels)], "channel_order": pre.channel_order,
+        "labels": labels, "preset": an.plan().describe(),
+    }
+
+
+def _per_channel(v, n: int) -> list[float]:
+    vals = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+    return vals * n if len(vals) == 1 else vals[:n]
+
+
+SITE = ("index.html", "model.lrp.onnx", "ort")
+
+
+def check_site_folder(dest: Path) -> None:
+    """``dest`` must be new, empty, or a page this command wrote (it is replaced whole)."""
+    if dest.exists() and (not dest.is_dir() or any(p.name not in SITE for p in dest.iterdir())):
+        raise InputError(f"--web {dest}: give a new or empty folder (it holds other files)")
+
+
+def write_site(dest: Path, compiled: Path, config: dict, ort_web: Path | None) -> str:
+    """Write the page, the model and onnxruntime-web into ``dest`` (built beside it, then
+    moved in place: an error leaves no half-written site); onnxruntime-web's version."""
+    check_site_folder(dest)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        version = copy_ort_web(ort_web, tmp / "ort")
+        _without_target_default(compiled, tmp / config["model"])
+        html = PAGE.read_text(encoding="utf-8").replace("/*CONFIG*/null", json.dumps(config))
+        (tmp / "index.html").write_text(html, encoding="utf-8")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return version
