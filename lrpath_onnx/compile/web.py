@@ -18,12 +18,14 @@ import tarfile
 from pathlib import Path
 
 from ..errors import InputError
-from ..io.images import Preprocess
+from ..io.images import Preprocess, per_channel
 
 #: what the page needs from onnxruntime-web's ``dist`` folder (single-threaded WebAssembly)
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 HOW = "npm pack onnxruntime-web (or npm install onnxruntime-web) and pass --ort-web with the .tgz or the package folder"
 PAGE = Path(__file__).with_name("web_page.html")
+#: what a site folder holds (the page, the model, onnxruntime-web)
+SITE = ("index.html", "model.lrp.onnx", "ort")
 
 
 def ort_web_candidates(given: Path | None) -> list[Path]:
@@ -97,18 +99,10 @@ def page_config(an, pre: Preprocess, labels: list[str] | None, model_file: str) 
     return {
         "model": model_file, "input": an.graph.input, "output": an.graph.output,
         "size": list(pre.size), "channels": pre.channels, "layout": pre.layout, "resize": pre.resize,
-        "fit": pre.fit, "scale": pre.scale, "mean": [float(v) for v in _per_channel(pre.mean, pre.channels)],
-        "std": [float(v) for v in _per_channel(pre.std, pre.channels)], "channel_order": pre.channel_order,
+        "fit": pre.fit, "scale": pre.scale, "mean": per_channel(pre.mean, pre.channels, "mean").tolist(),
+        "std": per_channel(pre.std, pre.channels, "std").tolist(), "channel_order": pre.channel_order,
         "labels": labels, "preset": an.plan().describe(),
     }
-
-
-def _per_channel(v, n: int) -> list[float]:
-    vals = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
-    return vals * n if len(vals) == 1 else vals[:n]
-
-
-SITE = ("index.html", "model.lrp.onnx", "ort")
 
 
 def check_site_folder(dest: Path) -> None:

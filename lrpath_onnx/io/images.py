@@ -123,7 +123,7 @@ def _flatten(img: Image.Image, mode: str) -> Image.Image:
     return Image.fromarray(out[..., 0] if mode == "L" else out)
 
 
-def _per_channel(values: tuple[float, ...], channels: int, name: str) -> np.ndarray:
+def per_channel(values: tuple[float, ...], channels: int, name: str) -> np.ndarray:
     """Broadcast ``mean``/``std`` to one value per channel (length 1, C, or all equal)."""
     v = np.atleast_1d(np.asarray(values, dtype=np.float64))
     if v.ndim != 1 or not np.isfinite(v).all():
@@ -187,9 +187,9 @@ class Preprocess:
             raise InputError(f"resize must be a positive integer, got {self.resize!r}")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise InputError(f"scale must be a positive finite number, got {self.scale!r}")
-        if np.any(_per_channel(self.std, self.channels, "std") == 0):
+        if np.any(per_channel(self.std, self.channels, "std") == 0):
             raise InputError(f"std must not contain zero, got {self.std!r}")
-        _per_channel(self.mean, self.channels, "mean")
+        per_channel(self.mean, self.channels, "mean")
 
     def apply(self, img: Image.Image) -> np.ndarray:
         """The float32 model input for ``img``: (C, H, W) for nchw, (H, W, C) for nhwc."""
@@ -197,8 +197,8 @@ class Preprocess:
         x = np.asarray(pic, dtype=np.float64).reshape(self.size + (self.channels,))
         if self.channel_order == "bgr":
             x = x[..., ::-1]
-        mean = _per_channel(self.mean, self.channels, "mean")
-        std = _per_channel(self.std, self.channels, "std")
+        mean = per_channel(self.mean, self.channels, "mean")
+        std = per_channel(self.std, self.channels, "std")
         x = (x * self.scale - mean) / std
         if self.layout == "nchw":
             x = x.transpose(2, 0, 1)
@@ -288,8 +288,8 @@ def z_bounds(pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
     These are the box bounds of the z^B rule for the first layer, shaped to broadcast
     against a batched model input: (1, C, 1, 1) for nchw, (1, 1, 1, C) for nhwc.
     """
-    mean = _per_channel(pre.mean, pre.channels, "mean")
-    std = _per_channel(pre.std, pre.channels, "std")
+    mean = per_channel(pre.mean, pre.channels, "mean")
+    std = per_channel(pre.std, pre.channels, "std")
     a, b = (0.0 * pre.scale - mean) / std, (255.0 * pre.scale - mean) / std
     shape = (1, pre.channels, 1, 1) if pre.layout == "nchw" else (1, 1, 1, pre.channels)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
