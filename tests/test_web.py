@@ -67,7 +67,7 @@ def open_url(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess
 
 def page_result(url: str, profile: Path) -> dict:
     dom = open_url(url, profile, "--dump-dom").stdout
-    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.S)
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
     assert found and found.group(1), dom[-2000:]
     return json.loads(html.unescape(found.group(1)))
 
@@ -115,6 +115,42 @@ def test_page_draws_the_heatmap(site, tmp_path):
     assert red.sum() > 200  # the digit's strokes in the heatmap's red
 
 
+def test_a_model_ending_in_softmax_and_labels_with_markup(tmp_path):
+    """The page reads the model's own output (the analyzer explains the logits under a final
+    Softmax, which the compiled file does not output by that name); labels are data, never
+    markup or the end of the page's script."""
+    model = Path(__file__).parent / "fixtures" / "torch_mlp_softmax.onnx"
+    labels = tmp_path / "labels.txt"
+    labels.write_text("</script><script>document.title='owned'</script>\n<b>two</b>\nthree\nfour\nfive\nsix\n")
+    res = lrpath("compile", model, "--out", tmp_path / "m.lrp.onnx", "--web", tmp_path / "site",
+                 "--ort-web", ort_web(), "--labels", labels)
+    assert res.returncode == 0, res.stderr
+    page = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    assert page.count("</script>") == 2  # the two script elements' own ends
+    config = json.loads(re.search(r"const CONFIG = (\{.*?\});\n", page).group(1))
+    assert config["output"] == "logits" and config["labels"][0].startswith("</script>")
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "site" / "x.png")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/index.html?image=x.png"
+        dom = open_url(url, tmp_path / "profile", "--dump-dom").stdout
+    finally:
+        server.shutdown()
+    assert "<title>lrpath: explain a picture in the browser</title>" in dom  # no script ran from a label
+    res = json.loads(html.unescape(re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL).group(1)))
+    assert res["status"] == "done", res
+    an = Analyzer(model)
+    x = decode(res, "input")
+    exp = an.explain(x)
+    assert res["target"] == exp.targets[0]
+    assert relative_l2(decode(res, "relevance")[0], exp.relevance[0]) < 1e-5
+    assert "&lt;/script&gt;" in dom or "&lt;b&gt;two" in dom  # drawn as text in the class table
+
+
 def test_web_refuses_without_onnxruntime_web_or_into_a_used_folder(tmp_path):
     res = lrpath("compile", "mnist-vgg", "--out", tmp_path / "m.onnx", "--web", tmp_path / "site",
                  "--ort-web", tmp_path / "nowhere")
@@ -130,3 +166,6 @@ def test_web_refuses_without_onnxruntime_web_or_into_a_used_folder(tmp_path):
     res = lrpath("compile", "mnist-vgg", "--out", tmp_path / "m.onnx", "--web", tmp_path / "s2", "--ort-web", bad)
     assert_one_line_error(res, "cannot read it as an npm package")
     assert not (tmp_path / "s2").exists()
+    res = lrpath("compile", "mnist-vgg", "--out", tmp_path / "s3" / "m.onnx", "--web", tmp_path / "s3")
+    assert_one_line_error(res, "lies inside it")
+    assert not (tmp_path / "s3").exists()

@@ -30,6 +30,8 @@ from .session import open_session
 @click.option("--web", type=click.Path(path_type=Path), default=None,
               help="Also write a static page to this folder that explains dropped pictures in the browser "
                    "(onnxruntime-web; serve it with `python -m http.server -d DIR`).")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Class names for --web's page, one per line (default: a zoo model's own).")
 @click.option("--ort-web", type=click.Path(path_type=Path), default=None,
               help="onnxruntime-web for --web: the npm package's .tgz (`npm pack onnxruntime-web`) or folder "
                    "(default: $LRPATH_ORT_WEB, ./node_modules/onnxruntime-web, ~/.cache/lrpath-onnx/onnxruntime-web-*.tgz).")
@@ -44,7 +46,15 @@ def compile_cmd(args, out, keep_layers, check, web, ort_web, **opts):
     """
     from ..compile.check import compare
     from ..compile.model import compile_model, save
-    from ..compile.web import HOW, SITE, check_site_folder, ort_web_candidates, page_config, write_site
+    from ..compile.web import (
+        HOW,
+        SITE,
+        WEB_LIMIT,
+        check_site_folder,
+        ort_web_candidates,
+        page_config,
+        write_site,
+    )
 
     if out.suffix.lower() != ".onnx":
         raise InputError(f"--out {out}: give a .onnx file name")
@@ -61,10 +71,13 @@ def compile_cmd(args, out, keep_layers, check, web, ort_web, **opts):
     if web is not None:
         if ses.reader.pre is None:
             raise InputError("--web needs a model that takes pictures (its input is not an image batch)")
-        check_site_folder(web)
+        check_site_folder(web, out)
         if not any(c.exists() for c in ort_web_candidates(ort_web)):
             raise InputError(f"--web needs onnxruntime-web: {HOW}")
     proto = compile_model(ses.an, keep)
+    if web is not None and proto.ByteSize() > WEB_LIMIT:
+        raise InputError(f"--web: the compiled model is {proto.ByteSize() / 2**30:.1f} GB; a page can load "
+                         f"at most {WEB_LIMIT / 2**30:.1f} GB (one protobuf, WebAssembly's memory)")
     with atomic_path(out) as tmp:
         save(proto, tmp)
     n_nodes = len(proto.graph.node)

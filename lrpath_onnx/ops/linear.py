@@ -80,6 +80,12 @@ class LinearHandler(OpHandler):
                     z=z, bounds=ctx.bounds.get(layer.name), nonneg=layer.nonneg_input, terms=terms, sign=sign,
                     quiet_negatives=layer.name in ctx.quiet_negatives)
 
+    def _keeps_terms(self, layer, ctx: BackwardContext) -> bool:
+        """Whether this pass's forward terms may be kept for later passes: only where they are
+        laid out as the layer's output (which ``replicate_forward`` slices by sample) and the
+        forward tensors are the caller's own (a GPU backend works on a copy of them)."""
+        return type(self).output_view is LinearHandler.output_view and ctx.backend.name == "cpu"
+
     def output_view(self, layer, t):
         """A fetched output-shaped tensor as the linear map's output layout."""
         return t
@@ -87,9 +93,11 @@ class LinearHandler(OpHandler):
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         setup = self._setup(layer, rule, r, ctx)
         prods = linear_rules.products(rule, **setup)
-        if ctx.reuse_forward and ctx.keep_products:  # forward terms serve later passes (reexplain, relevance_below)
-            for term, value in setup["terms"].items():
-                ctx.fwd.setdefault(term_tensor(layer, term, ctx.bounds_key), value)
+        if ctx.reuse_forward and ctx.keep_products and self._keeps_terms(layer, ctx):
+            shape = ctx.shapes.get(layer.output)
+            for term, value in setup["terms"].items():  # forward terms serve later passes (reexplain, relevance_below)
+                if shape and value.shape[0] == ctx.batch and tuple(value.shape[1:]) == tuple(shape[1:]):
+                    ctx.fwd.setdefault(term_tensor(layer, term, ctx.bounds_key), value)
         if layer.name in ctx.keep_products:  # the neuron graph's flows reuse them
             ctx.products[layer.name] = (setup["lin"], prods)
         return [linear_rules.combine(setup["lin"], prods, setup["a"], ctx.cache, setup["layer_name"])]
