@@ -9,6 +9,7 @@ is skipped here and fails in CI.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import http.server
 import json
@@ -52,12 +53,21 @@ def site(tmp_path_factory):
     assert "serve it: python -m http.server -d" in res.stdout
     for d in (3, 7):
         shutil.copyfile(DIGITS / f"digit_{d}.png", root / "site" / f"digit_{d}.png")
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root / "site"))
+    with serving(root / "site") as url:
+        yield root, url
+
+
+@contextlib.contextmanager
+def serving(folder: Path):
+    """``folder`` on a local HTTP server (browsers load WebAssembly only over HTTP); its page's URL."""
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *a, **k: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}/index.html"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/index.html"
+    finally:
+        server.shutdown()
 
 
 def open_url(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
@@ -66,7 +76,11 @@ def open_url(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess
 
 
 def page_result(url: str, profile: Path) -> dict:
-    dom = open_url(url, profile, "--dump-dom").stdout
+    return result_of(open_url(url, profile, "--dump-dom").stdout)
+
+
+def result_of(dom: str) -> dict:
+    """The JSON the page writes into ``<pre id="result">`` once it has explained its picture."""
     found = re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL)
     assert found and found.group(1), dom[-2000:]
     return json.loads(html.unescape(found.group(1)))
@@ -131,17 +145,10 @@ def test_a_model_ending_in_softmax_and_labels_with_markup(tmp_path):
     assert config["output"] == "logits" and config["labels"][0].startswith("</script>")
     rng = np.random.default_rng(4)
     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "site" / "x.png")
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/index.html?image=x.png"
-        dom = open_url(url, tmp_path / "profile", "--dump-dom").stdout
-    finally:
-        server.shutdown()
+    with serving(tmp_path / "site") as url:
+        dom = open_url(f"{url}?image=x.png", tmp_path / "profile", "--dump-dom").stdout
     assert "<title>lrpath: explain a picture in the browser</title>" in dom  # no script ran from a label
-    res = json.loads(html.unescape(re.search(r'<pre id="result">(.*?)</pre>', dom, re.DOTALL).group(1)))
+    res = result_of(dom)
     assert res["status"] == "done", res
     an = Analyzer(model)
     x = decode(res, "input")
