@@ -81,6 +81,75 @@ def test_one_conv_layer_is_its_transposed_convolution(tmp_path, case, seed):
         np.testing.assert_allclose(rec.reshape(-1), M @ sig.reshape(-1), rtol=1e-4, atol=1e-5)
 
 
+WINDOW_CASES = [dict(), dict(strides=(2, 2), pads=(0, 1, 1, 0)), dict(groups=2),
+                dict(dilations=(2, 2), pads=(2, 2, 2, 2)), dict(kernel=(5, 3), pads=(3, 0, 1, 2)),
+                dict(kernel=(3, 3), strides=(3, 2), pads=(4, 4, 4, 4))]
+WINDOW_IDS = ["s1p1", "s2asym", "groups2", "dil2", "k5x3asym", "s3x2-pads-past-reach"]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=WINDOW_IDS)
+def test_a_transposed_window_equals_the_whole_transpose(seed, case):
+    """The transpose of a box of the signal alone, placed at the span ``window_transpose``
+    names, equals the exact transpose of the whole map with everything outside the box zero."""
+    from lrpath_onnx.kernels.conv import ConvGeometry, conv2d_transpose
+    from lrpath_onnx.ops.conv import window_transpose
+
+    rng = np.random.default_rng(seed)
+    kernel = case.get("kernel", (3, 3))
+    geom = ConvGeometry(case.get("strides", (1, 1)), case.get("pads", (1, 1, 1, 1)),
+                        case.get("dilations", (1, 1)), case.get("groups", 1))
+    in_hw = (int(rng.integers(9, 14)), int(rng.integers(9, 14)))
+    w = rng.standard_normal((6, 4 // geom.groups, *kernel))
+    oh, ow = geom.out_size(*in_hw, *kernel)
+    for _ in range(6):
+        y0, x0 = int(rng.integers(0, oh)), int(rng.integers(0, ow))
+        box = ((y0, int(rng.integers(y0, oh))), (x0, int(rng.integers(x0, ow))))
+        s = np.zeros((1, 6, oh, ow))
+        s[:, :, box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1] = rng.standard_normal(
+            (1, 6, box[0][1] - box[0][0] + 1, box[1][1] - box[1][0] + 1))
+        want = conv2d_transpose(s, w, geom, in_hw)
+        sub, g2, (r0, r1), (c0, c1) = window_transpose(geom, box, kernel, in_hw)
+        got = np.zeros_like(want)
+        if min(sub) > 0:
+            crop = s[:, :, box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1]
+            got[:, :, r0:r1 + 1, c0:c1 + 1] = conv2d_transpose(np.ascontiguousarray(crop), w, g2, sub)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=WINDOW_IDS)
+def test_single_neurons_are_their_transposed_convolution(tmp_path, case, seed):
+    """Each single-position neuron (corners included) reconstructs as the float64 transposed
+    convolution of its one-hot signal, and nothing outside the pixels it reads."""
+    rng = np.random.default_rng(seed)
+    kernel = case.get("kernel", (3, 3))
+    model, w, _ = models.conv_model(rng, (1, 4, 11, 10), 6, **case)
+    an = Analyzer(models.save(model, tmp_path / "c.onnx"))
+    x = rng.standard_normal((1, 4, 11, 10)).astype(np.float32)
+    z = an.forward(x)["Y"][0]
+    geom = dict(strides=case.get("strides", (1, 1)), pads=case.get("pads", (1, 1, 1, 1)),
+                dilations=case.get("dilations", (1, 1)), groups=case.get("groups", 1))
+    M, _, _ = ref.conv_matrix(w, (4, 11, 10), **geom)
+    K, oh, ow = z.shape
+    spots = [(0, 0), (oh - 1, ow - 1), (0, ow - 1)] + [(int(rng.integers(oh)), int(rng.integers(ow))) for _ in range(4)]
+    neurons = [Neuron("conv", int(rng.integers(K)), y, xx, 0.0) for y, xx in spots]
+    recs = reconstruct(an, x, neurons)
+    for nr, rec in zip(neurons, recs):
+        sig = np.zeros(z.shape)
+        sig[nr.channel, nr.y, nr.x] = z[nr.channel, nr.y, nr.x]
+        want = (M @ sig.reshape(-1)).reshape(rec.shape)
+        np.testing.assert_allclose(rec, want, rtol=1e-4, atol=1e-5 * max(np.abs(want).max(), 1e-30))
+        reach = np.zeros(rec.shape, bool)  # the input elements any tap of the neuron's window reads
+        (sh, sw), (pt, pl), (dh, dw) = geom["strides"], geom["pads"][:2], geom["dilations"]
+        for ky in range(kernel[0]):
+            for kx in range(kernel[1]):
+                yy, xx = nr.y * sh - pt + ky * dh, nr.x * sw - pl + kx * dw
+                if 0 <= yy < reach.shape[1] and 0 <= xx < reach.shape[2]:
+                    reach[:, yy, xx] = True
+        assert not rec[~reach].any()
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_whole_chain_matches_numpy_reference(tmp_path, seed):
     """conv1 → relu → maxpool → conv2 → relu, reconstructed from conv2's strongest activations."""

@@ -63,6 +63,33 @@ def conv_transpose_nodes(b, s: str, w: str, kernel, geom: ConvGeometry, s_hw, in
     return name
 
 
+def nonzero_box(s: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Inclusive (rows, cols) spans of the nonzero positions of a (C, H, W) map, or None."""
+    hit = (s != 0).any(axis=0)
+    rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
+    if rows.size == 0:
+        return None
+    return (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))
+
+
+def window_transpose(geom: ConvGeometry, box, kernel, in_hw):
+    """The transposed convolution of the output ``box`` alone: (size of the input span it
+    reaches, the geometry that maps the cropped signal onto that span, the row span, the
+    column span). Input i receives output o through tap t where i = o·s − p + t·d; cropping
+    o to start at o0 and i to start at i0 = max(0, o0·s − p) leaves p' = p + i0 − o0·s ≥ 0."""
+    spans, begin, end = [], [], []
+    for ax, ((o0, o1), k, n) in enumerate(zip(box, kernel, in_hw)):
+        s, d, p = geom.strides[ax], geom.dilations[ax], geom.pads[ax]
+        i0, i1 = max(0, o0 * s - p), min(int(n) - 1, o1 * s - p + d * (k - 1))
+        top = p + i0 - o0 * s
+        spans.append((i0, i1))
+        begin.append(top)
+        end.append(max(0, (o1 - o0) * s + d * (k - 1) + 1 - top - (i1 - i0 + 1)))
+    sub = (spans[0][1] - spans[0][0] + 1, spans[1][1] - spans[1][0] + 1)
+    cropped = ConvGeometry(geom.strides, (begin[0], begin[1], end[0], end[1]), geom.dilations, geom.groups)
+    return sub, cropped, spans[0], spans[1]
+
+
 class ConvMap:
     """``linear_rules.LinearMap`` of a Conv layer for one batch (sizes fixed by the tensors)."""
 
@@ -138,6 +165,31 @@ class ConvHandler(LinearHandler):
         per_out, per_in = layer.out_channels // layer.geometry.groups, layer.weight.shape[1]
         lo, hi = box[0]
         return [(((lo // per_out) * per_in, (hi // per_out + 1) * per_in - 1), *boxed[1:])]
+
+    def deconv(self, layer, s, ctx):
+        """The transposed convolution of each sample's signal over its nonzero box only.
+
+        A neuron's reconstruction is confined to its receptive field, so the products outside
+        it (most of a deep neuron's early layers) are zeros not worth computing. Inside the
+        box the backend's fast (Winograd) products run: their rounding cannot reach past the
+        pixels the box's windows read. On the CPU; other backends transpose the whole map
+        with exact products."""
+        if ctx.backend.name != "cpu":
+            return super().deconv(layer, s, ctx)
+        a = self.input_activation(layer, ctx)
+        lin = self.linear_map(layer, a, s, ctx.backend)
+        w, _ = ctx.cache.get(self.cache_key(layer, a), lin, "id", 0.0, s.dtype)
+        out = np.zeros(a.shape[:2] + tuple(lin.in_hw), s.dtype)
+        for n in range(s.shape[0]):
+            box = nonzero_box(s[n])
+            if box is None:
+                continue
+            sub, geom, (r0, r1), (c0, c1) = window_transpose(layer.geometry, box, layer.kernel, lin.in_hw)
+            if min(sub) < 1:  # the box's windows lie in the padding
+                continue
+            crop = s[n:n + 1, :, box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1]
+            out[n:n + 1, :, r0:r1 + 1, c0:c1 + 1] = ctx.backend.conv2d_transpose(crop, w, geom, sub)
+        return [out]
 
     def modified_forward_node(self, layer, inputs: list[str], output: str):
         """This layer's convolution over other inputs/weights, as one ONNX node."""
