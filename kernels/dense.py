@@ -17,9 +17,11 @@ def dense(a: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.nd
     return z
 
 
-def dense_transpose(s: np.ndarray, w: np.ndarray, mul: np.ndarray | None = None) -> np.ndarray:
-    """``s`` (N, O) times ``wᵀ`` → (N, I); times ``mul`` (N, I) if given."""
-    c = np.matmul(s, w.astype(s.dtype, copy=False).T)
+def dense_transpose(s: np.ndarray, w: np.ndarray, mul: np.ndarray | None = None, matmul=None) -> np.ndarray:
+    """``s`` (N, O) times ``wᵀ`` → (N, I); times ``mul`` (N, I) if given. ``matmul(a, b, out=)``
+    runs the product (the backend may split it over threads)."""
+    c = np.empty((s.shape[0], w.shape[0]), s.dtype)
+    (matmul or np.matmul)(s, w.astype(s.dtype, copy=False).T, out=c)
     if mul is not None:
         c *= mul
     return c

@@ -153,7 +153,7 @@ class CpuBackend:
         return _dense.dense(a, w, bias)
 
     def dense_transpose(self, s, w, mul=None):
-        return _dense.dense_transpose(s, w, mul)
+        return _dense.dense_transpose(s, w, mul, self.threads.matmul_columns)
 
     def separable(self, x, rows, cols):
         """``rows · x · colsᵀ`` over the last two axes (a resize's interpolation)."""

@@ -239,6 +239,26 @@ def test_multiply_and_sample_sums(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n, i, o", [(1, 7, 5), (3, 131, 64), (8, 1001, 33)])
+def test_dense_transpose_split_over_threads_matches_reference(seed, dtype, n, i, o, monkeypatch):
+    """``s · wᵀ (⊙ mul)`` with wᵀ's columns split over the backend's threads (odd splits
+    included) equals float64 NumPy."""
+    from lrpath_onnx import threads
+
+    monkeypatch.setattr(threads, "SPLIT_ELEMENTS", 1)
+    rng = np.random.default_rng(seed)
+    s, w, mul = rng.standard_normal((n, o)), rng.standard_normal((i, o)), rng.standard_normal((n, i))
+    be = CpuBackend(threads.ThreadControl(workers=2))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    for m in (None, mul):
+        got = be.dense_transpose(s.astype(dtype), w.astype(dtype), None if m is None else m.astype(dtype))
+        want = s @ w.T if m is None else (s @ w.T) * m
+        assert got.dtype == dtype and got.shape == (n, i)
+        np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_unpool_scatters_to_switches_and_adds_ties(seed):
     rng = np.random.default_rng(seed)
     N, C, H, Wd = 2, 3, 5, 4
