@@ -13,9 +13,10 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
+from .allocator import tune_allocator  # noqa: E402
 from .api import Analyzer, Explanation, NeuronTarget, parse_target  # noqa: E402
 from .errors import (InputError, LrpathError, ModelError, NumericalError,  # noqa: E402
                      OutputError, RuleError, UnsupportedOpError)
 
-__all__ = ["Analyzer", "Explanation", "NeuronTarget", "parse_target", "LrpathError", "ModelError",
+__all__ = ["Analyzer", "Explanation", "NeuronTarget", "parse_target", "tune_allocator", "LrpathError", "ModelError",
            "UnsupportedOpError", "InputError", "RuleError", "OutputError", "NumericalError"]

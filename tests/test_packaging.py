@@ -35,3 +35,12 @@ def test_every_package_on_disk_is_declared():
 def test_every_declared_package_exists():
     declared, package_dir = _declared()
     assert declared - _on_disk(package_dir) == set()
+
+
+def test_the_public_names_the_readme_calls_exist():
+    """``lrpath_onnx.tune_allocator()`` is what the README tells API users to call."""
+    import lrpath_onnx
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "lrpath_onnx.tune_allocator()" in readme
+    assert "tune_allocator" in lrpath_onnx.__all__ and lrpath_onnx.tune_allocator() in (True, False)
