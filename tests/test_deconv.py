@@ -118,6 +118,41 @@ def test_a_transposed_window_equals_the_whole_transpose(seed, case):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 2, 2, 0)], ids=["p1", "asym"])
+@pytest.mark.parametrize("k, c", [(6, 4), (3, 8)], ids=["K>C", "K<C-flipped"])
+def test_a_transposed_window_through_the_backend(seed, pads, k, c):
+    """The backend's paths on a cropped window — exact (the flipped-kernel convolution where
+    K ≤ C), F(2x2) and F(4x4) Winograd for boxes large enough — against the exact float64
+    transpose of the whole map."""
+    from lrpath_onnx.backend import CpuBackend
+    from lrpath_onnx.kernels.conv import ConvGeometry, conv2d_transpose
+    from lrpath_onnx.kernels import winograd4
+    from lrpath_onnx.ops.conv import window_transpose
+
+    rng = np.random.default_rng(seed)
+    geom, in_hw, be = ConvGeometry((1, 1), pads), (37, 41), CpuBackend()
+    w = rng.standard_normal((k, c, 3, 3))
+    oh, ow = geom.out_size(*in_hw, 3, 3)
+    boxes = [((0, 0), (0, 0)), ((oh - 1, oh - 1), (ow - 1, ow - 1)), ((2, 6), (30, 38)), ((0, oh - 1), (0, ow - 1)),
+             ((5, 30), (9, 33))]
+    used_f4 = False
+    for box in boxes:
+        s = np.zeros((1, k, oh, ow))
+        s[:, :, box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1] = rng.standard_normal(
+            (1, k, box[0][1] - box[0][0] + 1, box[1][1] - box[1][0] + 1))
+        want = conv2d_transpose(s, w, geom, in_hw)
+        sub, g2, (r0, r1), (c0, c1) = window_transpose(geom, box, (3, 3), in_hw)
+        crop = np.ascontiguousarray(s[:, :, box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1])
+        used_f4 |= winograd4.applies(3, 3, (1, 1), (1, 1), 1, c, k, sub)
+        for exact, dtype, tol in ((True, np.float64, 1e-12), (False, np.float32, 1e-5)):
+            got = np.zeros_like(want)
+            got[:, :, r0:r1 + 1, c0:c1 + 1] = be.conv2d_transpose(crop.astype(dtype), w.astype(dtype), g2, sub,
+                                                                  exact=exact)
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    assert used_f4
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=WINDOW_IDS)
 def test_single_neurons_are_their_transposed_convolution(tmp_path, case, seed):
     """Each single-position neuron (corners included) reconstructs as the float64 transposed

@@ -249,13 +249,34 @@ def test_dense_transpose_split_over_threads_matches_reference(seed, dtype, n, i,
     monkeypatch.setattr(threads, "SPLIT_ELEMENTS", 1)
     rng = np.random.default_rng(seed)
     s, w, mul = rng.standard_normal((n, o)), rng.standard_normal((i, o)), rng.standard_normal((n, i))
-    be = CpuBackend(threads.ThreadControl(workers=2))
+    control = threads.ThreadControl(workers=2)
+    be = CpuBackend(control)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
-    for m in (None, mul):
-        got = be.dense_transpose(s.astype(dtype), w.astype(dtype), None if m is None else m.astype(dtype))
-        want = s @ w.T if m is None else (s @ w.T) * m
-        assert got.dtype == dtype and got.shape == (n, i)
-        np.testing.assert_allclose(got, want, **tol)
+    try:
+        with control.blas_single():  # as the backward pass runs it
+            for m in (None, mul):
+                for layout in (np.ascontiguousarray, np.asfortranarray, lambda a: np.repeat(a, 2, axis=1)[:, ::2]):
+                    wd = layout(w.astype(dtype))
+                    got = be.dense_transpose(s.astype(dtype), wd, None if m is None else m.astype(dtype))
+                    want = s @ w.T if m is None else (s @ w.T) * m
+                    assert got.dtype == dtype and got.shape == (n, i)
+                    np.testing.assert_allclose(got, want, **tol)
+    finally:
+        control.pool.shutdown()
+
+
+@pytest.mark.parametrize("chunk", [1, 9 * 5 * 3, 1 << 17])
+@pytest.mark.parametrize("module", [W, W4], ids=["F2", "F4"])
+def test_kernel_transform_in_chunks_is_g_w_gT(chunk, module, monkeypatch):
+    """U[t·a + b, k, c] = (G w[k, c] Gᵀ)[a, b] whatever the chunk of output channels (one
+    channel at a time, chunks that do not divide K, one chunk)."""
+    monkeypatch.setattr(W, "TRANSFORM_CHUNK", chunk)
+    w = np.random.default_rng(3).standard_normal((7, 5, 3, 3))
+    u = module.transform_kernel(w)
+    t = module.G.shape[0]
+    for k in range(7):
+        for c in range(5):
+            np.testing.assert_allclose(u[:, k, c].reshape(t, t), module.G @ w[k, c] @ module.G.T, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -214,7 +214,7 @@ class ActivationHandler(OpHandler):
     def deconv(self, layer, s, ctx: BackwardContext):
         """Zeiler–Fergus: the reconstruction is rectified on its way through a ReLU-like unit;
         other activations pass it on."""
-        return [ctx.backend.gate_by_sign(s, s, "pos") if self.rectifies(layer) else s]
+        return [np.maximum(s, 0) if self.rectifies(layer) else s]
 
     def nonneg_output(self, layer, nonneg_inputs):
         nn = function(layer).nonneg

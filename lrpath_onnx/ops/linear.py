@@ -122,8 +122,8 @@ class LinearHandler(OpHandler):
     def deconv(self, layer, s, ctx: BackwardContext):
         """The transposed layer with its own (forward) weights, as the paper initialises its
         deconvolution layers from the conv layers: the gradient's step, with exact products
-        (a single neuron's signal is sparse; Winograd's rounding would leak past the pixels
-        it reads)."""
+        over the whole map (a single neuron's signal is sparse; Winograd's rounding would
+        leak past the pixels it reads; ``ConvHandler.deconv`` crops to the signal first)."""
         return self.gradient(layer, s, ctx, exact=True)
 
     def cache_key(self, layer, a: np.ndarray) -> str:
