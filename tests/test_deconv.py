@@ -60,19 +60,26 @@ def test_unpooling_uses_onnxruntime_switches(tmp_path, attrs, seed, nhwc):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
+def _one_conv(tmp_path, rng, case, chw):
+    """One Conv layer (6 output channels) with ``case``'s geometry: (analyzer, input, its
+    output, the float64 conv matrix, the geometry)."""
+    model, w, _ = models.conv_model(rng, (1, *chw), 6, **case)
+    an = Analyzer(models.save(model, tmp_path / "c.onnx"))
+    x = rng.standard_normal((1, *chw)).astype(np.float32)
+    z = an.forward(x)["Y"][0]
+    geom = dict(strides=case.get("strides", (1, 1)), pads=case.get("pads", (1, 1, 1, 1)),
+                dilations=case.get("dilations", (1, 1)), groups=case.get("groups", 1))
+    M, _, _ = ref.conv_matrix(w, chw, **geom)
+    return an, x, z, M, geom
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("case", [dict(strides=(1, 1), pads=(1, 1, 1, 1)), dict(strides=(2, 2), pads=(0, 1, 1, 0)),
                                   dict(groups=2), dict(dilations=(2, 2), pads=(2, 2, 2, 2))],
                          ids=["s1p1", "s2asym", "groups2", "dil2"])
 def test_one_conv_layer_is_its_transposed_convolution(tmp_path, case, seed):
     rng = np.random.default_rng(seed)
-    model, w, _ = models.conv_model(rng, (1, 4, 9, 8), 6, **case)
-    an = Analyzer(models.save(model, tmp_path / "c.onnx"))
-    x = rng.standard_normal((1, 4, 9, 8)).astype(np.float32)
-    z = an.forward(x)["Y"][0]
-    geom = dict(strides=case.get("strides", (1, 1)), pads=case.get("pads", (1, 1, 1, 1)),
-                dilations=case.get("dilations", (1, 1)), groups=case.get("groups", 1))
-    M, _, _ = ref.conv_matrix(w, (4, 9, 8), **geom)
+    an, x, z, M, _ = _one_conv(tmp_path, rng, case, (4, 9, 8))
     neurons = [Neuron("conv", c, None, None, 0.0) for c in (0, 3, 5)]
     recs = reconstruct(an, x, neurons, whole_map=True)
     for nr, rec in zip(neurons, recs):
@@ -159,13 +166,7 @@ def test_single_neurons_are_their_transposed_convolution(tmp_path, case, seed):
     convolution of its one-hot signal, and nothing outside the pixels it reads."""
     rng = np.random.default_rng(seed)
     kernel = case.get("kernel", (3, 3))
-    model, w, _ = models.conv_model(rng, (1, 4, 11, 10), 6, **case)
-    an = Analyzer(models.save(model, tmp_path / "c.onnx"))
-    x = rng.standard_normal((1, 4, 11, 10)).astype(np.float32)
-    z = an.forward(x)["Y"][0]
-    geom = dict(strides=case.get("strides", (1, 1)), pads=case.get("pads", (1, 1, 1, 1)),
-                dilations=case.get("dilations", (1, 1)), groups=case.get("groups", 1))
-    M, _, _ = ref.conv_matrix(w, (4, 11, 10), **geom)
+    an, x, z, M, geom = _one_conv(tmp_path, rng, case, (4, 11, 10))
     K, oh, ow = z.shape
     spots = [(0, 0), (oh - 1, ow - 1), (0, ow - 1)] + [(int(rng.integers(oh)), int(rng.integers(ow))) for _ in range(4)]
     neurons = [Neuron("conv", int(rng.integers(K)), y, xx, 0.0) for y, xx in spots]
