@@ -29,6 +29,9 @@ class Backend(Protocol):
     (numpy on the CPU, ``DeviceArray`` on a GPU) and support numpy's element-wise surface."""
 
     name: str
+    #: arrays are host numpy arrays and the forward tensors the caller's own: handlers may
+    #: crop them and keep what they compute in the context's forward tensors
+    host_arrays: bool
     threads: ThreadControl
 
     def asarray(self, x, dtype=None) -> Any: ...
@@ -54,6 +57,7 @@ class CpuBackend:
     """numba CPU kernels and numpy's BLAS; arrays are numpy arrays."""
 
     name = "cpu"
+    host_arrays = True
 
     def __init__(self, threads: ThreadControl | None = None, exact: bool = False) -> None:
         self.threads = threads or ThreadControl()

@@ -40,6 +40,7 @@ class CudaBackend:
     """numba-cuda kernels; arrays are ``DeviceArray``s."""
 
     name = "cuda"
+    host_arrays = False  # device arrays, and a copy of the forward tensors
 
     def __init__(self) -> None:
         from .kernels.cuda import conv, dense, elementwise, flow, pooling

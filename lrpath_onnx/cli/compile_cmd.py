@@ -84,7 +84,7 @@ def compile_cmd(args, out, keep_layers, check, web, ort_web, **opts):
     click.echo(f"wrote {out} ({n_nodes} nodes, preset {ses.an.plan().describe()})")
     if web is not None:
         config = page_config(ses.an, ses.reader.pre, ses.labels, SITE[1])
-        version = write_site(web, out, config, ort_web)
+        version = write_site(web, out, proto, config, ort_web)
         click.echo(f"wrote {web}/index.html (onnxruntime-web {version}); serve it: python -m http.server -d {web}")
     if check:
         x = np.concatenate([np.stack([s.tensor for s in b]) for b in ses.reader.batches(ses.paths, 8)])

@@ -30,6 +30,7 @@ class GraphBackend:
     """Kernels that append ONNX nodes to ``builder`` and return ``Sym`` results."""
 
     name = "onnx"
+    host_arrays = False  # symbols of a graph being written, not values
 
     def __init__(self, builder: Builder) -> None:
         from ..backend import CpuBackend

@@ -88,18 +88,23 @@ def _from_tarball(path: Path, dest: Path) -> str:
         raise InputError(f"--ort-web {path}: cannot read it as an npm package ({exc})") from None
 
 
-def _without_target_default(compiled: Path, dest: Path) -> None:
-    """The compiled model with ``target`` a plain input: onnxruntime-web refuses to feed an
-    input that has a default value (an initializer), so the page always feeds it (−1: top-1)."""
+def _without_target_default(proto, dest: Path) -> None:
+    """Save the compiled ``proto`` with ``target`` a plain input: onnxruntime-web refuses to
+    feed an input that has a default value (an initializer), so the page always feeds it
+    (−1: top-1). The default is taken out for the save only, and put back."""
     import onnx
 
     from .model import TARGET
 
-    proto = onnx.load(str(compiled))
-    kept = [t for t in proto.graph.initializer if t.name != TARGET]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
-    onnx.save(proto, str(dest))
+    inits = proto.graph.initializer
+    at = next(i for i, t in enumerate(inits) if t.name == TARGET)
+    default = type(inits[at])()
+    default.CopyFrom(inits[at])
+    del inits[at]
+    try:
+        onnx.save_model(proto, str(dest))  # checked when the compiled file was saved; under 2 GB (WEB_LIMIT)
+    finally:
+        inits.insert(at, default)
 
 
 def _version(package_json: Path) -> str | None:
@@ -132,9 +137,10 @@ def check_site_folder(dest: Path, out: Path) -> None:
         raise InputError(f"--web {dest}: give a new or empty folder (it holds other files)")
 
 
-def write_site(dest: Path, compiled: Path, config: dict, ort_web: Path | None) -> str:
-    """Write the page, the model and onnxruntime-web into ``dest`` (built beside it, then
-    moved in place: an error leaves no half-written site); onnxruntime-web's version."""
+def write_site(dest: Path, compiled: Path, proto, config: dict, ort_web: Path | None) -> str:
+    """Write the page, the model (``proto``, written to ``compiled`` too) and onnxruntime-web
+    into ``dest`` (built beside it, then moved in place: an error leaves no half-written
+    site); onnxruntime-web's version."""
     check_site_folder(dest, compiled)
     dest = dest.resolve()
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
@@ -142,7 +148,7 @@ def write_site(dest: Path, compiled: Path, config: dict, ort_web: Path | None) -
     try:
         tmp.mkdir(parents=True)
         version = copy_ort_web(ort_web, tmp / "ort")
-        _without_target_default(compiled, tmp / config["model"])
+        _without_target_default(proto, tmp / config["model"])
         # "<" escaped: a label holding "</script>" must not end the script
         html = PAGE.read_text(encoding="utf-8").replace("/*CONFIG*/null", json.dumps(config).replace("<", "\\u003c"))
         (tmp / "index.html").write_text(html, encoding="utf-8")

@@ -172,14 +172,12 @@ class ConvHandler(LinearHandler):
         A neuron's reconstruction is confined to its receptive field, so the products outside
         it (most of a deep neuron's early layers) are zeros not worth computing. Inside the
         box the backend's fast (Winograd) products run: their rounding cannot reach past the
-        pixels the box's windows read. On the CPU; other backends transpose the whole map
-        with exact products."""
-        if ctx.backend.name != "cpu":
+        pixels the box's windows read. Where arrays are the host's; other backends transpose
+        the whole map with exact products."""
+        if not ctx.backend.host_arrays:
             return super().deconv(layer, s, ctx)
-        a = self.input_activation(layer, ctx)
-        lin = self.linear_map(layer, a, s, ctx.backend)
-        w, _ = ctx.cache.get(self.cache_key(layer, a), lin, "id", 0.0, s.dtype)
-        out = np.zeros(a.shape[:2] + tuple(lin.in_hw), s.dtype)
+        lin, w = self.own_weights(layer, s, ctx)
+        out = np.zeros((s.shape[0], layer.in_channels) + tuple(lin.in_hw), s.dtype)
         for n in range(s.shape[0]):
             box = nonzero_box(s[n])
             if box is None:

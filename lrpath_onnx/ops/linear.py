@@ -84,7 +84,7 @@ class LinearHandler(OpHandler):
         """Whether this pass's forward terms may be kept for later passes: only where they are
         laid out as the layer's output (which ``replicate_forward`` slices by sample) and the
         forward tensors are the caller's own (a GPU backend works on a copy of them)."""
-        return type(self).output_view is LinearHandler.output_view and ctx.backend.name == "cpu"
+        return type(self).output_view is LinearHandler.output_view and ctx.backend.host_arrays
 
     def output_view(self, layer, t):
         """A fetched output-shaped tensor as the linear map's output layout."""
@@ -112,11 +112,15 @@ class LinearHandler(OpHandler):
             kept = (setup["lin"], linear_rules.products(rule, **setup))
         return linear_rules.channel_flows(kept[0], kept[1], ctx.backend, rows, cols)
 
-    def gradient(self, layer, g, ctx: BackwardContext, exact: bool = False):
-        """The transposed layer with its own weights (the bias has no gradient path)."""
+    def own_weights(self, layer, g, ctx: BackwardContext):
+        """(linear map, the layer's own weights in ``g``'s dtype) for a step back with ``g``."""
         a = self.input_activation(layer, ctx)
         lin = self.linear_map(layer, a, g, ctx.backend)
-        w, _ = ctx.cache.get(self.cache_key(layer, a), lin, "id", 0.0, g.dtype)
+        return lin, ctx.cache.get(self.cache_key(layer, a), lin, "id", 0.0, g.dtype)[0]
+
+    def gradient(self, layer, g, ctx: BackwardContext, exact: bool = False):
+        """The transposed layer with its own weights (the bias has no gradient path)."""
+        lin, w = self.own_weights(layer, g, ctx)
         return [lin.transpose(g, w, exact=exact)]
 
     def deconv(self, layer, s, ctx: BackwardContext):
