@@ -14,15 +14,20 @@ def _stabilised_divide(r, z, eps, out):
         out[i] = r[i] / d if d != 0.0 else 0.0
 
 
-def stabilised_divide(r: np.ndarray, z: np.ndarray, eps: float) -> np.ndarray:
+def stabilised_divide(r: np.ndarray, z: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
     """``s = r / (z + eps·sign(z))`` with ``sign(0) = 1``; where the denominator is 0, ``s = 0``.
 
     ``eps = 0`` is LRP-0's plain division, made safe: a zero denominator (only possible
-    when ``z`` is exactly 0) gives zero instead of ``inf``.
+    when ``z`` is exactly 0) gives zero instead of ``inf``. ``out``: a contiguous array of
+    ``r``'s shape and dtype to write into (``z`` itself may be it: each element is read
+    before it is written).
     """
     r = np.ascontiguousarray(r)
     z = np.ascontiguousarray(z, dtype=r.dtype)
-    out = np.empty_like(r)
+    if out is None:
+        out = np.empty_like(r)
+    elif out.shape != r.shape or out.dtype != r.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous {r.dtype} array of shape {r.shape}")
     _stabilised_divide(r.reshape(-1), z.reshape(-1), r.dtype.type(eps), out.reshape(-1))
     return out
 

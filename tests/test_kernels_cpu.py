@@ -226,6 +226,11 @@ def test_stabilised_divide(seed, eps):
     np.testing.assert_allclose(stabilised_divide(r, z, eps), want, rtol=1e-14)
     assert np.all(stabilised_divide(r, z, eps)[0, 0, :3] == (0.0 if eps == 0 else r[0, 0, :3] / eps))
     assert np.isfinite(stabilised_divide(r, np.zeros_like(z), 0.0)).all()
+    into = z.copy()  # written in place of its own denominator (z^B's summed terms)
+    assert stabilised_divide(r, into, eps, out=into) is into
+    np.testing.assert_allclose(into, want, rtol=1e-14)
+    with pytest.raises(ValueError, match="contiguous"):
+        stabilised_divide(r, z, eps, out=np.empty((3, 7, 5)))
 
 
 @pytest.mark.parametrize("seed", SEEDS)

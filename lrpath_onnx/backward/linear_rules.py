@@ -130,6 +130,24 @@ def _input(a: np.ndarray, part: Part, bounds) -> np.ndarray | None:
     return a - bounds[0] if part.inp == "above" else a - bounds[1]
 
 
+def _denominator(fwd: "_Forward", parts, backend, drop: set):
+    """The sum of the parts' forwards. Parts in ``drop`` are forgotten by ``fwd`` once added,
+    so no more than one of them is held at a time; the sum is added up in place (host arrays)
+    in the first part's forward where ``fwd`` computed that one itself and it is dropped, else
+    in the sum's own array from the third part on (z^B's bound terms: one buffer, not two)."""
+    denom = fwd(parts[0])
+    owned = backend.host_arrays and parts[0] in drop and fwd.computed(parts[0])
+    for i, part in enumerate(parts[1:], 1):
+        if owned or (i > 1 and backend.host_arrays):
+            denom += fwd(part)
+        else:
+            denom = denom + fwd(part)
+        for done in parts[:i + 1]:
+            if done in drop:
+                fwd.terms.pop(done, None)
+    return denom
+
+
 class _Forward:
     """Gives a rule its part forwards: precomputed (by onnxruntime, or by an earlier pass
     over the same batch), else by the kernels — and records those it computes in ``terms``."""
@@ -140,6 +158,11 @@ class _Forward:
         self.terms = terms if terms is not None else {}
         self.bounds, self.exact = bounds, exact
         self._inputs: dict[str, np.ndarray | None] = {}
+        self._computed: set[Part] = set()
+
+    def computed(self, part: Part) -> bool:
+        """Whether this part's forward was computed here (an array no one else holds)."""
+        return part in self._computed
 
     def weights(self, part: Part):
         return self.cache.get(self.name, self.lin, part.weight, part.param, self.a.dtype)
@@ -158,6 +181,7 @@ class _Forward:
         value = self.lin.forward(np.ones_like(self.a) if x is None else x, w, b if part.bias else None,
                                  exact=self.exact)
         self.terms[part] = value
+        self._computed.add(part)
         return value
 
 
@@ -193,7 +217,7 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
              cache: WeightCache, layer_name: str, z: np.ndarray | None = None,
              bounds: tuple[np.ndarray, np.ndarray] | None = None, nonneg: bool = False,
              terms: dict[Part, np.ndarray] | None = None, sign: tuple | None = None,
-             quiet_negatives: bool = False) -> list[Product]:
+             quiet_negatives: bool = False, keep_terms: bool = True) -> list[Product]:
     """The products whose sum is the input relevance of one linear layer under ``rule``.
 
     Parameters
@@ -213,6 +237,9 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
     quiet_negatives : ``r`` is 0 wherever the ReLU after the layer is off
         (``backward.vanishing``): with that ReLU as ``sign``, the group explaining the
         non-positive outputs has nothing to explain and is left out.
+    keep_terms : False when no one keeps ``terms``: a group's part forwards are dropped from
+        it once summed into their denominator (z^B's two bound terms at VGG16's first layer:
+        100 MB each at batch 8), so they are not held through the transposed products.
     """
     form: Form = rule.form(nonneg)
     fwd = _Forward(lin, a, cache, layer_name, terms, bounds, form.exact)
@@ -237,11 +264,13 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         out.append(Product(1.0, r, w, a, (z, form.stabiliser), part=part))
         drop(1.0, r, z)
         groups = groups[1:]
-    for group in groups:
+    for at, group in enumerate(groups):
         signal = r
         if group.where == "neg" and quiet_negatives and sign is not None and sign[1]:
             continue
-        if group.where != "all":
+        if group.where == "pos" and quiet_negatives and sign is not None and sign[1]:
+            pass  # r is already 0 wherever the ReLU (the sign) is off: the gate would copy it unchanged
+        elif group.where != "all":
             if sign is None:  # the layer's own output (z, or z − b when the rule leaves the bias out)
                 plain, b = fwd.weights(Part("id", "id"))
                 sign = (lin.forward(a, plain, b if rule.bias else None), False)
@@ -249,17 +278,18 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
             signal = backend.gate_by_sign(r, sign[0], mode)
             if group.where != "pos" and not signal.any():
                 continue  # no output of this group carries relevance: skip its forwards
-        denom = None
-        for part in group.parts:
-            t = fwd(part)
-            denom = t if denom is None else denom + t
+        unused_after = set() if keep_terms else set(group.parts).difference(p for g in groups[at + 1:] for p in g.parts)
+        denom = _denominator(fwd, group.parts, backend, unused_after)
         drop(group.coef, signal, denom)
         if len(group.parts) == 1:  # the divide may be fused into the transposed product
             part = group.parts[0]
             out.append(Product(group.coef, signal, fwd.weights(part)[0], fwd.input(part),
                                (denom, form.stabiliser), form.exact, part))
             continue
-        s = backend.stabilised_divide(signal, denom, form.stabiliser)
+        if backend.host_arrays:  # the sum (a new array: two or more parts) is used only here: divide in its place
+            s = backend.stabilised_divide(signal, denom, form.stabiliser, out=denom)
+        else:
+            s = backend.stabilised_divide(signal, denom, form.stabiliser)
         for part in group.parts:
             out.append(Product(group.coef, s, fwd.weights(part)[0], fwd.input(part), exact=form.exact, part=part))
     if lost is not None and lost.any():

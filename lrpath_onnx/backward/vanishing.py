@@ -5,7 +5,9 @@ weigh inputs by their activations (LRP-0/ε/γ/z⁺/αβ, residual splits, pools
 keep a zero a zero): where the ReLU outputs 0 the relevance is exactly 0. A rule that explains
 negative outputs apart (the generalized γ's second group) then has nothing to explain, and
 its modified forward and transposed product can be left out — known from the graph and the
-plan, so a compiled pass (which cannot look at the values) leaves them out too.
+plan, so a compiled pass (which cannot look at the values) leaves them out too. The group
+explaining the positive outputs then needs no gate either: the relevance already is 0 where
+the ReLU is off.
 """
 
 from __future__ import annotations

@@ -92,8 +92,9 @@ class LinearHandler(OpHandler):
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         setup = self._setup(layer, rule, r, ctx)
-        prods = linear_rules.products(rule, **setup)
-        if ctx.reuse_forward and ctx.keep_products and self._keeps_terms(layer, ctx):
+        keep = bool(ctx.reuse_forward and ctx.keep_products and self._keeps_terms(layer, ctx))
+        prods = linear_rules.products(rule, **setup, keep_terms=keep)
+        if keep:
             shape = ctx.shapes.get(layer.output)
             for term, value in setup["terms"].items():  # forward terms serve later passes (reexplain, relevance_below)
                 if shape and value.shape[0] == ctx.batch and tuple(value.shape[1:]) == tuple(shape[1:]):
