@@ -307,3 +307,19 @@ def test_dense_rules_without_bias_match_reference(tmp_path, rule, seed):
     want = np.stack([ref.lrp_linear(rule, x[n], np.asarray(W, np.float64), np.asarray(b, np.float64), r[n], None,
                                     bias=False, **RULE_KW.get(rule, {})) for n in range(3)])
     assert_close(exp.relevance, want)
+
+
+@pytest.mark.parametrize("rule", ["alphabeta", "zbox"])
+def test_relevance_below_a_float64_explanation(tmp_path, rule):
+    """``relevance_below`` on an explanation made in float64 propagates float32 relevance over
+    float64 forwards: a multi-part group's denominator, divided in its own buffer where the
+    dtypes agree, must not be asked to hold the float32 ratio (that raised)."""
+    rng = np.random.default_rng(0)
+    path = models.save(models.small_cnn(rng)[0], tmp_path / "m.onnx")
+    an = Analyzer(path, rules=[f"conv1={RULE_TEXT[rule]}"], low=LOW, high=HIGH)
+    x = rng.uniform(-1, 1, (2, 3, 12, 12)).astype(np.float32)
+    exp = an.relevance_from(x, "c1", rng.standard_normal((2, 6, 12, 12)), dtype=np.float64, keep_forward=True)
+    r = rng.standard_normal((3, 6, 12, 12)).astype(np.float32)
+    got = an.relevance_below(exp, "conv1", r, sample=1)
+    want = an.relevance_from(np.repeat(x[1:2], 3, axis=0), "c1", r, dtype=np.float64).relevance
+    assert_close(got, want, rtol=1e-5)

@@ -130,11 +130,18 @@ def _input(a: np.ndarray, part: Part, bounds) -> np.ndarray | None:
     return a - bounds[0] if part.inp == "above" else a - bounds[1]
 
 
+def _writable_like(out, r) -> bool:
+    """Whether ``out`` can take ``r``'s divide in place: same shape and dtype, contiguous
+    (a float64 pass below a float32 start, ``relevance_below``, mixes the two)."""
+    return out.shape == r.shape and out.dtype == r.dtype and out.flags.c_contiguous
+
+
 def _denominator(fwd: "_Forward", parts, backend, drop: set):
-    """The sum of the parts' forwards. Parts in ``drop`` are forgotten by ``fwd`` once added,
-    so no more than one of them is held at a time; the sum is added up in place (host arrays)
-    in the first part's forward where ``fwd`` computed that one itself and it is dropped, else
-    in the sum's own array from the third part on (z^B's bound terms: one buffer, not two)."""
+    """The sum of the parts' forwards. Parts in ``drop`` (used by no other group, and kept by
+    no caller) are forgotten by ``fwd`` once added, so no more than one of them is held at a
+    time. On host arrays the sum is added up in place: in the first part's forward where
+    ``fwd`` computed that one itself and drops it (z^B's bound terms: one buffer, not three),
+    else in the sum's own array from the third part on."""
     denom = fwd(parts[0])
     owned = backend.host_arrays and parts[0] in drop and fwd.computed(parts[0])
     for i, part in enumerate(parts[1:], 1):
@@ -150,7 +157,8 @@ def _denominator(fwd: "_Forward", parts, backend, drop: set):
 
 class _Forward:
     """Gives a rule its part forwards: precomputed (by onnxruntime, or by an earlier pass
-    over the same batch), else by the kernels — and records those it computes in ``terms``."""
+    over the same batch), else by the kernels — and records those it computes in ``terms``
+    (from which ``products`` drops them again when no caller keeps them)."""
 
     def __init__(self, lin: LinearMap, a: np.ndarray, cache: WeightCache, name: str,
                  terms: dict[Part, np.ndarray] | None, bounds, exact: bool) -> None:
@@ -161,7 +169,8 @@ class _Forward:
         self._computed: set[Part] = set()
 
     def computed(self, part: Part) -> bool:
-        """Whether this part's forward was computed here (an array no one else holds)."""
+        """Whether this part's forward was computed here (no one else holds it unless the
+        caller keeps ``terms``)."""
         return part in self._computed
 
     def weights(self, part: Part):
@@ -236,10 +245,12 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         the layer's own forward is computed.
     quiet_negatives : ``r`` is 0 wherever the ReLU after the layer is off
         (``backward.vanishing``): with that ReLU as ``sign``, the group explaining the
-        non-positive outputs has nothing to explain and is left out.
-    keep_terms : False when no one keeps ``terms``: a group's part forwards are dropped from
-        it once summed into their denominator (z^B's two bound terms at VGG16's first layer:
-        100 MB each at batch 8), so they are not held through the transposed products.
+        non-positive outputs has nothing to explain and is left out, and the positive group
+        needs no gate (the same values; a compiled graph has one node fewer).
+    keep_terms : False when no one keeps ``terms``: a multi-part group's forwards are dropped
+        from it (the caller's entries too) once summed into their denominator, which is then
+        divided in place (z^B's bound terms at VGG16's first layer: 100 MB each at batch 8),
+        so they are not held through the transposed products.
     """
     form: Form = rule.form(nonneg)
     fwd = _Forward(lin, a, cache, layer_name, terms, bounds, form.exact)
@@ -264,7 +275,7 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         out.append(Product(1.0, r, w, a, (z, form.stabiliser), part=part))
         drop(1.0, r, z)
         groups = groups[1:]
-    for at, group in enumerate(groups):
+    for group in groups:
         signal = r
         if group.where == "neg" and quiet_negatives and sign is not None and sign[1]:
             continue
@@ -278,15 +289,15 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
             signal = backend.gate_by_sign(r, sign[0], mode)
             if group.where != "pos" and not signal.any():
                 continue  # no output of this group carries relevance: skip its forwards
-        unused_after = set() if keep_terms else set(group.parts).difference(p for g in groups[at + 1:] for p in g.parts)
-        denom = _denominator(fwd, group.parts, backend, unused_after)
+        elsewhere = {p for g in form.groups if g is not group for p in g.parts}
+        denom = _denominator(fwd, group.parts, backend, set() if keep_terms else set(group.parts) - elsewhere)
         drop(group.coef, signal, denom)
         if len(group.parts) == 1:  # the divide may be fused into the transposed product
             part = group.parts[0]
             out.append(Product(group.coef, signal, fwd.weights(part)[0], fwd.input(part),
                                (denom, form.stabiliser), form.exact, part))
             continue
-        if backend.host_arrays:  # the sum (a new array: two or more parts) is used only here: divide in its place
+        if backend.host_arrays and _writable_like(denom, signal):  # the sum (its own array) is used only here
             s = backend.stabilised_divide(signal, denom, form.stabiliser, out=denom)
         else:
             s = backend.stabilised_divide(signal, denom, form.stabiliser)
