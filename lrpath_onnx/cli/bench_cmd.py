@@ -89,7 +89,8 @@ def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
 @click.option("--deconv-top", type=click.IntRange(min=1), default=9, show_default=True)
 @click.option("--processes", type=click.IntRange(min=2), default=None, metavar="N",
               help="Time whole processes instead: `lrpath explain` and a plain onnxruntime script on 1 and N "
-                   ".npy inputs, three runs each; the marginal seconds per image (T(N) − T(1)) / (N − 1).")
+                   ".npy inputs, three runs each; the marginal seconds per image (T(N) − T(1)) / (N − 1), T "
+                   "each count's fastest run (the medians' figure beside it).")
 def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, out, seed, paths_k,
           per_layer, deconv_layer, deconv_top, processes):
     """Time explain stages on MODEL (a path or a zoo name, e.g. vgg16) against onnxruntime's forward.
