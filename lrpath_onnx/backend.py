@@ -94,7 +94,7 @@ class CpuBackend:
         return tensors
 
     def sample_sums(self, x: np.ndarray) -> np.ndarray:
-        return _ew.sample_sums(x)
+        return _ew.sample_sums(x, self.threads.pool, self.threads.workers)
 
     # kernels ---------------------------------------------------------------------
     def conv2d(self, x, w, geom: ConvGeometry, bias=None, out_hw=None, exact: bool = False):

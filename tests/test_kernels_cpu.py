@@ -244,6 +244,29 @@ def test_multiply_and_sample_sums(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("parts", [2, 3])
+def test_sample_sums_split_over_threads_match_float64(seed, parts, monkeypatch):
+    """Large arrays summed in column parts on a pool (odd widths, float32 in, float64 out):
+    the float64 totals of the plain sum, and a NaN or inf still makes only its sample's
+    total non-finite, whichever part holds it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import lrpath_onnx.kernels.elementwise as E
+
+    monkeypatch.setattr(E, "SPLIT_SUM_ELEMENTS", 1000)
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal((3, 7, 13, 11)) * 10 ** rng.uniform(-3, 3, (3, 7, 13, 11))).astype(np.float32)
+    want = a.astype(np.float64).reshape(3, -1).sum(1)
+    with ThreadPoolExecutor(parts) as pool:
+        got = E.sample_sums(a, pool, parts)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+        assert got.dtype == np.float64
+        a[1, 6, 12, 10], a[2, 0, 0, 0] = np.inf, np.nan  # in the last part and in the first
+        got = E.sample_sums(a, pool, parts)
+    assert np.isposinf(got[1]) and np.isnan(got[2]) and np.isfinite(got[0])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("n, i, o", [(1, 7, 5), (3, 131, 64), (8, 1001, 33)])
 def test_dense_transpose_split_over_threads_matches_reference(seed, dtype, n, i, o, monkeypatch):
