@@ -281,7 +281,8 @@ def test_session_outputs_bound_ahead_equal_copied_ones_and_wrong_guesses_rerun(t
     an = Analyzer(models.save(model, tmp_path / "cnn.onnx"))
     rt = an.runtime()
     x = rng.standard_normal((3, 3, 12, 12)).astype(np.float32)
-    copied = rt._run(x, None, {})  # every output copied out of onnxruntime
+    copied = rt._finish(x, rt._run(x, None, {}))  # every output copied out of onnxruntime
+    assert rt.derived and set(rt.derived) <= set(copied)  # the MaxPool's switches, computed after the run
     floats = {n for n in rt.output_names if n not in rt._int_outputs}
     assert len(floats) >= 4 and set(rt._foresee(x.shape)) == floats
     ahead = rt.run(x)  # first run: static shapes

@@ -320,3 +320,60 @@ def test_unpool_scatters_to_switches_and_adds_ties(seed):
     for (a, b, i, j), v in np.ndenumerate(values):
         want[a, b, ys[a, b, i, j], xs[a, b, i, j]] += v
     np.testing.assert_allclose(unpool(values, idx, (N, C, H, Wd)), want, rtol=1e-14)
+
+
+POOLS = {  # kernel, strides, pads (top, left, bottom, right), dilations, ceil_mode
+    "k2s2": ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),
+    "k2s2_ceil_odd": ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "k2s1": ((2, 2), (1, 1), (0, 0, 0, 0), (1, 1), 0),
+    "k2s3_pad": ((2, 2), (3, 3), (1, 1, 1, 1), (1, 1), 0),
+    "k3s2p1": ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0),
+    "k3s1p1": ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 0),
+    "k3s3_ceil": ((3, 3), (3, 3), (0, 0, 0, 0), (1, 1), 1),
+    "k3x2_asym": ((3, 2), (1, 2), (2, 0, 1, 1), (1, 1), 0),
+    "k2_dil2": ((2, 2), (1, 1), (1, 1, 1, 1), (2, 2), 0),
+    "k3_dil2_s2": ((3, 3), (2, 2), (2, 1, 2, 1), (2, 1), 1),
+}
+
+
+def _ort_maxpool(x, kernel, strides, pads, dil, ceil):
+    """onnxruntime's MaxPool on ``x``: (values, Indices)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    dt = TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.DOUBLE
+    node = helper.make_node("MaxPool", ["X"], ["Y", "I"], kernel_shape=list(kernel), strides=list(strides),
+                            pads=list(pads), dilations=list(dil), ceil_mode=ceil)
+    g = helper.make_graph([node], "pool", [helper.make_tensor_value_info("X", dt, list(x.shape))],
+                          [helper.make_tensor_value_info("Y", dt, None),
+                           helper.make_tensor_value_info("I", TensorProto.INT64, None)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"X": x})
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_max_switches_equal_onnxruntime_indices(pool, dtype, seed):
+    """The switches the analyzer computes after the run are onnxruntime's own ``Indices``:
+    first maximum in row-major order, padding never wins, ties (ReLU zeros, repeated values)
+    to the first, a plane of -inf or with NaN as onnxruntime leaves it; odd sizes, batch 3."""
+    from lrpath_onnx.graph.layers import PoolWindow
+    from lrpath_onnx.kernels.conv import ConvGeometry
+    from lrpath_onnx.kernels.pooling import max_switches
+
+    kernel, strides, pads, dil, ceil = POOLS[pool]
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.standard_normal((3, 4, 11, 9)) * 2).astype(dtype)  # many ties
+    x[0, 1] = np.maximum(x[0, 1], 0)  # a ReLU'd plane: ties at zero
+    x[1, 2] = -np.inf
+    x[2, 3, 4, 4] = np.nan
+    x[2, 0, :3, :3] = np.finfo(dtype).min  # windows of only the lowest finite value
+    y, want = _ort_maxpool(x, kernel, strides, pads, dil, ceil)
+    out_hw = PoolWindow(kernel, ConvGeometry(strides, pads, dil), bool(ceil)).out_size(11, 9)
+    assert out_hw == y.shape[2:]
+    got = max_switches(x, kernel, strides, pads, dil, out_hw)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)

@@ -7,6 +7,7 @@ analyzer has about a layer of its family:
 - ``default_rule`` / ``accepts``: its fixed treatment, and which plan rules it takes;
 - ``needs``: which tensors the backward pass reads from onnxruntime;
 - ``session_outputs``: secondary outputs the onnxruntime graph must gain (MaxPool switches);
+- ``derived_outputs``: tensors computed from fetched ones after the session's run instead;
 - ``relevance``: how relevance crosses it; ``gradient``: its true derivative (gradient
   methods); ``deconv``: the Zeiler–Fergus step;
 - ``forward``: a plain numpy forward (z^B bounds through input-side layers, tests);
@@ -174,6 +175,12 @@ class OpHandler:
     def session_outputs(self, layer: Layer) -> tuple[dict[str, str], set[str]]:
         """({node output 0 → secondary output to add}, integer-typed outputs) for the session."""
         return {}, set()
+
+    def derived_outputs(self, layer: Layer) -> dict[str, tuple[str, Any]]:
+        """{tensor: (fetched tensor, function of it)}: ``session_outputs`` the analyzer's own
+        session does not ask onnxruntime for but computes after the run (a compiled graph,
+        which has no such step, still gains them as outputs)."""
+        return {}
 
     # -- backward steps -------------------------------------------------------------------
     def relevance(self, layer: Layer, rule: Rule, r: np.ndarray,
