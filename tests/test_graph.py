@@ -299,3 +299,35 @@ def test_session_outputs_bound_ahead_equal_copied_ones_and_wrong_guesses_rerun(t
         for k in copied:
             np.testing.assert_array_equal(outs[k], copied[k])
             assert outs[k].dtype == copied[k].dtype
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_switches_follow_a_rewired_pool_input(tmp_path, seed):
+    """Where a node is inserted before the MaxPool (the path-fidelity check's neuron masks), the
+    switches derived after the run are those of what the pool now reads, as onnxruntime's
+    ``Indices`` of that input are, not of the tensor before the insertion."""
+    from onnx import TensorProto
+
+    from lrpath_onnx.kernels.pooling import max_switches
+    from lrpath_onnx.ops.emit import mask_node
+    from lrpath_onnx.runtime.session import ActivationRuntime
+    from tests.test_kernels_cpu import _ort_maxpool
+
+    rng = np.random.default_rng(seed)
+    model, _ = models.small_cnn(rng)
+    an = Analyzer(models.save(model, tmp_path / "cnn.onnx"))
+    pool = next(l for l in an.graph.layers if l.op == "MaxPool")
+    src, C = pool.inputs[0], an.graph.shapes[pool.inputs[0]][1]
+    masked = f"{src}::masked"
+    rt = ActivationRuntime(an.model, an.graph, {pool.indices, src}, "cpu", None, [mask_node(src, "m", masked)], [],
+                           [helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, C, 1, 1])], {src: masked})
+    x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    m = (rng.random(C) < 0.5).astype(np.float32).reshape(1, C, 1, 1)
+    m[0, 0] = 0  # at least one channel masked: all its windows tie at zero
+    outs = rt.run(x, {"m": m})
+    w = pool.window
+    k, g = w.kernel, w.geometry
+    _, want = _ort_maxpool(outs[src] * m, k, g.strides, g.pads, g.dilations, int(w.ceil_mode))
+    np.testing.assert_array_equal(outs[pool.indices], want)
+    unmasked = max_switches(outs[src], k, g.strides, g.pads, g.dilations, want.shape[2:])
+    assert not np.array_equal(unmasked, want)  # the masks moved some switches

@@ -52,7 +52,7 @@ class MaxPoolHandler(ChannelKeeping, OpHandler):
 
     The switches are onnxruntime's ``Indices``: the model's own output where it asks for
     it; else computed from the pool's input after the run exactly as onnxruntime would
-    (first strict maximum in row-major order, padding never wins), because asking the
+    (the first maximum in row-major order, padding never wins), because asking the
     session for them takes the pool off onnxruntime's blocked NCHWc path (VGG16 batch 8 on
     the CI machine type: its MaxPools 81 → 7 ms, and the layout reorders around them). A
     compiled graph (``lrpath compile``) gains the ``Indices`` output instead.

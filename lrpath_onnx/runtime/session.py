@@ -143,9 +143,10 @@ class ActivationRuntime:
         for name in sorted(shared):
             arr = model.initializers[name]
             g.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arr.shape)))
-        #: tensors computed from a fetched one after each run (MaxPool switches), not asked of onnxruntime
-        self.derived = {name: how for layer in graph.layers
-                        for name, how in layer.handler.derived_outputs(layer).items() if name in requests}
+        #: tensors computed from a fetched one after each run (MaxPool switches), not asked of
+        #: onnxruntime; from what the node now reads where its input was rewired
+        self.derived = {name: ((rewire or {}).get(src, src), derive) for layer in graph.layers
+                        for name, (src, derive) in layer.handler.derived_outputs(layer).items() if name in requests}
         sources = {src for src, _ in self.derived.values()}
         fetched = (set(requests) - set(self.derived)) | sources
         self._dropped = sources - set(requests) - {graph.output, graph.input}  # fetched only to derive from
