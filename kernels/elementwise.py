@@ -78,25 +78,16 @@ def gate_by_sign(r: np.ndarray, sign: np.ndarray, mode: str) -> np.ndarray:
     return out
 
 
-#: arrays of at least this many elements are summed in column parts, one per thread
-SPLIT_SUM_ELEMENTS = 1 << 22
-
-
-def sample_sums(x: np.ndarray, pool=None, parts: int = 1) -> np.ndarray:
+def sample_sums(x: np.ndarray, row_sums=None) -> np.ndarray:
     """Per-sample float64 totals of ``x`` (batch first); NaN/inf anywhere makes its total non-finite.
 
-    One pass serves both the conservation bookkeeping and the NaN/inf check. numpy's
-    pairwise summation casts to float64 in vector registers: 2x faster than a numba loop of
-    scalar float64 adds, which ran at a quarter of memory speed (VGG16's relevance sums,
-    batch 8: 110 → 40 ms per batch). Arrays past ``SPLIT_SUM_ELEMENTS`` (beyond the caches)
-    are summed in ``parts`` column ranges on ``pool``'s threads; smaller ones in one call.
+    One pass serves both the conservation bookkeeping and the NaN/inf check. By default
+    numpy's pairwise reduce in float64 (2x faster than a numba loop of scalar float64 adds,
+    which ran at a quarter of memory speed: VGG16's relevance sums at batch 8, 110 → 40 ms
+    per batch); ``row_sums(x2)``, the backend's ``ThreadControl.row_sums``, splits large
+    arrays over its threads.
     """
     x2 = np.ascontiguousarray(x).reshape(x.shape[0], -1)
-    if pool is None or parts < 2 or x2.size < SPLIT_SUM_ELEMENTS:
+    if row_sums is None:
         return np.add.reduce(x2, axis=1, dtype=np.float64)
-    cuts = np.linspace(0, x2.shape[1], parts + 1).astype(int)
-    futures = [pool.submit(np.add.reduce, x2[:, lo:hi], 1, np.float64) for lo, hi in zip(cuts[:-1], cuts[1:])]
-    out = futures[0].result()
-    for f in futures[1:]:
-        out = out + f.result()
-    return out
+    return row_sums(x2)

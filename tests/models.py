@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -83,6 +84,16 @@ def pool_model(op, x_shape, **attrs):
     nodes = [helper.make_node("Relu", ["X"], ["Xr"], name="relu_in"),
              helper.make_node(op, ["Xr"], ["Y"], name="pool", **attrs)]
     return make_model(nodes, [vi("X", ["N", *x_shape[1:]])], [vi("Y", None)])
+
+
+def maxpool_indices(x, kernel, strides, pads, dilations, ceil_mode):
+    """onnxruntime's MaxPool on ``x`` (float32 or float64): (values, its ``Indices`` output)."""
+    dt = TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.DOUBLE
+    node = helper.make_node("MaxPool", ["X"], ["Y", "I"], kernel_shape=list(kernel), strides=list(strides),
+                            pads=list(pads), dilations=list(dilations), ceil_mode=int(ceil_mode))
+    model = make_model([node], [vi("X", list(x.shape), dt)], [vi("Y", None, dt), vi("I", None, TensorProto.INT64)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"X": x})
 
 
 def residual_model(rng, x_shape):

@@ -311,7 +311,6 @@ def test_switches_follow_a_rewired_pool_input(tmp_path, seed):
     from lrpath_onnx.kernels.pooling import max_switches
     from lrpath_onnx.ops.emit import mask_node
     from lrpath_onnx.runtime.session import ActivationRuntime
-    from tests.test_kernels_cpu import _ort_maxpool
 
     rng = np.random.default_rng(seed)
     model, _ = models.small_cnn(rng)
@@ -327,7 +326,7 @@ def test_switches_follow_a_rewired_pool_input(tmp_path, seed):
     outs = rt.run(x, {"m": m})
     w = pool.window
     k, g = w.kernel, w.geometry
-    _, want = _ort_maxpool(outs[src] * m, k, g.strides, g.pads, g.dilations, int(w.ceil_mode))
+    _, want = models.maxpool_indices(outs[src] * m, k, g.strides, g.pads, g.dilations, int(w.ceil_mode))
     np.testing.assert_array_equal(outs[pool.indices], want)
     unmasked = max_switches(outs[src], k, g.strides, g.pads, g.dilations, want.shape[2:])
     assert not np.array_equal(unmasked, want)  # the masks moved some switches

@@ -11,6 +11,7 @@ from lrpath_onnx.kernels import winograd as W
 from lrpath_onnx.kernels import winograd4 as W4
 from lrpath_onnx.kernels.elementwise import multiply, sample_sums, stabilised_divide
 from lrpath_onnx.kernels.pooling import unpool
+from tests import models
 from tests import reference as ref
 
 SEEDS = [0, 1, 2]
@@ -246,23 +247,21 @@ def test_multiply_and_sample_sums(seed):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("parts", [2, 3])
 def test_sample_sums_split_over_threads_match_float64(seed, parts, monkeypatch):
-    """Large arrays summed in column parts on a pool (odd widths, float32 in, float64 out):
-    the float64 totals of the plain sum, and a NaN or inf still makes only its sample's
-    total non-finite, whichever part holds it."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Large arrays summed in column parts on the backend's threads (odd widths, float32 in,
+    float64 out): the float64 totals of the plain sum, and a NaN or inf still makes only its
+    sample's total non-finite, whichever part holds it."""
+    import lrpath_onnx.threads as T
 
-    import lrpath_onnx.kernels.elementwise as E
-
-    monkeypatch.setattr(E, "SPLIT_SUM_ELEMENTS", 1000)
+    monkeypatch.setattr(T, "SPLIT_SUM_ELEMENTS", 1000)
+    threads = T.ThreadControl(parts)
     rng = np.random.default_rng(seed)
     a = (rng.standard_normal((3, 7, 13, 11)) * 10 ** rng.uniform(-3, 3, (3, 7, 13, 11))).astype(np.float32)
     want = a.astype(np.float64).reshape(3, -1).sum(1)
-    with ThreadPoolExecutor(parts) as pool:
-        got = E.sample_sums(a, pool, parts)
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
-        assert got.dtype == np.float64
-        a[1, 6, 12, 10], a[2, 0, 0, 0] = np.inf, np.nan  # in the last part and in the first
-        got = E.sample_sums(a, pool, parts)
+    got = sample_sums(a, threads.row_sums)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+    assert got.dtype == np.float64
+    a[1, 6, 12, 10], a[2, 0, 0, 0] = np.inf, np.nan  # in the last part and in the first
+    got = sample_sums(a, threads.row_sums)
     assert np.isposinf(got[1]) and np.isnan(got[2]) and np.isfinite(got[0])
 
 
@@ -336,23 +335,6 @@ POOLS = {  # kernel, strides, pads (top, left, bottom, right), dilations, ceil_m
 }
 
 
-def _ort_maxpool(x, kernel, strides, pads, dil, ceil):
-    """onnxruntime's MaxPool on ``x``: (values, Indices)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    dt = TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.DOUBLE
-    node = helper.make_node("MaxPool", ["X"], ["Y", "I"], kernel_shape=list(kernel), strides=list(strides),
-                            pads=list(pads), dilations=list(dil), ceil_mode=ceil)
-    g = helper.make_graph([node], "pool", [helper.make_tensor_value_info("X", dt, list(x.shape))],
-                          [helper.make_tensor_value_info("Y", dt, None),
-                           helper.make_tensor_value_info("I", TensorProto.INT64, None)])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"X": x})
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("pool", list(POOLS))
@@ -371,7 +353,7 @@ def test_max_switches_equal_onnxruntime_indices(pool, dtype, seed):
     x[1, 2] = -np.inf
     x[2, 3, 4, 4] = np.nan
     x[2, 0, :3, :3] = np.finfo(dtype).min  # windows of only the lowest finite value
-    y, want = _ort_maxpool(x, kernel, strides, pads, dil, ceil)
+    y, want = models.maxpool_indices(x, kernel, strides, pads, dil, ceil)
     out_hw = PoolWindow(kernel, ConvGeometry(strides, pads, dil), bool(ceil)).out_size(11, 9)
     assert out_hw == y.shape[2:]
     got = max_switches(x, kernel, strides, pads, dil, out_hw)
