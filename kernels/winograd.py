@@ -71,6 +71,7 @@ def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio, slots):
     """
     C, H, W = x.shape
     Wp = 2 * tw + 2
+    lo, hi = max(0, pl), min(Wp, W + pl)  # the buffer columns that hold input pixels
     nrows = ty1 - ty0
     for cy in prange(C * nrows):
         c = cy // nrows
@@ -78,16 +79,16 @@ def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio, slots):
         rows = np.zeros((4, Wp), x.dtype)
         for i in range(4):
             yy = 2 * ty - pt + i
-            if yy >= 0 and yy < H:
-                for xx in range(Wp):
-                    sx = xx - pl
-                    if sx >= 0 and sx < W:
-                        if use_ratio:
-                            zi = z[c, yy, sx]
-                            den = zi + eps if zi >= 0.0 else zi - eps
-                            rows[i, xx] = x[c, yy, sx] / den if den != 0.0 else 0.0
-                        else:
-                            rows[i, xx] = x[c, yy, sx]
+            if yy < 0 or yy >= H or lo >= hi:
+                continue
+            if use_ratio:
+                xs, zs, ds = x[c, yy, lo - pl:hi - pl], z[c, yy, lo - pl:hi - pl], rows[i, lo:hi]
+                for j in range(hi - lo):
+                    zi = zs[j]
+                    den = zi + eps if zi >= 0.0 else zi - eps
+                    ds[j] = xs[j] / den if den != 0.0 else 0.0
+            else:
+                rows[i, lo:hi] = x[c, yy, lo - pl:hi - pl]
         t = np.empty((4, Wp), x.dtype)
         for xx in range(Wp):  # Bᵀ d over rows
             t[0, xx] = rows[0, xx] - rows[2, xx]
@@ -96,19 +97,19 @@ def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio, slots):
             t[3, xx] = rows[1, xx] - rows[3, xx]
         base = col0 + (ty - ty0) * tw
         for i in range(4):  # (Bᵀ d) B over columns
-            s0, s1, s2, s3 = slots[4 * i], slots[4 * i + 1], slots[4 * i + 2], slots[4 * i + 3]
+            ti = t[i]
+            v = V[slots[4 * i], c, base:base + tw]
             for tx in range(tw):
-                q = 2 * tx
-                V[s0, c, base + tx] = t[i, q] - t[i, q + 2]
+                v[tx] = ti[2 * tx] - ti[2 * tx + 2]
+            v = V[slots[4 * i + 1], c, base:base + tw]
             for tx in range(tw):
-                q = 2 * tx
-                V[s1, c, base + tx] = t[i, q + 1] + t[i, q + 2]
+                v[tx] = ti[2 * tx + 1] + ti[2 * tx + 2]
+            v = V[slots[4 * i + 2], c, base:base + tw]
             for tx in range(tw):
-                q = 2 * tx
-                V[s2, c, base + tx] = t[i, q + 2] - t[i, q + 1]
+                v[tx] = ti[2 * tx + 2] - ti[2 * tx + 1]
+            v = V[slots[4 * i + 3], c, base:base + tw]
             for tx in range(tw):
-                q = 2 * tx
-                V[s3, c, base + tx] = t[i, q + 1] - t[i, q + 3]
+                v[tx] = ti[2 * tx + 1] - ti[2 * tx + 3]
 
 
 @njit(parallel=True, cache=True)
@@ -128,28 +129,34 @@ def output_tiles(M, oh, ow, ty0, ty1, tw, col0, out, bias, use_bias, mul, use_mu
         s0 = np.empty((4, tw), M.dtype)
         s1 = np.empty((4, tw), M.dtype)
         for j in range(4):  # Aᵀ m: s0_j = m0j + m1j + m2j, s1_j = m1j - m2j - m3j
-            r0, r1, r2, r3 = slots[j], slots[4 + j], slots[8 + j], slots[12 + j]
+            m0 = M[slots[j], k, base:base + tw]
+            m1 = M[slots[4 + j], k, base:base + tw]
+            m2 = M[slots[8 + j], k, base:base + tw]
+            m3 = M[slots[12 + j], k, base:base + tw]
             for tx in range(tw):
-                m1 = M[r1, k, base + tx]
-                m2 = M[r2, k, base + tx]
-                s0[j, tx] = M[r0, k, base + tx] + m1 + m2
-                s1[j, tx] = m1 - m2 - M[r3, k, base + tx]
+                s0[j, tx] = m0[tx] + m1[tx] + m2[tx]
+                s1[j, tx] = m1[tx] - m2[tx] - m3[tx]
         y = 2 * ty
         for r in range(2):
             if y + r >= oh:
                 break
             s = s0 if r == 0 else s1
-            for tx in range(tw):
-                x = 2 * tx
+            row = out[k, y + r]
+            mrow = mul[k, y + r] if use_mul else mul[0, 0]
+            for tx in range(ow // 2):
+                v = s[0, tx] + s[1, tx] + s[2, tx] + b
+                w = s[1, tx] - s[2, tx] - s[3, tx] + b
+                if use_mul:
+                    v *= mrow[2 * tx]
+                    w *= mrow[2 * tx + 1]
+                row[2 * tx] = v
+                row[2 * tx + 1] = w
+            if ow % 2:  # the last, partial tile
+                tx = ow // 2
                 v = s[0, tx] + s[1, tx] + s[2, tx] + b
                 if use_mul:
-                    v *= mul[k, y + r, x]
-                out[k, y + r, x] = v
-                if x + 1 < ow:
-                    v = s[1, tx] - s[2, tx] - s[3, tx] + b
-                    if use_mul:
-                        v *= mul[k, y + r, x + 1]
-                    out[k, y + r, x + 1] = v
+                    v *= mrow[2 * tx]
+                row[2 * tx] = v
 
 
 def tile_blocks(n: int, th: int, tw: int, channels: int, taps: int, limit: int):

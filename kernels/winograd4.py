@@ -49,7 +49,7 @@ def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio):
     sample ``x`` (C, H, W); taps outside it are 0. ``use_ratio``: read ``x / (z + eps·sign z)``
     (0 where that is 0/0), LRP's stabilised divide fused into the loads. Parallel over
     channels, each with its own row buffers; every slot is written as one run over a tile
-    row's tiles."""
+    row's tiles, through a view indexed from 0 (see ``winograd``'s module note on views)."""
     C, H, W = x.shape
     Wp = 4 * tw + 2
     lo, hi = max(0, pl), min(Wp, W + pl)  # the buffer columns that hold input pixels
@@ -66,10 +66,11 @@ def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio):
                     d[i, :] = 0
                     continue
                 if use_ratio:
-                    for xx in range(lo, hi):
-                        zi = z[c, yy, xx - pl]
+                    xs, zs, ds = x[c, yy, lo - pl:hi - pl], z[c, yy, lo - pl:hi - pl], d[i, lo:hi]
+                    for j in range(hi - lo):
+                        zi = zs[j]
                         den = zi + eps if zi >= 0.0 else zi - eps
-                        d[i, xx] = x[c, yy, xx - pl] / den if den != 0.0 else 0.0
+                        ds[j] = xs[j] / den if den != 0.0 else 0.0
                 else:
                     d[i, lo:hi] = x[c, yy, lo - pl:hi - pl]
             for xx in range(Wp):  # Bᵀ d over rows
@@ -83,30 +84,31 @@ def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio):
             base = col0 + (ty - ty0) * tw
             for i in range(6):  # (Bᵀ d) B over columns
                 r = 6 * i
+                ti = t[i]
+                v = V[r, c, base:base + tw]
                 for tx in range(tw):
-                    q = 4 * tx
-                    V[r, c, base + tx] = four * t[i, q] - five * t[i, q + 2] + t[i, q + 4]
+                    v[tx] = four * ti[4 * tx] - five * ti[4 * tx + 2] + ti[4 * tx + 4]
+                v = V[r + 1, c, base:base + tw]
                 for tx in range(tw):
-                    q = 4 * tx
-                    V[r + 1, c, base + tx] = t[i, q + 3] + t[i, q + 4] - four * (t[i, q + 1] + t[i, q + 2])
+                    v[tx] = ti[4 * tx + 3] + ti[4 * tx + 4] - four * (ti[4 * tx + 1] + ti[4 * tx + 2])
+                v = V[r + 2, c, base:base + tw]
                 for tx in range(tw):
-                    q = 4 * tx
-                    V[r + 2, c, base + tx] = four * (t[i, q + 1] - t[i, q + 2]) - t[i, q + 3] + t[i, q + 4]
+                    v[tx] = four * (ti[4 * tx + 1] - ti[4 * tx + 2]) - ti[4 * tx + 3] + ti[4 * tx + 4]
+                v = V[r + 3, c, base:base + tw]
                 for tx in range(tw):
-                    q = 4 * tx
-                    V[r + 3, c, base + tx] = two * (t[i, q + 3] - t[i, q + 1]) - t[i, q + 2] + t[i, q + 4]
+                    v[tx] = two * (ti[4 * tx + 3] - ti[4 * tx + 1]) - ti[4 * tx + 2] + ti[4 * tx + 4]
+                v = V[r + 4, c, base:base + tw]
                 for tx in range(tw):
-                    q = 4 * tx
-                    V[r + 4, c, base + tx] = two * (t[i, q + 1] - t[i, q + 3]) - t[i, q + 2] + t[i, q + 4]
+                    v[tx] = two * (ti[4 * tx + 1] - ti[4 * tx + 3]) - ti[4 * tx + 2] + ti[4 * tx + 4]
+                v = V[r + 5, c, base:base + tw]
                 for tx in range(tw):
-                    q = 4 * tx
-                    V[r + 5, c, base + tx] = four * t[i, q + 1] - five * t[i, q + 3] + t[i, q + 5]
+                    v[tx] = four * ti[4 * tx + 1] - five * ti[4 * tx + 3] + ti[4 * tx + 5]
 
 
 @njit(parallel=True, cache=True)
 def output_tiles(M, oh, ow, ty0, ty1, tw, col0, out, bias, use_bias, mul, use_mul):
     """out[k, rows of ty0:ty1] = Aᵀ m A of each tile m[i, j] = M[6i+j, k, col0 + t]; then
-    + bias, × mul."""
+    + bias, × mul. Each slot's run is read through a view indexed from 0."""
     K = out.shape[0]
     cs = np.empty(3, M.dtype)  # the transform's constants in M's precision (2, 4, 8)
     cs[0], cs[1], cs[2] = 2.0, 4.0, 8.0
@@ -118,13 +120,14 @@ def output_tiles(M, oh, ow, ty0, ty1, tw, col0, out, bias, use_bias, mul, use_mu
         for ty in range(ty0, ty1):
             base = col0 + (ty - ty0) * tw
             for j in range(6):  # Aᵀ m over rows
+                r0 = M[j, k, base:base + tw]
+                r1 = M[6 + j, k, base:base + tw]
+                r2 = M[12 + j, k, base:base + tw]
+                r3 = M[18 + j, k, base:base + tw]
+                r4 = M[24 + j, k, base:base + tw]
+                r5 = M[30 + j, k, base:base + tw]
                 for tx in range(tw):
-                    m0 = M[j, k, base + tx]
-                    m1 = M[6 + j, k, base + tx]
-                    m2 = M[12 + j, k, base + tx]
-                    m3 = M[18 + j, k, base + tx]
-                    m4 = M[24 + j, k, base + tx]
-                    m5 = M[30 + j, k, base + tx]
+                    m0, m1, m2, m3, m4, m5 = r0[tx], r1[tx], r2[tx], r3[tx], r4[tx], r5[tx]
                     s[0, j, tx] = m0 + m1 + m2 + m3 + m4
                     s[1, j, tx] = m1 - m2 + two * (m3 - m4)
                     s[2, j, tx] = m1 + m2 + four * (m3 + m4)
