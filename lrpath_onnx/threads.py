@@ -44,8 +44,6 @@ def _openblas():
 
 #: products with a right operand of at least this many elements are split by columns
 SPLIT_ELEMENTS = 1 << 22
-#: row sums of arrays of at least this many elements are split by columns
-SPLIT_SUM_ELEMENTS = 1 << 22
 
 
 class ThreadControl:
@@ -96,20 +94,6 @@ class ThreadControl:
                    for lo, hi in self._column_ranges(b.shape[1])]
         for f in futures:
             f.result()
-        return out
-
-    def row_sums(self, x: np.ndarray) -> np.ndarray:
-        """float64 sums of the rows of 2-D ``x``: numpy's pairwise reduce (it casts to float64
-        in vector registers), ``x``'s columns split over the pool's threads past
-        ``SPLIT_SUM_ELEMENTS``, where the array has left the caches (VGG16's relevance at
-        batch 8: a quarter faster than one thread)."""
-        if self.pool is None or x.size < SPLIT_SUM_ELEMENTS:
-            return np.add.reduce(x, axis=1, dtype=np.float64)
-        futures = [self.pool.submit(np.add.reduce, x[:, lo:hi], 1, np.float64)
-                   for lo, hi in self._column_ranges(x.shape[1])]
-        out = futures[0].result()
-        for f in futures[1:]:
-            out = out + f.result()
         return out
 
     def _column_ranges(self, n: int) -> list[tuple[int, int]]:

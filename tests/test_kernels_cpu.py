@@ -246,22 +246,19 @@ def test_multiply_and_sample_sums(seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("parts", [2, 3])
-def test_sample_sums_split_over_threads_match_float64(seed, parts, monkeypatch):
-    """Large arrays summed in column parts on the backend's threads (odd widths, float32 in,
+def test_sample_sums_in_parts_match_float64(seed, parts):
+    """Rows summed in parts on numba's threads, adds reassociated (odd widths, float32 in,
     float64 out): the float64 totals of the plain sum, and a NaN or inf still makes only its
     sample's total non-finite, whichever part holds it."""
-    import lrpath_onnx.threads as T
-
-    monkeypatch.setattr(T, "SPLIT_SUM_ELEMENTS", 1000)
-    threads = T.ThreadControl(parts)
     rng = np.random.default_rng(seed)
     a = (rng.standard_normal((3, 7, 13, 11)) * 10 ** rng.uniform(-3, 3, (3, 7, 13, 11))).astype(np.float32)
     want = a.astype(np.float64).reshape(3, -1).sum(1)
-    got = sample_sums(a, threads.row_sums)
+    part = a[0].size // parts  # rows of 1001 elements in `parts` parts, the last one shorter
+    got = sample_sums(a, part)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
     assert got.dtype == np.float64
     a[1, 6, 12, 10], a[2, 0, 0, 0] = np.inf, np.nan  # in the last part and in the first
-    got = sample_sums(a, threads.row_sums)
+    got = sample_sums(a, part)
     assert np.isposinf(got[1]) and np.isnan(got[2]) and np.isfinite(got[0])
 
 
