@@ -59,19 +59,24 @@ def im2col(x, kh, kw, sh, sw, pt, pl, dh, dw, oy0, oy1, ow, cols):
         t = r % (kh * kw)
         i = t // kw
         j = t % kw
+        # output columns lo:hi read inside the input (ix = ox·sw − pl + j·dw in 0:W)
+        off = j * dw - pl
+        lo = min(ow, max(0, (-off + sw - 1) // sw))
+        hi = max(lo, min(ow, (W - 1 - off) // sw + 1)) if W - 1 - off >= 0 else lo
         for oy in range(oy0, oy1):
             iy = oy * sh - pt + i * dh
-            base = (oy - oy0) * ow
+            # views indexed from 0: numba's negative-index wraparound on cols[r, base + ox]
+            # and x[c, iy, ix] made LLVM scatter and gather each element
+            row = cols[r, (oy - oy0) * ow:(oy - oy0 + 1) * ow]
             if iy < 0 or iy >= H:
-                for ox in range(ow):
-                    cols[r, base + ox] = 0.0
+                row[:] = 0.0
                 continue
-            for ox in range(ow):
-                ix = ox * sw - pl + j * dw
-                if ix >= 0 and ix < W:
-                    cols[r, base + ox] = x[c, iy, ix]
-                else:
-                    cols[r, base + ox] = 0.0
+            row[:lo] = 0.0
+            row[hi:] = 0.0
+            src = x[c, iy, lo * sw + off:]
+            dst = row[lo:hi]
+            for u in range(hi - lo):
+                dst[u] = src[u * sw]
 
 
 @njit(parallel=True, cache=True)

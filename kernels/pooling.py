@@ -20,8 +20,7 @@ def _unpool(values, indices, plane_out, out):
     P, L = values.shape
     for p in prange(P):
         base = p * plane_out
-        for i in range(plane_out):
-            out[base + i] = 0.0
+        out[base:base + plane_out] = 0.0  # a slice: out[base + i] was a scatter (index wraparound)
         for i in range(L):
             idx = indices[p, i]
             if idx >= base and idx < base + plane_out:
