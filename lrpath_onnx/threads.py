@@ -21,18 +21,39 @@ _GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads
             "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 
-def _openblas():
-    """(get, set) functions of the OpenBLAS numpy uses, or None where it is another BLAS."""
+_CORENAMES = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+              "openblas_get_corename64_", "openblas_get_corename")
+
+
+def _openblas_libs():
+    """The loaded OpenBLAS libraries (numpy's), as ctypes handles."""
     try:
         maps = open("/proc/self/maps").read().splitlines()
     except OSError:
-        return None
-    libs = sorted({l.split()[-1] for l in maps if "openblas" in l.lower() and l.split()[-1].startswith("/")})
-    for path in libs:
+        return
+    for path in sorted({l.split()[-1] for l in maps if "openblas" in l.lower() and l.split()[-1].startswith("/")}):
         try:
-            lib = ctypes.CDLL(path)
+            yield ctypes.CDLL(path)
         except OSError:
             continue
+
+
+def openblas_core() -> str | None:
+    """The kernel family numpy's OpenBLAS runs (``SkylakeX``, ``Haswell``…), None where unknown.
+    A benchmark says it: ``OPENBLAS_CORETYPE`` may pin older kernels (half the GEMM speed of
+    AVX-512 ones on a Zen 5)."""
+    np.ones(1) @ np.ones(1)
+    for lib in _openblas_libs():
+        fn = next((getattr(lib, n) for n in _CORENAMES if hasattr(lib, n)), None)
+        if fn is not None:
+            fn.restype = ctypes.c_char_p
+            return fn().decode(errors="replace").strip() or None
+    return None
+
+
+def _openblas():
+    """(get, set) functions of the OpenBLAS numpy uses, or None where it is another BLAS."""
+    for lib in _openblas_libs():
         get = next((getattr(lib, n) for n in _GETTERS if hasattr(lib, n)), None)
         put = next((getattr(lib, n) for n in _SETTERS if hasattr(lib, n)), None)
         if get is not None and put is not None:

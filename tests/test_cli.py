@@ -198,6 +198,9 @@ def test_bench_writes_json_with_ratios(cnn, tmp_path):
     assert stages["onnxruntime_forward"]["ratio_to_ort_forward"] == 1.0
     assert all(s["median_s_per_image"] > 0 for s in stages.values())
     assert data["peak_rss_mb_explain"] > 0 and data["batch_size"] == 2 and data["machine"]["cores"] >= 1
+    from lrpath_onnx.threads import openblas_core  # the same environment, so the same kernels
+
+    assert data["machine"]["openblas_core"] == openblas_core() and data["machine"]["openblas_core"]
     assert "explain_total" in res.stdout and "its own process" in data["baseline"]
 
 

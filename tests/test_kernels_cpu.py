@@ -289,6 +289,20 @@ def test_dense_transpose_split_over_threads_matches_reference(seed, dtype, n, i,
         control.pool.shutdown()
 
 
+@pytest.mark.parametrize("core", ["Haswell", "Sandybridge"])
+def test_openblas_core_names_the_kernels_a_pinned_coretype_runs(core):
+    """What ``bench`` reports of the BLAS: the kernel family OpenBLAS runs, which
+    ``OPENBLAS_CORETYPE`` pins when set before numpy loads (a fresh process each)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPENBLAS_CORETYPE": core}
+    code = "from lrpath_onnx.threads import openblas_core; print(openblas_core())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == core
+
+
 @pytest.mark.parametrize("chunk", [1, 9 * 5 * 3, 1 << 17])
 @pytest.mark.parametrize("module", [W, W4], ids=["F2", "F4"])
 def test_kernel_transform_in_chunks_is_g_w_gT(chunk, module, monkeypatch):

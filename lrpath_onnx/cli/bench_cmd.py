@@ -17,6 +17,7 @@ from ..api import Analyzer
 from ..errors import InputError
 from ..io.outputs import ensure_out_dir, write_json
 from ..io.schema import model_json, stamp
+from ..threads import openblas_core
 from .bench_processes import bench_processes, plain_forward_times
 from .options import model_file, model_options, zoo_name
 
@@ -39,7 +40,8 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "numpy": np.__version__, "numba": numba.__version__}
+            "numpy": np.__version__, "numba": numba.__version__, "openblas_core": openblas_core(),
+            "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE")}
 
 
 def _median(ts: list[float]) -> float:
@@ -165,7 +167,8 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
               "peak_rss_mb_explain": rss_explain, "first_explain_s_incl_load": first_s,
               "conservation_ratio_sample0": first.conservation(0)["ratio"]}
     click.echo(f"{path.name}  batch {batch_size}  preset {preset}  provider {first.provider}  "
-               f"({result['machine']['cpu']}, {result['machine']['cores']} cores)")
+               f"({result['machine']['cpu']}, {result['machine']['cores']} cores, "
+               f"OpenBLAS {result['machine']['openblas_core'] or 'not found'} kernels)")
     click.echo(f"{'stage':28s} {'s/image':>10s} {'x ort fwd':>10s}")
     for s in stages:
         click.echo(f"{s['stage']:28s} {s['median_s_per_image']:10.4f} {s['ratio_to_ort_forward']:10.2f}")
