@@ -65,6 +65,22 @@ def transform_with(w: np.ndarray, g: np.ndarray) -> np.ndarray:
     return out
 
 
+@njit(cache=True, inline="always")
+def load_row(x, z, c, yy, lo, hi, pl, eps, use_ratio, row):
+    """row[lo:hi] = x[c, yy, lo - pl:hi - pl], or with ``use_ratio`` ``x / (z + eps·sign z)``
+    there (0 where that denominator is 0): the tile buffers' input rows, LRP's stabilised
+    divide done while loading so the ratio is never written to memory."""
+    xs, ds = x[c, yy, lo - pl:hi - pl], row[lo:hi]
+    if use_ratio:
+        zs = z[c, yy, lo - pl:hi - pl]
+        for j in range(hi - lo):
+            zi = zs[j]
+            den = zi + eps if zi >= 0.0 else zi - eps
+            ds[j] = xs[j] / den if den != 0.0 else 0.0
+    else:
+        ds[:] = xs
+
+
 @njit(parallel=True, cache=True)
 def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio, slots):
     """V[slots[4i+j], c, col0 + t] = (Bᵀ d B)[i, j] for the 4x4 tiles d of tile rows ty0:ty1.
@@ -85,16 +101,8 @@ def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio, slots):
         rows = np.zeros((4, Wp), x.dtype)
         for i in range(4):
             yy = 2 * ty - pt + i
-            if yy < 0 or yy >= H or lo >= hi:
-                continue
-            if use_ratio:
-                xs, zs, ds = x[c, yy, lo - pl:hi - pl], z[c, yy, lo - pl:hi - pl], rows[i, lo:hi]
-                for j in range(hi - lo):
-                    zi = zs[j]
-                    den = zi + eps if zi >= 0.0 else zi - eps
-                    ds[j] = xs[j] / den if den != 0.0 else 0.0
-            else:
-                rows[i, lo:hi] = x[c, yy, lo - pl:hi - pl]
+            if yy >= 0 and yy < H and lo < hi:
+                load_row(x, z, c, yy, lo, hi, pl, eps, use_ratio, rows[i])
         t = np.empty((4, Wp), x.dtype)
         for xx in range(Wp):  # Bᵀ d over rows
             t[0, xx] = rows[0, xx] - rows[2, xx]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .winograd import run_blocks, transform_with
+from .winograd import load_row, run_blocks, transform_with
 
 #: G of F(4, 3): kernel transform U = G g Gᵀ
 G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -65,14 +65,7 @@ def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio):
                 if yy < 0 or yy >= H or lo >= hi:
                     d[i, :] = 0
                     continue
-                if use_ratio:
-                    xs, zs, ds = x[c, yy, lo - pl:hi - pl], z[c, yy, lo - pl:hi - pl], d[i, lo:hi]
-                    for j in range(hi - lo):
-                        zi = zs[j]
-                        den = zi + eps if zi >= 0.0 else zi - eps
-                        ds[j] = xs[j] / den if den != 0.0 else 0.0
-                else:
-                    d[i, lo:hi] = x[c, yy, lo - pl:hi - pl]
+                load_row(x, z, c, yy, lo, hi, pl, eps, use_ratio, d[i])
             for xx in range(Wp):  # Bᵀ d over rows
                 d0, d1, d2, d3, d4, d5 = d[0, xx], d[1, xx], d[2, xx], d[3, xx], d[4, xx], d[5, xx]
                 t[0, xx] = four * d0 - five * d2 + d4
