@@ -69,7 +69,9 @@ def transform_with(w: np.ndarray, g: np.ndarray) -> np.ndarray:
 def load_row(x, z, c, yy, lo, hi, pl, eps, use_ratio, row):
     """row[lo:hi] = x[c, yy, lo - pl:hi - pl], or with ``use_ratio`` ``x / (z + eps·sign z)``
     there (0 where that denominator is 0): the tile buffers' input rows, LRP's stabilised
-    divide done while loading so the ratio is never written to memory."""
+    divide done while loading so the ratio is never written to memory. Inlined into both
+    Winograd modules: numba's cache of ``winograd4`` does not see an edit here (clear
+    ``__pycache__`` after changing it)."""
     xs, ds = x[c, yy, lo - pl:hi - pl], row[lo:hi]
     if use_ratio:
         zs = z[c, yy, lo - pl:hi - pl]
