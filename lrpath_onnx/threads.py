@@ -65,6 +65,8 @@ def _openblas():
 
 #: products with a right operand of at least this many elements are split by columns
 SPLIT_ELEMENTS = 1 << 22
+#: convolution GEMMs (im2col's columns) are split from this many elements
+SPLIT_GEMM_ELEMENTS = 1 << 16
 
 
 class ThreadControl:
@@ -110,6 +112,19 @@ class ThreadControl:
         that streams a large matrix (a dense layer's transposed weights: VGG16's fc6 reads
         411 MB) then reads it on every core (batch 8: 98 → 52 ms)."""
         if self.pool is None or b.size < SPLIT_ELEMENTS:
+            return np.matmul(a, b, out=out)
+        futures = [self.pool.submit(np.matmul, a, b[:, lo:hi], out=out[:, lo:hi])
+                   for lo, hi in self._column_ranges(b.shape[1])]
+        for f in futures:
+            f.result()
+        return out
+
+    def matmul_split(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """2-D ``a @ b`` into ``out``, ``b``'s columns split over the pool's threads from
+        ``SPLIT_GEMM_ELEMENTS``: im2col's products (exact rules, 1x1 and strided convolutions),
+        which ran on one core while BLAS is single-threaded (VGG16's z^B layer at batch 8,
+        with its two bound terms in one product too: 14 → 10 ms per image)."""
+        if self.pool is None or b.size < SPLIT_GEMM_ELEMENTS or b.shape[1] < 2 * self.workers:
             return np.matmul(a, b, out=out)
         futures = [self.pool.submit(np.matmul, a, b[:, lo:hi], out=out[:, lo:hi])
                    for lo, hi in self._column_ranges(b.shape[1])]

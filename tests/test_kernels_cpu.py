@@ -43,6 +43,31 @@ def _ref_conv(x, wt, g):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", list(GEOMS))
+def test_conv_products_split_over_threads_match_unrolled_matrix(name, seed, monkeypatch):
+    """im2col's products with their columns split over the backend's threads (every one
+    split, odd widths): forward, transposed and transposed × mul equal float64 NumPy."""
+    from lrpath_onnx import threads
+
+    monkeypatch.setattr(threads, "SPLIT_GEMM_ELEMENTS", 1)
+    rng = np.random.default_rng(seed)
+    x, wt, g = _case(rng, name)
+    want, M = _ref_conv(x, wt, g)
+    s, mul = rng.standard_normal(want.shape), rng.standard_normal(x.shape)
+    want_t = np.stack([(M @ si.reshape(-1)).reshape(x.shape[1:]) for si in s])
+    control = threads.ThreadControl(workers=3)
+    be = CpuBackend(control, exact=True)
+    try:
+        with control.blas_single():  # as the backward pass runs it
+            np.testing.assert_allclose(be.conv2d(x, wt, g), want, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(be.conv2d_transpose(s, wt, g, x.shape[2:]), want_t, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(be.conv2d_transpose(s, wt, g, x.shape[2:], mul), want_t * mul,
+                                       rtol=1e-10, atol=1e-10)
+    finally:
+        control.pool.shutdown()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", list(GEOMS))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_conv_forward_and_transpose_match_unrolled_matrix(name, seed, dtype):
     rng = np.random.default_rng(seed)
