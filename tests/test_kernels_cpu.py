@@ -314,6 +314,22 @@ def test_dense_transpose_split_over_threads_matches_reference(seed, dtype, n, i,
         control.pool.shutdown()
 
 
+@pytest.mark.parametrize("user", [None, "5"])
+def test_numba_threads_spin_briefly_unless_the_user_chose(user):
+    """Importing the package sets a short OpenMP spin before numba's threads sleep (and the
+    passive wait policy), leaving a user's own setting alone (a fresh process each)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    if user:
+        env["GOMP_SPINCOUNT"] = user
+    code = "import os, lrpath_onnx; print(os.environ['GOMP_SPINCOUNT'], os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [user or "10000", "PASSIVE"]
+
+
 @pytest.mark.parametrize("core", ["Haswell", "Sandybridge"])
 def test_openblas_core_names_the_kernels_a_pinned_coretype_runs(core):
     """What ``bench`` reports of the BLAS: the kernel family OpenBLAS runs, which
