@@ -46,6 +46,14 @@ class ConvGeometry:
 
 # --------------------------------------------------------------------------- im2col / col2im
 
+@njit(cache=True, inline="always")
+def _inside(n_out, stride, off, size):
+    """Output positions lo:hi whose tap ``o·stride + off`` lies in 0:size."""
+    lo = min(n_out, max(0, (-off + stride - 1) // stride))
+    hi = max(lo, min(n_out, (size - 1 - off) // stride + 1)) if size - 1 - off >= 0 else lo
+    return lo, hi
+
+
 @njit(parallel=True, cache=True)
 def im2col(x, kh, kw, sh, sw, pt, pl, dh, dw, oy0, oy1, ow, cols):
     """Unfold output rows ``oy0:oy1`` of one sample ``x`` (C, H, W) into ``cols``.
@@ -61,8 +69,7 @@ def im2col(x, kh, kw, sh, sw, pt, pl, dh, dw, oy0, oy1, ow, cols):
         j = t % kw
         # output columns lo:hi read inside the input (ix = ox·sw − pl + j·dw in 0:W)
         off = j * dw - pl
-        lo = min(ow, max(0, (-off + sw - 1) // sw))
-        hi = max(lo, min(ow, (W - 1 - off) // sw + 1)) if W - 1 - off >= 0 else lo
+        lo, hi = _inside(ow, sw, off, W)
         for oy in range(oy0, oy1):
             iy = oy * sh - pt + i * dh
             # views indexed from 0: numba's negative-index wraparound on cols[r, base + ox]
@@ -112,14 +119,6 @@ def col2im(cols, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, out, mul, use_mul):
 
 
 # --------------------------------------------------------------------------- direct loops
-
-@njit(cache=True, inline="always")
-def _inside(n_out, stride, off, size):
-    """Output positions lo:hi whose tap ``o·stride + off`` lies in 0:size."""
-    lo = min(n_out, max(0, (-off + stride - 1) // stride))
-    hi = max(lo, min(n_out, (size - 1 - off) // stride + 1)) if size - 1 - off >= 0 else lo
-    return lo, hi
-
 
 @njit(parallel=True, cache=True)
 def conv_direct(x, w, sh, sw, pt, pl, dh, dw, groups, out):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .conv import _inside
+
 
 @njit(parallel=True, cache=True)
 def _unpool(values, indices, plane_out, out):
@@ -76,8 +78,7 @@ def _max_switches(x, kh, kw, sh, sw, pt, pl, dh, dw, out):
     oh, ow = out.shape[1], out.shape[2]
     unrolled = dh == 1 and dw == 1 and ((kh == 2 and kw == 2) or (kh == 3 and kw == 3))
     # output columns whose windows lie wholly inside the input's columns: lo:hi
-    lo = min(ow, (pl + sw - 1) // sw)
-    hi = max(lo, min(ow, (W - 1 - (kw - 1) * dw + pl) // sw + 1)) if W - 1 - (kw - 1) * dw + pl >= 0 else lo
+    lo, hi = _inside(ow, sw, -pl, W - (kw - 1) * dw)
     for p in prange(P):
         base = p * H * W
         plane = x[p]

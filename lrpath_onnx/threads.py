@@ -107,11 +107,14 @@ class ThreadControl:
             f.result()
         return out
 
-    def matmul_columns(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """2-D ``a @ b`` into ``out``, ``b``'s columns split over the pool's threads: a product
-        that streams a large matrix (a dense layer's transposed weights: VGG16's fc6 reads
-        411 MB) then reads it on every core (batch 8: 98 → 52 ms)."""
-        if self.pool is None or b.size < SPLIT_ELEMENTS:
+    def matmul_columns(self, a: np.ndarray, b: np.ndarray, out: np.ndarray,
+                       min_elements: int | None = None) -> np.ndarray:
+        """2-D ``a @ b`` into ``out``, ``b``'s columns split over the pool's threads from
+        ``min_elements`` (``SPLIT_ELEMENTS`` by default): a product that streams a large
+        matrix (a dense layer's transposed weights: VGG16's fc6 reads 411 MB) then reads it
+        on every core (batch 8: 98 → 52 ms)."""
+        limit = SPLIT_ELEMENTS if min_elements is None else min_elements
+        if self.pool is None or b.size < limit or b.shape[1] < 2 * self.workers:
             return np.matmul(a, b, out=out)
         futures = [self.pool.submit(np.matmul, a, b[:, lo:hi], out=out[:, lo:hi])
                    for lo, hi in self._column_ranges(b.shape[1])]
@@ -120,17 +123,11 @@ class ThreadControl:
         return out
 
     def matmul_split(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """2-D ``a @ b`` into ``out``, ``b``'s columns split over the pool's threads from
-        ``SPLIT_GEMM_ELEMENTS``: im2col's products (exact rules, 1x1 and strided convolutions),
-        which ran on one core while BLAS is single-threaded (VGG16's z^B layer at batch 8,
-        with its two bound terms in one product too: 14 → 10 ms per image)."""
-        if self.pool is None or b.size < SPLIT_GEMM_ELEMENTS or b.shape[1] < 2 * self.workers:
-            return np.matmul(a, b, out=out)
-        futures = [self.pool.submit(np.matmul, a, b[:, lo:hi], out=out[:, lo:hi])
-                   for lo, hi in self._column_ranges(b.shape[1])]
-        for f in futures:
-            f.result()
-        return out
+        """``matmul_columns`` from ``SPLIT_GEMM_ELEMENTS``: im2col's products (exact rules, 1x1
+        and strided convolutions), which ran on one core while BLAS is single-threaded
+        (VGG16's z^B layer at batch 8, with its two bound terms in one product too: 14 → 10 ms
+        per image)."""
+        return self.matmul_columns(a, b, out, SPLIT_GEMM_ELEMENTS)
 
     def _column_ranges(self, n: int) -> list[tuple[int, int]]:
         """One non-empty range of ``n`` columns per worker."""
