@@ -489,7 +489,7 @@ class Analyzer:
             ctx.keep_products = frozenset(keep)
         with self.backend.threads.blas_single():
             prop = propagate(self.graph, self._plan, ctx, start_tensor, self.backend.upload(start), tuple(keep), masks,
-                             gradient=gradient)
+                             gradient=gradient, release=not keep_forward)
         t2 = time.perf_counter()
         return Explanation(
             relevance=np.asarray(self.backend.to_host(prop.input_relevance)),

@@ -39,9 +39,26 @@ class Propagation:
     flows: list[LayerFlow] = field(default_factory=list)
 
 
+def last_readers(graph: LayerGraph, plan: Plan) -> dict[str, tuple[str, ...]]:
+    """Layer name → the forward tensors no step after it reads, in the backward order.
+
+    A layer's step reads its own inputs and output and what its handler ``needs`` (the
+    tensors the session fetches for it, e.g. γ's signs from the ReLU after a conv). The
+    graph's input and output stay: the caller reads the logits after the pass."""
+    seen = {graph.input, graph.output}
+    after: dict[str, tuple[str, ...]] = {}
+    for layer in graph.layers:  # forward order: the last step to read a tensor is its first reader here
+        reads = {*layer.inputs, layer.output, *layer.handler.needs(layer, plan.rule_for(layer), graph.shapes)}
+        fresh = tuple(sorted(reads - seen))
+        seen |= reads
+        if fresh:
+            after[layer.name] = fresh
+    return after
+
+
 def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor: str,
               start: np.ndarray, keep: tuple[str, ...] = (), masks: dict | None = None,
-              gradient: bool = False, checked: bool = True, on_layer=None) -> Propagation:
+              gradient: bool = False, checked: bool = True, on_layer=None, release: bool = False) -> Propagation:
     """Run LRP from ``start`` (relevance of ``start_tensor``) to the graph input.
 
     Parameters
@@ -55,6 +72,8 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
     checked : keep per-sample sums per layer (``Propagation.flows``) and stop on NaN/inf;
         off when the pass is written as a graph (``lrpath compile``), which has no values.
     on_layer : called with each layer before its step (the compiled graph names its nodes by it).
+    release : drop each forward tensor from ``ctx.fwd`` once the last layer that reads it is
+        done, so the steps further down reuse its memory (the caller keeps no forward).
     """
     be = ctx.backend
     if not gradient:
@@ -89,9 +108,11 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
     keep_all = "*" in keep
     wanted = set(keep)
     out = Propagation(input_relevance=np.zeros(0, np.float32))
+    done_with = last_readers(graph, plan) if release else {}
     for layer in reversed(graph.layers):
         r = rel.pop(layer.output, None)
         if r is None:
+            ctx.release(*done_with.get(layer.name, ()))
             continue
         r_total = totals.pop(layer.output)
         if masks and layer.name in masks:
@@ -123,6 +144,7 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
                 rel[name], totals[name] = ri, sums
         if checked:
             checks.append((layer, rule, r_total, total_in))
+        ctx.release(*done_with.get(layer.name, ()))
     for layer, rule, r_total, total_in in checks:  # one transfer at the end, not one per layer
         if layer.name in unknown:
             continue

@@ -122,16 +122,28 @@ class BackwardContext:
     bounds_key: str = ""
     #: layers whose relevance is 0 wherever the ReLU after them is off (``backward.vanishing``)
     quiet_negatives: frozenset = frozenset()
+    #: run-time shapes of the forward tensors ``release`` dropped
+    released: dict = field(default_factory=dict)
 
     @property
     def reuse_forward(self) -> bool:
         """Reuse onnxruntime's outputs as z only when computing in its own precision."""
         return np.dtype(self.dtype) == np.float32
 
+    def release(self, *tensors: str) -> None:
+        """Forget forward tensors no later step reads (their memory serves the next steps);
+        their shapes stay known."""
+        for name in tensors:
+            value = self.fwd.pop(name, None)
+            if value is not None:
+                self.released[name] = tuple(value.shape)
+
     def shape_of(self, tensor: str) -> tuple[int, ...]:
         """Run-time shape of ``tensor`` (static shape with this batch, or the fetched value's)."""
         if tensor in self.fwd:
             return tuple(self.fwd[tensor].shape)
+        if tensor in self.released:
+            return self.released[tensor]
         static = self.shapes.get(tensor)
         if static is None:
             raise KeyError(f"shape of '{tensor}' unknown at run time")
