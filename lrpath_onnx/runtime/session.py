@@ -168,6 +168,10 @@ class ActivationRuntime:
         # no memory pattern: with the pools on the NCHWc path (switches derived, not fetched) the
         # planned block grew VGG16's batch-8 forward by 430 MB, for no measurable speed
         opts.enable_mem_pattern = False
+        # no arena either: onnxruntime's scratch memory goes back to the heap after each run,
+        # where the backward pass reuses it (VGG16 batch 8: peak RSS 2.33-2.43 -> 2.18-2.21 GB, the
+        # first backward's system time for fresh pages 3.3-3.5 -> 1.1-1.2 s); same speed within noise
+        opts.enable_cpu_mem_arena = False
         if threads:
             opts.intra_op_num_threads = threads
         providers = choose_providers(device)
