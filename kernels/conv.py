@@ -229,15 +229,32 @@ def _use_gemm(w: np.ndarray, groups: int) -> bool:
     return groups == 1 or w.shape[1] >= GEMM_MIN_CHANNELS
 
 
-def _conv_gemm(x, w, geom, oh, ow, out, ws, matmul):
+def _pointwise(w: np.ndarray, geom: ConvGeometry) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped convolution: each sample's (C, H·W) map is
+    already the matrix im2col would copy out."""
+    return (w.shape[2:] == (1, 1) and tuple(geom.strides) == (1, 1) and not any(geom.pads)
+            and geom.groups == 1)
+
+
+def _conv_gemm(x, w, geom, oh, ow, out, ws, matmul, stacked=None):
     """im2col + BLAS in cache-sized blocks: bands of output rows, or several small samples.
-    ``matmul(a, b, out=)`` runs each product (the backend splits it over its threads)."""
+    ``matmul(a, b, out=)`` runs each product (the backend splits it over its threads).
+    1x1 convolutions (``_pointwise``) skip im2col: one product per sample straight from the
+    maps into the output, a batch's as one stacked ``stacked(a, b, out=)`` (the backend
+    splits the stack over its threads; efficientnet-lite0's expand and project layers)."""
     N, C, H, W = x.shape
     K, Cg, kh, kw = w.shape
     g = geom.groups
     (sh, sw), (pt, pl), (dh, dw) = geom.strides, geom.pads[:2], geom.dilations
     Kg, L, rows = K // g, oh * ow, Cg * kh * kw
     wm = w.reshape(g, Kg, rows)
+    if _pointwise(w, geom) and (oh, ow) == (H, W) and x.flags.c_contiguous:
+        xs, outs = x.reshape(N, C, L), out.reshape(N, K, L)
+        if N > 1:
+            (stacked or np.matmul)(np.broadcast_to(wm[0], (N, K, C)), xs, out=outs)
+        else:
+            matmul(wm[0], xs[0], out=outs[0])
+        return
     if rows * L <= TILE_ELEMENTS:  # small maps: stack samples into one GEMM
         per = max(1, TILE_ELEMENTS // (rows * L))
         for lo in range(0, N, per):
@@ -267,16 +284,17 @@ def _conv_gemm(x, w, geom, oh, ow, out, ws, matmul):
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, bias: np.ndarray | None = None,
-           out_hw: tuple[int, int] | None = None, ws: Workspace | None = None, matmul=None) -> np.ndarray:
+           out_hw: tuple[int, int] | None = None, ws: Workspace | None = None, matmul=None,
+           stacked=None) -> np.ndarray:
     """Grouped 2-D convolution ``x ⋆ w (+ bias)``, NCHW, in ``x``'s dtype. ``matmul(a, b, out=)``
     runs the products (numpy's by default; the backend's splits them over its threads, as BLAS
-    runs single-threaded during a backward pass)."""
+    runs single-threaded during a backward pass), ``stacked`` a stack of them (1x1 layers)."""
     N, C, H, W = x.shape
     K, Cg, kh, kw = w.shape
     oh, ow = out_hw or geom.out_size(H, W, kh, kw)
     out = np.empty((N, K, oh, ow), x.dtype)
     if _use_gemm(w, geom.groups):
-        _conv_gemm(x, w, geom, oh, ow, out, ws or Workspace(), matmul or np.matmul)
+        _conv_gemm(x, w, geom, oh, ow, out, ws or Workspace(), matmul or np.matmul, stacked)
     else:
         (sh, sw), (pt, pl), (dh, dw) = geom.strides, geom.pads[:2], geom.dilations
         conv_direct(x, w, sh, sw, pt, pl, dh, dw, geom.groups, out)
@@ -314,11 +332,11 @@ def flip_kernel(w: np.ndarray, groups: int) -> np.ndarray:
 
 def conv2d_transpose(s: np.ndarray, w: np.ndarray, geom: ConvGeometry, in_hw: tuple[int, int],
                      mul: np.ndarray | None = None, ws: Workspace | None = None,
-                     flipped: np.ndarray | None = None, matmul=None) -> np.ndarray:
+                     flipped: np.ndarray | None = None, matmul=None, stacked=None) -> np.ndarray:
     """Transposed convolution of ``s`` (N, K, oh, ow) back to (N, C, *in_hw); times ``mul`` if given.
 
     ``flipped`` (``flip_kernel(w)``, cached by the caller) enables the stride-1 fast path;
-    ``matmul`` as in ``conv2d``.
+    ``matmul`` and ``stacked`` as in ``conv2d``.
     """
     matmul = matmul or np.matmul
     N, K, oh, ow = s.shape
@@ -330,7 +348,7 @@ def conv2d_transpose(s: np.ndarray, w: np.ndarray, geom: ConvGeometry, in_hw: tu
     use_mul = mul is not None
     as_conv = transpose_as_conv(geom, kh, kw) if flipped is not None and _use_gemm(flipped, g) else None
     if as_conv is not None:
-        out = conv2d(s, flipped, as_conv, None, (H, W), ws, matmul)
+        out = conv2d(s, flipped, as_conv, None, (H, W), ws, matmul, stacked)
         if use_mul:
             out *= mul
         return out

@@ -111,7 +111,7 @@ class CpuBackend:
         if not exact and _wino.applies(kh, kw, geom.strides, geom.dilations, geom.groups):
             U = self._derive(w, "winograd", _wino.transform_kernel)
             return _wino.conv3x3(x, U, geom.pads, out_hw, bias, None, self.workspace, self.threads.matmul)
-        return _conv.conv2d(x, w, geom, bias, out_hw, self.workspace, self.threads.matmul_split)
+        return _conv.conv2d(x, w, geom, bias, out_hw, self.workspace, self.threads.matmul_split, self.threads.matmul)
 
     def conv2d_transpose(self, s, w, geom: ConvGeometry, in_hw, mul=None, exact: bool = False,
                          ratio=None):
@@ -145,7 +145,8 @@ class CpuBackend:
         # z^B, K = 64 against 2 × 3: 54 → 10 ms; conv2_1's 128 → 64: 42 → 24 ms)
         flipped = self._derive(w, f"flip{geom.groups}", lambda a: _conv.flip_kernel(a, geom.groups)) \
             if as_conv is not None and w.shape[0] <= w.shape[1] * geom.groups else None
-        return _conv.conv2d_transpose(s, w, geom, in_hw, m, self.workspace, flipped, self.threads.matmul_split)
+        return _conv.conv2d_transpose(s, w, geom, in_hw, m, self.workspace, flipped, self.threads.matmul_split,
+                                      self.threads.matmul)
 
     def conv_flow(self, mul, s, w, geom: ConvGeometry, in_shape, rows, cols):
         return _flow.conv_flow(mul, np.ascontiguousarray(s), np.asarray(w, s.dtype), geom, in_shape, rows, cols)

@@ -89,6 +89,49 @@ def test_conv_forward_and_transpose_match_unrolled_matrix(name, seed, dtype):
         np.testing.assert_allclose(got_m, want_t * mul, **tol)
 
 
+POINTWISE = {  # (strides, pads): the first is read straight from the maps, the others unfold
+    "s1p0": ((1, 1), (0, 0, 0, 0)),
+    "s2p0": ((2, 2), (0, 0, 0, 0)),
+    "s1p1": ((1, 1), (1, 0, 0, 1)),
+}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", list(POINTWISE))
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_1x1_convolutions_match_unrolled_matrix(name, n, dtype, seed, monkeypatch):
+    """1x1 layers (efficientnet's expand and project convolutions): the unpadded stride-1
+    ones skip im2col (one product per sample, a batch's stacked over three threads), the
+    others unfold as before; forward, transposed and transposed × mul equal float64 NumPy."""
+    from lrpath_onnx import threads
+
+    strides, pads = POINTWISE[name]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 17, 9, 13))
+    wt = rng.standard_normal((23, 17, 1, 1))
+    g = K.ConvGeometry(strides, pads)
+    want, M = _ref_conv(x, wt, g)
+    s, mul = rng.standard_normal(want.shape), rng.standard_normal(x.shape)
+    want_t = np.stack([(M @ si.reshape(-1)).reshape(x.shape[1:]) for si in s])
+    if name == "s1p0":
+        monkeypatch.setattr(K, "im2col", lambda *a: pytest.fail("a 1x1 stride-1 layer was unfolded"))
+    control = threads.ThreadControl(workers=3)
+    be = CpuBackend(control)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    try:
+        with control.blas_single():
+            got = be.conv2d(x.astype(dtype), wt.astype(dtype), g)
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, want, **tol)
+            np.testing.assert_allclose(be.conv2d_transpose(s.astype(dtype), wt.astype(dtype), g, x.shape[2:]),
+                                       want_t, **tol)
+            np.testing.assert_allclose(be.conv2d_transpose(s.astype(dtype), wt.astype(dtype), g, x.shape[2:],
+                                                           mul.astype(dtype)), want_t * mul, **tol)
+    finally:
+        control.pool.shutdown()
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_direct_and_gemm_paths_agree(seed, monkeypatch):
     rng = np.random.default_rng(seed)
