@@ -23,6 +23,7 @@ GEOMS = {
     "dil2_s2": ((2, 2), (1, 2, 0, 1), (2, 1), 1),
     "groups3": ((1, 1), (1, 1, 1, 1), (1, 1), 3),
     "depthwise_s2": ((2, 2), (1, 1, 1, 1), (1, 1), 6),
+    "depthwise_s1_dil": ((1, 1), (2, 1, 1, 0), (2, 1), 6),  # contiguous runs, asymmetric pads
     "groups2_wide": ((1, 2), (0, 1, 1, 0), (1, 1), 2),
 }
 
@@ -30,7 +31,7 @@ GEOMS = {
 def _case(rng, name, n=2, h=9, w=7):
     strides, pads, dil, groups = GEOMS[name]
     C = 32 if name == "groups2_wide" else 6
-    Kc = 6 if name == "depthwise_s2" else 12
+    Kc = 6 if name.startswith("depthwise") else 12
     x = rng.standard_normal((n, C, h, w))
     wt = rng.standard_normal((Kc, C // groups, 3, 3))
     return x, wt, K.ConvGeometry(strides, pads, dil, groups)
