@@ -19,7 +19,7 @@ import numpy as np
 from .backend import make_backend
 from .backward.bounds import box_bounds
 from .backward.linear_rules import WeightCache
-from .backward.propagate import LayerFlow, propagate
+from .backward.propagate import LayerFlow, last_readers, propagate
 from .errors import InputError
 from .graph.canonical import build_layer_graph
 from .graph.layers import LayerGraph, TransposeLayer
@@ -333,6 +333,12 @@ class Analyzer:
         exp.timings_s["total"] = exp.timings_s["backward"] + t1 - t0
         return exp
 
+    def _last_readers(self) -> dict[str, tuple[str, ...]]:
+        """Per layer, the forward tensors the backward may drop after its step (fixed by the plan)."""
+        if not hasattr(self, "_readers"):
+            self._readers = last_readers(self.graph, self._plan)
+        return self._readers
+
     def _batch_moves(self) -> bool:
         """Whether some tensor's batch axis is not the first (attention layouts)."""
         if not hasattr(self, "_moves"):
@@ -489,7 +495,7 @@ class Analyzer:
             ctx.keep_products = frozenset(keep)
         with self.backend.threads.blas_single():
             prop = propagate(self.graph, self._plan, ctx, start_tensor, self.backend.upload(start), tuple(keep), masks,
-                             gradient=gradient, release=not keep_forward)
+                             gradient=gradient, release=None if keep_forward else self._last_readers())
         t2 = time.perf_counter()
         return Explanation(
             relevance=np.asarray(self.backend.to_host(prop.input_relevance)),

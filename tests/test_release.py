@@ -50,7 +50,7 @@ def test_every_fetched_tensor_is_released_once_and_only_input_and_output_stay(na
     released = [t for names in after.values() for t in names]
     assert len(released) == len(set(released))
     assert an.graph.input not in released and an.graph.output not in released
-    propagate(an.graph, an.plan(), ctx, start_tensor, start, release=True)
+    propagate(an.graph, an.plan(), ctx, start_tensor, start, release=after)
     assert set(ctx.fwd) == {an.graph.input, an.graph.output}
     assert set(ctx.released) == fetched - {an.graph.input, an.graph.output}
     for t, shape in ctx.released.items():

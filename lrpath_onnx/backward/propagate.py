@@ -58,7 +58,8 @@ def last_readers(graph: LayerGraph, plan: Plan) -> dict[str, tuple[str, ...]]:
 
 def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor: str,
               start: np.ndarray, keep: tuple[str, ...] = (), masks: dict | None = None,
-              gradient: bool = False, checked: bool = True, on_layer=None, release: bool = False) -> Propagation:
+              gradient: bool = False, checked: bool = True, on_layer=None,
+              release: dict[str, tuple[str, ...]] | None = None) -> Propagation:
     """Run LRP from ``start`` (relevance of ``start_tensor``) to the graph input.
 
     Parameters
@@ -72,8 +73,9 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
     checked : keep per-sample sums per layer (``Propagation.flows``) and stop on NaN/inf;
         off when the pass is written as a graph (``lrpath compile``), which has no values.
     on_layer : called with each layer before its step (the compiled graph names its nodes by it).
-    release : drop each forward tensor from ``ctx.fwd`` once the last layer that reads it is
-        done, so the steps further down reuse its memory (the caller keeps no forward).
+    release : layer name → the forward tensors to drop from ``ctx.fwd`` after its step
+        (``last_readers``, which the caller computes once per plan), so the steps further down
+        reuse their memory; only when the caller keeps no forward.
     """
     be = ctx.backend
     if not gradient:
@@ -108,7 +110,7 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
     keep_all = "*" in keep
     wanted = set(keep)
     out = Propagation(input_relevance=np.zeros(0, np.float32))
-    done_with = last_readers(graph, plan) if release else {}
+    done_with = release or {}
     for layer in reversed(graph.layers):
         r = rel.pop(layer.output, None)
         if r is None:
