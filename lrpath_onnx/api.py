@@ -19,7 +19,7 @@ import numpy as np
 from .backend import make_backend
 from .backward.bounds import box_bounds
 from .backward.linear_rules import WeightCache
-from .backward.propagate import LayerFlow, last_readers, propagate
+from .backward.propagate import LayerFlow, last_readers, propagate, session_needs
 from .errors import InputError
 from .graph.canonical import build_layer_graph
 from .graph.layers import LayerGraph, TransposeLayer
@@ -211,8 +211,8 @@ class Analyzer:
     def requests(self) -> set[str]:
         """Every tensor the backward pass reads, by the plan."""
         need: set[str] = set()
-        for layer in self.graph.layers:
-            need |= layer.handler.needs(layer, self._plan.rule_for(layer), self.graph.shapes)
+        for tensors in session_needs(self.graph, self._plan).values():
+            need |= tensors
         return need | self._extra
 
     def _term_nodes(self) -> tuple[list, list, set[str]]:

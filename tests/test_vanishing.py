@@ -65,3 +65,39 @@ def test_compiled_pass_leaves_the_group_out_too():
     convs = [n for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose") and n.name.startswith("lrp/")]
     gammas = [l.name for l in an.plan().uses("gamma") if l.op == "Conv"]
     assert len(gammas) == 3 and len(convs) == 3 + 2 * len(gammas)  # z^B's three terms, γ's forward and transpose
+
+
+def _fetching_every_sign(monkeypatch):
+    """The session as before: γ's sign fetched from the ReLU after every layer that needs one."""
+    from lrpath_onnx.ops.linear import LinearHandler
+
+    monkeypatch.setattr(LinearHandler, "unread_when_quiet", lambda self, layer, rule: set())
+
+
+@pytest.mark.parametrize("preset", ["epsilon-gamma-box", "paper"])
+def test_quiet_layers_leave_their_relus_unfetched_and_unchanged(preset, monkeypatch):
+    """A γ conv whose relevance vanishes behind its ReLU reads no sign, so the ReLU's output
+    is fetched only where some step reads it: before a max pool, only to derive the switches,
+    then dropped. The relevance stays the same to the last bit, from the logits, and from a
+    neuron on the ReLU's output itself, where the layer is not quiet and gates by its own
+    forward instead."""
+    path = registry.get("mnist-vgg").path()
+    an = Analyzer(path, preset=preset, low=0.0, high=1.0)
+    pool_input = an.graph.find("features.4").inputs[0]
+    assert an.graph.find("features.2").sign_tensor == pool_input
+    assert "features.2" in quiet_negatives(an.graph, an.plan(), an.graph.output)
+    assert pool_input not in an.requests()
+    assert pool_input not in an.forward(DIGITS)
+    fast = an.explain(DIGITS)
+    rng = np.random.default_rng(3)
+    r = rng.normal(0, 1, an.forward(DIGITS[:2])[an.graph.find("features.4").output].shape)
+    inner = an.relevance_from(DIGITS[:2], pool_input, np.repeat(np.repeat(r, 2, 2), 2, 3)).relevance
+
+    _fetching_every_sign(monkeypatch)
+    full = Analyzer(path, preset=preset, low=0.0, high=1.0)
+    assert pool_input in full.requests()
+    want = full.explain(DIGITS)
+    np.testing.assert_array_equal(fast.relevance, want.relevance)
+    np.testing.assert_array_equal(fast.logits, want.logits)
+    np.testing.assert_array_equal(
+        inner, full.relevance_from(DIGITS[:2], pool_input, np.repeat(np.repeat(r, 2, 2), 2, 3)).relevance)

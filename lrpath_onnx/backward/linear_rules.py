@@ -254,9 +254,10 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         explain only positive or only negative outputs gate the relevance with it. None:
         the layer's own forward is computed.
     quiet_negatives : ``r`` is 0 wherever the ReLU after the layer is off
-        (``backward.vanishing``): with that ReLU as ``sign``, the group explaining the
-        non-positive outputs has nothing to explain and is left out, and the positive group
-        needs no gate (the same values; a compiled graph has one node fewer).
+        (``backward.vanishing``): where the rule keeps the bias (its sign is then that
+        ReLU's), the group explaining the non-positive outputs has nothing to explain and is
+        left out, and the positive group needs no gate (the same values; a compiled graph has
+        one node fewer). ``sign`` is not read then, so the session need not fetch it.
     keep_terms : False when no one keeps ``terms``: a multi-part group's forwards are dropped
         from it (the caller's entries too) once summed into their denominator, which is then
         divided in place (z^B's bound terms at VGG16's first layer: 100 MB each at batch 8),
@@ -287,9 +288,9 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
         groups = groups[1:]
     for group in groups:
         signal = r
-        if group.where == "neg" and quiet_negatives and sign is not None and sign[1]:
+        if group.where == "neg" and quiet_negatives and rule.bias:
             continue
-        if group.where == "pos" and quiet_negatives and sign is not None and sign[1]:
+        if group.where == "pos" and quiet_negatives and rule.bias:
             pass  # r is already 0 wherever the ReLU (the sign) is off: the gate would copy it unchanged
         elif group.where != "all":
             if sign is None:  # the layer's own output (z, or z − b when the rule leaves the bias out)

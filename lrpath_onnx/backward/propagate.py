@@ -39,16 +39,32 @@ class Propagation:
     flows: list[LayerFlow] = field(default_factory=list)
 
 
+def session_needs(graph: LayerGraph, plan: Plan) -> dict[str, set[str]]:
+    """Layer name → the tensors its step reads from the session: what its handler ``needs``,
+    less what a layer whose relevance vanishes behind its ReLU (``vanishing``) leaves unread
+    (γ's sign from that ReLU: at VGG16's pool inputs, 196 MB at batch 8 no longer held
+    through the backward pass). Worked out for explanations of the graph's output; a pass
+    started inside the network computes a sign it lacks."""
+    quiet = quiet_negatives(graph, plan, graph.output)
+    out = {}
+    for layer in graph.layers:
+        rule = plan.rule_for(layer)
+        need = layer.handler.needs(layer, rule, graph.shapes)
+        out[layer.name] = need - layer.handler.unread_when_quiet(layer, rule) if layer.name in quiet else need
+    return out
+
+
 def last_readers(graph: LayerGraph, plan: Plan) -> dict[str, tuple[str, ...]]:
     """Layer name → the forward tensors no step after it reads, in the backward order.
 
-    A layer's step reads its own inputs and output and what its handler ``needs`` (the
-    tensors the session fetches for it, e.g. γ's signs from the ReLU after a conv). The
-    graph's input and output stay: the caller reads the logits after the pass."""
+    A layer's step reads its own inputs and output and what it needs from the session
+    (``session_needs``). The graph's input and output stay: the caller reads the logits
+    after the pass."""
     seen = {graph.input, graph.output}
     after: dict[str, tuple[str, ...]] = {}
+    needs = session_needs(graph, plan)
     for layer in graph.layers:  # forward order: the last step to read a tensor is its first reader here
-        reads = {*layer.inputs, layer.output, *layer.handler.needs(layer, plan.rule_for(layer), graph.shapes)}
+        reads = {*layer.inputs, layer.output, *needs[layer.name]}
         fresh = tuple(sorted(reads - seen))
         seen |= reads
         if fresh:

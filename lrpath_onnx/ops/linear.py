@@ -49,6 +49,14 @@ class LinearHandler(OpHandler):
             need.add(self._sign_source(layer, rule))
         return need
 
+    def unread_when_quiet(self, layer, rule):
+        """The ReLU after the layer, as γ's sign: its relevance is already 0 where that ReLU is
+        off, so the negative group is left out and the positive one needs no gate
+        (``linear_rules.products``)."""
+        if linear_rules.needs_sign(rule, layer.nonneg_input) and rule.bias and layer.sign_tensor:
+            return {layer.sign_tensor}
+        return set()
+
     @staticmethod
     def _sign_source(layer, rule) -> str:
         """The tensor γ reads the outputs' signs from: the ReLU after the layer when the sign is
