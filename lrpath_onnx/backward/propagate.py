@@ -41,30 +41,33 @@ class Propagation:
 
 def session_needs(graph: LayerGraph, plan: Plan) -> dict[str, set[str]]:
     """Layer name → the tensors its step reads from the session: what its handler ``needs``,
-    less what a layer whose relevance vanishes behind its ReLU (``vanishing``) leaves unread
-    (γ's sign from that ReLU: at VGG16's pool inputs, 196 MB at batch 8 no longer held
-    through the backward pass). Worked out for explanations of the graph's output; a pass
-    started inside the network computes a sign it lacks."""
+    or, where the layer's relevance vanishes behind its ReLU (``vanishing``), what it needs
+    then (no γ sign from that ReLU: VGG16's pool inputs, 196 MB at batch 8, are no longer
+    held through the backward pass; LRP-ε divides by the ReLU's output, not the layer's own).
+    Worked out for explanations of the graph's output; a pass started inside the network
+    computes what it lacks."""
     quiet = quiet_negatives(graph, plan, graph.output)
     out = {}
     for layer in graph.layers:
-        rule = plan.rule_for(layer)
-        need = layer.handler.needs(layer, rule, graph.shapes)
-        out[layer.name] = need - layer.handler.unread_when_quiet(layer, rule) if layer.name in quiet else need
+        rule, h = plan.rule_for(layer), layer.handler
+        out[layer.name] = (h.needs_when_quiet if layer.name in quiet else h.needs)(layer, rule, graph.shapes)
     return out
 
 
 def last_readers(graph: LayerGraph, plan: Plan) -> dict[str, tuple[str, ...]]:
     """Layer name → the forward tensors no step after it reads, in the backward order.
 
-    A layer's step reads its own inputs and output and what it needs from the session
-    (``session_needs``). The graph's input and output stay: the caller reads the logits
+    A layer's step reads its own inputs and output and what it needs from the session, as a
+    quiet layer (``session_needs``) or as the start of a pass inside the network (its
+    handler's ``needs``: the K-path passes start there, with the forward of an explanation
+    that fetched those too). The graph's input and output stay: the caller reads the logits
     after the pass."""
     seen = {graph.input, graph.output}
     after: dict[str, tuple[str, ...]] = {}
-    needs = session_needs(graph, plan)
+    quiet = session_needs(graph, plan)
     for layer in graph.layers:  # forward order: the last step to read a tensor is its first reader here
-        reads = {*layer.inputs, layer.output, *needs[layer.name]}
+        needs = layer.handler.needs(layer, plan.rule_for(layer), graph.shapes)
+        reads = {*layer.inputs, layer.output, *needs, *quiet[layer.name]}
         fresh = tuple(sorted(reads - seen))
         seen |= reads
         if fresh:

@@ -49,13 +49,25 @@ class LinearHandler(OpHandler):
             need.add(self._sign_source(layer, rule))
         return need
 
-    def unread_when_quiet(self, layer, rule):
-        """The ReLU after the layer, as γ's sign: its relevance is already 0 where that ReLU is
-        off, so the negative group is left out and the positive one needs no gate
-        (``linear_rules.products``)."""
-        if linear_rules.needs_sign(rule, layer.nonneg_input) and rule.bias and layer.sign_tensor:
-            return {layer.sign_tensor}
-        return set()
+    def needs_when_quiet(self, layer, rule, shapes):
+        """Where the relevance is already 0 wherever the ReLU after the layer is off and the rule
+        keeps the bias: γ's sign (that ReLU) is not read, the negative group being left out and
+        the positive one ungated (``linear_rules.products``); and LRP-0/ε divide by that ReLU's
+        output instead of the layer's own, equal wherever the relevance is not 0, so
+        onnxruntime keeps the layer fused with its ReLU."""
+        need = self.needs(layer, rule, shapes)
+        if not (rule.bias and layer.sign_tensor):
+            return need
+        if linear_rules.is_identity(rule):
+            return need - {layer.output} | {layer.sign_tensor}
+        if linear_rules.needs_sign(rule, layer.nonneg_input):
+            return need - {layer.sign_tensor}
+        return need
+
+    @staticmethod
+    def _divides_by_relu(layer, rule, ctx: BackwardContext) -> bool:
+        """Whether the ReLU's output may stand for the layer's own (``needs_when_quiet``)."""
+        return bool(rule.bias and layer.sign_tensor and layer.name in ctx.quiet_negatives)
 
     @staticmethod
     def _sign_source(layer, rule) -> str:
@@ -72,6 +84,8 @@ class LinearHandler(OpHandler):
         z, terms, sign = None, {}, None
         if ctx.reuse_forward:  # onnxruntime's float32 products; a float64 run recomputes them
             z = ctx.fwd.get(layer.output) if linear_rules.is_identity(rule) else None
+            if z is None and linear_rules.is_identity(rule) and self._divides_by_relu(layer, rule, ctx):
+                z = ctx.fwd.get(layer.sign_tensor)
             z = None if z is None else self.output_view(layer, z)
             for term in linear_rules.all_parts(rule, layer.nonneg_input):
                 t = ctx.fwd.get(term_tensor(layer, term, ctx.bounds_key))

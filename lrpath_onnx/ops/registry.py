@@ -184,10 +184,10 @@ class OpHandler:
         """Tensor names this layer's backward step reads from onnxruntime."""
         return set() if static_dims(shapes.get(layer.inputs[0])) else {layer.inputs[0]}
 
-    def unread_when_quiet(self, layer: Layer, rule: Rule) -> set[str]:
-        """Tensors of ``needs`` the step leaves unread when the layer's relevance is 0 wherever
-        the ReLU after it is off (``backward.vanishing``)."""
-        return set()
+    def needs_when_quiet(self, layer: Layer, rule: Rule, shapes: dict[str, tuple]) -> set[str]:
+        """``needs`` where the layer's relevance is 0 wherever the ReLU after it is off
+        (``backward.vanishing``)."""
+        return self.needs(layer, rule, shapes)
 
     def session_outputs(self, layer: Layer) -> tuple[dict[str, str], set[str]]:
         """({node output 0 → secondary output to add}, integer-typed outputs) for the session."""
