@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .runtime.stacked_gemm import StackedGemm
+
 _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
             "openblas_set_num_threads64_", "openblas_set_num_threads")
 _GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
@@ -72,7 +74,7 @@ SPLIT_GEMM_ELEMENTS = 1 << 16
 class ThreadControl:
     """A pool of ``workers`` threads and a way to make BLAS single-threaded meanwhile."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, mlas: bool = True) -> None:
         np.ones(1) @ np.ones(1)  # make sure numpy's BLAS is loaded before looking for it
         cap = os.environ.get("LRPATH_THREADS", "")  # e.g. a Ray actor given one CPU of several
         workers = workers or (int(cap) if cap.isdigit() and int(cap) > 0 else None)
@@ -80,6 +82,8 @@ class ThreadControl:
                            else os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         self._blas = _openblas()
+        #: float32 stacks on onnxruntime's MLAS GEMM (``runtime.stacked_gemm``); False: numpy's BLAS
+        self.stacked_gemm = StackedGemm(self.workers) if mlas else None
 
     @contextlib.contextmanager
     def blas_single(self):
@@ -96,7 +100,10 @@ class ThreadControl:
             put(before)
 
     def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Stacked ``a @ b`` into ``out``, the stack split over the pool's threads."""
+        """Stacked ``a @ b`` into ``out``: float32 stacks on MLAS, else the stack split over
+        the pool's threads."""
+        if self.stacked_gemm is not None and self.stacked_gemm.takes(a, b, out):
+            return self.stacked_gemm(a, b, out)
         if self.pool is None or a.shape[0] < 2:
             return np.matmul(a, b, out=out)
         n = a.shape[0]
