@@ -440,8 +440,11 @@ class Analyzer:
 
     def request(self, *tensors: str) -> None:
         """Have onnxruntime return these tensors too (``Explanation.forward``, with keep_forward)."""
-        for t in tensors:
-            self._ensure_output(t)
+        have = self.requests() | {self.graph.output}  # worked out once, not per tensor (paths ask for ~60)
+        new = set(tensors) - have
+        if new:
+            self._extra |= new
+            self._runtime = None
 
     def _context(self, x: np.ndarray, fwd: dict) -> tuple[BackwardContext, float | None]:
         """The backward context of a batch (z^B bounds included) and the share of input

@@ -198,8 +198,8 @@ def explain_for_graph(an: Analyzer, x: np.ndarray, target=None) -> Explanation:
         raise InputError(f"neuron paths run from the input to a class; --target {target.layer}:… (an inner "
                          "neuron) is for explain")
     layers = graph_layers(an)
-    an.request(*[activation_tensor(an, l) for l in layers])
     # the restricted passes start at these layers, where relevance comes from outside: each
     # reads all it needs then (an ε layer its own output, not the ReLU's after it)
-    an.request(*[t for l in layers for t in l.handler.needs(l, an.plan().rule_for(l), an.graph.shapes)])
+    an.request(*[activation_tensor(an, l) for l in layers],
+               *[t for l in layers for t in l.handler.needs(l, an.plan().rule_for(l), an.graph.shapes)])
     return an.explain(x, target=target, keep=[l.name for l in layers], keep_forward=True)
