@@ -54,7 +54,8 @@ def test_what_mlas_cannot_bind_goes_to_numpy(control, monkeypatch):
              (np.broadcast_to(a32[0], (4, 6, 5)), b32, np.empty((4, 6, 7), np.float32)),  # broadcast
              (a32, b32, np.empty((4, 7, 6), np.float32).transpose(0, 2, 1)),  # a transposed output
              (np.ascontiguousarray(a32.transpose(0, 2, 1)).transpose(0, 2, 1), b32,  # a transposed a
-              np.empty((4, 6, 7), np.float32))]
+              np.empty((4, 6, 7), np.float32)),
+             (a32, b32[:, :, :0], np.empty((4, 6, 0), np.float32))]  # nothing to bind
     for x, y, out in cases:
         control.matmul(x, y, out)
         np.testing.assert_allclose(out, np.matmul(np.asarray(x, np.float64), y), rtol=1e-5, atol=1e-5)
