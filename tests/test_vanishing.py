@@ -78,9 +78,9 @@ def _fetching_every_sign(monkeypatch):
 def test_quiet_layers_leave_their_relus_unfetched_and_unchanged(preset, monkeypatch):
     """A γ conv whose relevance vanishes behind its ReLU reads no sign, so the ReLU's output
     is fetched only where some step reads it: before a max pool, only to derive the switches,
-    then dropped. The relevance stays the same to the last bit, from the logits, and from a
-    neuron on the ReLU's output itself, where the layer is not quiet and gates by its own
-    forward instead."""
+    then dropped. The relevance stays the same to the last bit, from the logits, and from
+    relevance placed on the ReLU's output itself, where the layer is not quiet (the session
+    then fetches that output, as the start)."""
     path = registry.get("mnist-vgg").path()
     an = Analyzer(path, preset=preset, low=0.0, high=1.0)
     pool_input = an.graph.find("features.4").inputs[0]
@@ -101,3 +101,31 @@ def test_quiet_layers_leave_their_relus_unfetched_and_unchanged(preset, monkeypa
     np.testing.assert_array_equal(fast.logits, want.logits)
     np.testing.assert_array_equal(
         inner, full.relevance_from(DIGITS[:2], pool_input, np.repeat(np.repeat(r, 2, 2), 2, 3)).relevance)
+
+
+@pytest.mark.parametrize("cap", [None, 6.0])
+def test_epsilon_divides_by_the_relu_only_where_it_is_the_layer_output(cap, tmp_path):
+    """LRP-ε behind a quiet ReLU divides by the ReLU's output (equal to z wherever relevance
+    arrives), not behind ReLU6, whose output is min(z, 6): there z is still fetched. Both
+    equal the float64 pass, which recomputes z."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    w = {"W1": rng.normal(0, 3, (8, 16)), "b1": rng.normal(0, 1, 16),
+         "W2": rng.normal(0, 1, (16, 4)), "b2": rng.normal(0, 1, 4), "lo": np.float32(0), "hi": np.float32(6)}
+    act = (helper.make_node("Relu", ["h"], ["a"], name="act") if cap is None
+           else helper.make_node("Clip", ["h", "lo", "hi"], ["a"], name="act"))
+    nodes = [helper.make_node("Gemm", ["X", "W1", "b1"], ["h"], name="fc1"), act,
+             helper.make_node("Gemm", ["a", "W2", "b2"], ["Y"], name="fc2")]
+    m = models.make_model(nodes, [models.vi("X", ["N", 8])], [models.vi("Y", None)],
+                          {k: np.asarray(v, np.float32) for k, v in w.items()})
+    path = models.save(m, tmp_path / "m.onnx")
+    an = Analyzer(path, preset="epsilon-plus")
+    assert "fc1" in quiet_negatives(an.graph, an.plan(), an.graph.output)
+    assert ("h" in an.requests()) == (cap is not None)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    got = an.explain(x, target=0)
+    assert cap is None or (an.forward(x)["h"] > cap).any()  # ReLU6 caps some relevant outputs
+    start = got.logits * (np.arange(4) == 0)
+    want = an.relevance_from(x, "Y", start, dtype=np.float64).relevance
+    np.testing.assert_allclose(got.relevance, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

@@ -77,10 +77,13 @@ class LinearLayer(Layer):
     ``nonneg_input``: its input is ≥ 0 by construction (after a ReLU); ``sign_tensor``: a
     fetched tensor positive exactly where ``z`` is and 0 elsewhere (the ReLU right after
     it), for the rules that explain positive and negative outputs apart; None means ``z``.
+    ``sign_is_z``: that tensor also equals ``z`` wherever it is positive (a ReLU, not
+    ReLU6), so LRP-0/ε may divide by it where the relevance vanishes elsewhere.
     """
 
     nonneg_input: bool = False
     sign_tensor: str | None = None
+    sign_is_z: bool = False
     #: the ONNX tensors the weight and bias were read from (randomisation checks change them)
     sources: tuple[str, ...] = ()
     kind: ClassVar[str] = LINEAR

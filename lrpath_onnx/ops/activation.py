@@ -237,6 +237,16 @@ class ActivationHandler(OpHandler):
             return "exact" if layer.params["alpha"] > 0 else "positive" if layer.params["alpha"] == 0 else None
         return f.sign
 
+    def keeps_positive(self, layer) -> bool:
+        """Whether the output equals the input wherever the output is positive (ReLU, a Clip
+        at 0 with no upper bound; not ReLU6, which caps it at 6)."""
+        if layer.fn == "clip":
+            lo, hi = layer.params["min"], layer.params["max"]
+            return lo is not None and lo == 0 and (hi is None or hi == float("inf"))
+        if layer.fn == "leakyrelu":
+            return layer.params["alpha"] == 0
+        return layer.fn == "relu"
+
     def infer_shape(self, layer, in_shapes, readers):
         return in_shapes[0]
 

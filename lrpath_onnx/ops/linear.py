@@ -53,13 +53,13 @@ class LinearHandler(OpHandler):
         """Where the relevance is already 0 wherever the ReLU after the layer is off and the rule
         keeps the bias: γ's sign (that ReLU) is not read, the negative group being left out and
         the positive one ungated (``linear_rules.products``); and LRP-0/ε divide by that ReLU's
-        output instead of the layer's own, equal wherever the relevance is not 0, so
-        onnxruntime keeps the layer fused with its ReLU."""
+        output instead of the layer's own, equal wherever the relevance is not 0 (a ReLU's, not
+        ReLU6's, which caps it), so onnxruntime keeps the layer fused with its ReLU."""
         need = self.needs(layer, rule, shapes)
         if not (rule.bias and layer.sign_tensor):
             return need
-        if linear_rules.is_identity(rule):
-            return need - {layer.output} | {layer.sign_tensor}
+        if linear_rules.is_identity(rule):  # only where the ReLU's output is z (not ReLU6's)
+            return need - {layer.output} | {layer.sign_tensor} if layer.sign_is_z else need
         if linear_rules.needs_sign(rule, layer.nonneg_input):
             return need - {layer.sign_tensor}
         return need
@@ -67,7 +67,7 @@ class LinearHandler(OpHandler):
     @staticmethod
     def _divides_by_relu(layer, rule, ctx: BackwardContext) -> bool:
         """Whether the ReLU's output may stand for the layer's own (``needs_when_quiet``)."""
-        return bool(rule.bias and layer.sign_tensor and layer.name in ctx.quiet_negatives)
+        return bool(rule.bias and layer.sign_tensor and layer.sign_is_z and layer.name in ctx.quiet_negatives)
 
     @staticmethod
     def _sign_source(layer, rule) -> str:

@@ -27,4 +27,5 @@ def run(layers: list[Layer], ctx: PassContext) -> list[Layer]:
             kind = users[0].handler.sign_kind(users[0])
             if kind == "positive":
                 layer.sign_tensor = users[0].output
+                layer.sign_is_z = users[0].handler.keeps_positive(users[0])
     return layers
