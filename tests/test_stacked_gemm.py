@@ -59,6 +59,10 @@ def test_what_mlas_cannot_bind_goes_to_numpy(control, monkeypatch):
     for x, y, out in cases:
         control.matmul(x, y, out)
         np.testing.assert_allclose(out, np.matmul(np.asarray(x, np.float64), y), rtol=1e-5, atol=1e-5)
+    read_only = np.empty((4, 6, 7), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):  # numpy refuses it; MLAS would write through
+        control.matmul(a32, b32, read_only)
     assert calls == []
     no_mlas = threads.ThreadControl(workers=2, mlas=False)
     try:

@@ -51,6 +51,7 @@ class StackedGemm:
         return (a.ndim == b.ndim == out.ndim == 3 and a.shape[0] == b.shape[0] == out.shape[0] and out.size > 0
                 and a.dtype == b.dtype == out.dtype == np.float32
                 and a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous
+                and out.flags.writeable
                 and a.shape[2] == b.shape[1] and out.shape[1:] == (a.shape[1], b.shape[2]))
 
     def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
