@@ -322,7 +322,7 @@ class Analyzer:
         if fixed is not None and x.shape[0] > fixed and x.shape[0] % fixed == 0 and self._batch_moves():
             return self._explain_in_parts(x, fixed, target, keep, masks)
         if isinstance(target, NeuronTarget):
-            self._ensure_output(self.graph.find(target.layer).output)
+            self.request(self.graph.find(target.layer).output)
         t0 = time.perf_counter()
         fwd = self.forward(x)
         t1 = time.perf_counter()
@@ -394,7 +394,7 @@ class Analyzer:
         if tensor != self.graph.output and tensor not in self.graph.producer:
             tensor = self.graph.find(tensor).output  # a layer's name, alias or index
         if tensor != self.graph.output:
-            self._ensure_output(tensor)
+            self.request(tensor)
         t0 = time.perf_counter()
         fwd = self.forward(x)
         t1 = time.perf_counter()
@@ -432,11 +432,6 @@ class Analyzer:
                 moved[in_axis - 1] = pos[out_axis]
             pos, layer = moved, self.graph.producer.get(layer.inputs[0])
         return None if layer is None else NeuronTarget(layer.name, *pos)
-
-    def _ensure_output(self, tensor: str) -> None:
-        if tensor not in self.requests() and tensor != self.graph.output:
-            self._extra.add(tensor)
-            self._runtime = None
 
     def request(self, *tensors: str) -> None:
         """Have onnxruntime return these tensors too (``Explanation.forward``, with keep_forward)."""
