@@ -66,7 +66,7 @@ def _first_max(plane, y0, x0, i0, i1, j0, j1, dh, dw, W):
 
 
 @njit(parallel=True, cache=True)
-def _max_switches(x, kh, kw, sh, sw, pt, pl, dh, dw, out):
+def _max_switches(x, kh, kw, sh, sw, pt, pl, dh, dw, first_plane, out):
     # x: (P, H, W) planes; out: (P, oh, ow) flat NCHW indices. As onnxruntime's MaxPool:
     # over the taps inside the input in row-major order, the first one, then each strictly
     # greater one (ties, -inf and a leading NaN keep the first; tested against onnxruntime).
@@ -80,7 +80,7 @@ def _max_switches(x, kh, kw, sh, sw, pt, pl, dh, dw, out):
     # output columns whose windows lie wholly inside the input's columns: lo:hi
     lo, hi = _inside(ow, sw, -pl, W - (kw - 1) * dw)
     for p in prange(P):
-        base = p * H * W
+        base = (first_plane + p) * H * W
         plane = x[p]
         for oy in range(oh):
             o = out[p, oy]
@@ -158,12 +158,14 @@ def _border(plane, o, ox, y0, i0, i1, kw, sw, pl, dh, dw, W, base):
 
 
 def max_switches(x: np.ndarray, kernel: tuple[int, int], strides, pads, dilations,
-                 out_hw: tuple[int, int]) -> np.ndarray:
+                 out_hw: tuple[int, int], first: int = 0) -> np.ndarray:
     """onnxruntime's MaxPool ``Indices`` (int64, flat over N·C·H·W) for input ``x`` (N, C, H, W)
-    and output size ``out_hw``; ``pads`` (top, left, bottom, right), only the first two read."""
+    and output size ``out_hw``; ``pads`` (top, left, bottom, right), only the first two read.
+    ``first``: where ``x``'s first sample sits in the batch it was cut from (a run in slices):
+    the indices stay flat over that whole batch."""
     N, C, H, W = x.shape
     planes = np.ascontiguousarray(x).reshape(N * C, H, W)
     out = np.empty((N * C,) + tuple(out_hw), np.int64)
     _max_switches(planes, kernel[0], kernel[1], strides[0], strides[1], pads[0], pads[1],
-                  dilations[0], dilations[1], out)
+                  dilations[0], dilations[1], first * C, out)
     return out.reshape((N, C) + tuple(out_hw))

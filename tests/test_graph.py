@@ -301,6 +301,66 @@ def test_session_outputs_bound_ahead_equal_copied_ones_and_wrong_guesses_rerun(t
             assert outs[k].dtype == copied[k].dtype
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_batch_run_in_slices_gives_the_tensors_of_one_run(tmp_path, monkeypatch, seed):
+    """A batch whose fetched tensors are large runs through onnxruntime a few samples at a time,
+    each run writing into its slice of the batch's arrays: the tensors are those of one run of
+    the whole batch (the MaxPool switches still flat over the whole batch, the pool's input
+    fetched only to derive them not returned), and so is the relevance."""
+    import lrpath_onnx.runtime.session as S
+
+    rng = np.random.default_rng(seed)
+    model, _ = models.small_cnn(rng)
+    an = Analyzer(models.save(model, tmp_path / "cnn.onnx"))
+    rt = an.runtime()
+    x = rng.standard_normal((5, 3, 12, 12)).astype(np.float32)
+    whole = rt.run(x)  # a small model: one run
+    want = an.explain(x).relevance
+    planned = rt._shapes[x.shape]
+    assert rt._dropped and rt.derived
+    per_sample = sum(int(np.prod(s[1:])) * np.dtype(dt).itemsize for s, dt in planned.values())
+    monkeypatch.setattr(S, "SLICE_BYTES", 2 * per_sample + 1)  # slices of 2
+    assert rt.slice_size(planned) == 2
+    runs = []
+    execute = rt._execute
+    monkeypatch.setattr(rt, "_execute", lambda xs, extra, arrays: runs.append(len(xs)) or execute(xs, extra, arrays))
+    sliced = rt.run(x)
+    assert runs == [2, 2, 1]
+    assert set(sliced) == set(whole) and not set(rt._dropped) & set(sliced)
+    for k, v in whole.items():
+        assert sliced[k].shape == v.shape and sliced[k].dtype == v.dtype
+        if v.dtype.kind == "i":
+            np.testing.assert_array_equal(sliced[k], v)
+        else:  # a Gemm of 2 rows may round differently from one of 5
+            np.testing.assert_allclose(sliced[k], v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(an.explain(x).relevance, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    assert runs[3:] == [2, 2, 1]  # explain ran in slices too
+    assert rt.run(x[:2]).keys() == whole.keys() and runs[-1] == 2  # a batch within one slice: one run
+
+
+def test_a_batch_that_onnxruntime_refuses_in_slices_runs_whole(tmp_path, monkeypatch):
+    """Where a run in slices fails (a guessed output shape onnxruntime refuses), the batch runs
+    whole with its outputs copied, and that input shape is not sliced again."""
+    import lrpath_onnx.runtime.session as S
+
+    rng = np.random.default_rng(0)
+    model, _ = models.small_cnn(rng)
+    an = Analyzer(models.save(model, tmp_path / "cnn.onnx"))
+    rt = an.runtime()
+    x = rng.standard_normal((4, 3, 12, 12)).astype(np.float32)
+    want = rt.run(x)
+    rt._shapes.clear()
+    wrong = {k: ((4, v.shape[1] + 1) + v.shape[2:], v.dtype) for k, v in rt._run(x, None, {}).items()}
+    monkeypatch.setattr(rt, "_foresee", lambda shape: wrong)
+    monkeypatch.setattr(S, "SLICE_BYTES", 1)
+    got = rt.run(x)
+    assert x.shape in rt._unsliced and not rt._sliceable(x.shape, rt._shapes[x.shape], None)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    for k, v in rt.run(x).items():
+        np.testing.assert_array_equal(v, want[k])
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_switches_follow_a_rewired_pool_input(tmp_path, seed):
     """Where a node is inserted before the MaxPool (the path-fidelity check's neuron masks), the

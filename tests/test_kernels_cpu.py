@@ -455,3 +455,7 @@ def test_max_switches_equal_onnxruntime_indices(pool, dtype, seed):
     got = max_switches(x, kernel, strides, pads, dil, out_hw)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, want)
+    # a run in slices of the batch: each slice's indices still flat over the whole batch
+    for first, stop in ((0, 1), (1, 3), (2, 3)):
+        np.testing.assert_array_equal(max_switches(x[first:stop], kernel, strides, pads, dil, out_hw, first),
+                                      want[first:stop])

@@ -89,9 +89,10 @@ class MaxPoolHandler(ChannelKeeping, OpHandler):
             return {}
         w = layer.window
 
-        def switches(x: np.ndarray) -> np.ndarray:
+        def switches(x: np.ndarray, first: int = 0) -> np.ndarray:
             g = w.geometry
-            return max_switches(x, w.kernel, g.strides, g.pads, g.dilations, w.out_size(x.shape[2], x.shape[3]))
+            return max_switches(x, w.kernel, g.strides, g.pads, g.dilations, w.out_size(x.shape[2], x.shape[3]),
+                                first)
 
         return {layer.indices: (layer.inputs[0], switches)}
 

@@ -196,7 +196,9 @@ class OpHandler:
     def derived_outputs(self, layer: Layer) -> dict[str, tuple[str, Any]]:
         """{tensor: (fetched tensor, function of it)}: ``session_outputs`` the analyzer's own
         session does not ask onnxruntime for but computes after the run (a compiled graph,
-        which has no such step, still gains them as outputs)."""
+        which has no such step, still gains them as outputs). The function takes the fetched
+        tensor and, for a run in slices of the batch, ``first``, the batch index of the slice's
+        first sample; per sample, its result must not depend on the other samples."""
         return {}
 
     # -- backward steps -------------------------------------------------------------------
