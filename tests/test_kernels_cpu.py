@@ -90,6 +90,46 @@ def test_conv_forward_and_transpose_match_unrolled_matrix(name, seed, dtype):
         np.testing.assert_allclose(got_m, want_t * mul, **tol)
 
 
+DIRECT = {  # kernel, strides, pads (t, l, b, r), dilations, groups, (H, W): through the direct loops
+    **{name: (3, *GEOMS[name][:3], 6 if GEOMS[name][3] == 1 else GEOMS[name][3], (9, 7)) for name in GEOMS},
+    "5x5_s2_7x7": (5, (2, 2), (1, 1, 2, 2), (1, 1), 6, (7, 7)),  # efficientnet's strided 5x5
+    "5x5_s1_tiny": (5, (1, 1), (2, 2, 2, 2), (1, 1), 6, (3, 2)),  # taps reaching past both edges
+    "3x3_s3_dil2": (3, (3, 2), (0, 2, 1, 0), (2, 2), 3, (11, 10)),
+    "1x7_s1": ((1, 7), (1, 1), (0, 3, 0, 3), (1, 1), 6, (4, 9)),
+}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", list(DIRECT))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_direct_loops_match_unrolled_matrix(name, seed, dtype, monkeypatch):
+    """Grouped convolutions too narrow for BLAS run plane by plane over padded phase planes
+    (every geometry forced there here: strides up to 3, dilations, asymmetric pads, 5x5 and 1x7
+    kernels, maps smaller than the kernel); forward, transposed and transposed × mul equal
+    float64 NumPy, and z⁺'s zero weights leave exact zeros."""
+    monkeypatch.setattr(K, "GEMM_MIN_CHANNELS", 10 ** 6)
+    k, strides, pads, dil, groups, (h, w) = DIRECT[name]
+    kh, kw = (k, k) if isinstance(k, int) else k
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 6, h, w))
+    wt = rng.standard_normal((9 if groups == 3 else 6, 6 // groups, kh, kw))
+    g = K.ConvGeometry(strides, pads, dil, groups)
+    want, M = _ref_conv(x, wt, g)
+    s, mul = rng.standard_normal(want.shape), rng.standard_normal(x.shape)
+    want_t = np.stack([(M @ si.reshape(-1)).reshape(x.shape[1:]) for si in s])
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    got = K.conv2d(x.astype(dtype), wt.astype(dtype), g, out_hw=want.shape[2:])
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, **tol)
+    np.testing.assert_allclose(K.conv2d_transpose(s.astype(dtype), wt.astype(dtype), g, (h, w)), want_t, **tol)
+    np.testing.assert_allclose(K.conv2d_transpose(s.astype(dtype), wt.astype(dtype), g, (h, w), mul.astype(dtype)),
+                               want_t * mul, **tol)
+    pos = np.maximum(wt, 0).astype(dtype)  # z⁺: an input no positive weight reaches gets exactly 0
+    got_t = K.conv2d_transpose(np.abs(s).astype(dtype), pos, g, (h, w))
+    reach = np.stack([(np.maximum(M, 0) @ np.abs(si).reshape(-1)).reshape(x.shape[1:]) for si in s])
+    assert np.array_equal(got_t == 0, reach == 0)
+
+
 POINTWISE = {  # (strides, pads): the first is read straight from the maps, the others unfold
     "s1p0": ((1, 1), (0, 0, 0, 0)),
     "s2p0": ((2, 2), (0, 0, 0, 0)),
