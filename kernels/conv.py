@@ -382,7 +382,9 @@ def conv2d_transpose(s: np.ndarray, w: np.ndarray, geom: ConvGeometry, in_hw: tu
     """Transposed convolution of ``s`` (N, K, oh, ow) back to (N, C, *in_hw); times ``mul`` if given.
 
     ``flipped`` (``flip_kernel(w)``, cached by the caller) enables the stride-1 fast path;
-    ``matmul`` and ``stacked`` as in ``conv2d``.
+    ``matmul`` and ``stacked`` as in ``conv2d``. A 1x1 stride-1 layer is one product per
+    sample straight into the output (efficientnet-lite0's expand layers went through im2col's
+    fold-back, a copy of every product).
     """
     matmul = matmul or np.matmul
     N, K, oh, ow = s.shape
@@ -392,6 +394,16 @@ def conv2d_transpose(s: np.ndarray, w: np.ndarray, geom: ConvGeometry, in_hw: tu
     H, W = in_hw
     (sh, sw), (pt, pl), (dh, dw) = geom.strides, geom.pads[:2], geom.dilations
     use_mul = mul is not None
+    if _pointwise(w, geom) and (oh, ow) == (H, W):  # each sample's map is wᵀ @ s[n]: no folding back
+        out = np.empty((N, C, H, W), s.dtype)
+        wt, ss, outs = w.reshape(K, C).T, np.ascontiguousarray(s).reshape(N, K, H * W), out.reshape(N, C, H * W)
+        if N > 1:
+            (stacked or np.matmul)(np.broadcast_to(wt, (N, C, K)), ss, out=outs)
+        else:
+            matmul(wt, ss[0], out=outs[0])
+        if use_mul:
+            out *= mul
+        return out
     as_conv = transpose_as_conv(geom, kh, kw) if flipped is not None and _use_gemm(flipped, g) else None
     if as_conv is not None:
         out = conv2d(s, flipped, as_conv, None, (H, W), ws, matmul, stacked)

@@ -66,6 +66,33 @@ def _gate(r, sign, mode, out):
         out[i] = r[i] if keep else 0.0
 
 
+@njit(parallel=True, cache=True)
+def _gated_count(r, sign, mode):
+    n = 0
+    for i in prange(r.size):
+        v = sign[i]
+        if mode == 0:
+            keep = v > 0
+        elif mode == 1:
+            keep = v < 0
+        elif mode == 2:
+            keep = v <= 0
+        else:
+            keep = v == 0
+        if keep and r[i] != 0.0:
+            n += 1
+    return n
+
+
+def gated_any(r: np.ndarray, sign: np.ndarray, mode: str) -> bool:
+    """Whether ``gate_by_sign(r, sign, mode)`` has a non-zero element, without writing it: a
+    rule without its bias asks this of every group (is any relevance lost to a zero
+    denominator?), and the answer is nearly always no."""
+    r = np.ascontiguousarray(r)
+    sign = np.ascontiguousarray(sign, dtype=r.dtype)
+    return bool(_gated_count(r.reshape(-1), sign.reshape(-1), GATE_MODES[mode]))
+
+
 def gate_by_sign(r: np.ndarray, sign: np.ndarray, mode: str) -> np.ndarray:
     """``r`` where ``sign`` is as ``mode`` says (``GATE_MODES``), 0 elsewhere.
 

@@ -90,6 +90,9 @@ class CudaBackend:
     def gate_by_sign(self, r, sign, mode: str):
         return DeviceArray(self._ew.gate_by_sign(_d(r), _d(sign), mode))
 
+    def gated_any(self, r, sign, mode: str) -> bool:
+        return bool(self.gate_by_sign(r, sign, mode).any())
+
     def multiply(self, a, b):
         return DeviceArray(self._ew.multiply(_d(a), _d(b)))
 

@@ -326,6 +326,27 @@ def test_transpose_is_the_adjoint(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gated_any_says_whether_the_gate_keeps_anything(seed, dtype):
+    """``gated_any`` answers ``gate_by_sign(...).any()`` without writing the gated array: each
+    mode, with one kept element or none (a zero relevance where the gate is open is nothing)."""
+    from lrpath_onnx.kernels.elementwise import gate_by_sign, gated_any
+
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal((2, 3, 17, 9)).astype(dtype)
+    z = np.round(rng.standard_normal(r.shape)).astype(dtype)  # many exact zeros
+    for mode, keep in (("pos", z > 0), ("neg", z < 0), ("nonpos", z <= 0), ("zero", z == 0)):
+        assert gated_any(r, z, mode) == bool(gate_by_sign(r, z, mode).any()) is True
+        alone = np.zeros_like(r)
+        i = rng.choice(np.flatnonzero(keep))
+        alone.flat[i] = r.flat[i]
+        assert gated_any(alone, z, mode)
+        alone.flat[i] = 0.0
+        assert not gated_any(alone, z, mode)
+        assert not gated_any(np.where(keep, 0, r).astype(dtype), z, mode)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("eps", [0.0, 1e-3, 0.5])
 def test_stabilised_divide(seed, eps):
     rng = np.random.default_rng(seed)

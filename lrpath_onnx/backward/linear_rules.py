@@ -270,7 +270,7 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
 
     def drop(coef, signal, denom):
         nonlocal lost
-        if form.fallback:
+        if form.fallback and backend.gated_any(signal, denom, "zero"):
             part = backend.gate_by_sign(signal, denom, "zero")
             part = part if coef == 1.0 else part * np.dtype(a.dtype).type(coef)
             lost = part if lost is None else lost + part

@@ -130,6 +130,10 @@ class GraphBackend:
         r = self._sym(r)
         return r._new(gate_nodes(self.b, r.name, r.operand(sign)[0], mode), r.shape)
 
+    def gated_any(self, r, sign, mode: str) -> bool:
+        """Data-dependent, so true (the graph computes the term) unless both are constants."""
+        return self._fold.gated_any(r, sign, mode) if _is_const(r) and _is_const(sign) else True
+
     def multiply(self, a, b):
         return self._sym(a) * b if isinstance(a, Sym) else self._sym(b) * a
 
