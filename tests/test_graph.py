@@ -306,7 +306,8 @@ def test_a_batch_run_in_slices_gives_the_tensors_of_one_run(tmp_path, monkeypatc
     """A batch whose fetched tensors are large runs through onnxruntime a few samples at a time,
     each run writing into its slice of the batch's arrays: the tensors are those of one run of
     the whole batch (the MaxPool switches still flat over the whole batch, the pool's input
-    fetched only to derive them not returned), and so is the relevance."""
+    fetched only to derive them not returned), and so is the relevance. Not where large dense
+    weights, read again by every run, outweigh a sample's tensors."""
     import lrpath_onnx.runtime.session as S
 
     rng = np.random.default_rng(seed)
@@ -336,6 +337,9 @@ def test_a_batch_run_in_slices_gives_the_tensors_of_one_run(tmp_path, monkeypatc
     np.testing.assert_allclose(an.explain(x).relevance, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
     assert runs[3:] == [2, 2, 1]  # explain ran in slices too
     assert rt.run(x[:2]).keys() == whole.keys() and runs[-1] == 2  # a batch within one slice: one run
+    rt._streamed_bytes = per_sample  # dense weights as large as a sample's tensors: each run would reread them
+    rt.run(x)
+    assert runs[-1] == 5
 
 
 def test_a_batch_that_onnxruntime_refuses_in_slices_runs_whole(tmp_path, monkeypatch):

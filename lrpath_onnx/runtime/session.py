@@ -29,8 +29,8 @@ SHARE_ELEMENTS = 1 << 20
 
 #: a batch whose fetched tensors exceed this much runs through onnxruntime in slices of
 #: samples, written into the same output arrays: onnxruntime's scratch and the tensors fetched
-#: only to derive others are then sized by the slice, not the batch (VGG16 at batch 8, 61 MB
-#: fetched per sample: slices of 2, peak RSS about 150 MB lower)
+#: only to derive others are then sized by the slice, not the batch (efficientnet-lite0, 50 MB
+#: fetched per sample: slices of 2; see ``ActivationRuntime._sliceable``)
 SLICE_BYTES = 128 << 20
 
 
@@ -201,6 +201,8 @@ class ActivationRuntime:
         self._binding_values = {name: ort.OrtValue.ortvalue_from_numpy(
             np.ascontiguousarray(model.initializers[name])) for name in sorted(shared)}
         self._shapes: dict[tuple, dict[str, tuple]] = {}
+        #: weights every run reads from memory again: the large dense ones bound as inputs
+        self._streamed_bytes = sum(v.nbytes for v in (model.initializers[n] for n in shared))
         self._unsliced: set[tuple] = set()  # input shapes whose outputs are not per sample
 
     def run(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -236,24 +238,29 @@ class ActivationRuntime:
         return self._finish(x, outs)
 
     @staticmethod
-    def slice_size(planned: dict[str, tuple]) -> int:
+    def _per_sample(planned: dict[str, tuple]) -> int:
+        return sum(int(np.prod(shape[1:])) * np.dtype(dt).itemsize for shape, dt in planned.values())
+
+    @classmethod
+    def slice_size(cls, planned: dict[str, tuple]) -> int:
         """Samples per onnxruntime run: as many as keep the fetched tensors within
         ``SLICE_BYTES``, at least two. onnxruntime's scratch memory (its blocked NCHWc copies
-        of every activation) grows with the samples per run, its speed per sample barely
-        (VGG16 and efficientnet-lite0 at batch 8 the same within 3 % in slices of 2 or 4;
-        in slices of 1 VGG16 up to 10 % slower)."""
-        per_sample = sum(int(np.prod(shape[1:])) * np.dtype(dt).itemsize for shape, dt in planned.values())
-        return max(2, SLICE_BYTES // max(per_sample, 1))
+        of every activation) grows with the samples per run, its convolutions' speed per
+        sample barely (efficientnet-lite0 at batch 8 in slices of 2: its forward the same or
+        faster, peak RSS 30–70 MB lower)."""
+        return max(2, SLICE_BYTES // max(cls._per_sample(planned), 1))
 
     def _sliceable(self, shape: tuple, planned: dict[str, tuple], extra) -> bool:
         """Whether a batch of ``shape`` runs in slices: on the CPU (a GPU wants whole batches),
         a batch axis left open by the model, every output's shape foreseen and batch-first, no
-        extra inputs, and large enough."""
+        extra inputs, large enough, and the large dense weights smaller than a sample's fetched
+        tensors: each run streams them again (VGG16's 470 MB in slices of 2: its forward at
+        batch 8 10 % slower), where one sample less of scratch is what a slice saves."""
         n = shape[0]
         return (extra is None and shape not in self._unsliced and self.provider == "CPUExecutionProvider"
                 and self.graph.input_shape[:1] == (None,)
                 and len(planned) == len(self.output_names) and all(s[:1] == (n,) for s, _ in planned.values())
-                and self.slice_size(planned) < n)
+                and self.slice_size(planned) < n and self._streamed_bytes < self._per_sample(planned))
 
     def _finish(self, x: np.ndarray, outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The session's outputs plus the derived tensors, less those fetched only to derive them."""
