@@ -48,6 +48,7 @@ CONV_CASES = {
     "groups2": dict(groups=2),
     "depthwise": dict(groups=4),
     "groups2_wide": dict(groups=2),
+    "pointwise": dict(kernel=(1, 1), pads=(0, 0, 0, 0)),  # signed inputs: a⁺ and a⁻ terms in one product
 }
 
 
@@ -259,7 +260,7 @@ def _zero_blocks(x):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("rule", NOBIAS)
-@pytest.mark.parametrize("case", ["s1p1", "s2x1_asym_pad", "depthwise"])
+@pytest.mark.parametrize("case", ["s1p1", "s2x1_asym_pad", "depthwise", "pointwise"])
 def test_conv_rules_without_bias_match_reference(tmp_path, case, rule, seed):
     rng = np.random.default_rng(seed)
     kw = dict(CONV_CASES[case])

@@ -141,12 +141,15 @@ def _denominator(fwd: "_Forward", parts, backend, drop: set):
     no caller) are forgotten by ``fwd`` once added, so no more than one of them is held at a
     time. On host arrays the sum is added up in place: in the first part's forward where
     ``fwd`` computed that one itself and drops it (z^B's bound terms: one buffer, not three),
-    else in the sum's own array from the third part on. Exact convolution parts that no one
-    keeps are summed by one product instead: their inputs side by side along the channels
-    against their weights stacked the same way (z^B's two bound terms on VGG16's first layer:
-    one GEMM with 54 taps instead of two with 27 and an add)."""
-    if (len(parts) > 1 and fwd.exact and backend.host_arrays and set(parts) <= drop
+    else in the sum's own array from the third part on. Convolution parts that no one keeps
+    are summed by one product instead, where their products are exact or 1x1 (no Winograd to
+    lose): their inputs side by side along the channels against their weights stacked the
+    same way (z^B's two bound terms on VGG16's first layer: one GEMM with 54 taps instead of
+    two with 27 and an add; γ's a⁺ and a⁻ terms on efficientnet-lite0's expand layers, whose
+    inputs are signed: one product writing the sum instead of two and an add)."""
+    if (len(parts) > 1 and backend.host_arrays and set(parts) <= drop
             and getattr(fwd.lin, "stackable", False) and hasattr(fwd.lin, "geom")  # a conv: channels on axis 1
+            and (fwd.exact or tuple(fwd.lin.weight.shape[2:]) == (1, 1))
             and not any(p.bias or p in fwd.terms for p in parts)):
         inputs = [fwd.input(p) for p in parts]
         if all(x is not None for x in inputs):
