@@ -47,6 +47,35 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+@njit(parallel=True, cache=True)
+def _add_product(out, mul, x, coef, first):
+    N, C, L = out.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        o, m, v = out[n, c], mul[n, c], x[n, c]
+        for i in range(L):
+            t = m[i] * v[i]
+            if coef != 1.0:
+                t = t * coef
+            if first:
+                o[i] = t
+            else:
+                o[i] += t
+
+
+def add_product(out: np.ndarray, mul: np.ndarray, x: np.ndarray, coef: float = 1.0, first: bool = False) -> np.ndarray:
+    """``out += (mul ⊙ x)·coef`` (``out =`` with ``first``) in one pass, in place: a rule's
+    input relevance summed from its transposed products without a temporary per term. ``out``
+    and ``mul`` contiguous, batch and channels first; ``x`` may be a channel slice of a larger
+    array (one part's share of a stacked product). The same roundings as numpy's
+    ``out + mul * x * coef``."""
+    N, C = out.shape[0], out.shape[1]
+    mul = np.ascontiguousarray(mul, dtype=out.dtype)
+    _add_product(out.reshape(N, C, -1), mul.reshape(N, C, -1), x.reshape(N, C, -1), out.dtype.type(coef), first)
+    return out
+
+
 #: where ``gate_by_sign`` keeps relevance: sign > 0, < 0, ≤ 0 (a ReLU's output standing for z), == 0
 GATE_MODES = {"pos": 0, "neg": 1, "nonpos": 2, "zero": 3}
 

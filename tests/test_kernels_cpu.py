@@ -327,6 +327,29 @@ def test_transpose_is_the_adjoint(seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_add_product_equals_numpy_bit_for_bit(seed, dtype):
+    """``add_product`` (a rule's terms summed in place) gives numpy's ``out + mul * x * coef``
+    exactly, with ``x`` a channel slice of a larger array (one part's share of a stacked
+    product), conv-shaped and dense-shaped."""
+    from lrpath_onnx.kernels.elementwise import add_product
+
+    rng = np.random.default_rng(seed)
+    for shape in ((3, 5, 7, 6), (4, 9)):
+        stacked = rng.standard_normal((shape[0], 2 * shape[1]) + shape[2:]).astype(dtype)
+        x = np.split(stacked, 2, axis=1)[1]
+        assert not x.flags.c_contiguous
+        mul, out = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+        for coef in (1.0, 2.0, -0.5):
+            want = out + mul * x * dtype(coef) if coef != 1.0 else out + mul * x
+            got = add_product(out.copy(), mul, x, coef)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, want)
+            first = add_product(np.full(shape, np.nan, dtype), mul, x, coef, first=True)
+            np.testing.assert_array_equal(first, mul * x * dtype(coef) if coef != 1.0 else mul * x)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_gated_any_says_whether_the_gate_keeps_anything(seed, dtype):
     """``gated_any`` answers ``gate_by_sign(...).any()`` without writing the gated array: each
     mode, with one kept element or none (a zero relevance where the gate is open is nothing)."""

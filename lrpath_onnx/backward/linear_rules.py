@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
+from ..kernels import elementwise as _ew
 from ..plan.rules import FALLBACK, STABILISER, Form, Part, Rule
 
 
@@ -340,7 +341,7 @@ def combine(lin: LinearMap, prods: list[Product], a: np.ndarray, cache: WeightCa
     Products that share a signal (the parts of one group) go through one transposed product
     with their weights stacked, where the map allows it."""
     dtype = np.dtype(a.dtype)
-    result = None
+    result, owned = None, False  # owned: ``result`` is this function's own numpy array, added to in place
     i = 0
     while i < len(prods):
         j = i + 1
@@ -350,13 +351,29 @@ def combine(lin: LinearMap, prods: list[Product], a: np.ndarray, cache: WeightCa
         if len(batch) > 1 and getattr(lin, "stackable", False) and all(p.part is not None for p in batch):
             stacked = cache.stacked(layer_name, lin, tuple(p.part for p in batch), dtype)
             pieces = np.split(lin.transpose(batch[0].s, stacked, exact=batch[0].exact), len(batch), axis=1)
+            if all(isinstance(x, np.ndarray) and x.shape == piece.shape
+                   for p, piece in zip(batch, pieces) for x in (p.mul, piece)):
+                for p, piece in zip(batch, pieces):  # each part's mul ⊙ share added in one pass
+                    if not owned:
+                        fresh = _ew.add_product(np.empty(piece.shape, dtype), p.mul, piece, p.coef, first=True)
+                        result, owned = fresh if result is None else np.add(fresh, result, out=fresh), True
+                    else:
+                        _ew.add_product(result, p.mul, piece, p.coef)
+                i = j
+                continue
             terms = [p.mul * piece if p.mul is not None else piece for p, piece in zip(batch, pieces)]
         else:
             terms = [lin.transpose(p.s, p.w, mul=p.mul, exact=p.exact, ratio=p.ratio) for p in batch]
         for p, t in zip(batch, terms):
             if p.coef != 1.0:
                 t = t * dtype.type(p.coef)
-            result = t if result is None else result + t
+            if result is None:
+                result = t
+            elif owned:
+                result += t
+            else:
+                result = result + t
+                owned = isinstance(result, np.ndarray)
         i = j
     if result is None:  # every group was gated off: nothing reaches the input
         result = a * dtype.type(0)
