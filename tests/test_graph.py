@@ -342,6 +342,29 @@ def test_a_batch_run_in_slices_gives_the_tensors_of_one_run(tmp_path, monkeypatc
     assert runs[-1] == 5
 
 
+def test_a_model_with_its_own_pool_indices_runs_whole(tmp_path, monkeypatch):
+    """A MaxPool whose ``Indices`` the model itself outputs is numbered by onnxruntime from the
+    first sample of each run: such a batch is not run in slices (in slices of 2, samples 2-4
+    lost all their relevance to samples 0-1), and its relevance is that of a whole run."""
+    import lrpath_onnx.runtime.session as S
+
+    rng = np.random.default_rng(0)
+    model, _ = models.small_cnn(rng)
+    next(n for n in model.graph.node if n.op_type == "MaxPool").output.append("idx")
+    an = Analyzer(models.save(model, tmp_path / "cnn.onnx"))
+    rt = an.runtime()
+    x = rng.standard_normal((5, 3, 12, 12)).astype(np.float32)
+    want = an.explain(x).relevance
+    whole = rt.run(x)
+    assert rt._int_outputs & set(rt.output_names)
+    monkeypatch.setattr(S, "SLICE_BYTES", 1)
+    assert not rt._sliceable(x.shape, rt._shapes[x.shape], None)
+    for k, v in rt.run(x).items():
+        np.testing.assert_array_equal(v, whole[k])
+    np.testing.assert_array_equal(an.explain(x).relevance, want)
+    assert (np.abs(want.reshape(5, -1)).sum(1) > 0).all()
+
+
 def test_a_batch_that_onnxruntime_refuses_in_slices_runs_whole(tmp_path, monkeypatch):
     """Where a run in slices fails (a guessed output shape onnxruntime refuses), the batch runs
     whole with its outputs copied, and that input shape is not sliced again."""

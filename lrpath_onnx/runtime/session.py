@@ -222,7 +222,7 @@ class ActivationRuntime:
         if self._sliceable(x.shape, planned, extra):
             try:
                 outs = self._run_in_slices(x, planned, self.slice_size(planned))
-            except InputError:  # a batch-shaped output that is not per sample: run it whole
+            except InputError:  # onnxruntime refused a slice's shapes: run the batch whole
                 self._unsliced.add(x.shape)
             else:
                 self._shapes[x.shape] = planned
@@ -252,12 +252,15 @@ class ActivationRuntime:
 
     def _sliceable(self, shape: tuple, planned: dict[str, tuple], extra) -> bool:
         """Whether a batch of ``shape`` runs in slices: on the CPU (a GPU wants whole batches),
-        a batch axis left open by the model, every output's shape foreseen and batch-first, no
-        extra inputs, large enough, and the large dense weights smaller than a sample's fetched
+        no MaxPool ``Indices`` of the model's own among the outputs (each run would number them
+        from its own first sample), a batch axis left open by the model (its samples assumed
+        independent, as the backward pass assumes), every output's shape foreseen and
+        batch-first, no extra inputs, large enough, and the large dense weights smaller than a sample's fetched
         tensors: each run streams them again (VGG16's 470 MB in slices of 2: its forward at
         batch 8 10 % slower), where one sample less of scratch is what a slice saves."""
         n = shape[0]
         return (extra is None and shape not in self._unsliced and self.provider == "CPUExecutionProvider"
+                and not self._int_outputs & set(self.output_names)  # a pool's own Indices count from each run's start
                 and self.graph.input_shape[:1] == (None,)
                 and len(planned) == len(self.output_names) and all(s[:1] == (n,) for s, _ in planned.values())
                 and self.slice_size(planned) < n and self._streamed_bytes < self._per_sample(planned))
