@@ -80,35 +80,29 @@ def add_product(out: np.ndarray, mul: np.ndarray, x: np.ndarray, coef: float = 1
 GATE_MODES = {"pos": 0, "neg": 1, "nonpos": 2, "zero": 3}
 
 
+@njit(cache=True, inline="always")
+def _keeps(v, mode):
+    """Whether a sign value ``v`` opens the gate of ``mode`` (``GATE_MODES``)."""
+    if mode == 0:
+        return v > 0
+    if mode == 1:
+        return v < 0
+    if mode == 2:
+        return v <= 0
+    return v == 0
+
+
 @njit(parallel=True, cache=True)
 def _gate(r, sign, mode, out):
     for i in prange(r.size):
-        v = sign[i]
-        if mode == 0:
-            keep = v > 0
-        elif mode == 1:
-            keep = v < 0
-        elif mode == 2:
-            keep = v <= 0
-        else:
-            keep = v == 0
-        out[i] = r[i] if keep else 0.0
+        out[i] = r[i] if _keeps(sign[i], mode) else 0.0
 
 
 @njit(parallel=True, cache=True)
 def _gated_count(r, sign, mode):
     n = 0
     for i in prange(r.size):
-        v = sign[i]
-        if mode == 0:
-            keep = v > 0
-        elif mode == 1:
-            keep = v < 0
-        elif mode == 2:
-            keep = v <= 0
-        else:
-            keep = v == 0
-        if keep and r[i] != 0.0:
+        if r[i] != 0.0 and _keeps(sign[i], mode):
             n += 1
     return n
 
