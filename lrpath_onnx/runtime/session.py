@@ -203,7 +203,7 @@ class ActivationRuntime:
         self._shapes: dict[tuple, dict[str, tuple]] = {}
         #: weights every run reads from memory again: the large dense ones bound as inputs
         self._streamed_bytes = sum(v.nbytes for v in (model.initializers[n] for n in shared))
-        self._unsliced: set[tuple] = set()  # input shapes whose outputs are not per sample
+        self._unsliced: set[tuple] = set()  # input shapes whose slices onnxruntime refused
 
     def run(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Forward ``x`` (the model's input layout, with batch axis); tensors by name.
@@ -255,9 +255,10 @@ class ActivationRuntime:
         no MaxPool ``Indices`` of the model's own among the outputs (each run would number them
         from its own first sample), a batch axis left open by the model (its samples assumed
         independent, as the backward pass assumes), every output's shape foreseen and
-        batch-first, no extra inputs, large enough, and the large dense weights smaller than a sample's fetched
-        tensors: each run streams them again (VGG16's 470 MB in slices of 2: its forward at
-        batch 8 10 % slower), where one sample less of scratch is what a slice saves."""
+        batch-first, no extra inputs, large enough, and the large dense weights smaller than a
+        sample's fetched tensors: each run streams them again (VGG16's 470 MB in slices of 2:
+        its forward at batch 8 10 % slower), where one sample less of scratch is what a slice
+        saves."""
         n = shape[0]
         return (extra is None and shape not in self._unsliced and self.provider == "CPUExecutionProvider"
                 and not self._int_outputs & set(self.output_names)  # a pool's own Indices count from each run's start
