@@ -64,12 +64,15 @@ def _add_product(out, mul, x, coef, first):
                 o[i] += t
 
 
-def add_product(out: np.ndarray, mul: np.ndarray, x: np.ndarray, coef: float = 1.0, first: bool = False) -> np.ndarray:
+def add_product(out: np.ndarray, mul: np.ndarray, x: np.ndarray, coef: float = 1.0,
+                first: bool = False) -> np.ndarray:
     """``out += (mul ⊙ x)·coef`` (``out =`` with ``first``) in one pass, in place: a rule's
     input relevance summed from its transposed products without a temporary per term. ``out``
     and ``mul`` contiguous, batch and channels first; ``x`` may be a channel slice of a larger
     array (one part's share of a stacked product). The same roundings as numpy's
     ``out + mul * x * coef``."""
+    if not out.flags.c_contiguous:  # a reshaped copy would take the sums instead of ``out``
+        raise ValueError("add_product writes into a contiguous array")
     N, C = out.shape[0], out.shape[1]
     mul = np.ascontiguousarray(mul, dtype=out.dtype)
     _add_product(out.reshape(N, C, -1), mul.reshape(N, C, -1), x.reshape(N, C, -1), out.dtype.type(coef), first)

@@ -346,6 +346,8 @@ def test_add_product_equals_numpy_bit_for_bit(seed, dtype):
             np.testing.assert_array_equal(got, want)
             first = add_product(np.full(shape, np.nan, dtype), mul, x, coef, first=True)
             np.testing.assert_array_equal(first, mul * x * dtype(coef) if coef != 1.0 else mul * x)
+    with pytest.raises(ValueError, match="contiguous"):
+        add_product(np.zeros((3, 4, 5)).transpose(0, 2, 1), np.ones((3, 5, 4)), np.ones((3, 5, 4)))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
