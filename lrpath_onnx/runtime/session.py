@@ -204,6 +204,10 @@ class ActivationRuntime:
         #: weights every run reads from memory again: the large dense ones bound as inputs
         self._streamed_bytes = sum(v.nbytes for v in (model.initializers[n] for n in shared))
         self._unsliced: set[tuple] = set()  # input shapes whose slices onnxruntime refused
+        #: the conditions of ``_sliceable`` no batch changes: on the CPU, no MaxPool Indices of the
+        #: model's own (each run would number them from its first sample), the batch axis open
+        self._may_slice = (self.provider == "CPUExecutionProvider" and not int_outputs & set(self.output_names)
+                           and graph.input_shape[:1] == (None,))
 
     def run(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Forward ``x`` (the model's input layout, with batch axis); tensors by name.
@@ -260,9 +264,7 @@ class ActivationRuntime:
         its forward at batch 8 10 % slower), where one sample less of scratch is what a slice
         saves."""
         n = shape[0]
-        return (extra is None and shape not in self._unsliced and self.provider == "CPUExecutionProvider"
-                and not self._int_outputs & set(self.output_names)  # a pool's own Indices count from each run's start
-                and self.graph.input_shape[:1] == (None,)
+        return (self._may_slice and extra is None and shape not in self._unsliced
                 and len(planned) == len(self.output_names) and all(s[:1] == (n,) for s, _ in planned.values())
                 and self.slice_size(planned) < n and self._streamed_bytes < self._per_sample(planned))
 
