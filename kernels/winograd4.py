@@ -43,7 +43,7 @@ def transform_kernel(w: np.ndarray) -> np.ndarray:
     return transform_with(w, G)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio):
     """V[6i+j, c, col0 + t] = (Bᵀ d B)[i, j] for the 6x6 tiles d of tile rows ty0:ty1 of one
     sample ``x`` (C, H, W); taps outside it are 0. ``use_ratio``: read ``x / (z + eps·sign z)``
@@ -75,27 +75,20 @@ def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio):
                 t[4, xx] = two * (d1 - d3) - d2 + d4
                 t[5, xx] = four * d1 - five * d3 + d5
             base = col0 + (ty - ty0) * tw
-            for i in range(6):  # (Bᵀ d) B over columns
+            for i in range(6):  # (Bᵀ d) B over columns: a tile's six taps at once
                 r = 6 * i
                 ti = t[i]
-                v = V[r, c, base:base + tw]
+                v0, v1, v2 = V[r, c, base:base + tw], V[r + 1, c, base:base + tw], V[r + 2, c, base:base + tw]
+                v3, v4, v5 = V[r + 3, c, base:base + tw], V[r + 4, c, base:base + tw], V[r + 5, c, base:base + tw]
                 for tx in range(tw):
-                    v[tx] = four * ti[4 * tx] - five * ti[4 * tx + 2] + ti[4 * tx + 4]
-                v = V[r + 1, c, base:base + tw]
-                for tx in range(tw):
-                    v[tx] = ti[4 * tx + 3] + ti[4 * tx + 4] - four * (ti[4 * tx + 1] + ti[4 * tx + 2])
-                v = V[r + 2, c, base:base + tw]
-                for tx in range(tw):
-                    v[tx] = four * (ti[4 * tx + 1] - ti[4 * tx + 2]) - ti[4 * tx + 3] + ti[4 * tx + 4]
-                v = V[r + 3, c, base:base + tw]
-                for tx in range(tw):
-                    v[tx] = two * (ti[4 * tx + 3] - ti[4 * tx + 1]) - ti[4 * tx + 2] + ti[4 * tx + 4]
-                v = V[r + 4, c, base:base + tw]
-                for tx in range(tw):
-                    v[tx] = two * (ti[4 * tx + 1] - ti[4 * tx + 3]) - ti[4 * tx + 2] + ti[4 * tx + 4]
-                v = V[r + 5, c, base:base + tw]
-                for tx in range(tw):
-                    v[tx] = four * ti[4 * tx + 1] - five * ti[4 * tx + 3] + ti[4 * tx + 5]
+                    e0, e1, e2 = ti[4 * tx], ti[4 * tx + 1], ti[4 * tx + 2]
+                    e3, e4, e5 = ti[4 * tx + 3], ti[4 * tx + 4], ti[4 * tx + 5]
+                    v0[tx] = four * e0 - five * e2 + e4
+                    v1[tx] = e3 + e4 - four * (e1 + e2)
+                    v2[tx] = four * (e1 - e2) - e3 + e4
+                    v3[tx] = two * (e3 - e1) - e2 + e4
+                    v4[tx] = two * (e1 - e3) - e2 + e4
+                    v5[tx] = four * e1 - five * e3 + e5
 
 
 @njit(parallel=True, cache=True)
