@@ -273,6 +273,30 @@ def test_keras_layer_names_work_as_people_type_them(tmp_path):
         an.graph.find("conv")  # conv_1 and conv_2 both shorten to it
 
 
+def test_cpu_session_lets_go_of_the_serialized_model_and_still_runs(tmp_path):
+    """onnxruntime keeps the bytes a session was made from (for a provider fallback the CPU
+    never takes); the analyzer's CPU session drops them, and its runs are those of a session
+    made from the same model that keeps them."""
+    import onnxruntime as ort
+
+    from lrpath_onnx.runtime.session import release_model_bytes
+
+    rng = np.random.default_rng(3)
+    model, _ = models.small_cnn(rng)
+    an = Analyzer(models.save(model, tmp_path / "cnn.onnx"))
+    rt = an.runtime()
+    assert rt.provider == "CPUExecutionProvider"
+    assert rt.session._model_bytes is None and not rt.session._enable_fallback
+    x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    fresh = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert fresh._model_bytes is not None
+    want = fresh.run(None, {fresh.get_inputs()[0].name: x})[0]
+    release_model_bytes(fresh)
+    assert fresh._model_bytes is None
+    np.testing.assert_allclose(fresh.run(None, {fresh.get_inputs()[0].name: x})[0], want, rtol=0, atol=0)
+    np.testing.assert_allclose(rt.run(x)[an.graph.output], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
 def test_session_outputs_bound_ahead_equal_copied_ones_and_wrong_guesses_rerun(tmp_path):
     """The session writes outputs into buffers sized ahead (static shapes, another batch
     size); every route gives the tensors a copied run gives, and a wrong guess runs again."""

@@ -55,6 +55,18 @@ def choose_providers(device: str) -> list[str]:
     return (["CUDAExecutionProvider"] if usable else []) + ["CPUExecutionProvider"]
 
 
+def release_model_bytes(session: ort.InferenceSession) -> None:
+    """Let go of the serialized model a session made from bytes keeps for re-creating itself.
+
+    onnxruntime's Python session holds those bytes for its whole life, only to rebuild the
+    session on another provider after an execution-provider failure; on the CPU there is no
+    such fallback, and VGG16's copy (its convolution weights) is 56 MB the heap could reuse.
+    The fallback is switched off with them, so nothing can ask for the bytes again."""
+    if getattr(session, "_model_bytes", None) is not None:
+        session.disable_fallback()
+        session._model_bytes = None
+
+
 def add_switch_outputs(proto: onnx.ModelProto, graph: LayerGraph, requests: set[str]) -> set[str]:
     """Give the nodes the secondary outputs the handlers want among ``requests`` (MaxPool's
     ``Indices``: its switches); the integer-typed outputs of the handlers."""
@@ -198,6 +210,8 @@ class ActivationRuntime:
                 raise ModelError(f"onnxruntime cannot run {model.path.name}: {msg}") from None
         del data
         self.provider = self.session.get_providers()[0]
+        if self.provider == "CPUExecutionProvider":
+            release_model_bytes(self.session)
         self._binding_values = {name: ort.OrtValue.ortvalue_from_numpy(
             np.ascontiguousarray(model.initializers[name])) for name in sorted(shared)}
         self._shapes: dict[tuple, dict[str, tuple]] = {}
