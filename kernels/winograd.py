@@ -83,8 +83,7 @@ def load_row(x, z, c, yy, lo, hi, pl, eps, use_ratio, row):
         ds[:] = xs
 
 
-# numpy's error model: no ZeroDivisionError branches in the loop (it divides only by the row count)
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True)
 def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio, slots):
     """V[slots[4i+j], c, col0 + t] = (Bᵀ d B)[i, j] for the 4x4 tiles d of tile rows ty0:ty1.
 

@@ -43,8 +43,7 @@ def transform_kernel(w: np.ndarray) -> np.ndarray:
     return transform_with(w, G)
 
 
-# numpy's error model, as in winograd.input_tiles: no ZeroDivisionError branches to check
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True)
 def input_tiles(x, pt, pl, ty0, ty1, tw, V, col0, z, eps, use_ratio):
     """V[6i+j, c, col0 + t] = (Bᵀ d B)[i, j] for the 6x6 tiles d of tile rows ty0:ty1 of one
     sample ``x`` (C, H, W); taps outside it are 0. ``use_ratio``: read ``x / (z + eps·sign z)``
