@@ -180,3 +180,105 @@ def sample_sums(x: np.ndarray, part_elements: int = SUM_PART_ELEMENTS) -> np.nda
     part = np.empty((x2.shape[0], parts))
     _part_sums(x2, -(-x2.shape[1] // parts), part)
     return part.sum(axis=1)
+
+
+@njit(cache=True, inline="always")
+def _stabilised(v, eps):
+    d = v + eps if v >= 0.0 else v - eps
+    return d
+
+
+@njit(parallel=True, cache=True)
+def _gamma_signals(r, zb, p, cb, bp, bn, gamma, eps, neg_mode, sp, sn, counts):
+    N, K, M = r.shape
+    for row in prange(N * K):
+        n = row // K
+        k = row % K
+        rr, zz, pp, op, on = r[n, k], zb[n, k], p[n, k], sp[n, k], sn[n, k]
+        c0, b0, b1 = cb[k], bp[k], bn[k]
+        lost_p = 0
+        lost_n = 0
+        live_n = 0
+        for i in range(M):
+            z = zz[i]
+            v = rr[i]
+            if z > 0.0:
+                den = z + gamma * (pp[i] + b0)
+                d = _stabilised(den, eps)
+                op[i] = v / d if d != 0.0 else 0.0
+                on[i] = 0.0
+                if den == 0.0 and v != 0.0:
+                    lost_p += 1
+            elif z < 0.0 or neg_mode == 2:
+                den = z + gamma * ((z - c0 - pp[i]) + b1)
+                d = _stabilised(den, eps)
+                op[i] = 0.0
+                on[i] = v / d if d != 0.0 else 0.0
+                if v != 0.0:
+                    live_n += 1
+                    if den == 0.0:
+                        lost_n += 1
+            else:
+                op[i] = 0.0
+                on[i] = 0.0
+        counts[row, 0] = lost_p
+        counts[row, 1] = lost_n
+        counts[row, 2] = live_n
+
+
+@njit(parallel=True, cache=True)
+def _gamma_lost(r, zb, p, cb, bp, bn, gamma, neg_mode, out):
+    N, K, M = r.shape
+    for row in prange(N * K):
+        n = row // K
+        k = row % K
+        rr, zz, pp, o = r[n, k], zb[n, k], p[n, k], out[n, k]
+        for i in range(M):
+            z = zz[i]
+            o[i] = 0.0
+            if z > 0.0:
+                if z + gamma * (pp[i] + bp[k]) == 0.0:
+                    o[i] = rr[i]
+            elif z < 0.0 or neg_mode == 2:
+                if z + gamma * ((z - cb[k] - pp[i]) + bn[k]) == 0.0:
+                    o[i] = rr[i]
+
+
+def gamma_signals(r: np.ndarray, zb: np.ndarray, p: np.ndarray, cb: np.ndarray, bp: np.ndarray,
+                  bn: np.ndarray, gamma: float, eps: float, neg_mode: str):
+    """LRP-γ's two stabilised signals from one product, in one pass (a rule that divides the
+    outputs' relevance by modified forwards of two kinds: ``backward.linear_rules``).
+
+    ``zb`` is the layer's output as the rule sees it (with its bias ``cb``, or none), ``p``
+    the input's positive contributions ``a⁺⋆W⁺ + a⁻⋆W⁻``; what the negative ones add up to
+    follows, ``zb − cb − p``. Where ``zb > 0``: ``s⁺ = r / (zb + γ(p + bp))``; where ``zb``
+    is as ``neg_mode`` (``neg``: < 0, ``nonpos``: ≤ 0) says: ``s⁻ = r / (zb + γ(zb − cb − p + bn))``,
+    each denominator stabilised as ``stabilised_divide`` does. Arrays are (N, K, M) with
+    the channel axis second; ``cb``, ``bp``, ``bn`` hold one value per channel.
+
+    Returns ``(s⁺, s⁻, lost⁺, lost⁻, live⁻)``: the counts of outputs with relevance whose
+    denominator is exactly 0 in each group, and of outputs with relevance in the negative one.
+    """
+    dt = r.dtype
+    args = [np.ascontiguousarray(x, dtype=dt) for x in (r, zb, p)]
+    shape3 = (r.shape[0], r.shape[1], -1)
+    r3, z3, p3 = (x.reshape(shape3) for x in args)
+    sp, sn = np.empty_like(r3), np.empty_like(r3)
+    counts = np.empty((r3.shape[0] * r3.shape[1], 3), np.int64)
+    vecs = [np.ascontiguousarray(v, dtype=dt).reshape(-1) for v in (cb, bp, bn)]
+    _gamma_signals(r3, z3, p3, *vecs, dt.type(gamma), dt.type(eps), GATE_MODES[neg_mode], sp, sn, counts)
+    lost_p, lost_n, live_n = (int(v) for v in counts.sum(axis=0))
+    return sp.reshape(r.shape), sn.reshape(r.shape), lost_p, lost_n, live_n
+
+
+def gamma_lost(r: np.ndarray, zb: np.ndarray, p: np.ndarray, cb: np.ndarray, bp: np.ndarray,
+               bn: np.ndarray, gamma: float, neg_mode: str) -> np.ndarray:
+    """``r`` where the denominator of its group in ``gamma_signals`` is exactly 0, else 0 (the
+    relevance a bias-free rule passes on by w²; rarely any)."""
+    dt = r.dtype
+    shape3 = (r.shape[0], r.shape[1], -1)
+    r3, z3, p3 = (np.ascontiguousarray(x, dtype=dt).reshape(shape3) for x in (r, zb, p))
+    out = np.empty_like(r3)
+    vecs = [np.ascontiguousarray(v, dtype=dt).reshape(-1) for v in (cb, bp, bn)]
+    _gamma_lost(r3, z3, p3, *vecs, dt.type(gamma), GATE_MODES[neg_mode], out)
+    return out.reshape(r.shape)

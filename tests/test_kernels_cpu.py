@@ -371,6 +371,59 @@ def test_gated_any_says_whether_the_gate_keeps_anything(seed, dtype):
         assert not gated_any(np.where(keep, 0, r).astype(dtype), z, mode)
 
 
+def _gamma_signals_reference(r, z, p, cb, bp, bn, gamma, eps, neg_mode):
+    """float64 NumPy: each group's gated relevance over its stabilised denominator."""
+    r, z, p = (np.asarray(v, np.float64) for v in (r, z, p))
+    shape = (1, -1) + (1,) * (r.ndim - 2)
+    cb, bp, bn = (np.asarray(v, np.float64).reshape(shape) for v in (cb, bp, bn))
+    den_p = z + gamma * (p + bp)
+    den_n = z + gamma * ((z - cb - p) + bn)
+    rp = np.where(z > 0, r, 0.0)
+    rn = np.where((z <= 0) if neg_mode == "nonpos" else (z < 0), r, 0.0)
+    lost = np.where(den_p == 0, rp, 0.0) + np.where(den_n == 0, rn, 0.0)
+    return ref._div(rp, den_p, eps), ref._div(rn, den_n, eps), lost
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (3, 6), (1, 4, 11)])
+@pytest.mark.parametrize("neg_mode", ["neg", "nonpos"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gamma_signals_match_float64(seed, shape, neg_mode, bias):
+    """LRP-γ's two signals from one product equal the float64 reference, exact zeros included:
+    outputs with z = 0 (in the negative group only when ``nonpos``), and denominators of
+    exactly 0 (where z = 0 and nothing contributes: counted as lost, returned by ``gamma_lost``)."""
+    from lrpath_onnx.kernels.elementwise import gamma_lost, gamma_signals
+
+    rng = np.random.default_rng(seed)
+    k = shape[1]
+    r = rng.standard_normal(shape).astype(np.float32)
+    z = rng.standard_normal(shape).astype(np.float32)
+    p = np.abs(rng.standard_normal(shape)).astype(np.float32)
+    cb = (rng.standard_normal(k) if bias else np.zeros(k)).astype(np.float32)
+    if bias:
+        cb[-1] = -1.0  # b ≤ 0: the negative denominator at z = 0 without contributions is γ(b⁻ − b) = 0
+    bp, bn = np.maximum(cb, 0), np.minimum(cb, 0)
+    flat_z, flat_p, flat_r = z.reshape(shape[0], k, -1), p.reshape(shape[0], k, -1), r.reshape(shape[0], k, -1)
+    flat_z[:, -1, 0], flat_p[:, -1, 0] = 0.0, 0.0  # z = 0 and no contributions: a denominator of exactly 0
+    flat_r[:, -1, 0] = 1.0
+    if flat_z.shape[2] > 1:
+        flat_z[:, -1, -1] = 0.0  # z = 0 with contributions
+        flat_r[0, 0, -1] = 0.0  # an output without relevance
+    gamma, eps = 0.25, 1e-6
+    sp, sn, lost_p, lost_n, live_n = gamma_signals(r, z, p, cb, bp, bn, gamma, eps, neg_mode)
+    want_p, want_n, want_lost = _gamma_signals_reference(r, z, p, cb, bp, bn, gamma, eps, neg_mode)
+    np.testing.assert_allclose(sp, want_p, rtol=2e-6, atol=0)
+    np.testing.assert_allclose(sn, want_n, rtol=2e-6, atol=0)
+    assert sp.dtype == sn.dtype == np.float32 and sp.shape == sn.shape == shape
+    assert not np.any((sp != 0) & (sn != 0))  # each output in one group at most
+    rn = np.where((z <= 0) if neg_mode == "nonpos" else (z < 0), r, 0)
+    assert live_n == int(np.count_nonzero(rn))
+    assert (lost_p, lost_n) == (int(np.count_nonzero(np.where(z > 0, want_lost, 0))),
+                                int(np.count_nonzero(np.where(z > 0, 0, want_lost))))
+    assert (lost_p, lost_n) == (0, shape[0] if neg_mode == "nonpos" else 0)  # only at z = 0 without contributions
+    np.testing.assert_array_equal(gamma_lost(r, z, p, cb, bp, bn, gamma, neg_mode), want_lost.astype(np.float32))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("eps", [0.0, 1e-3, 0.5])
 def test_stabilised_divide(seed, eps):

@@ -101,6 +101,48 @@ def test_float32_path_within_float32_rounding(tmp_path, rule, rule_forward):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", ["s1p1", "s2x1_asym_pad", "pointwise", "groups2_wide", "dense"])
+def test_gamma_from_one_product_within_float32_rounding(tmp_path, monkeypatch, case, bias, seed):
+    """In float32, with onnxruntime's output at hand, γ's two denominators come from that output
+    and one product (``linear_rules._gamma_products``): equal to the float64 reference within
+    float32 rounding on signed inputs with blocks of zeros, the bias-free rule's w² fallback
+    for outputs nothing contributes to included."""
+    from lrpath_onnx.backward import linear_rules
+
+    taken = []
+    fast = linear_rules._gamma_products
+    monkeypatch.setattr(linear_rules, "_gamma_products", lambda *a, **k: taken.append(fast(*a, **k)) or taken[-1])
+    rng = np.random.default_rng(seed)
+    if case == "dense":
+        model, W, b = models.gemm_model(rng, 11, 7)
+        x = rng.standard_normal((3, 11)).astype(np.float32)
+        x[0] = 0.0
+        M, mask, layer, out_shape = np.asarray(W, np.float64), None, "gemm", (7,)
+        bias_vec = np.asarray(b, np.float64)
+    else:
+        kw = dict(CONV_CASES[case])
+        C = 32 if case == "groups2_wide" else 4
+        x_shape = (3, C, 9, 7)
+        model, w, b = models.conv_model(rng, x_shape, 6, **kw)
+        x = _zero_blocks(rng.standard_normal(x_shape).astype(np.float32))
+        M, mask, out_shape = ref.conv_matrix(w, x_shape[1:], **ref.case_geometry(kw))
+        layer, bias_vec = "conv", np.repeat(b.astype(np.float64), out_shape[1] * out_shape[2])
+    rule = "gamma:0.25" if bias else "gamma:0.25,nobias"
+    an = Analyzer(models.save(model, tmp_path / "m.onnx"), rules=[f"{layer}={rule}"], rule_forward="kernels")
+    r = rng.standard_normal((x.shape[0], *out_shape)).astype(np.float32)
+    exp = an.relevance_from(x, an.graph.output, r, dtype=np.float32)
+    assert any(t is not None for t in taken)
+    want = np.stack([ref.lrp_linear("gamma", x[n].reshape(-1), M, bias_vec, r[n].reshape(-1), mask, bias=bias,
+                                    gamma=0.25) for n in range(x.shape[0])]).reshape(x.shape)
+    assert exp.relevance.dtype == np.float32
+    assert_close(exp.relevance, want, rtol=2e-4)
+    if not bias:  # nothing is lost: the relevance of outputs without contributions went on by w²
+        np.testing.assert_allclose(exp.relevance.reshape(len(x), -1).sum(1), r.reshape(len(x), -1).sum(1),
+                                   rtol=1e-4, atol=1e-4 * np.abs(r).sum())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("variant", ["gemm", "gemm_transB_alpha_beta", "matmul_add"])
 def test_dense_rules_match_reference(tmp_path, variant, rule, seed):

@@ -269,6 +269,9 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
     """
     form: Form = rule.form(nonneg)
     fwd = _Forward(lin, a, cache, layer_name, terms, bounds, form.exact)
+    fast = _gamma_products(rule, form, fwd, r, backend, sign, quiet_negatives, keep_terms)
+    if fast is not None:
+        return fast
     out: list[Product] = []
     lost = None  # relevance of outputs whose denominator is 0 (passed on by w² when the form says so)
 
@@ -321,6 +324,69 @@ def products(rule: Rule, lin: LinearMap, a: np.ndarray, r: np.ndarray, backend,
     if lost is not None and lost.any():
         w, _ = fwd.weights(FALLBACK)
         stab = rule.get("stabilizer", min(form.stabiliser, STABILISER))  # a large ε is LRP-ε's own, not w²'s
+        out.append(Product(1.0, lost, w, None, (fwd(FALLBACK), stab), False, FALLBACK))
+    return out
+
+
+def _complementary_gamma(form: Form) -> float | None:
+    """γ when ``form`` is LRP-γ's pair of groups (positive outputs: ``ρ_in(a) ⋆ (W + γW^±)``,
+    negative ones: the same inputs with W⁺ and W⁻ swapped), else None."""
+    swap = {"gamma+": "gamma-", "gamma-": "gamma+"}
+    if form.reuse_z or form.exact or len(form.groups) != 2:
+        return None
+    gp, gn = form.groups
+    if (gp.where, gn.where, gp.coef, gn.coef) != ("pos", "neg", 1.0, 1.0) or len(gp.parts) != len(gn.parts):
+        return None
+    for a, b in zip(gp.parts, gn.parts):
+        if (a.inp, a.param, a.bias) != (b.inp, b.param, b.bias) or swap.get(a.weight) != b.weight:
+            return None
+    if {(p.inp, p.weight) for p in gp.parts} not in ({("id", "gamma+")}, {("pos", "gamma+"), ("neg", "gamma-")}):
+        return None
+    return gp.parts[0].param
+
+
+def _gamma_products(rule: Rule, form: Form, fwd: _Forward, r, backend, sign, quiet_negatives: bool,
+                    keep_terms: bool) -> list[Product] | None:
+    """LRP-γ's products from one forward product instead of one per group, where the layer's
+    own output ``z`` is at hand (the sign tensor, not a ReLU's).
+
+    Both groups' denominators follow from ``z`` and the input's positive contributions
+    ``P = a⁺⋆W⁺ + a⁻⋆W⁻`` (its negative ones are ``z − b − P``): ``z + γ(P + b⁺)`` where
+    ``z > 0`` and ``z + γ(z − b − P + b⁻)`` where it is not, each a sum of terms of one sign.
+    The gates, both divides and the checks for zero denominators are one pass
+    (``kernels.elementwise.gamma_signals``). On efficientnet-lite0's 1x1 layers (signed
+    outputs, and signed inputs after a linear bottleneck) that is one product in four fewer
+    and a third of the memory traffic: ``_blocks.1._expand_conv`` at batch 8 74 → 44 ms. None:
+    the general evaluation applies (another backend, no ``z``, forwards already computed or
+    kept for later passes, or γ's negative group left out anyway).
+    """
+    gamma = _complementary_gamma(form)
+    if (gamma is None or not backend.host_arrays or sign is None or sign[1] or keep_terms
+            or (quiet_negatives and rule.bias) or any(p in fwd.terms for g in form.groups for p in g.parts)):
+        return None
+    z = sign[0]
+    if z.shape != r.shape:
+        return None
+    plus = form.groups[0].parts
+    zeros = np.zeros(r.shape[1], r.dtype)
+    b = fwd.lin.bias if plus[0].bias else None  # per output channel (axis 1), as ``bias_like`` reads it
+    if b is not None and np.size(b) != r.shape[1]:
+        return None
+    cb = zeros if b is None else np.asarray(b, r.dtype).reshape(-1)
+    bp, bn = np.maximum(cb, 0), np.minimum(cb, 0)
+    contrib = tuple(Part(p.inp, "pos" if p.weight == "gamma+" else "neg", 0.0, False) for p in plus)
+    P = _denominator(fwd, contrib, backend, set(contrib))
+    neg_mode = "nonpos" if form.fallback else "neg"
+    s_pos, s_neg, lost_p, lost_n, live_n = _ew.gamma_signals(r, z, P, cb, bp, bn, gamma, form.stabiliser, neg_mode)
+    out = []
+    for group, s in zip(form.groups, (s_pos, s_neg)):
+        if group.where == "neg" and not live_n:
+            continue
+        out.extend(Product(1.0, s, fwd.weights(p)[0], fwd.input(p), exact=form.exact, part=p) for p in group.parts)
+    if form.fallback and (lost_p or lost_n):
+        lost = _ew.gamma_lost(r, z, P, cb, bp, bn, gamma, neg_mode)
+        w, _ = fwd.weights(FALLBACK)
+        stab = rule.get("stabilizer", min(form.stabiliser, STABILISER))
         out.append(Product(1.0, lost, w, None, (fwd(FALLBACK), stab), False, FALLBACK))
     return out
 
