@@ -206,13 +206,18 @@ def test_bench_writes_json_with_ratios(cnn, tmp_path):
 
 def test_bench_processes_times_whole_runs(cnn, tmp_path):
     _, model = cnn
-    res = lrpath("bench", model, "--processes", "3", "--out", tmp_path)
+    from lrpath_onnx.cli.bench_cmd import bench
+
+    assert next(p for p in bench.params if p.name == "process_runs").default == 3
+    res = lrpath("bench", model, "--processes", "3", "--process-runs", "2", "--out", tmp_path)
     assert res.returncode == 0, res.stderr
+    assert "2 runs each" in res.stdout
     data = json.loads((tmp_path / f"bench-{Path(model).stem}-b1-processes.json").read_text())
     stages = {s["stage"]: s for s in data["stages"]}
     assert set(stages) == {"onnxruntime_process", "explain_process"}
+    assert data["processes"]["runs"] == 2 and all(s["runs"] == 2 for s in stages.values())
     secs = data["processes"]["seconds"]
-    assert all(len(secs[k][m]) == 3 and min(secs[k][m]) > 0 for k in secs for m in ("1", "3"))
+    assert all(len(secs[k][m]) == 2 and min(secs[k][m]) > 0 for k in secs for m in ("1", "3"))
     want = (min(secs["explain"]["3"]) - min(secs["explain"]["1"])) / 2
     assert stages["explain_process"]["s_per_image"] == pytest.approx(want)
     base = (min(secs["onnxruntime"]["3"]) - min(secs["onnxruntime"]["1"])) / 2

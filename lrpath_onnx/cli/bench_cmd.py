@@ -91,10 +91,13 @@ def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
 @click.option("--deconv-top", type=click.IntRange(min=1), default=9, show_default=True)
 @click.option("--processes", type=click.IntRange(min=2), default=None, metavar="N",
               help="Time whole processes instead: `lrpath explain` and a plain onnxruntime script on 1 and N "
-                   ".npy inputs, three runs each; the marginal seconds per image (T(N) − T(1)) / (N − 1), T "
+                   ".npy inputs, --process-runs runs each; the marginal seconds per image (T(N) − T(1)) / (N − 1), T "
                    "each count's fastest run (the medians' figure beside it).")
+@click.option("--process-runs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="With --processes: runs per command and input count (more runs steady the fastest-run "
+                   "figure where a process's start varies by seconds).")
 def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, out, seed, paths_k,
-          per_layer, deconv_layer, deconv_top, processes):
+          per_layer, deconv_layer, deconv_top, processes, process_runs):
     """Time explain stages on MODEL (a path or a zoo name, e.g. vgg16) against onnxruntime's forward.
 
     Stages: onnxruntime forward (a plain session with default settings in its own process, as
@@ -106,7 +109,8 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
     path = model_file(model)
     out = ensure_out_dir(out)  # refused now, not after minutes of timing
     if processes:
-        return bench_processes(path, out, device, batch_size, processes, preset, rules, zoo_name(model))
+        return bench_processes(path, out, device, batch_size, processes, preset, rules, zoo_name(model),
+                               process_runs)
     plain_before = plain_forward_times(path, device, batch_size, runs, warmup, seed)  # before any of our pools
     t0 = time.perf_counter()
     an = Analyzer(path, preset=preset, rules=rules, device=device, rule_forward=rule_forward)

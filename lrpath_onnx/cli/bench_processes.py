@@ -2,8 +2,8 @@
 process, and ``bench --processes``, which times whole command runs as a user's shell would.
 
 ``--processes N``: ``lrpath explain`` and a plain onnxruntime script (``plain_forward.py``)
-each run on 1 and on N seeded random ``.npy`` inputs, three times, interleaved; the marginal
-seconds per image, (T(N) − T(1)) / (N − 1), takes process start, imports and model loading
+each run on 1 and on N seeded random ``.npy`` inputs, ``runs`` times (``--process-runs``,
+three by default), interleaved; the marginal seconds per image, (T(N) − T(1)) / (N − 1), takes process start, imports and model loading
 out. T is each count's fastest run: on a shared machine a process's start and model load
 vary by a second or more and noise only ever adds time, so the difference of two medians
 of three can land anywhere (the plain script's marginal at batch 1 came out at half its
@@ -26,7 +26,6 @@ from ..io.outputs import write_json
 from ..io.schema import model_json, stamp
 
 PLAIN = Path(__file__).with_name("plain_forward.py")
-RUNS = 3
 
 
 def _run(cmd: list[str], what: str) -> tuple[float, str]:
@@ -69,7 +68,8 @@ def _shown(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}"
 
 
-def bench_processes(path: Path, out: Path, device: str, batch: int, n: int, preset: str, rules, model_name) -> int:
+def bench_processes(path: Path, out: Path, device: str, batch: int, n: int, preset: str, rules, model_name,
+                    runs: int = 3) -> int:
     """Whole-process timings of explain against the plain forward; writes the bench JSON."""
     import click
 
@@ -85,7 +85,7 @@ def bench_processes(path: Path, out: Path, device: str, batch: int, n: int, pres
             np.save(files[-1], rng.random(shape, dtype=np.float32))
         cli = [sys.executable, "-c", "from lrpath_onnx.cli.main import entry; entry()"]
         extra = ["--preset", preset, "--device", device, *[a for r in rules for a in ("--rule", r)]]
-        for _ in range(RUNS):  # interleaved, so drift hits both alike
+        for _ in range(runs):  # interleaved, so drift hits both alike
             for k in (1, n):
                 t, _ = _run([*cli, "explain", str(path), *files[:k], "--batch-size", str(batch),
                              "--out", str(Path(tmp) / "out"), *extra], "lrpath explain")
@@ -97,17 +97,17 @@ def bench_processes(path: Path, out: Path, device: str, batch: int, n: int, pres
     medians = _marginal(times, n, np.median)
     stages = [{"stage": f"{name}_process", "s_per_image": fastest[name],
                "ratio_to_ort_forward": _ratio(fastest, name), "median_s_per_image": medians[name],
-               "median_ratio_to_ort_forward": _ratio(medians, name), "runs": RUNS}
+               "median_ratio_to_ort_forward": _ratio(medians, name), "runs": runs}
               for name in ("onnxruntime", "explain")]
     result = {"machine": machine(), **model_json(path, model_name), "input_shape": [None, *shape],
               "batch_size": batch, "preset": preset, "rule_overrides": list(rules), "provider": device,
               "device": device, "stages": stages,
-              "processes": {"inputs": [1, n], "runs": RUNS, "seconds": {k: {str(m): v for m, v in ts.items()}
+              "processes": {"inputs": [1, n], "runs": runs, "seconds": {k: {str(m): v for m, v in ts.items()}
                                                                       for k, ts in times.items()}},
               "baseline": "marginal seconds per image, (T(N) − T(1)) / (N − 1), of whole processes, T the "
                           "fastest of the runs (median_*: T the median): `lrpath explain` against a plain "
                           "onnxruntime script (plain_forward.py) on the same .npy files"}
-    click.echo(f"{path.name}  batch {batch}  whole processes on 1 and {n} inputs, {RUNS} runs each "
+    click.echo(f"{path.name}  batch {batch}  whole processes on 1 and {n} inputs, {runs} runs each "
                f"({result['machine']['cpu']}, {result['machine']['cores']} cores); fastest runs (medians)")
     for s in stages:
         click.echo(f"{s['stage']:28s} {s['s_per_image']:8.4f} s/image {_shown(s['ratio_to_ort_forward'])}x   "
