@@ -91,8 +91,8 @@ def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
 @click.option("--deconv-top", type=click.IntRange(min=1), default=9, show_default=True)
 @click.option("--processes", type=click.IntRange(min=2), default=None, metavar="N",
               help="Time whole processes instead: `lrpath explain` and a plain onnxruntime script on 1 and N "
-                   ".npy inputs, --process-runs runs each; the marginal seconds per image (T(N) − T(1)) / (N − 1), T "
-                   "each count's fastest run (the medians' figure beside it).")
+                   ".npy inputs, --process-runs runs each; the marginal seconds per image "
+                   "(T(N) − T(1)) / (N − 1), T each count's fastest run (the medians' figure beside it).")
 @click.option("--process-runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="With --processes: runs per command and input count (more runs steady the fastest-run "
                    "figure where a process's start varies by seconds).")

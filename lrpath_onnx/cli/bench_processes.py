@@ -3,11 +3,12 @@ process, and ``bench --processes``, which times whole command runs as a user's s
 
 ``--processes N``: ``lrpath explain`` and a plain onnxruntime script (``plain_forward.py``)
 each run on 1 and on N seeded random ``.npy`` inputs, ``runs`` times (``--process-runs``,
-three by default), interleaved; the marginal seconds per image, (T(N) − T(1)) / (N − 1), takes process start, imports and model loading
-out. T is each count's fastest run: on a shared machine a process's start and model load
-vary by a second or more and noise only ever adds time, so the difference of two medians
-of three can land anywhere (the plain script's marginal at batch 1 came out at half its
-steady forward). The medians' marginal is reported beside it.
+three by default), interleaved; the marginal seconds per image, (T(N) − T(1)) / (N − 1),
+takes process start, imports and model loading out. T is each count's fastest run: on a
+shared machine a process's start and model load vary by a second or more and noise only ever
+adds time, so the difference of two medians of three can land anywhere (the plain script's
+marginal at batch 1 came out at half its steady forward). The medians' marginal is reported
+beside it.
 """
 
 from __future__ import annotations
