@@ -87,6 +87,7 @@ class Explanation:
     start_relevance : per sample, the relevance put at the start (the logit / activation).
     flows : per layer, relevance totals at its output and inputs (conservation per layer).
     kept : per requested layer, the relevance at its output.
+    layer_seconds : per layer, the seconds its backward step took for the batch (host time).
     """
 
     relevance: np.ndarray
@@ -101,6 +102,7 @@ class Explanation:
     bounds_violation: float | None = None
     forward: dict[str, np.ndarray] | None = None
     products: dict = field(default_factory=dict)
+    layer_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def input_relevance_sum(self) -> np.ndarray:
@@ -365,7 +367,8 @@ class Analyzer:
             kept={k: np.concatenate([p.kept[k] for p in parts]) for k in first.kept},
             provider=first.provider, device=first.device,
             timings_s={k: sum(p.timings_s.get(k, 0.0) for p in parts) for k in first.timings_s},
-            bounds_violation=max(violations) if violations else None)
+            bounds_violation=max(violations) if violations else None,
+            layer_seconds={k: sum(p.layer_seconds.get(k, 0.0) for p in parts) for k in first.layer_seconds})
 
     def reexplain(self, exp: Explanation, masks: dict[str, np.ndarray] | None = None,
                   keep: Sequence[str] = ()) -> Explanation:
@@ -501,7 +504,7 @@ class Analyzer:
             start_relevance=start.reshape(n, -1).sum(axis=1, dtype=np.float64),
             flows=prop.flows, kept=prop.kept, provider=self.runtime().provider, device=self.device,
             timings_s={"backward": t2 - t1}, bounds_violation=violation,
-            forward=fwd if keep_forward else None, products=ctx.products)
+            forward=fwd if keep_forward else None, products=ctx.products, layer_seconds=prop.seconds)
 
     def channel_flows(self, exp: Explanation, layer_name: str, rows, cols) -> np.ndarray:
         """F[n, i, j]: relevance that output channel ``cols[j]`` of a Conv/dense layer sends to

@@ -190,7 +190,7 @@ def test_demo_runs_offline_on_the_shipped_model(tmp_path):
 
 def test_bench_writes_json_with_ratios(cnn, tmp_path):
     _, model = cnn
-    res = lrpath("bench", model, "--batch-size", "2", "--runs", "5", "--out", tmp_path / "b")
+    res = lrpath("bench", model, "--batch-size", "2", "--runs", "5", "--layers", "2", "--out", tmp_path / "b")
     assert res.returncode == 0, res.stderr
     data = json.loads((tmp_path / "b" / f"bench-{Path(model).stem}-b2.json").read_text())
     stages = {s["stage"]: s for s in data["stages"]}
@@ -202,6 +202,20 @@ def test_bench_writes_json_with_ratios(cnn, tmp_path):
 
     assert data["machine"]["openblas_core"] == openblas_core() and data["machine"]["openblas_core"]
     assert "explain_total" in res.stdout and "its own process" in data["baseline"]
+    # every step of the backward pass, by layer: the slowest two printed, the time per op and rule after
+    from lrpath_onnx import Analyzer
+
+    an = Analyzer(model)
+    rows = data["layers"]
+    assert [r["layer"] for r in rows] == [layer.name for layer in reversed(an.graph.layers)]
+    assert all(r["rule"] == str(an.plan().rule_for(an.graph.find(r["layer"]))) for r in rows)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    backward_ms = stages["backward"]["median_s_per_image"] * 1e3
+    assert 0 < sum(r["ms_per_image"] for r in rows) < 1.5 * backward_ms
+    slowest = max(rows, key=lambda r: r["ms_per_image"])
+    listed = res.stdout[res.stdout.index("slowest layers"):res.stdout.index("by op and rule")].splitlines()
+    assert len(listed) == 3 and listed[1].split()[0] == slowest["layer"]
+    assert f"{slowest['op']} {slowest['rule'].split('(')[0]}" in res.stdout.split("by op and rule")[1]
 
 
 def test_bench_processes_times_whole_runs(cnn, tmp_path):

@@ -441,3 +441,24 @@ def test_switches_follow_a_rewired_pool_input(tmp_path, seed):
     np.testing.assert_array_equal(outs[pool.indices], want)
     unmasked = max_switches(outs[src], k, g.strides, g.pads, g.dilations, want.shape[2:])
     assert not np.array_equal(unmasked, want)  # the masks moved some switches
+
+
+def test_explanations_time_each_layer_step(tmp_path):
+    """``layer_seconds`` holds every step the backward pass took, and a batch explained in parts
+    (a fixed-batch model whose batch axis moves) sums its parts' times per layer."""
+    rng = np.random.default_rng(0)
+    model, _ = models.small_cnn(rng)
+    an = Analyzer(models.save(model, tmp_path / "cnn.onnx"))
+    x = rng.standard_normal((3, 3, 12, 12)).astype(np.float32)
+    an.explain(x)  # compiled and cached: the next passes' steps are the pass
+    exp = an.explain(x)
+    assert list(exp.layer_seconds) == [layer.name for layer in reversed(an.graph.layers)]
+    assert all(t > 0 for t in exp.layer_seconds.values())
+    assert sum(exp.layer_seconds.values()) <= exp.timings_s["backward"]
+    seen, explain = [], an.explain
+    an.explain = lambda *a, **k: seen.append(explain(*a, **k)) or seen[-1]
+    joined = an._explain_in_parts(x, 1, None, (), None)
+    assert len(seen) == 3
+    for name, t in joined.layer_seconds.items():
+        assert t == pytest.approx(sum(p.layer_seconds[name] for p in seen))
+    np.testing.assert_allclose(joined.relevance, exp.relevance, rtol=1e-5, atol=1e-7)

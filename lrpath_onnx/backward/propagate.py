@@ -8,6 +8,7 @@ written out.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,8 @@ class Propagation:
     input_relevance: np.ndarray
     kept: dict[str, np.ndarray] = field(default_factory=dict)
     flows: list[LayerFlow] = field(default_factory=list)
+    #: seconds each layer's step took (host time: a GPU backend's kernels run asynchronously)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def session_needs(graph: LayerGraph, plan: Plan) -> dict[str, set[str]]:
@@ -145,6 +148,7 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         rule = plan.rule_for(layer)
         if on_layer is not None:
             on_layer(layer)
+        t_step = time.perf_counter()
         ins = layer.handler.gradient(layer, r, ctx) if gradient else layer.handler.relevance(layer, rule, r, ctx)
         total_in = None
         for name, ri in zip(layer.inputs, ins):
@@ -166,6 +170,7 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
         if checked:
             checks.append((layer, rule, r_total, total_in))
         ctx.release(*done_with.get(layer.name, ()))
+        out.seconds[layer.name] = time.perf_counter() - t_step
     for layer, rule, r_total, total_in in checks:  # one transfer at the end, not one per layer
         if layer.name in unknown:
             continue

@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..io.outputs import ensure_out_dir, write_json
 from ..io.schema import model_json, stamp
 from ..threads import openblas_core
+from .bench_layers import echo_slowest, layer_rows
 from .bench_processes import bench_processes, plain_forward_times
 from .options import model_file, model_options, zoo_name
 
@@ -93,11 +94,14 @@ def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
               help="Time whole processes instead: `lrpath explain` and a plain onnxruntime script on 1 and N "
                    ".npy inputs, --process-runs runs each; the marginal seconds per image "
                    "(T(N) − T(1)) / (N − 1), T each count's fastest run (the medians' figure beside it).")
+@click.option("--layers", "layers_n", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Also print the N slowest layers of the backward pass and the time per op and rule "
+                   "(every layer's time is in the JSON either way).")
 @click.option("--process-runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="With --processes: runs per command and input count (more runs steady the fastest-run "
                    "figure where a process's start varies by seconds).")
 def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, out, seed, paths_k,
-          per_layer, deconv_layer, deconv_top, processes, process_runs):
+          per_layer, deconv_layer, deconv_top, processes, process_runs, layers_n):
     """Time explain stages on MODEL (a path or a zoo name, e.g. vgg16) against onnxruntime's forward.
 
     Stages: onnxruntime forward (a plain session with default settings in its own process, as
@@ -124,7 +128,7 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
         an.explain(x)
     rss_explain = peak_rss_mb()
 
-    t_fwd, t_bwd, t_total, t_paths, t_explain2 = [], [], [], [], []
+    t_fwd, t_bwd, t_total, t_paths, t_explain2, t_layers = [], [], [], [], [], []
     for _ in range(runs):
         t = time.perf_counter()
         an.forward(x)
@@ -132,6 +136,7 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
         e = an.explain(x)
         t_bwd.append(e.timings_s["backward"])
         t_total.append(e.timings_s["total"])
+        t_layers.append(e.layer_seconds)
     t_deconv = []
     if deconv_layer:  # after: it asks the session for one more activation
         _deconv_work(an, x[:1], deconv_layer, deconv_top)
@@ -169,7 +174,8 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
               "paths": {"k": paths_k, "per_layer": per_layer} if paths_k else None,
               "deconv": {"layer": deconv_layer, "neurons": deconv_top} if deconv_layer else None,
               "peak_rss_mb_explain": rss_explain, "first_explain_s_incl_load": first_s,
-              "conservation_ratio_sample0": first.conservation(0)["ratio"]}
+              "conservation_ratio_sample0": first.conservation(0)["ratio"],
+              "layers": layer_rows(an, t_layers, batch_size)}
     click.echo(f"{path.name}  batch {batch_size}  preset {preset}  provider {first.provider}  "
                f"({result['machine']['cpu']}, {result['machine']['cores']} cores, "
                f"OpenBLAS {result['machine']['openblas_core'] or 'not found'} kernels)")
@@ -181,6 +187,8 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
         result["paths"]["ratio_to_explain_same_session"] = ratio
         click.echo(f"paths / explain = {ratio:.2f}  (K={paths_k}, {per_layer} neurons per layer, "
                    "both timed with the graph's session)")
+    if layers_n:
+        echo_slowest(result["layers"], layers_n, click.echo)
     click.echo(f"peak RSS {rss_explain:.0f} MB (explain only)   "
                f"first explain incl. load {first_s:.2f} s")
     json_path = out / f"bench-{path.stem}-b{batch_size}.json"
