@@ -96,7 +96,7 @@ def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
                    "(T(N) − T(1)) / (N − 1), T each count's fastest run (the medians' figure beside it).")
 @click.option("--layers", "layers_n", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Also print the N slowest layers of the backward pass and the time per op and rule "
-                   "(every layer's time is in the JSON either way).")
+                   "(every layer's time is in the JSON either way; not with --processes).")
 @click.option("--process-runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="With --processes: runs per command and input count (more runs steady the fastest-run "
                    "figure where a process's start varies by seconds).")
