@@ -6,11 +6,16 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True, inline="always")
+def _stabilised(v, eps):
+    """``v + eps·sign(v)`` with ``sign(0) = 1``: every rule's stabilised denominator."""
+    return v + eps if v >= 0.0 else v - eps
+
+
 @njit(parallel=True, cache=True)
 def _stabilised_divide(r, z, eps, out):
     for i in prange(r.size):
-        zi = z[i]
-        d = zi + eps if zi >= 0.0 else zi - eps
+        d = _stabilised(z[i], eps)
         out[i] = r[i] / d if d != 0.0 else 0.0
 
 
@@ -183,9 +188,14 @@ def sample_sums(x: np.ndarray, part_elements: int = SUM_PART_ELEMENTS) -> np.nda
 
 
 @njit(cache=True, inline="always")
-def _stabilised(v, eps):
-    d = v + eps if v >= 0.0 else v - eps
-    return d
+def _gamma_group(z, p, c0, b0, b1, gamma, neg_mode):
+    """(group, denominator) of one output of ``gamma_signals``: group 1 positive, -1 negative,
+    0 neither (z = 0 under ``neg``)."""
+    if z > 0.0:
+        return 1, z + gamma * (p + b0)
+    if z < 0.0 or neg_mode == 2:
+        return -1, z + gamma * ((z - c0 - p) + b1)
+    return 0, z
 
 
 @njit(parallel=True, cache=True)
@@ -195,32 +205,25 @@ def _gamma_signals(r, zb, p, cb, bp, bn, gamma, eps, neg_mode, sp, sn, counts):
         n = row // K
         k = row % K
         rr, zz, pp, op, on = r[n, k], zb[n, k], p[n, k], sp[n, k], sn[n, k]
-        c0, b0, b1 = cb[k], bp[k], bn[k]
         lost_p = 0
         lost_n = 0
         live_n = 0
         for i in range(M):
-            z = zz[i]
             v = rr[i]
-            if z > 0.0:
-                den = z + gamma * (pp[i] + b0)
+            group, den = _gamma_group(zz[i], pp[i], cb[k], bp[k], bn[k], gamma, neg_mode)
+            op[i] = 0.0
+            on[i] = 0.0
+            if group != 0:
                 d = _stabilised(den, eps)
-                op[i] = v / d if d != 0.0 else 0.0
-                on[i] = 0.0
-                if den == 0.0 and v != 0.0:
-                    lost_p += 1
-            elif z < 0.0 or neg_mode == 2:
-                den = z + gamma * ((z - c0 - pp[i]) + b1)
-                d = _stabilised(den, eps)
-                op[i] = 0.0
-                on[i] = v / d if d != 0.0 else 0.0
-                if v != 0.0:
-                    live_n += 1
-                    if den == 0.0:
-                        lost_n += 1
-            else:
-                op[i] = 0.0
-                on[i] = 0.0
+                s = v / d if d != 0.0 else 0.0
+                lost = den == 0.0 and v != 0.0
+                if group == 1:
+                    op[i] = s
+                    lost_p += lost
+                else:
+                    on[i] = s
+                    live_n += v != 0.0
+                    lost_n += lost
         counts[row, 0] = lost_p
         counts[row, 1] = lost_n
         counts[row, 2] = live_n
@@ -234,14 +237,16 @@ def _gamma_lost(r, zb, p, cb, bp, bn, gamma, neg_mode, out):
         k = row % K
         rr, zz, pp, o = r[n, k], zb[n, k], p[n, k], out[n, k]
         for i in range(M):
-            z = zz[i]
-            o[i] = 0.0
-            if z > 0.0:
-                if z + gamma * (pp[i] + bp[k]) == 0.0:
-                    o[i] = rr[i]
-            elif z < 0.0 or neg_mode == 2:
-                if z + gamma * ((z - cb[k] - pp[i]) + bn[k]) == 0.0:
-                    o[i] = rr[i]
+            group, den = _gamma_group(zz[i], pp[i], cb[k], bp[k], bn[k], gamma, neg_mode)
+            o[i] = rr[i] if group != 0 and den == 0.0 else 0.0
+
+
+def _gamma_rows(r, zb, p, cb, bp, bn):
+    """The arguments of the γ kernels: (N, K, M) rows in ``r``'s dtype, per-channel vectors."""
+    dt = r.dtype
+    shape3 = (r.shape[0], r.shape[1], -1)
+    rows = [np.ascontiguousarray(x, dtype=dt).reshape(shape3) for x in (r, zb, p)]
+    return rows + [np.ascontiguousarray(v, dtype=dt).reshape(-1) for v in (cb, bp, bn)]
 
 
 def gamma_signals(r: np.ndarray, zb: np.ndarray, p: np.ndarray, cb: np.ndarray, bp: np.ndarray,
@@ -260,13 +265,10 @@ def gamma_signals(r: np.ndarray, zb: np.ndarray, p: np.ndarray, cb: np.ndarray, 
     denominator is exactly 0 in each group, and of outputs with relevance in the negative one.
     """
     dt = r.dtype
-    args = [np.ascontiguousarray(x, dtype=dt) for x in (r, zb, p)]
-    shape3 = (r.shape[0], r.shape[1], -1)
-    r3, z3, p3 = (x.reshape(shape3) for x in args)
-    sp, sn = np.empty_like(r3), np.empty_like(r3)
-    counts = np.empty((r3.shape[0] * r3.shape[1], 3), np.int64)
-    vecs = [np.ascontiguousarray(v, dtype=dt).reshape(-1) for v in (cb, bp, bn)]
-    _gamma_signals(r3, z3, p3, *vecs, dt.type(gamma), dt.type(eps), GATE_MODES[neg_mode], sp, sn, counts)
+    args = _gamma_rows(r, zb, p, cb, bp, bn)
+    sp, sn = np.empty_like(args[0]), np.empty_like(args[0])
+    counts = np.empty((r.shape[0] * r.shape[1], 3), np.int64)
+    _gamma_signals(*args, dt.type(gamma), dt.type(eps), GATE_MODES[neg_mode], sp, sn, counts)
     lost_p, lost_n, live_n = (int(v) for v in counts.sum(axis=0))
     return sp.reshape(r.shape), sn.reshape(r.shape), lost_p, lost_n, live_n
 
@@ -275,10 +277,7 @@ def gamma_lost(r: np.ndarray, zb: np.ndarray, p: np.ndarray, cb: np.ndarray, bp:
                bn: np.ndarray, gamma: float, neg_mode: str) -> np.ndarray:
     """``r`` where the denominator of its group in ``gamma_signals`` is exactly 0, else 0 (the
     relevance a bias-free rule passes on by w²; rarely any)."""
-    dt = r.dtype
-    shape3 = (r.shape[0], r.shape[1], -1)
-    r3, z3, p3 = (np.ascontiguousarray(x, dtype=dt).reshape(shape3) for x in (r, zb, p))
-    out = np.empty_like(r3)
-    vecs = [np.ascontiguousarray(v, dtype=dt).reshape(-1) for v in (cb, bp, bn)]
-    _gamma_lost(r3, z3, p3, *vecs, dt.type(gamma), GATE_MODES[neg_mode], out)
+    args = _gamma_rows(r, zb, p, cb, bp, bn)
+    out = np.empty_like(args[0])
+    _gamma_lost(*args, r.dtype.type(gamma), GATE_MODES[neg_mode], out)
     return out.reshape(r.shape)
