@@ -360,7 +360,9 @@ def test_a_wrong_inferred_shape_does_not_break_the_session(monkeypatch):
     real, refused = ort.InferenceSession, []
 
     def strict(data, *args, **kwargs):
-        if any(o.type.tensor_type.HasField("shape") for o in onnx.ModelProto.FromString(data).graph.output):
+        proto = onnx.ModelProto.FromString(data)
+        saved = any(o.domain == "com.microsoft.nchwc" for o in proto.opset_import)  # its own optimized graph
+        if not saved and any(o.type.tensor_type.HasField("shape") for o in proto.graph.output):
             refused.append(1)
             raise RuntimeError("shape mismatch")
         return real(data, *args, **kwargs)
