@@ -1,16 +1,12 @@
-"""Put onnxruntime's optimized graph in an order that writes each fetched tensor out as soon as it exists.
+"""Order onnxruntime's optimized graph so each fetched tensor is written out as soon as it exists.
 
-On the CPU, onnxruntime runs convolutions in blocked tensors (its NCHWc layout) and adds a
-``ReorderOutput`` node for every tensor the session returns. Those nodes have no consumers,
-and onnxruntime orders a graph by walking back from its leaves, the leaf with the highest
-node index first: the walk from the last output reaches the whole network, so every
-``ReorderOutput`` ran after it and each blocked activation stayed alive until the end of
-the run (VGG16 at batch 8: 460 MB of onnxruntime scratch where the plain model needs 196 MB).
-
-With the leaves moved to the end of the node list, the earliest one last, the walk starts
-from the earliest leaf: each runs right after what it reads, and the blocked tensors are freed
-as they are in the plain model. The graph is the one onnxruntime optimized and saved on this
-machine; only the order of its nodes changes, so every kernel and result stays the same.
+On the CPU, onnxruntime runs convolutions in blocked (NCHWc) tensors and adds a
+``ReorderOutput`` node, read by no other node, for each tensor the session returns. It orders
+a graph by walking back from those leaves, the one with the highest node index first: that
+walk reached the whole network, so every ``ReorderOutput`` ran after the last layer and each
+blocked activation stayed alive to the end of the run. With the leaves last in the node
+list, the earliest last, the walk starts from the earliest leaf and runs each right after
+what it reads.
 """
 
 from __future__ import annotations
@@ -19,9 +15,9 @@ import onnx
 
 
 def leaves_last(proto: onnx.ModelProto) -> bool:
-    """Move the nodes whose outputs no node reads to the end of ``proto``'s node list, the one
-    reading the latest-placed producer first (ties in their order); in place. False (unchanged) where a node holds a
-    subgraph (its inner reads are not visible here) or the order is already so."""
+    """Move the nodes whose outputs no node reads to the end of ``proto``'s node list, in place:
+    the one reading the latest-placed producer first, ties in their order. Whether the order
+    changed: not where a node holds a subgraph (its inner reads are not seen here)."""
     nodes = list(proto.graph.node)
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute):
         return False
@@ -38,7 +34,7 @@ def leaves_last(proto: onnx.ModelProto) -> bool:
     if [id(n) for n in order] == [id(n) for n in nodes]:
         return False
     copies = []
-    for n in order:  # copies: the list's own messages go with its entries
+    for n in order:  # copied: the list's entries are deleted before they are added back
         c = onnx.NodeProto()
         c.CopyFrom(n)
         copies.append(c)

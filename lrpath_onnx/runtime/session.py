@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import tempfile
 
 import numpy as np
 import onnx
@@ -22,7 +21,7 @@ from ..errors import InputError, ModelError
 from ..graph.layers import LayerGraph
 from ..graph.loader import LoadedModel
 from ..ops import handler_for
-from .node_order import leaves_last
+from . import ordered_session
 
 #: weights with at least this many elements are shared with onnxruntime, not copied (the
 #: ops whose handler names a ``shared_weight_input``: dense layers. Not Conv: a shared conv
@@ -35,11 +34,6 @@ SHARE_ELEMENTS = 1 << 20
 #: fetched per sample: slices of 2; see ``ActivationRuntime._sliceable``)
 SLICE_BYTES = 128 << 20
 
-
-#: models (without their shared dense weights) up to this size have onnxruntime's optimized
-#: graph saved and reordered (``open_session``); a larger one might not fit protobuf's 2 GB
-#: once its filters are laid out in blocks
-REORDER_BYTES = 1 << 30
 
 def cuda_driver_present() -> bool:
     """Whether an NVIDIA driver can be loaded (the GPU build of onnxruntime needs it)."""
@@ -72,56 +66,6 @@ def release_model_bytes(session: ort.InferenceSession) -> None:
     if getattr(session, "_model_bytes", None) is not None:
         session.disable_fallback()
         session._model_bytes = None
-
-
-def session_options(threads: int | None) -> ort.SessionOptions:
-    """The analyzer session's settings."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.disable_prepacking", "1")  # weights are shared
-    # idle onnxruntime threads must not spin while the numba kernels run
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # no memory pattern: with the pools on the NCHWc path (switches derived, not fetched) the
-    # planned block grew VGG16's batch-8 forward by 430 MB, for no measurable speed
-    opts.enable_mem_pattern = False
-    # no arena either: onnxruntime's scratch memory goes back to the heap after each run,
-    # where the backward pass reuses it (VGG16 batch 8: peak RSS 2.33-2.43 -> 2.18-2.21 GB, the
-    # first backward's system time for fresh pages 3.3-3.5 -> 1.1-1.2 s); same speed within noise
-    opts.enable_cpu_mem_arena = False
-    if threads:
-        opts.intra_op_num_threads = threads
-    return opts
-
-
-def open_session(data: bytes, threads: int | None, providers: list[str]) -> ort.InferenceSession:
-    """onnxruntime's session for the model ``data``. On the CPU, the graph onnxruntime
-    optimizes is saved, put in the order ``node_order.leaves_last`` gives (each fetched
-    tensor written out as soon as it exists, its blocked copy freed) and opened as it is;
-    where that cannot be done, the model is opened as onnxruntime orders it."""
-    if providers[0] != "CPUExecutionProvider" or len(data) > REORDER_BYTES:
-        return ort.InferenceSession(data, session_options(threads), providers=providers)
-    try:
-        folder = tempfile.TemporaryDirectory(prefix="lrpath-ort-")
-    except OSError:  # nowhere to save the optimized graph
-        return ort.InferenceSession(data, session_options(threads), providers=providers)
-    with folder as tmp:
-        opts = session_options(threads)
-        opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-        session = ort.InferenceSession(data, opts, providers=providers)
-        try:
-            optimized = onnx.load(opts.optimized_model_filepath)
-        except Exception:  # onnxruntime saved no graph, or one onnx cannot read: the session as it is
-            return session
-    if not leaves_last(optimized):
-        return session
-    reordered = optimized.SerializeToString()
-    del optimized, session  # not held twice while the reordered one is made
-    opts = session_options(threads)
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized already
-    try:
-        return ort.InferenceSession(reordered, opts, providers=providers)
-    except Exception:  # onnxruntime refuses its own saved graph: the model as onnxruntime orders it
-        return ort.InferenceSession(data, session_options(threads), providers=providers)
 
 
 def add_switch_outputs(proto: onnx.ModelProto, graph: LayerGraph, requests: set[str]) -> set[str]:
@@ -239,7 +183,7 @@ class ActivationRuntime:
         data = proto.SerializeToString()
         del proto, g, inits
         try:
-            self.session = open_session(data, threads, providers)
+            self.session = ordered_session.inference_session(data, threads, providers)
         except Exception:  # declared output shapes onnxruntime disagrees with: leave them open
             proto = onnx.ModelProto.FromString(data)
             for out in proto.graph.output:
@@ -247,7 +191,7 @@ class ActivationRuntime:
             data = proto.SerializeToString()
             del proto
             try:
-                self.session = open_session(data, threads, providers)
+                self.session = ordered_session.inference_session(data, threads, providers)
             except Exception as exc:
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ModelError(f"onnxruntime cannot run {model.path.name}: {msg}") from None
