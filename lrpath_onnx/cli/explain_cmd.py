@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
 import numpy as np
 
+from ..io.batch_writer import BatchWriter
 from ..io.outputs import atomic_path, clean_temporaries, ensure_out_dir, write_npy
 from ..io.results import record, write_sample
 from ..viz.heatmap import save_png
@@ -42,27 +44,38 @@ def run_explain(ses: Session, out: Path, batch_size: int = 8, keep_layers: str |
     patches = patch_embedding(an.graph) if token_map else None
     out = ensure_out_dir(out)
     clean_temporaries(out)
-    written = 0
-    with progress(len(ses.paths), "explaining") as bar:
+    written: list[str] = []
+    with progress(len(ses.paths), "explaining") as bar, BatchWriter(background=not keep) as writer:
         for batch in ses.reader.batches(ses.paths, batch_size):
             x = np.stack([s.tensor for s in batch])
             exp = an.explain(x, target=ses.target, keep=keep + ((patches.name,) if patches else ()))
-            for i, sample in enumerate(batch):
-                rec = record(an, exp, i, sample, ses.labels, len(batch), ses.model_name)
-                folder = out / sample.name
-                write_sample(folder, sample, exp.relevance[i], rec, ses.layout)
-                if keep:
-                    with atomic_path(folder / "layer_relevance.npz") as tmp:
-                        np.savez(tmp, **{k: v[i] for k, v in exp.kept.items() if k in keep or "*" in keep})
-                if patches is not None:
-                    grid = token_grid(exp.kept[patches.name][i])
-                    write_npy(folder / "tokens.npy", grid)
-                    save_png(folder / "tokens.png", token_picture(grid))
-                written += 1
-                _summary(sample.name, rec, folder)
-            bar.update(len({s.source for s in batch}))
-    click.echo(f"wrote {written} explanation(s) to {out}")
+            recs = [record(an, exp, i, sample, ses.labels, len(batch), ses.model_name) for i, sample in enumerate(batch)]
+            writer.submit(partial(_write_batch, out, batch, exp, recs, ses.layout, keep, patches),
+                          partial(_report_batch, out, batch, recs, bar, written))
+    click.echo(f"wrote {len(written)} explanation(s) to {out}")
     return out
+
+
+def _write_batch(out: Path, batch, exp, recs: list[dict], layout: str, keep: tuple, patches) -> None:
+    """Every file of one explained batch (on the writer thread)."""
+    for i, (sample, rec) in enumerate(zip(batch, recs)):
+        folder = out / sample.name
+        write_sample(folder, sample, exp.relevance[i], rec, layout)
+        if keep:
+            with atomic_path(folder / "layer_relevance.npz") as tmp:
+                np.savez(tmp, **{k: v[i] for k, v in exp.kept.items() if k in keep or "*" in keep})
+        if patches is not None:
+            grid = token_grid(exp.kept[patches.name][i])
+            write_npy(folder / "tokens.npy", grid)
+            save_png(folder / "tokens.png", token_picture(grid))
+
+
+def _report_batch(out: Path, batch, recs: list[dict], bar, written: list[str]) -> None:
+    """A batch's summary lines and progress, once its files exist."""
+    for sample, rec in zip(batch, recs):
+        _summary(sample.name, rec, out / sample.name)
+        written.append(sample.name)
+    bar.update(len({s.source for s in batch}))
 
 
 def _summary(name: str, rec: dict, folder: Path) -> None:

@@ -1,0 +1,64 @@
+"""BatchWriter: one batch's files written on a worker while the next batch is computed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from lrpath_onnx.errors import OutputError
+from lrpath_onnx.io.batch_writer import BatchWriter
+
+
+def _batch(events: list, k: int, delay: float = 0.0):
+    def write():
+        time.sleep(delay)
+        events.append(("write", k, threading.current_thread() is threading.main_thread()))
+
+    def then():
+        events.append(("then", k, threading.current_thread() is threading.main_thread()))
+    return write, then
+
+
+def test_writes_run_on_the_worker_and_reports_in_order_on_the_caller():
+    events: list = []
+    with BatchWriter() as w:
+        for k, delay in enumerate((0.05, 0.0, 0.02)):
+            w.submit(*_batch(events, k, delay))
+            events.append(("next", k, True))
+    assert [e[:2] for e in events if e[0] == "then"] == [("then", 0), ("then", 1), ("then", 2)]
+    assert all(not main for kind, _, main in events if kind == "write")
+    assert all(main for kind, _, main in events if kind == "then")
+    for k in range(3):  # each report after its own files, and the next batch starts before it
+        assert events.index(("write", k, False)) < events.index(("then", k, True))
+        assert events.index(("next", k, True)) < events.index(("then", k, True))
+
+
+def test_inline_when_not_in_the_background():
+    events: list = []
+    with BatchWriter(background=False) as w:
+        w.submit(*_batch(events, 0))
+        assert events == [("write", 0, True), ("then", 0, True)]
+
+
+def test_a_failed_write_reaches_the_caller_and_skips_its_report():
+    events: list = []
+
+    def fail():
+        raise OutputError("cannot write heatmap.png: disk full")
+
+    with pytest.raises(OutputError, match="disk full"):
+        with BatchWriter() as w:
+            w.submit(fail, lambda: events.append("then"))
+            w.submit(*_batch(events, 1))
+    assert events == []
+
+
+def test_a_caller_error_lets_the_batch_in_flight_finish_and_report():
+    events: list = []
+    with pytest.raises(RuntimeError, match="bad image"):
+        with BatchWriter() as w:
+            w.submit(*_batch(events, 0, 0.05))
+            raise RuntimeError("bad image")
+    assert [e[:2] for e in events] == [("write", 0), ("then", 0)]
