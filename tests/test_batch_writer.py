@@ -62,3 +62,11 @@ def test_a_caller_error_lets_the_batch_in_flight_finish_and_report():
             w.submit(*_batch(events, 0, 0.05))
             raise RuntimeError("bad image")
     assert [e[:2] for e in events] == [("write", 0), ("then", 0)]
+
+
+def test_an_inline_batch_waits_for_the_one_in_flight_and_runs_here():
+    events: list = []
+    with BatchWriter() as w:
+        w.submit(*_batch(events, 0, 0.05))
+        w.submit(*_batch(events, 1), inline=True)
+        assert events == [("write", 0, False), ("then", 0, True), ("write", 1, True), ("then", 1, True)]

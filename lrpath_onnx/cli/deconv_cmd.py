@@ -15,7 +15,7 @@ from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, re
 from ..errors import InputError
 from ..graph.layers import ConvLayer
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json
-from ..io.inputs import list_images
+from ..io.inputs import list_images, read_ahead
 from ..io.schema import model_json, stamp, target_json
 from ..paths.neurons import activation_tensor
 from ..viz.grid import draw_grid
@@ -87,7 +87,7 @@ def deconv(args, out, layers, channels, top, from_paths, whole_map, full_frame, 
     clean_temporaries(out)
     shown: dict[str, set[int]] = {}
     first_class = None
-    for batch in ses.reader.batches(ses.paths, 1):
+    for batch in read_ahead(ses.reader.batches(ses.paths, 1)):
         sample = batch[0]
         folder = out / sample.name
         folder.mkdir(parents=True, exist_ok=True)

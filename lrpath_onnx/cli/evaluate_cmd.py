@@ -12,6 +12,7 @@ from ..evaluate import perturb
 from ..evaluate.methods import MethodContext, check_methods
 from ..evaluate.run import Settings, default_patch, evaluate
 from ..evaluate.sanity_run import run_sanity
+from ..io.inputs import read_ahead
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json, write_png
 from ..io.schema import model_json, stamp
 from ..runtime.session import choose_providers
@@ -74,7 +75,7 @@ def evaluate_cmd(args, out, methods, patch, steps, baseline, seed, smoothgrad_n,
     out = ensure_out_dir(out)
     clean_temporaries(out)
     with progress(len(ses.paths), "evaluating") as bar:
-        doc = evaluate(ses.reader.batches(ses.paths, batch_size), names, ctx, settings, forward, target,
+        doc = evaluate(read_ahead(ses.reader.batches(ses.paths, batch_size)), names, ctx, settings, forward, target,
                        on_batch=bar.update, labels=ses.labels)
     doc = stamp("evaluate", {**model_json(an.model_path, ses.model_name), **doc})
     write_json(out / "evaluate.json", doc)

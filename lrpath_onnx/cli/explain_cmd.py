@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 
@@ -9,12 +10,16 @@ import click
 import numpy as np
 
 from ..io.batch_writer import BatchWriter
+from ..io.inputs import read_ahead
 from ..io.outputs import atomic_path, clean_temporaries, ensure_out_dir, write_npy
 from ..io.results import record, write_sample
 from ..viz.heatmap import save_png
 from ..viz.tokens import patch_embedding, token_grid, token_picture
 from .options import progress
 from .session import Session, input_options, open_session
+
+#: batches explained faster than this are written in line (see ``BatchWriter``)
+WRITE_BESIDE_S = 0.05
 
 
 @click.command()
@@ -46,12 +51,14 @@ def run_explain(ses: Session, out: Path, batch_size: int = 8, keep_layers: str |
     clean_temporaries(out)
     written: list[str] = []
     with progress(len(ses.paths), "explaining") as bar, BatchWriter(background=not keep) as writer:
-        for batch in ses.reader.batches(ses.paths, batch_size):
+        for batch in read_ahead(ses.reader.batches(ses.paths, batch_size)):
             x = np.stack([s.tensor for s in batch])
+            started = time.perf_counter()
             exp = an.explain(x, target=ses.target, keep=keep + ((patches.name,) if patches else ()))
             recs = [record(an, exp, i, sample, ses.labels, len(batch), ses.model_name) for i, sample in enumerate(batch)]
             writer.submit(partial(_write_batch, out, batch, exp, recs, ses.layout, keep, patches),
-                          partial(_report_batch, out, batch, recs, bar, written))
+                          partial(_report_batch, out, batch, recs, bar, written),
+                          inline=time.perf_counter() - started < WRITE_BESIDE_S)
     click.echo(f"wrote {len(written)} explanation(s) to {out}")
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..io.inputs import read_ahead
 from ..io.outputs import clean_temporaries, ensure_out_dir
 from ..paths.conditional import MODES
 from ..paths.run import explain_paths
@@ -41,7 +42,7 @@ def paths(args, out, k, per_layer, how, threshold, path_heatmap, path_heatmap_sc
     out = ensure_out_dir(out)
     clean_temporaries(out)
     with progress(len(ses.paths), "paths") as bar:
-        for batch in ses.reader.batches(ses.paths, 1):
+        for batch in read_ahead(ses.reader.batches(ses.paths, 1)):
             sample = batch[0]
             rec = explain_paths(ses.an, sample, out / sample.name, k, per_layer, how, threshold, ses.target,
                                 ses.layout, ses.labels, path_heatmap_scale, ses.model_name, path_heatmap)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..api import Analyzer
-from ..io.inputs import unique_names
+from ..io.inputs import read_ahead, unique_names
 from ..paths.neurons import activation_tensor
 from ..viz.grid import draw_grid
 from .crop import box_json, box_text, pair
@@ -52,7 +52,7 @@ def scan(an: Analyzer, reader, files: list[Path], neurons: dict[str, list[int]],
     tensors = {name: activation_tensor(an, an.graph.find(name)) for name in layers}
     an.request(*tensors.values())
     heaps: dict[tuple[str, int], dict[str, list[Hit]]] = {(l, c): {w: [] for w in WAYS} for l in layers for c in neurons[l]}
-    for batch in reader.batches(files, batch_size):
+    for batch in read_ahead(reader.batches(files, batch_size)):
         x = np.stack([s.tensor for s in batch])
         exp = an.explain(x, target=target, keep=layers, keep_forward=True)
         for name in layers:

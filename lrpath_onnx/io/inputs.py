@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import numpy as np
 
 from ..errors import InputError
 from .images import Preprocess, load_image, load_npy, tensor_display
+
+T = TypeVar("T")
+_END = object()
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -100,3 +104,21 @@ def list_images(folder: Path, recursive: bool = False, option: str = "--images")
         raise InputError(f"{option} {folder}: no images (.png, .jpg, …) or .npy files in it"
                          + ("" if recursive else " (--recursive looks into subfolders)"))
     return found, skipped
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items``, each produced on a worker thread while the caller works on the one before.
+
+    Decoding and resizing a 12-megapixel photo takes 0.18-0.23 s, about 40 % of explaining it
+    with VGG16 on two cores; read one batch ahead, it runs beside the analyzer instead
+    (Pillow and numpy release the GIL). A reading error (``InputError``) reaches the caller
+    where it would have without reading ahead: after every item before it."""
+    source = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="lrpath-reader") as pool:
+        pending = pool.submit(next, source, _END)
+        while True:
+            item = pending.result()
+            if item is _END:
+                return
+            pending = pool.submit(next, source, _END)
+            yield item
