@@ -55,24 +55,26 @@ def run_explain(ses: Session, out: Path, batch_size: int = 8, keep_layers: str |
             x = np.stack([s.tensor for s in batch])
             started = time.perf_counter()
             exp = an.explain(x, target=ses.target, keep=keep + ((patches.name,) if patches else ()))
-            recs = [record(an, exp, i, sample, ses.labels, len(batch), ses.model_name) for i, sample in enumerate(batch)]
-            writer.submit(partial(_write_batch, out, batch, exp, recs, ses.layout, keep, patches),
+            recs = [record(an, exp, i, sample, ses.labels, len(batch), ses.model_name)
+                    for i, sample in enumerate(batch)]
+            writer.submit(partial(_write_batch, out, batch, exp.relevance, exp.kept, recs, ses.layout, keep, patches),
                           partial(_report_batch, out, batch, recs, bar, written),
                           inline=time.perf_counter() - started < WRITE_BESIDE_S)
     click.echo(f"wrote {len(written)} explanation(s) to {out}")
     return out
 
 
-def _write_batch(out: Path, batch, exp, recs: list[dict], layout: str, keep: tuple, patches) -> None:
-    """Every file of one explained batch (on the writer thread)."""
+def _write_batch(out: Path, batch, relevance, kept: dict, recs: list[dict], layout: str, keep: tuple,
+                 patches) -> None:
+    """Every file of one explained batch (on the writer thread; it holds only what it writes)."""
     for i, (sample, rec) in enumerate(zip(batch, recs)):
         folder = out / sample.name
-        write_sample(folder, sample, exp.relevance[i], rec, layout)
+        write_sample(folder, sample, relevance[i], rec, layout)
         if keep:
             with atomic_path(folder / "layer_relevance.npz") as tmp:
-                np.savez(tmp, **{k: v[i] for k, v in exp.kept.items() if k in keep or "*" in keep})
+                np.savez(tmp, **{k: v[i] for k, v in kept.items() if k in keep or "*" in keep})
         if patches is not None:
-            grid = token_grid(exp.kept[patches.name][i])
+            grid = token_grid(kept[patches.name][i])
             write_npy(folder / "tokens.npy", grid)
             save_png(folder / "tokens.png", token_picture(grid))
 
