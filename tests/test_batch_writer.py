@@ -70,3 +70,24 @@ def test_an_inline_batch_waits_for_the_one_in_flight_and_runs_here():
         w.submit(*_batch(events, 0, 0.05))
         w.submit(*_batch(events, 1), inline=True)
         assert events == [("write", 0, False), ("then", 0, True), ("write", 1, True), ("then", 1, True)]
+
+
+def test_a_failed_write_is_reported_before_a_later_caller_error():
+    def fail():
+        raise OutputError("cannot write heatmap.png: disk full")
+
+    with pytest.raises(OutputError, match="disk full") as info:
+        with BatchWriter() as w:
+            w.submit(fail, lambda: None)
+            raise RuntimeError("relevance became NaN")
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_an_interrupt_is_not_replaced_by_a_failed_write():
+    def fail():
+        raise OutputError("cannot write heatmap.png: disk full")
+
+    with pytest.raises(KeyboardInterrupt):
+        with BatchWriter() as w:
+            w.submit(fail, lambda: None)
+            raise KeyboardInterrupt

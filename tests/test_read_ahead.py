@@ -48,12 +48,32 @@ def test_a_reading_error_comes_after_the_items_before_it():
     assert got == ["a", "b"]
 
 
-def test_the_caller_stopping_early_closes_the_worker():
-    before = {t.name for t in threading.enumerate()}
-    gen = read_ahead(iter(range(10)))
-    assert next(gen) == 0
-    gen.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("lrpath-reader") and t.name not in before]
+def test_a_caller_that_fails_does_not_wait_for_the_read_in_flight():
+    release = threading.Event()
+    readers: list[threading.Thread] = []
+
+    def produce():
+        readers.append(threading.current_thread())
+        yield "first"
+        readers.append(threading.current_thread())
+        release.wait(timeout=60)  # a slow read (NFS, a huge photo)
+        yield "second"
+
+    def consume():
+        with pytest.raises(RuntimeError, match="explain failed"):
+            for _ in read_ahead(produce()):
+                raise RuntimeError("explain failed")
+
+    caller = threading.Thread(target=consume)
+    caller.start()
+    caller.join(timeout=20)
+    stuck = caller.is_alive()
+    release.set()
+    caller.join()
+    assert not stuck, "the failing caller waited for the read in flight"
+    for t in readers:  # the readers end once their read does, and none is the caller's thread
+        t.join(timeout=20)
+        assert not t.is_alive() and t is not caller and t is not threading.main_thread()
 
 
 def test_empty_input():

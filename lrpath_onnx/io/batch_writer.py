@@ -52,11 +52,14 @@ class BatchWriter:
         try:
             if exc_type is None:
                 self.flush()
-            elif self._pending is not None:  # the caller failed: finish the batch in flight, then its error
+            elif self._pending is not None:  # the caller failed: finish the batch in flight first
                 future, then = self._pending
                 self._pending = None
-                if future.exception() is None:
+                error = future.exception()
+                if error is None:
                     then()
+                elif issubclass(exc_type, Exception):  # the write failed first: its error is the one to report
+                    raise error from exc
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
