@@ -91,3 +91,28 @@ def test_an_interrupt_is_not_replaced_by_a_failed_write():
         with BatchWriter() as w:
             w.submit(fail, lambda: None)
             raise KeyboardInterrupt
+
+
+def test_explain_reports_a_background_write_failure_as_one_error(tmp_path, monkeypatch, capsys):
+    """Through ``run_explain``, every batch written in the background: the batch before the
+    failure is reported, the failure is an ``OutputError`` naming the folder (exit 2)."""
+    import numpy as np
+
+    from lrpath_onnx.cli import explain_cmd
+    from lrpath_onnx.cli.session import open_session
+
+    rng = np.random.default_rng(0)
+    inputs = []
+    for i in range(3):
+        inputs.append(tmp_path / f"x{i}.npy")
+        np.save(inputs[-1], rng.random((1, 28, 28), dtype=np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x1").write_text("a file where x1's folder goes")
+    monkeypatch.setattr(explain_cmd, "WRITE_BESIDE_S", 0.0)
+    ses = open_session(("mnist-vgg", *inputs), out)
+    with pytest.raises(OutputError, match=r"cannot create output folder .*x1: File exists"):
+        explain_cmd.run_explain(ses, out, batch_size=1)
+    printed = capsys.readouterr().out
+    assert "x0: class" in printed and "x1: class" not in printed and "x2" not in printed
+    assert (out / "x0" / "heatmap.png").exists() and not (out / "x2").exists()
