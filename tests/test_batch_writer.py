@@ -35,10 +35,10 @@ def test_writes_run_on_the_worker_and_reports_in_order_on_the_caller():
         assert events.index(("next", k, True)) < events.index(("then", k, True))
 
 
-def test_inline_when_not_in_the_background():
+def test_inline_runs_here_and_now():
     events: list = []
-    with BatchWriter(background=False) as w:
-        w.submit(*_batch(events, 0))
+    with BatchWriter() as w:
+        w.submit(*_batch(events, 0), inline=True)
         assert events == [("write", 0, True), ("then", 0, True)]
 
 

@@ -14,7 +14,7 @@ from ..deconv.dataset import render, scan
 from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, reconstruct, select_neurons
 from ..errors import InputError
 from ..graph.layers import ConvLayer
-from ..io.outputs import clean_temporaries, ensure_out_dir, write_json
+from ..io.outputs import clean_temporaries, ensure_out_dir, make_folder, write_json
 from ..io.inputs import list_images, read_ahead
 from ..io.schema import model_json, stamp, target_json
 from ..paths.neurons import activation_tensor
@@ -90,7 +90,7 @@ def deconv(args, out, layers, channels, top, from_paths, whole_map, full_frame, 
     for batch in read_ahead(ses.reader.batches(ses.paths, 1)):
         sample = batch[0]
         folder = out / sample.name
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         x = sample.tensor[None]
         fwd = an.forward(x)
         if first_class is None:

@@ -18,7 +18,8 @@ from ..viz.tokens import patch_embedding, token_grid, token_picture
 from .options import progress
 from .session import Session, input_options, open_session
 
-#: batches explained faster than this are written in line (see ``BatchWriter``)
+#: batches explained faster than this are written in line (see ``BatchWriter``), as are those
+#: with layers' relevance kept (never held twice)
 WRITE_BESIDE_S = 0.05
 
 
@@ -50,7 +51,7 @@ def run_explain(ses: Session, out: Path, batch_size: int = 8, keep_layers: str |
     out = ensure_out_dir(out)
     clean_temporaries(out)
     written: list[str] = []
-    with progress(len(ses.paths), "explaining") as bar, BatchWriter(background=not keep) as writer:
+    with progress(len(ses.paths), "explaining") as bar, BatchWriter() as writer:
         for batch in read_ahead(ses.reader.batches(ses.paths, batch_size)):
             x = np.stack([s.tensor for s in batch])
             started = time.perf_counter()
@@ -59,7 +60,7 @@ def run_explain(ses: Session, out: Path, batch_size: int = 8, keep_layers: str |
                     for i, sample in enumerate(batch)]
             writer.submit(partial(_write_batch, out, batch, exp.relevance, exp.kept, recs, ses.layout, keep, patches),
                           partial(_report_batch, out, batch, recs, bar, written),
-                          inline=time.perf_counter() - started < WRITE_BESIDE_S)
+                          inline=bool(keep) or time.perf_counter() - started < WRITE_BESIDE_S)
     click.echo(f"wrote {len(written)} explanation(s) to {out}")
     return out
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..api import Analyzer
 from ..io.inputs import read_ahead, unique_names
+from ..io.outputs import make_folder
 from ..paths.neurons import activation_tensor
 from ..viz.grid import draw_grid
 from .crop import box_json, box_text, pair
@@ -75,7 +76,7 @@ def render(an: Analyzer, reader, files: list[Path], found: dict, layout: str, or
            top: int) -> list[dict]:
     """One grid per neuron in ``folder`` (rows: the most activating patches and their
     reconstructions, then the most relevant ones and theirs) and the JSON records."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     base = {str(p): n for p, n in zip(files, unique_names(files))}  # the names the scan's batches gave
     samples: dict[str, dict] = {}
 

@@ -20,17 +20,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 class BatchWriter:
     """``submit(write, then)``: ``write()`` on the worker, ``then()`` afterwards on this thread.
 
-    ``background=False`` runs both in line (used when a batch's results are large, e.g. every
-    layer's relevance kept)."""
+    ``inline=True`` runs both here and now (fast batches; batches whose results are large,
+    e.g. every layer's relevance kept). The worker thread starts with the first batch sent."""
 
-    def __init__(self, background: bool = True) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lrpath-writer") if background else None
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lrpath-writer")
         self._pending: tuple[Future, Callable[[], None]] | None = None
 
     def submit(self, write: Callable[[], None], then: Callable[[], None], inline: bool = False) -> None:
         """Finish the batch in flight, then start this one (``inline``: here and now)."""
         self.flush()
-        if self._pool is None or inline:
+        if inline:
             write()
             then()
             return
@@ -61,5 +61,4 @@ class BatchWriter:
                 elif issubclass(exc_type, Exception):  # the write failed first: its error is the one to report
                     raise error from exc
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True)

@@ -51,10 +51,7 @@ def ensure_out_dir(path: str | os.PathLike[str]) -> Path:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"output folder {folder} exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from exc
+    make_folder(folder)
     probe = folder / f".write-probe.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         with open(probe, "xb") as fh:
@@ -64,6 +61,16 @@ def ensure_out_dir(path: str | os.PathLike[str]) -> Path:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
+    return folder
+
+
+def make_folder(path: str | os.PathLike[str]) -> Path:
+    """``mkdir -p``, a failure (a file in the way, no permission) an ``OutputError``."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from exc
     return folder
 
 

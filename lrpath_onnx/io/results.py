@@ -9,10 +9,10 @@ import numpy as np
 
 from ..api import Analyzer, Explanation
 from ..diagnose import conservation_warnings
-from ..errors import InputError, OutputError
+from ..errors import InputError
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, with_scale_bar
 from .inputs import Sample
-from .outputs import write_json, write_npy
+from .outputs import make_folder, write_json, write_npy
 from .schema import model_json, stamp, target_json
 
 
@@ -85,10 +85,7 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
 
 def write_sample(folder: Path, sample: Sample, relevance: np.ndarray, rec: dict, layout: str) -> list[Path]:
     """Write relevance.npy, heatmap.png, overlay.png and explanation.json into ``folder``."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # e.g. a file of that name is in the way
-        raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from exc
+    make_folder(folder)
     rel = np.asarray(relevance, np.float32)
     m = relevance_map(rel, layout) if rel.ndim == 3 else np.asarray(rel, np.float64).reshape(1, -1)
     scale = 224 if rel.ndim == 3 and min(m.shape) < 224 else None

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..api import Analyzer
 from ..io.inputs import Sample
-from ..io.outputs import atomic_path, write_json
+from ..io.outputs import atomic_path, make_folder, write_json
 from ..io.schema import model_json, stamp, target_json
 from ..viz.graph_draw import draw_png, draw_svg
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, scale_of, with_scale_bar
@@ -73,7 +73,7 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     hw = sample.display.shape[:2]
     act_k = activation_heatmap(an, exp, ng, masks, hw)
     t3 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     title = (f"{len(best)} best relevance paths to {ng.graph.nodes[SINK].get('label', 'target')}, "
              f"{per_layer if how == 'top' else 'GetOptimizer'} neurons per layer")
     draw_png(ng.graph, [p for _, p in best], out / "graph.png", title=title)
