@@ -212,6 +212,66 @@ def test_whole_chain_matches_numpy_reference(tmp_path, seed):
         np.testing.assert_allclose(rec, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
+def _affine_cnn(rng):
+    """X → (X − mean) / std → conv1 → relu → ·scale + shift → conv2 → relu → dense: two constant
+    affine maps no convolution folds (one before the first conv, one behind a ReLU)."""
+    def w(*s):
+        return (rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:]))).astype(np.float32)
+
+    inits = {"W1": w(5, 3, 3, 3), "B1": (0.1 * rng.standard_normal(5)).astype(np.float32),
+             "W2": w(4, 5, 3, 3), "B2": (0.1 * rng.standard_normal(4)).astype(np.float32),
+             "W3": w(3, 4 * 5 * 5), "mean": rng.random((1, 3, 1, 1)).astype(np.float32),
+             "std": (0.5 + rng.random((1, 3, 1, 1))).astype(np.float32),
+             "scale": (0.5 + rng.random((1, 5, 1, 1))).astype(np.float32) * rng.choice([-1, 1], (1, 5, 1, 1)).astype(np.float32),
+             "shift": rng.standard_normal((1, 5, 1, 1)).astype(np.float32)}
+    nodes = [helper.make_node("Sub", ["X", "mean"], ["c"], name="center"),
+             helper.make_node("Div", ["c", "std"], ["u"], name="normalise"),
+             helper.make_node("Conv", ["u", "W1", "B1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Mul", ["r1", "scale"], ["m1"], name="scale1"),
+             helper.make_node("Add", ["m1", "shift"], ["a1"], name="shift1"),
+             helper.make_node("Conv", ["a1", "W2", "B2"], ["c2"], name="conv2", kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Flatten", ["r2"], ["f"], name="flatten", axis=1),
+             helper.make_node("Gemm", ["f", "W3"], ["logits"], name="fc", transB=1)]
+    return models.make_model(nodes, [models.vi("X", ["N", 3, 9, 9])], [models.vi("logits", ["N", 3])], inits), inits
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_constant_affine_maps_transpose_the_signal(tmp_path, seed):
+    """An input normalisation and a per-channel affine map behind a ReLU (what BatchNorm after a
+    concatenation becomes) are not folded into a convolution: the signal crosses each as its
+    transpose, ·scale, the shift having none (float64 reference)."""
+    from lrpath_onnx.graph.layers import AffineLayer
+
+    rng = np.random.default_rng(seed)
+    model, p = _affine_cnn(rng)
+    an = Analyzer(models.save(model, tmp_path / "affine.onnx"))
+    assert sum(isinstance(lay, AffineLayer) for lay in an.graph.layers) >= 2
+    x = rng.random((1, 3, 9, 9)).astype(np.float32)
+    an.request("r2")
+    act = an.forward(x)["r2"][0]
+    neurons = select_neurons(act, "conv2", top=3)
+    recs = reconstruct(an, x, neurons, whole_map=seed == 2)
+    M1, _, _ = ref.conv_matrix(p["W1"], (3, 9, 9), pads=(1, 1, 1, 1))
+    M2, _, _ = ref.conv_matrix(p["W2"], (5, 9, 9), strides=(2, 2), pads=(1, 1, 1, 1))
+    for nr, rec in zip(neurons, recs):
+        sig = np.zeros(act.shape)
+        if seed == 2:
+            sig[nr.channel] = act[nr.channel]
+        else:
+            sig[nr.channel, nr.y, nr.x] = act[nr.channel, nr.y, nr.x]
+        s = np.maximum(sig, 0)                                        # relu2
+        s = (M2 @ s.reshape(-1)).reshape(5, 9, 9)                     # conv2ᵀ
+        s = s * p["scale"][0].astype(np.float64)                      # (·scale + shift)ᵀ
+        s = np.maximum(s, 0)                                          # relu1
+        s = (M1 @ s.reshape(-1)).reshape(3, 9, 9)                     # conv1ᵀ
+        want = s / p["std"][0].astype(np.float64)                     # ((x − mean) / std)ᵀ
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(rec, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
 def test_zero_selection_gives_a_zero_image(tmp_path):
     rng = np.random.default_rng(0)
     model, _ = models.small_cnn(rng)

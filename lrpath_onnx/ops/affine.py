@@ -43,8 +43,11 @@ class AffineHandler(OpHandler):
         return [unbroadcast(x * scale * s, ctx.shape_of(layer.inputs[0]))]
 
     def deconv(self, layer, s, ctx):
-        """Constant affine maps pass the signal on (as in the relevance pass)."""
-        return self.relevance(layer, None, s, ctx)
+        """The map's transpose, ``s·scale``: what the signal would get had the map been folded
+        into the convolution next to it (as BatchNorm after a conv is), so an input
+        normalisation or a BatchNorm after a concatenation weighs the channels as the
+        network does. The shift is a constant and has no transpose."""
+        return self.gradient(layer, s, ctx)
 
     def forward(self, layer, inputs):
         x = inputs[0]
