@@ -27,7 +27,7 @@ from .graph.loader import load_model
 from .ops.emit import term_nodes
 from .ops.registry import BackwardContext
 from .plan.planner import Plan, make_plan
-from .runtime.replicate import replicate_forward
+from .runtime.replicate import join_runs, replicate_forward
 from .runtime.session import ActivationRuntime, default_threads
 
 
@@ -272,8 +272,7 @@ class Analyzer:
             return rt.run(x)
         if x.shape[0] % fixed:
             raise InputError(f"the model takes batches of exactly {fixed}; got {x.shape[0]}")
-        parts = [rt.run(x[i:i + fixed]) for i in range(0, x.shape[0], fixed)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return join_runs(self.graph, [rt.run(x[i:i + fixed]) for i in range(0, x.shape[0], fixed)])
 
     def _start(self, fwd: dict, target: Target | Sequence[int], n: int):
         logits = fwd[self.graph.output]

@@ -462,3 +462,59 @@ def test_explanations_time_each_layer_step(tmp_path):
     for name, t in joined.layer_seconds.items():
         assert t == pytest.approx(sum(p.layer_seconds[name] for p in seen))
     np.testing.assert_allclose(joined.relevance, exp.relevance, rtol=1e-5, atol=1e-7)
+
+
+def _fixed_batch_cnn(rng, own_indices: bool):
+    """``small_cnn`` exported for batch 1 only (torch.onnx.export's default): its MaxPool's
+    switches derived by the analyzer, or the model's own ``Indices`` output."""
+    model, _ = models.small_cnn(rng)
+    g = model.graph
+    g.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    g.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    if own_indices:
+        pool = next(n for n in g.node if n.op_type == "MaxPool")
+        pool.output.append("pool1_switches")
+        g.output.append(helper.make_tensor_value_info("pool1_switches", onnx.TensorProto.INT64, None))
+    return model
+
+
+@pytest.mark.parametrize("own_indices", [False, True], ids=["derived", "own"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_batch_through_a_model_fixed_to_one_sample(tmp_path, seed, own_indices):
+    """A model fixed to batch 1 runs a batch one sample per onnxruntime run; each run numbers
+    its MaxPool switches from its own sample, so the joined batch renumbers them: every
+    sample's relevance is its own explanation's, and each conserves (before, the samples
+    after the first got their relevance unpooled into the first's maps: conservation 0)."""
+    rng = np.random.default_rng(seed)
+    an = Analyzer(models.save(_fixed_batch_cnn(rng, own_indices), tmp_path / "fixed.onnx"))
+    assert an.graph.input_shape[0] == 1
+    x = rng.random((3, 3, 12, 12)).astype(np.float32)
+    exp = an.explain(x)
+    for i in range(3):
+        one = an.explain(x[i:i + 1])
+        np.testing.assert_allclose(exp.relevance[i:i + 1], one.relevance, rtol=1e-5,
+                                   atol=1e-6 * np.abs(one.relevance).max())
+        assert exp.targets[i] == one.targets[0]
+    sums = exp.relevance.reshape(3, -1).sum(axis=1) / exp.start_relevance.reshape(3, -1).sum(axis=1)
+    singles = [an.explain(x[i:i + 1]) for i in range(3)]
+    want = [float(e.relevance.sum() / e.start_relevance.sum()) for e in singles]
+    np.testing.assert_allclose(sums, want, rtol=1e-4)
+    assert min(abs(s) for s in sums) > 1e-3
+
+
+def test_a_multi_sample_npy_for_a_model_fixed_to_one_sample(tmp_path):
+    """`lrpath explain` splits a .npy of several samples whatever batch the model is fixed to,
+    and batches them by --batch-size: the same relevance as one file per sample."""
+    from tests.test_cli import lrpath
+
+    rng = np.random.default_rng(3)
+    path = models.save(_fixed_batch_cnn(rng, False), tmp_path / "fixed.onnx")
+    x = rng.random((3, 3, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "three.npy", x)
+    res = lrpath("explain", path, tmp_path / "three.npy", "--batch-size", 2, "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    an = Analyzer(path)
+    for i in range(3):
+        got = np.load(tmp_path / "out" / f"three-{i}" / "relevance.npy")
+        want = an.explain(x[i:i + 1]).relevance[0]
+        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())

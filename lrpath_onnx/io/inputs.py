@@ -68,7 +68,9 @@ class InputReader:
 
     def read(self, path: Path, name: str) -> list[Sample]:
         if path.suffix.lower() == ".npy":
-            x = load_npy(path, self.input_shape)
+            # any number of samples: they are batched by --batch-size, and a model fixed to a
+            # batch size is run that many at a time (``Analyzer.forward``)
+            x = load_npy(path, (None, *self.input_shape[1:]))
             many = x.shape[0] > 1
             return [Sample(path, f"{name}-{i}" if many else name, x[i],
                            tensor_display(x[i], self.layout) if x[i].ndim == 3 else np.zeros((1, 1, 3), np.uint8))
