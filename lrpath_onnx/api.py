@@ -99,7 +99,8 @@ class Explanation:
     provider: str = "CPUExecutionProvider"
     device: str = "cpu"
     timings_s: dict[str, float] = field(default_factory=dict)
-    bounds_violation: float | None = None
+    #: per sample, the share of its input values outside the z^B bounds (None: no z^B layer)
+    bounds_violation: np.ndarray | None = None
     forward: dict[str, np.ndarray] | None = None
     products: dict = field(default_factory=dict)
     layer_seconds: dict[str, float] = field(default_factory=dict)
@@ -366,7 +367,7 @@ class Analyzer:
             kept={k: np.concatenate([p.kept[k] for p in parts]) for k in first.kept},
             provider=first.provider, device=first.device,
             timings_s={k: sum(p.timings_s.get(k, 0.0) for p in parts) for k in first.timings_s},
-            bounds_violation=max(violations) if violations else None,
+            bounds_violation=np.concatenate(violations) if violations else None,
             layer_seconds={k: sum(p.layer_seconds.get(k, 0.0) for p in parts) for k in first.layer_seconds})
 
     def reexplain(self, exp: Explanation, masks: dict[str, np.ndarray] | None = None,
@@ -443,9 +444,9 @@ class Analyzer:
             self._extra |= new
             self._runtime = None
 
-    def _context(self, x: np.ndarray, fwd: dict) -> tuple[BackwardContext, float | None]:
-        """The backward context of a batch (z^B bounds included) and the share of input
-        values outside those bounds."""
+    def _context(self, x: np.ndarray, fwd: dict) -> tuple[BackwardContext, np.ndarray | None]:
+        """The backward context of a batch (z^B bounds included) and, per sample, the share of
+        its input values outside those bounds."""
         fwd[self.graph.input] = x
         shapes = {l.inputs[0]: fwd[l.inputs[0]].shape for l in self._plan.uses("zbox")}
         bounds = box_bounds(self.graph, self._plan, self.low, self.high, x.shape, shapes)
@@ -454,7 +455,8 @@ class Analyzer:
         if bounds:
             lows = np.broadcast_to(self.low, x.shape)
             highs = np.broadcast_to(self.high, x.shape)
-            violation = float(((x < lows - 1e-6) | (x > highs + 1e-6)).mean())
+            outside = (x < lows - 1e-6) | (x > highs + 1e-6)
+            violation = outside.reshape(len(x), -1).mean(axis=1)
         be = self.backend  # the CPU keeps the tensors; a GPU gets each of them once per batch
         ctx = BackwardContext(fwd=be.upload_tensors(fwd), backend=be, cache=self.cache, batch=x.shape[0],
                               shapes=self.graph.shapes, bounds=bounds, dtype=x.dtype,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def test_nhwc_tf2onnx_style_graph_is_explained_end_to_end(tmp_path):
     np.testing.assert_allclose(canonical_forward(an.graph, x), an.forward(x)["logits"], rtol=1e-4, atol=1e-4)
     exp = an.explain(x)
     assert exp.relevance.shape == x.shape and np.isfinite(exp.relevance).all()
-    assert exp.bounds_violation == 0.0
+    assert exp.bounds_violation.tolist() == [0.0, 0.0]
 
 
 def test_zbox_bounds_follow_in_graph_normalisation(tmp_path):
@@ -518,3 +519,27 @@ def test_a_multi_sample_npy_for_a_model_fixed_to_one_sample(tmp_path):
         got = np.load(tmp_path / "out" / f"three-{i}" / "relevance.npy")
         want = an.explain(x[i:i + 1]).relevance[0]
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_share_of_input_outside_the_bounds_is_per_sample(tmp_path):
+    """z^B's bounds are checked sample by sample: an input inside [low, high] reports 0 in its
+    own explanation.json even when another sample of its batch lies far outside."""
+    from tests.test_cli import lrpath
+
+    rng = np.random.default_rng(4)
+    model, _ = models.small_cnn(rng)
+    path = models.save(model, tmp_path / "cnn.onnx")
+    inside = rng.random((3, 12, 12)).astype(np.float32)
+    outside = inside.copy()
+    outside[0, :3] = 2.0  # 36 of 432 values above high = 1
+    an = Analyzer(path, low=0.0, high=1.0)
+    exp = an.explain(np.stack([inside, outside]))
+    np.testing.assert_allclose(exp.bounds_violation, [0.0, 36 / 432])
+    np.save(tmp_path / "in.npy", inside)
+    np.save(tmp_path / "out.npy", outside)
+    res = lrpath("explain", path, tmp_path / "in.npy", tmp_path / "out.npy", "--batch-size", 2,
+                 "--out", tmp_path / "o")
+    assert res.returncode == 0, res.stderr
+    shares = [json.loads((tmp_path / "o" / s / "explanation.json").read_text())["zbox_bounds"]["share_of_input_outside"]
+              for s in ("in", "out")]
+    assert shares[0] == 0.0 and shares[1] == pytest.approx(36 / 432)

@@ -74,7 +74,8 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
         "warnings": conservation_warnings(cons, an.plan().applied),
         "zbox_bounds": {"low": np.asarray(an.low).reshape(-1).tolist(),
                         "high": np.asarray(an.high).reshape(-1).tolist(),
-                        "share_of_input_outside": exp.bounds_violation},
+                        "share_of_input_outside": None if exp.bounds_violation is None
+                        else float(exp.bounds_violation[i])},
         "provider": exp.provider,
         "device": exp.device,
         "batch_size": batch_size,
