@@ -386,3 +386,19 @@ def test_deconv_dataset_command(tmp_path):
     bad = lrpath("deconv", "mnist-vgg", digits / "digit_5.png", "--layer", "features.7", "--target", "5",
                  "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "--target only applies with --dataset" in bad.stderr
+
+
+def test_a_layer_deconvolution_cannot_cross_leaves_no_folder(tmp_path):
+    """Exit 2 with one line naming the layer, and no per-input folder left half made."""
+    rng = np.random.default_rng(0)
+    model, _ = _affine_cnn(rng)
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    soft = helper.make_node("Softmax", ["r1"], ["s1"], name="mix", axis=1)  # across channels
+    model.graph.node.insert(list(model.graph.node).index(relu) + 1, soft)
+    next(n for n in model.graph.node if n.name == "scale1").input[0] = "s1"
+    path = models.save(model, tmp_path / "soft.onnx")
+    np.save(tmp_path / "x.npy", rng.random((3, 9, 9)).astype(np.float32))
+    res = lrpath("deconv", path, tmp_path / "x.npy", "--layer", "conv2", "--out", tmp_path / "out")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == ["error: deconvolution through Softmax ('mix') is not defined"]
+    assert not (tmp_path / "out" / "x").exists()
