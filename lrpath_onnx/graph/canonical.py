@@ -84,6 +84,8 @@ def infer_shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
 
 #: where torch.onnx's dynamo exporter records a node's module path (its node names are ``node_conv2d_3``)
 _TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
+#: ops whose second input is a module's weight parameter
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm")
 
 
 def _module_name(node: onnx.NodeProto) -> str | None:
@@ -92,7 +94,8 @@ def _module_name(node: onnx.NodeProto) -> str | None:
     PyTorch (TorchScript exporter): ``/features/features.0/Conv`` → ``features.0``,
     ``/block1/conv1/conv1.0/Conv`` → ``block1.conv1.0``, ``/_blocks.3/_swish/Clip`` →
     ``_blocks.3._swish`` (a scope repeats its parent's attribute, as ``named_modules`` does not). PyTorch (dynamo exporter): the node's ``name_scopes`` metadata
-    ``['', 'features', 'features.0', 'conv2d']`` → ``features.0``. tf2onnx:
+    ``['', 'features', 'features.0', 'conv2d']`` → ``features.0``, and a Conv or Gemm by its
+    weight's parameter name (``layer1.0.conv1.weight`` → ``layer1.0.conv1``). tf2onnx:
     ``functional_1/block1_conv1_1/BiasAdd`` → ``block1_conv1_1`` (the Keras layer).
     """
     for prop in node.metadata_props:
@@ -102,6 +105,11 @@ def _module_name(node: onnx.NodeProto) -> str | None:
             except (ValueError, SyntaxError):
                 break
             modules = [m for m in scopes[:-1] if isinstance(m, str) and m] if isinstance(scopes, list) else []
+            weight = node.input[1] if node.op_type in _WEIGHTED and len(node.input) > 1 else ""
+            if modules and weight.endswith(".weight") and weight[:-7]:
+                # a Conv the exporter fused its BatchNorm into is scoped to the BatchNorm; its
+                # weight keeps the conv's parameter name (``layer1.0.conv1.weight``)
+                return weight[:-7]
             return modules[-1] if modules else None
     node_name = node.name or ""
     if node_name.startswith("/"):
