@@ -74,6 +74,40 @@ def test_layernorm_identity_rule_matches_linear_map_reference(tmp_path, seed, ep
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("eps_rule", [0.0, 0.25])
+def test_layernorm_without_its_bias_divides_by_y_minus_b_and_conserves(tmp_path, seed, eps_rule):
+    """``nobias`` (the ``conserving`` preset's): LRP-ε on y − b = A x, so with ε = 0 the input
+    relevance sums to the output's although the layer has a bias."""
+    rng = np.random.default_rng(seed)
+    T, D = 4, 9
+    model, inits = layernorm_model(rng, T, D, bias=True)
+    x = rng.normal(0, 2, (2, T, D)).astype(np.float32)
+    r = rng.normal(0, 1, (2, T, D))
+    an, exp = explain64(tmp_path, model, x, r, rules=[f"ln=epsilon:{eps_rule},nobias"])
+    assert not an.plan().rule_for(an.graph.find("ln")).bias
+    w = inits["w"].astype(np.float64)
+    want = np.zeros_like(r)
+    for n in range(2):
+        for t in range(T):
+            a = x[n, t].astype(np.float64)
+            A = np.diag(w / np.sqrt(a.var() + 1e-5)) @ (np.eye(D) - np.ones((D, D)) / D)
+            want[n, t] = ref.lrp_linear("epsilon", a, A.T, np.zeros(D), r[n, t], eps=eps_rule)
+    assert_close(exp.relevance, want)
+    if eps_rule == 0.0:
+        np.testing.assert_allclose(exp.relevance.sum(axis=(1, 2)), r.sum(axis=(1, 2)), rtol=1e-9)
+
+
+def test_auto_gives_layernorm_without_attention_the_conserving_preset(tmp_path):
+    """A LayerNorm alone (a ConvNeXt's) is no transformer: ``conserving``, whose LayerNorm rule
+    leaves the bias out, not ``attnlrp``."""
+    model, _ = layernorm_model(np.random.default_rng(0), 3, 5)
+    an = Analyzer(models.save(model, tmp_path / "ln.onnx"))
+    assert an.plan().applied == "conserving" and "LayerNorm" in an.plan().reason
+    rule = an.plan().rule_for(an.graph.find("ln"))
+    assert (rule.name, rule.bias) == ("epsilon", False)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_softmax_rule_is_gradient_times_input_through_the_jacobian(tmp_path, seed):
     """R_in = x ⊙ Jᵀ (R_out / s) with J = diag(s) − s sᵀ: AttnLRP's Taylor decomposition."""
     rng = np.random.default_rng(seed)

@@ -4,7 +4,9 @@
 pass (AttnLRP; LXT stops the gradient through the variance), the layer is a linear map per
 sample, ``y = A x + b`` with ``A = diag(w/σ)(I − 11ᵀ/D)``, and LRP-ε applies to it:
 ``s = R / stab(y)``, ``R_in = x ⊙ Aᵀ s = x ⊙ (w⊙s − mean(w⊙s)) / σ``. The bias ``b`` absorbs
-its share, as any bias; the centring moves relevance between features but conserves it.
+its share, as any bias; the centring moves relevance between features but conserves it. A rule
+without its bias (``nobias``, the ``conserving`` preset's) divides by ``A x = y − b`` instead:
+``Σ R_in = Σ R`` (but for the stabiliser).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class LayerNormHandler(OwnLinearMap, OpHandler):
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         x = ctx.fwd[layer.inputs[0]]
         y = ctx.fwd[layer.output] if ctx.reuse_forward else self.forward(layer, [x])
+        if not rule.bias and layer.bias is not None:
+            y = y - layer.bias.astype(y.dtype)
         _, sigma = self._stats(layer, x)
         t = ctx.backend.stabilised_divide(r, y, rule.get("epsilon", 0.0)) * layer.weight.astype(x.dtype)
         return [x * ((t - t.mean(axis=self._axes(layer, x), keepdims=True)) / sigma)]

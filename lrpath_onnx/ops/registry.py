@@ -279,7 +279,7 @@ class OpHandler:
 class OwnLinearMap:
     """Mixin for layers explained as a linear map of their own (LayerNorm with σ held, a sum over
     tokens) rather than by a preset's rule: ε = 1e-6 unless a preset or ``--rule`` gives LRP-0 or
-    another ε; the map's bias (if any) always takes part."""
+    another ε; the map's bias (if any) takes part unless the rule says ``nobias``."""
 
     fixed_rule = None
 
@@ -287,7 +287,7 @@ class OwnLinearMap:
         return make_rule("epsilon", 1e-6)
 
     def accepts(self, layer, rule):
-        return rule.name in ("epsilon", "zero") and rule.bias
+        return rule.name in ("epsilon", "zero")
 
 
 #: an inclusive (lo, hi) span per non-batch axis of a tensor

@@ -89,12 +89,14 @@ def _epsilon_alpha2_beta1(graph: LayerGraph) -> dict[str, Rule]:
 
 @register_preset("conserving", "for residual, depthwise and BatchNorm-heavy nets: z^B first layer, z⁺ on "
                                "grouped/depthwise convs, generalized γ=0.25 on the other convs, ε=1e-6 on "
-                               "dense layers, all without biases (outputs no input contributes to pass "
-                               "theirs on by w²), so relevance is conserved")
+                               "dense layers and LayerNorm (σ held), all without biases (outputs no input "
+                               "contributes to pass theirs on by w²), so relevance is conserved")
 def _conserving(graph: LayerGraph) -> dict[str, Rule]:
     gamma = make_rule("gamma", 0.25, bias=False)
-    return _split_convs(graph, upper=gamma, lower=gamma, dense=make_rule("epsilon", 1e-6, bias=False),
-                        grouped=make_rule("zplus", bias=False))
+    epsilon = make_rule("epsilon", 1e-6, bias=False)
+    rules = _split_convs(graph, upper=gamma, lower=gamma, dense=epsilon, grouped=make_rule("zplus", bias=False))
+    rules.update({l.name: epsilon for l in graph.layers if isinstance(l, LayerNormLayer)})
+    return rules
 
 
 def _transformer(graph: LayerGraph, bilinear: Rule) -> dict[str, Rule]:
@@ -140,21 +142,23 @@ class Choice:
 
 
 def choose_preset(graph: LayerGraph) -> Choice:
-    """``attnlrp`` for transformers (attention, LayerNorm); ``epsilon-gamma-box`` for a plain chain
-    of ReLU layers; ``conserving`` once residual sums,
-    gates or linear bottlenecks (a convolution reading signed values) appear. (Dense heads reading
-    signed values, such as Keras' BatchNorm after a ReLU, do not count: ε treats them alike.)"""
-    attention = [l.name for l in graph.layers if isinstance(l, (BilinearLayer, SoftmaxLayer, LayerNormLayer))]
+    """``attnlrp`` for transformers (attention: products of two activations, a softmax inside);
+    ``epsilon-gamma-box`` for a plain chain of ReLU layers; ``conserving`` once residual sums,
+    gates, LayerNorm (a ConvNeXt) or linear bottlenecks (a convolution reading signed values)
+    appear. (Dense heads reading signed values, such as Keras' BatchNorm after a ReLU, do not
+    count: ε treats them alike.)"""
+    attention = [l.name for l in graph.layers if isinstance(l, (BilinearLayer, SoftmaxLayer))]
     if attention:
-        return Choice("attnlrp", f"a transformer: {len(attention)} attention/normalisation layer(s), "
-                                 f"e.g. '{attention[0]}'")
+        return Choice("attnlrp", f"a transformer: {len(attention)} attention layer(s), e.g. '{attention[0]}'")
     firsts = {l.name for l in first_layers(graph)}
     merges = [l.name for l in graph.layers if isinstance(l, MergeLayer)]
     gates = [l.name for l in graph.layers if isinstance(l, GateLayer)]
+    norms = [l.name for l in graph.layers if isinstance(l, LayerNormLayer)]
     signed = [l.name for l in graph.layers
               if isinstance(l, ConvLayer) and l.name not in firsts and not l.nonneg_input]
     found = [(f"{len(merges)} residual sum(s), e.g. '{merges[0]}'" if merges else ""),
              (f"{len(gates)} gate(s), e.g. '{gates[0]}'" if gates else ""),
+             (f"{len(norms)} LayerNorm(s), e.g. '{norms[0]}'" if norms else ""),
              (f"{len(signed)} convolution(s) reading signed values (linear bottlenecks, smooth "
               f"activations), e.g. '{signed[0]}'" if signed else "")]
     found = [f for f in found if f]
