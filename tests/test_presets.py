@@ -91,3 +91,37 @@ def test_conserving_default_writes_no_warning(nets, tmp_path):
     assert doc["warnings"] == [] and doc["preset"] == "auto" and doc["preset_applied"] == "conserving"
     assert "residual sum" in doc["preset_reason"]
     assert doc["conservation"]["ratio"] == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_conserving_divides_gamma_and_zplus_without_a_stabiliser(tmp_path, seed):
+    """γ's and z⁺'s denominators are sums of one sign, so ``conserving`` divides them zero-safe:
+    a depthwise layer whose z⁺ denominators are about 10⁻⁶ (tiny weights, its output scaled
+    back up behind the ReLU) conserves, where zennit's ε = 10⁻⁶ takes a large share."""
+    from onnx import helper
+
+    from tests import models
+
+    rng = np.random.default_rng(seed)
+    inits = {"W1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+             "W2": (1e-6 * rng.random((4, 1, 3, 3))).astype(np.float32),
+             "W3": rng.standard_normal((3, 4)).astype(np.float32), "up": np.array(1e6, np.float32)}
+    nodes = [helper.make_node("Conv", ["X", "W1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "W2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=4),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Mul", ["r2", "up"], ["u"], name="rescale"),  # later layers see values of 1
+             helper.make_node("GlobalAveragePool", ["u"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "W3"], ["logits"], name="fc", transB=1)]
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 8, 8])], [models.vi("logits", ["N", 3])],
+                                         inits), tmp_path / "dw.onnx")
+    x = rng.random((2, 3, 8, 8)).astype(np.float32)
+    an = Analyzer(path, preset="conserving")
+    rule = an.plan().rule_for(an.graph.find("dw"))
+    assert (rule.name, rule.get("stabilizer"), rule.bias) == ("zplus", 0.0, False)
+    exp = an.explain(x, target=[0, 1])
+    ratios = [exp.conservation(i)["ratio"] for i in range(2)]
+    np.testing.assert_allclose(ratios, 1.0, atol=1e-4)
+    eps = Analyzer(path, preset="conserving", rules=["dw=zplus:stabilizer=1e-6,nobias"]).explain(x, target=[0, 1])
+    assert max(abs(eps.conservation(i)["ratio"] - 1) for i in range(2)) > 0.05
