@@ -47,3 +47,23 @@ def conservation_warnings(conservation: dict, preset_applied: str | None = None)
     if preset_applied != "conserving" and not transformer:
         msg += "; --preset conserving keeps relevance (biases take none)"
     return [msg]
+
+
+#: a sample with more of its input values than this outside z^B's bounds gets a warning
+BOUNDS_WARN_SHARE = 0.01
+
+
+def bounds_warnings(share: float | None, low, high) -> list[str]:
+    """A warning when z^B's bounds do not hold the input: its first-layer rule assumes every
+    value lies in [low, high], which a normalised tensor passed as .npy under the default
+    [0, 1] breaks without any error."""
+    if share is None or share <= BOUNDS_WARN_SHARE:
+        return []
+    return [f"{share:.0%} of the input values lie outside z^B's bounds [{_values(low)}, {_values(high)}]: give "
+            "the model's input range with --low/--high (or the normalisation with --mean/--std)"]
+
+
+def _values(v) -> str:
+    """A bound as the user wrote it: one number where every channel has it, else one per channel."""
+    vals = [float(t) for t in v]
+    return f"{vals[0]:g}" if len(set(vals)) == 1 else "(" + ", ".join(f"{t:g}" for t in vals) + ")"

@@ -540,6 +540,10 @@ def test_share_of_input_outside_the_bounds_is_per_sample(tmp_path):
     res = lrpath("explain", path, tmp_path / "in.npy", tmp_path / "out.npy", "--batch-size", 2,
                  "--out", tmp_path / "o")
     assert res.returncode == 0, res.stderr
-    shares = [json.loads((tmp_path / "o" / s / "explanation.json").read_text())["zbox_bounds"]["share_of_input_outside"]
-              for s in ("in", "out")]
+    docs = [json.loads((tmp_path / "o" / s / "explanation.json").read_text()) for s in ("in", "out")]
+    shares = [d["zbox_bounds"]["share_of_input_outside"] for d in docs]
     assert shares[0] == 0.0 and shares[1] == pytest.approx(36 / 432)
+    said = [[w for w in d["warnings"] if "z^B" in w] for d in docs]
+    assert said == [[], ["8% of the input values lie outside z^B's bounds [0, 1]: give the model's input "
+                         "range with --low/--high (or the normalisation with --mean/--std)"]]
+    assert f"warning: out: {said[1][0]}" in res.stderr and "warning: in: 8%" not in res.stderr

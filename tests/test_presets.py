@@ -72,7 +72,8 @@ def test_non_conserving_explanations_warn(nets, tmp_path):
     np.save(tmp_path / "x.npy", zm.inputs(7, n=1)[0])
     res = subprocess.run([sys.executable, "-c", "from lrpath_onnx.cli.main import entry; entry()", "explain",
                           str(nets["resnet"]), str(tmp_path / "x.npy"), "--out", str(tmp_path / "out"),
-                          "--preset", "epsilon-gamma-box"], capture_output=True, text=True)
+                          "--preset", "epsilon-gamma-box", "--low", "-1", "--high", "1"],  # the inputs' range
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     lines = [l for l in res.stderr.splitlines() if l.startswith("warning:")]
     assert len(lines) == 1 and "x: only" in lines[0] or "x: conservation" in lines[0]
@@ -84,8 +85,8 @@ def test_non_conserving_explanations_warn(nets, tmp_path):
 def test_conserving_default_writes_no_warning(nets, tmp_path):
     np.save(tmp_path / "x.npy", zm.inputs(7, n=1)[0])
     res = subprocess.run([sys.executable, "-c", "from lrpath_onnx.cli.main import entry; entry()", "explain",
-                          str(nets["mobilenet"]), str(tmp_path / "x.npy"), "--out", str(tmp_path / "out")],
-                         capture_output=True, text=True)
+                          str(nets["mobilenet"]), str(tmp_path / "x.npy"), "--out", str(tmp_path / "out"),
+                          "--low", "-1", "--high", "1"], capture_output=True, text=True)  # the inputs' range
     assert res.returncode == 0 and "warning" not in res.stderr, res.stderr
     doc = json.loads((tmp_path / "out" / "x" / "explanation.json").read_text())
     assert doc["warnings"] == [] and doc["preset"] == "auto" and doc["preset_applied"] == "conserving"

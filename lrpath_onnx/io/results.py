@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..api import Analyzer, Explanation
-from ..diagnose import conservation_warnings
+from ..diagnose import bounds_warnings, conservation_warnings
 from ..errors import InputError
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, with_scale_bar
 from .inputs import Sample
@@ -71,7 +71,9 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
         "rule_overrides": list(an.plan().overrides),
         "rules": an.plan().to_json(),
         "conservation": cons,
-        "warnings": conservation_warnings(cons, an.plan().applied),
+        "warnings": conservation_warnings(cons, an.plan().applied) + bounds_warnings(
+            None if exp.bounds_violation is None else float(exp.bounds_violation[i]),
+            np.asarray(an.low).reshape(-1), np.asarray(an.high).reshape(-1)),
         "zbox_bounds": {"low": np.asarray(an.low).reshape(-1).tolist(),
                         "high": np.asarray(an.high).reshape(-1).tolist(),
                         "share_of_input_outside": None if exp.bounds_violation is None
