@@ -238,6 +238,34 @@ def test_spearman_and_ssim():
 # ----------------------------------------------------------------------------- CLI
 
 
+def test_an_image_whose_explained_logit_is_near_zero_is_named(tmp_path):
+    """The curves divide by the explained logit: an image whose logit is almost 0 gets AOPCs far
+    beyond the ±2 a sign flip gives and swamps the means, so evaluate names it (stderr, JSON)."""
+    from lrpath_onnx.evaluate.run import near_zero_logit
+
+    clear = {"name": "a", "logit": 3.0, "methods": {"auto": {"morf_aopc": 0.7, "lerf_aopc": -0.1}}}
+    tiny = {"name": "b", "logit": 7e-4, "methods": {"auto": {"morf_aopc": 0.4, "lerf_aopc": -74.6},
+                                                    "random": {"morf_aopc": 1.0, "lerf_aopc": 1.0}}}
+    assert near_zero_logit(clear) == []
+    assert near_zero_logit(tiny) == ["b: the explained logit is 0.0007, near 0 for curves divided by it (an AOPC of "
+                                     "74.6); it dominates the means: explain a class it clearly scores (--target) "
+                                     "or leave it out"]
+    rng = np.random.default_rng(2)
+    model, W = _linear_model(rng, c=3)
+    path = models.save(model, tmp_path / "lin.onnx")
+    x = rng.uniform(0, 1, (3, 8, 8)).astype(np.float32)
+    t = int((x.reshape(1, -1) @ W).argmin())
+    x -= (W[:, t] * (x.reshape(-1) @ W[:, t] - 1e-4) / (W[:, t] @ W[:, t])).reshape(3, 8, 8)  # logit t now 1e-4
+    np.save(tmp_path / "x.npy", x)
+    res = lrpath("evaluate", path, tmp_path / "x.npy", "--out", tmp_path / "out", "--methods", "gradient-x-input",
+                 "--patch", "3", "--steps", "5", "--baseline", "zeros", "--layout", "nchw", "--target", t)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "out" / "evaluate.json").read_text())
+    assert doc["images"][0]["logit"] == pytest.approx(1e-4, abs=2e-6)
+    assert len(doc["warnings"]) == 1 and doc["warnings"][0].startswith("x: the explained logit is 0.0001")
+    assert f"warning: {doc['warnings'][0]}" in res.stderr
+
+
 def test_evaluate_cli_on_the_shipped_digits(tmp_path):
     out = tmp_path / "out"
     res = lrpath("evaluate", "mnist-vgg", *sorted(DIGITS.glob("digit_*.png")), "--out", out,
@@ -254,6 +282,7 @@ def test_evaluate_cli_on_the_shipped_digits(tmp_path):
     assert doc["settings"]["patch"] == 4 and doc["throughput"]["perturbed_inputs"] == 10 * 4 * 2 * 49
     assert Image.open(out / "curves.png").size == (1000, 1040)
     assert "auto" in res.stdout and "ABPC" in res.stdout
+    assert doc["warnings"] == [] and "warning" not in res.stderr  # every digit's logit is clear of 0
     sanity = json.loads((out / "sanity.json").read_text())
     assert [m["name"] for m in sanity["methods"]] == ["auto", "gradient", "gradient-x-input"]
     assert len(sanity["steps"]) == 3 and sanity["steps"][-1]["randomized"][-1] == "features.0"

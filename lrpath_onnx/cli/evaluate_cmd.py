@@ -81,6 +81,8 @@ def evaluate_cmd(args, out, methods, patch, steps, baseline, seed, smoothgrad_n,
     write_json(out / "evaluate.json", doc)
     write_png(out / "curves.png", curves_picture(doc))
     click.echo(table(doc))
+    for w in doc["warnings"]:
+        click.echo(f"warning: {w}", err=True)
     if sanity:
         sdoc = run_sanity(ses, names, ctx, sanity_steps, batch_size, out)
         write_json(out / "sanity.json", stamp("sanity", {**model_json(an.model_path, ses.model_name), **sdoc}))

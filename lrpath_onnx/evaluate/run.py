@@ -100,7 +100,7 @@ def evaluate(samples_batches: Iterator[list], methods: list[str], ctx: MethodCon
     samples with ``.tensor`` in the model layout and ``.name``)."""
     scores = {m: MethodScores() for m in methods}
     forward = BatchedForward(forward_run, settings.batch)
-    images = []
+    images, warnings = [], []
     t_start = time.perf_counter()
     perturb_seconds = 0.0
     rng = np.random.default_rng(settings.seed)
@@ -128,6 +128,7 @@ def evaluate(samples_batches: Iterator[list], methods: list[str], ctx: MethodCon
                 scores[m].lerf.append(c["lerf"])
                 mo, le = perturb.aopc(c["morf"]), perturb.aopc(c["lerf"])
                 rec["methods"][m] = {"morf_aopc": mo, "lerf_aopc": le, "abpc": mo - le}
+            warnings.extend(near_zero_logit(rec))
             images.append(rec)
         perturb_seconds += time.perf_counter() - t0
         if on_batch is not None:
@@ -153,6 +154,7 @@ def evaluate(samples_batches: Iterator[list], methods: list[str], ctx: MethodCon
     return {
         "methods": results,
         "images": images,
+        "warnings": warnings,
         "settings": settings.to_json(),
         "timings_s": {
             "total": total, "perturbation": perturb_seconds, "onnxruntime": forward.ort_seconds,
@@ -163,6 +165,21 @@ def evaluate(samples_batches: Iterator[list], methods: list[str], ctx: MethodCon
             "perturbation_stage_over_onnxruntime": perturb_seconds / forward.ort_seconds if forward.ort_seconds else None,
         },
     }
+
+
+#: an image's AOPC beyond this (a logit falling to minus itself drops by 2) means its explained
+#: logit is too close to 0 for curves divided by it
+AOPC_WARN = 2.0
+
+
+def near_zero_logit(rec: dict) -> list[str]:
+    """A warning for an image whose curves, divided by an explained logit near 0, swamp the
+    means over images (one such image decided a method ranking)."""
+    worst = max((abs(v[k]) for v in rec["methods"].values() for k in ("morf_aopc", "lerf_aopc")), default=0.0)
+    if worst <= AOPC_WARN:
+        return []
+    return [f"{rec['name']}: the explained logit is {rec['logit']:.3g}, near 0 for curves divided by it (an AOPC "
+            f"of {worst:.3g}); it dominates the means: explain a class it clearly scores (--target) or leave it out"]
 
 
 def _mean_curve(curves: list[np.ndarray]) -> list[float]:
