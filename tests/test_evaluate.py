@@ -247,9 +247,12 @@ def test_an_image_whose_explained_logit_is_near_zero_is_named(tmp_path):
     tiny = {"name": "b", "logit": 7e-4, "methods": {"auto": {"morf_aopc": 0.4, "lerf_aopc": -74.6},
                                                     "random": {"morf_aopc": 1.0, "lerf_aopc": 1.0}}}
     assert near_zero_logit(clear) == []
-    assert near_zero_logit(tiny) == ["b: the explained logit is 0.0007, near 0 for curves divided by it (an AOPC of "
-                                     "74.6); it dominates the means: explain a class it clearly scores (--target) "
-                                     "or leave it out"]
+    assert near_zero_logit(tiny) == ["b: the explained logit 0.0007 is small against how far perturbing moves it "
+                                     "(curves divided by it reach an AOPC of 74.6), so it dominates the means: "
+                                     "explain a class it clearly scores (--target) or leave it out"]
+    flat = {"name": "c", "logit": 0.0, "methods": {"auto": {"morf_aopc": 0.0, "lerf_aopc": 0.0}}}
+    assert near_zero_logit(flat) == ["c: the explained logit is exactly 0, so its curves are flat and score "
+                                     "nothing: explain a class it scores (--target) or leave it out"]
     rng = np.random.default_rng(2)
     model, W = _linear_model(rng, c=3)
     path = models.save(model, tmp_path / "lin.onnx")
@@ -262,7 +265,8 @@ def test_an_image_whose_explained_logit_is_near_zero_is_named(tmp_path):
     assert res.returncode == 0, res.stderr
     doc = json.loads((tmp_path / "out" / "evaluate.json").read_text())
     assert doc["images"][0]["logit"] == pytest.approx(1e-4, abs=2e-6)
-    assert len(doc["warnings"]) == 1 and doc["warnings"][0].startswith("x: the explained logit is 0.0001")
+    assert len(doc["warnings"]) == 1 and doc["warnings"][0].startswith("x: the explained logit 0.0001")
+    assert "is small against how far perturbing moves it" in doc["warnings"][0]
     assert f"warning: {doc['warnings'][0]}" in res.stderr
 
 

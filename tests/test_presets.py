@@ -95,10 +95,10 @@ def test_conserving_default_writes_no_warning(nets, tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_conserving_divides_gamma_and_zplus_without_a_stabiliser(tmp_path, seed):
-    """γ's and z⁺'s denominators are sums of one sign, so ``conserving`` divides them zero-safe:
-    a depthwise layer whose z⁺ denominators are about 10⁻⁶ (tiny weights, its output scaled
-    back up behind the ReLU) conserves, where zennit's ε = 10⁻⁶ takes a large share."""
+def test_conserving_divides_zplus_without_a_stabiliser(tmp_path, seed):
+    """z⁺'s denominators are sums of terms ≥ 0, so ``conserving`` divides them zero-safe: a
+    depthwise layer whose denominators are about 10⁻⁶ (tiny weights, its output scaled back up
+    behind the ReLU) conserves, where zennit's ε = 10⁻⁶ takes a large share."""
     from onnx import helper
 
     from tests import models

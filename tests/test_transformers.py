@@ -98,13 +98,14 @@ def test_layernorm_without_its_bias_divides_by_y_minus_b_and_conserves(tmp_path,
 
 
 def test_auto_gives_layernorm_without_attention_the_conserving_preset(tmp_path):
-    """A LayerNorm alone (a ConvNeXt's) is no transformer: ``conserving``, whose LayerNorm rule
-    leaves the bias out, not ``attnlrp``."""
+    """A LayerNorm alone (a ConvNeXt's) is no transformer: ``conserving`` (for the convolutions),
+    not ``attnlrp``; the LayerNorm keeps ε with its bias (``nobias`` blows single values up
+    where y ≈ b)."""
     model, _ = layernorm_model(np.random.default_rng(0), 3, 5)
     an = Analyzer(models.save(model, tmp_path / "ln.onnx"))
     assert an.plan().applied == "conserving" and "LayerNorm" in an.plan().reason
     rule = an.plan().rule_for(an.graph.find("ln"))
-    assert (rule.name, rule.bias) == ("epsilon", False)
+    assert (rule.name, rule.get("epsilon"), rule.bias) == ("epsilon", 1e-6, True)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -173,13 +173,18 @@ AOPC_WARN = 2.0
 
 
 def near_zero_logit(rec: dict) -> list[str]:
-    """A warning for an image whose curves, divided by an explained logit near 0, swamp the
-    means over images (one such image decided a method ranking)."""
+    """A warning for an image whose explained logit is too small for curves divided by it: they
+    swamp the means over images (one such image decided a method ranking), or, at exactly 0,
+    are flat and say nothing."""
+    if rec["logit"] == 0:
+        return [f"{rec['name']}: the explained logit is exactly 0, so its curves are flat and score nothing: "
+                "explain a class it scores (--target) or leave it out"]
     worst = max((abs(v[k]) for v in rec["methods"].values() for k in ("morf_aopc", "lerf_aopc")), default=0.0)
     if worst <= AOPC_WARN:
         return []
-    return [f"{rec['name']}: the explained logit is {rec['logit']:.3g}, near 0 for curves divided by it (an AOPC "
-            f"of {worst:.3g}); it dominates the means: explain a class it clearly scores (--target) or leave it out"]
+    return [f"{rec['name']}: the explained logit {rec['logit']:.3g} is small against how far perturbing moves it "
+            f"(curves divided by it reach an AOPC of {worst:.3g}), so it dominates the means: explain a class it "
+            "clearly scores (--target) or leave it out"]
 
 
 def _mean_curve(curves: list[np.ndarray]) -> list[float]:

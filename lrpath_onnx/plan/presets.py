@@ -88,16 +88,14 @@ def _epsilon_alpha2_beta1(graph: LayerGraph) -> dict[str, Rule]:
 
 
 @register_preset("conserving", "for residual, depthwise and BatchNorm-heavy nets: z^B first layer, z⁺ on "
-                               "grouped/depthwise convs, generalized γ=0.25 on the other convs (both "
-                               "zero-safe: their denominators are sums of one sign), ε=1e-6 on dense layers "
-                               "and LayerNorm (σ held), all without biases (outputs no input contributes to "
-                               "pass theirs on by w²), so relevance is conserved")
+                               "grouped/depthwise convs (zero-safe: its denominators are sums of terms ≥ 0), "
+                               "generalized γ=0.25 on the other convs, ε=1e-6 on dense layers, all without "
+                               "biases (outputs no input contributes to pass theirs on by w²), so relevance "
+                               "is conserved")
 def _conserving(graph: LayerGraph) -> dict[str, Rule]:
-    gamma = make_rule("gamma", 0.25, 0.0, bias=False)
-    epsilon = make_rule("epsilon", 1e-6, bias=False)
-    rules = _split_convs(graph, upper=gamma, lower=gamma, dense=epsilon, grouped=make_rule("zplus", 0.0, bias=False))
-    rules.update({l.name: epsilon for l in graph.layers if isinstance(l, LayerNormLayer)})
-    return rules
+    gamma = make_rule("gamma", 0.25, bias=False)
+    return _split_convs(graph, upper=gamma, lower=gamma, dense=make_rule("epsilon", 1e-6, bias=False),
+                        grouped=make_rule("zplus", 0.0, bias=False))
 
 
 def _transformer(graph: LayerGraph, bilinear: Rule) -> dict[str, Rule]:
