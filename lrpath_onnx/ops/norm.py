@@ -5,8 +5,9 @@ pass (AttnLRP; LXT stops the gradient through the variance), the layer is a line
 sample, ``y = A x + b`` with ``A = diag(w/σ)(I − 11ᵀ/D)``, and LRP-ε applies to it:
 ``s = R / stab(y)``, ``R_in = x ⊙ Aᵀ s = x ⊙ (w⊙s − mean(w⊙s)) / σ``. The bias ``b`` absorbs
 its share, as any bias; the centring moves relevance between features but conserves it. A rule
-without its bias (``nobias``, the ``conserving`` preset's) divides by ``A x = y − b`` instead:
-``Σ R_in = Σ R`` (but for the stabiliser).
+without its bias (``nobias``, asked for with ``--rule``) divides by ``A x = y − b`` instead:
+``Σ R_in = Σ R`` (but for the stabiliser), but the relevance reaching y is about proportional to
+y, so where y ≈ b single values grow without bound; no preset uses it.
 """
 
 from __future__ import annotations

@@ -143,8 +143,8 @@ class Choice:
 def choose_preset(graph: LayerGraph) -> Choice:
     """``attnlrp`` for transformers (attention: products of two activations, a softmax inside);
     ``epsilon-gamma-box`` for a plain chain of ReLU layers; ``conserving`` once residual sums,
-    gates, LayerNorm (a ConvNeXt) or linear bottlenecks (a convolution reading signed values)
-    appear. (Dense heads reading signed values, such as Keras' BatchNorm after a ReLU, do not
+    gates, LayerNorm without attention (a ConvNeXt: its convolutions want ``conserving``'s rules)
+    or linear bottlenecks (a convolution reading signed values) appear. (Dense heads reading signed values, such as Keras' BatchNorm after a ReLU, do not
     count: ε treats them alike.)"""
     attention = [l.name for l in graph.layers if isinstance(l, (BilinearLayer, SoftmaxLayer))]
     if attention:
