@@ -38,6 +38,16 @@ def test_graph_layers_and_chain_check(mnist):
         graph_layers(Analyzer(FIXTURES / "torch_resnet_block.onnx"))
 
 
+@pytest.mark.parametrize("command", ["paths", "optimize"])
+def test_a_model_without_a_chain_is_refused_before_out_is_made(tmp_path, command):
+    """One line, exit 2, and no empty --out folder left behind."""
+    an = Analyzer(FIXTURES / "torch_resnet_block.onnx")
+    np.save(tmp_path / "x.npy", np.zeros(an.input_shape[1:], np.float32))
+    res = lrpath(command, FIXTURES / "torch_resnet_block.onnx", tmp_path / "x.npy", "--out", tmp_path / "out")
+    assert res.returncode == 2 and "joins or mixes channels" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("sample", [0, 1])
 def test_full_graph_conserves_neuron_by_neuron(mnist, sample):
     """With every neuron kept, a neuron's outgoing flows add up to its relevance, and the

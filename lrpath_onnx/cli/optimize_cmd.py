@@ -7,6 +7,7 @@ import numpy as np
 
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json
 from ..io.schema import model_json, stamp
+from ..paths.neurons import graph_layers
 from ..paths.optimize import CRITERIA, DEFAULT_CRITERION, draw_sweep, sweep
 from .options import floats, progress
 from .session import input_options, open_session
@@ -35,6 +36,7 @@ def optimize(args, out, k_max, per_layer, criterion, tolerance, thresholds, **op
     xs = []
     for batch in ses.reader.batches(ses.paths, 1):
         xs.append(np.stack([batch[0].tensor]))
+    graph_layers(ses.an)  # a model without a chain of layers is refused before --out is made
     out = ensure_out_dir(out)
     clean_temporaries(out)
     with progress(len(xs), "optimizing") as bar:

@@ -7,6 +7,7 @@ import click
 from ..io.inputs import read_ahead
 from ..io.outputs import clean_temporaries, ensure_out_dir
 from ..paths.conditional import MODES
+from ..paths.neurons import graph_layers
 from ..paths.run import explain_paths
 from .options import progress
 from .session import input_options, open_session
@@ -39,6 +40,7 @@ def paths(args, out, k, per_layer, how, threshold, path_heatmap, path_heatmap_sc
     heatmap_k_paths_activation.png per input.
     """
     ses = open_session(args, out, **opts)
+    graph_layers(ses.an)  # a model without a chain of layers is refused before --out is made
     out = ensure_out_dir(out)
     clean_temporaries(out)
     with progress(len(ses.paths), "paths") as bar:
