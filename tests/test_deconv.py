@@ -389,7 +389,7 @@ def test_deconv_dataset_command(tmp_path):
 
 
 def test_a_layer_deconvolution_cannot_cross_leaves_no_folder(tmp_path):
-    """Exit 2 with one line naming the layer, and no per-input folder left half made."""
+    """Exit 2 with one line naming the layer, found before anything runs: no --out folder."""
     rng = np.random.default_rng(0)
     model, _ = _affine_cnn(rng)
     relu = next(n for n in model.graph.node if n.op_type == "Relu")
@@ -401,4 +401,4 @@ def test_a_layer_deconvolution_cannot_cross_leaves_no_folder(tmp_path):
     res = lrpath("deconv", path, tmp_path / "x.npy", "--layer", "conv2", "--out", tmp_path / "out")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == ["error: deconvolution through Softmax ('mix') is not defined"]
-    assert not (tmp_path / "out" / "x").exists()
+    assert not (tmp_path / "out").exists()

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..deconv.crop import box_json, box_text, pair
 from ..deconv.dataset import render, scan
-from ..deconv.reconstruct import layer_activation, neurons_on_paths, picture, reconstruct, select_neurons
+from ..deconv.reconstruct import (check_way_down, layer_activation, neurons_on_paths, picture, reconstruct,
+                                  select_neurons)
 from ..errors import InputError
 from ..graph.layers import ConvLayer
 from ..io.outputs import clean_temporaries, ensure_out_dir, make_folder, write_json
@@ -81,6 +82,7 @@ def deconv(args, out, layers, channels, top, from_paths, whole_map, full_frame, 
         if bad:
             raise InputError(f"--channels {bad[0]}: layer '{name}' has {k} channels (0..{k - 1})")
     for name in chosen:
+        check_way_down(an, name)
         an.request(activation_tensor(an, an.graph.find(name)))
     order = "bgr" if (ses.reader.pre and ses.reader.pre.channel_order == "bgr") else "rgb"
     out = ensure_out_dir(out)

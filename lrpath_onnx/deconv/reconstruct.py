@@ -16,7 +16,7 @@ import numpy as np
 
 from ..api import Analyzer
 from ..errors import InputError
-from ..ops.registry import BackwardContext
+from ..ops.registry import BackwardContext, OpHandler
 from ..paths.neurons import activation_tensor
 from ..runtime.replicate import replicate_forward
 
@@ -92,6 +92,18 @@ def select_neurons(act: np.ndarray, layer: str, channels=None, top: int | None =
         else:
             out.append(Neuron(layer, int(c), None, None, float(act[c])))
     return out
+
+
+def check_way_down(an: Analyzer, layer_name: str) -> None:
+    """The refusal ``reconstruct`` would end in, before anything is run or written: a layer the
+    signal from ``layer_name`` reaches on its way to the input has no deconvolution step."""
+    reached = {activation_tensor(an, an.graph.find(layer_name))}
+    for lay in reversed(an.graph.layers):
+        if lay.output not in reached:
+            continue
+        if type(lay.handler).deconv is OpHandler.deconv:
+            raise InputError(f"deconvolution through {lay.op} ('{lay.name}') is not defined")
+        reached.update(lay.handler.relevance_inputs(lay))
 
 
 def reconstruct(an: Analyzer, x: np.ndarray, neurons: list[Neuron], whole_map: bool = False) -> np.ndarray:
