@@ -92,20 +92,18 @@ def deconv(args, out, layers, channels, top, from_paths, whole_map, full_frame, 
     for batch in read_ahead(ses.reader.batches(ses.paths, 1)):
         sample = batch[0]
         folder = out / sample.name
+        make_folder(folder)
         x = sample.tensor[None]
         fwd = an.forward(x)
         if first_class is None:
             first_class = int(np.asarray(fwd[an.graph.output]).reshape(-1).argmax())
         tiles, records = ([(sample.display, "input")] if full_frame else []), []
         t0 = time.perf_counter()
-        done = []  # reconstructed first: a layer deconvolution cannot cross (exit 2) leaves no folder
         for name, chans in chosen.items():
             _, act = layer_activation(an, fwd, name)
             neurons = select_neurons(act, name, chans, None if chans else top)
             shown.setdefault(name, set()).update(nr.channel for nr in neurons)
-            done.append((name, neurons, reconstruct(an, x, neurons, whole_map)))
-        make_folder(folder)
-        for name, neurons, recs in done:
+            recs = reconstruct(an, x, neurons, whole_map)
             for nr, rec in zip(neurons, recs):
                 if full_frame:
                     pic, box = picture(rec, ses.layout, order), None

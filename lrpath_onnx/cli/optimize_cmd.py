@@ -32,11 +32,11 @@ def optimize(args, out, k_max, per_layer, criterion, tolerance, thresholds, **op
     and GetOptimizer's selection over thresholds; chooses the smallest K within tolerance
     on --criterion."""
     ses = open_session(args, out, **opts)
+    graph_layers(ses.an)  # a model without a chain of layers is refused before --out is made
     grid = floats(thresholds, "--thresholds")
     xs = []
     for batch in ses.reader.batches(ses.paths, 1):
         xs.append(np.stack([batch[0].tensor]))
-    graph_layers(ses.an)  # a model without a chain of layers is refused before --out is made
     out = ensure_out_dir(out)
     clean_temporaries(out)
     with progress(len(xs), "optimizing") as bar:

@@ -59,6 +59,8 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
     logits = exp.logits[i]
     is_class = isinstance(target, (int, np.integer))
     cons = exp.conservation(i)
+    outside = None if exp.bounds_violation is None else float(exp.bounds_violation[i])
+    low, high = np.asarray(an.low).reshape(-1), np.asarray(an.high).reshape(-1)
     return stamp("explanation", {
         **model_json(an.model_path, model_name),
         "input": str(sample.source),
@@ -71,13 +73,8 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
         "rule_overrides": list(an.plan().overrides),
         "rules": an.plan().to_json(),
         "conservation": cons,
-        "warnings": conservation_warnings(cons, an.plan().applied) + bounds_warnings(
-            None if exp.bounds_violation is None else float(exp.bounds_violation[i]),
-            np.asarray(an.low).reshape(-1), np.asarray(an.high).reshape(-1)),
-        "zbox_bounds": {"low": np.asarray(an.low).reshape(-1).tolist(),
-                        "high": np.asarray(an.high).reshape(-1).tolist(),
-                        "share_of_input_outside": None if exp.bounds_violation is None
-                        else float(exp.bounds_violation[i])},
+        "warnings": conservation_warnings(cons, an.plan().applied) + bounds_warnings(outside, low, high),
+        "zbox_bounds": {"low": low.tolist(), "high": high.tolist(), "share_of_input_outside": outside},
         "provider": exp.provider,
         "device": exp.device,
         "batch_size": batch_size,
