@@ -27,6 +27,7 @@ from .graph.loader import load_model
 from .ops.emit import term_nodes
 from .ops.registry import BackwardContext
 from .plan.planner import Plan, make_plan
+from .runtime.fixed_batch import first, fixed_batch, padded, padded_targets
 from .runtime.replicate import join_runs, replicate_forward
 from .runtime.session import ActivationRuntime, default_threads
 
@@ -105,6 +106,17 @@ class Explanation:
     products: dict = field(default_factory=dict)
     layer_seconds: dict[str, float] = field(default_factory=dict)
 
+    def first(self, n: int) -> "Explanation":
+        """The explanation of the batch's first ``n`` samples (without its forward tensors)."""
+        return Explanation(
+            relevance=self.relevance[:n], logits=self.logits[:n], targets=self.targets[:n],
+            start_relevance=self.start_relevance[:n],
+            flows=[LayerFlow(f.name, f.op, f.rule, f.relevance_out[:n], f.relevance_in[:n]) for f in self.flows],
+            kept={k: v[:n] for k, v in self.kept.items()}, provider=self.provider, device=self.device,
+            timings_s=dict(self.timings_s),
+            bounds_violation=None if self.bounds_violation is None else self.bounds_violation[:n],
+            layer_seconds=dict(self.layer_seconds))
+
     @property
     def input_relevance_sum(self) -> np.ndarray:
         return self.relevance.reshape(len(self.relevance), -1).sum(axis=1, dtype=np.float64)
@@ -123,10 +135,6 @@ class Explanation:
                            "ratio": float(f.relevance_in[i] / f.relevance_out[i]) if f.relevance_out[i] else None}
                           for f in self.flows],
         }
-
-
-def _fixed_batch(shape: tuple) -> int | None:
-    return shape[0] if shape and shape[0] else None
 
 
 class Analyzer:
@@ -266,14 +274,17 @@ class Analyzer:
         return np.ascontiguousarray(x)
 
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """onnxruntime forward of a checked batch, split to the model's fixed batch size if any."""
+        """onnxruntime forward of a checked batch, run in chunks of the model's fixed batch
+        size if it has one (the last filled up with copies, whose tensors are dropped)."""
         rt = self.runtime()
-        fixed = _fixed_batch(self.graph.input_shape)
+        fixed = fixed_batch(self.graph.input_shape)
         if fixed is None or x.shape[0] == fixed:
             return rt.run(x)
-        if x.shape[0] % fixed:
+        if x.shape[0] % fixed and self._batch_moves():
             raise InputError(f"the model takes batches of exactly {fixed}; got {x.shape[0]}")
-        return join_runs(self.graph, [rt.run(x[i:i + fixed]) for i in range(0, x.shape[0], fixed)])
+        xp = padded(x, fixed)
+        fwd = join_runs(self.graph, [rt.run(xp[i:i + fixed]) for i in range(0, xp.shape[0], fixed)])
+        return first(fwd, x.shape[0])
 
     def _start(self, fwd: dict, target: Target | Sequence[int], n: int):
         logits = fwd[self.graph.output]
@@ -320,8 +331,8 @@ class Analyzer:
         keep_forward : return the forward tensors too (``Explanation.forward``).
         """
         x = self.check_input(x)
-        fixed = _fixed_batch(self.graph.input_shape)
-        if fixed is not None and x.shape[0] > fixed and x.shape[0] % fixed == 0 and self._batch_moves():
+        fixed = fixed_batch(self.graph.input_shape)
+        if fixed is not None and x.shape[0] != fixed and self._batch_moves():
             return self._explain_in_parts(x, fixed, target, keep, masks)
         if isinstance(target, NeuronTarget):
             self.request(self.graph.find(target.layer).output)
@@ -350,11 +361,16 @@ class Analyzer:
     def _explain_in_parts(self, x: np.ndarray, fixed: int, target, keep, masks) -> Explanation:
         """A fixed-batch model whose batch axis moves inside (a transformer exported for batch 1):
         the batch is explained ``fixed`` samples at a time and the parts joined, since its
-        tensors cannot be stacked along one axis."""
-        parts = []
-        for i in range(0, x.shape[0], fixed):
+        tensors cannot be stacked along one axis. A last part short of ``fixed`` samples is
+        filled up with copies of its last sample, whose results are dropped."""
+        parts, n = [], x.shape[0]
+        xp = padded(x, fixed)
+        target = padded_targets(target, xp.shape[0])
+        for i in range(0, xp.shape[0], fixed):
             t = target[i:i + fixed] if isinstance(target, (list, tuple, np.ndarray)) else target
-            parts.append(self.explain(x[i:i + fixed], t, keep, masks))
+            parts.append(self.explain(xp[i:i + fixed], t, keep, masks))
+        if xp.shape[0] > n:
+            parts[-1] = parts[-1].first(fixed - (xp.shape[0] - n))
         first = parts[0]
         flows = [LayerFlow(f.name, f.op, f.rule, np.concatenate([p.flows[j].relevance_out for p in parts]),
                            np.concatenate([p.flows[j].relevance_in for p in parts]))

@@ -465,13 +465,14 @@ def test_explanations_time_each_layer_step(tmp_path):
     np.testing.assert_allclose(joined.relevance, exp.relevance, rtol=1e-5, atol=1e-7)
 
 
-def _fixed_batch_cnn(rng, own_indices: bool):
-    """``small_cnn`` exported for batch 1 only (torch.onnx.export's default): its MaxPool's
-    switches derived by the analyzer, or the model's own ``Indices`` output."""
+def _fixed_batch_cnn(rng, own_indices: bool, batch: int = 1):
+    """``small_cnn`` exported for one batch size only (torch.onnx.export's default: its dummy
+    input's): its MaxPool's switches derived by the analyzer, or the model's own ``Indices``
+    output."""
     model, _ = models.small_cnn(rng)
     g = model.graph
-    g.input[0].type.tensor_type.shape.dim[0].dim_value = 1
-    g.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    g.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    g.output[0].type.tensor_type.shape.dim[0].dim_value = batch
     if own_indices:
         pool = next(n for n in g.node if n.op_type == "MaxPool")
         pool.output.append("pool1_switches")
@@ -501,6 +502,73 @@ def test_a_batch_through_a_model_fixed_to_one_sample(tmp_path, seed, own_indices
     want = [float(e.relevance.sum() / e.start_relevance.sum()) for e in singles]
     np.testing.assert_allclose(sums, want, rtol=1e-4)
     assert min(abs(s) for s in sums) > 1e-3
+
+
+@pytest.mark.parametrize("own_indices", [False, True], ids=["derived", "own"])
+@pytest.mark.parametrize("n", [1, 3, 6, 8])
+def test_any_batch_through_a_model_fixed_to_four_samples(tmp_path, n, own_indices):
+    """A model exported for batch 4 explains any number of samples: the last chunk is filled
+    up with copies of its last sample, whose results are dropped. Every sample's relevance and
+    logits are what the same weights give with an open batch axis (before: one sample, or
+    three, was refused with "the model takes batches of exactly 4")."""
+    fixed = Analyzer(models.save(_fixed_batch_cnn(np.random.default_rng(5), own_indices, 4), tmp_path / "f.onnx"))
+    assert fixed.graph.input_shape[0] == 4
+    open_model, _ = models.small_cnn(np.random.default_rng(5))
+    free = Analyzer(models.save(open_model, tmp_path / "free.onnx"))
+    x = np.random.default_rng(n).random((n, 3, 12, 12)).astype(np.float32)
+    got, want = fixed.explain(x, keep=["conv2"]), free.explain(x, keep=["conv2"])
+    assert got.relevance.shape == want.relevance.shape == (n, 3, 12, 12)
+    assert got.targets == want.targets
+    np.testing.assert_allclose(got.logits, want.logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.relevance, want.relevance, rtol=1e-5, atol=1e-6 * np.abs(want.relevance).max())
+    np.testing.assert_allclose(got.kept["conv2"], want.kept["conv2"], rtol=1e-5,
+                               atol=1e-6 * np.abs(want.kept["conv2"]).max())
+    for a, b in zip(got.flows, want.flows):
+        np.testing.assert_allclose(a.relevance_in, b.relevance_in, rtol=1e-4, atol=1e-6)
+    assert len(fixed.forward(x)[fixed.graph.output]) == n
+
+
+def test_a_transformer_fixed_to_two_samples_explains_three(tmp_path):
+    """A model whose batch axis moves inside (attention) is explained a fixed batch at a time;
+    three samples through one exported for two: the last part is padded, and each sample's
+    relevance is what the open-batch model gives it."""
+    from lrpath_onnx.models import registry
+
+    model = onnx.load(registry.get("mnist-vit").path())
+    free = Analyzer(models.save(model, tmp_path / "free.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    fixed = Analyzer(models.save(model, tmp_path / "fixed.onnx"))
+    assert fixed.graph.input_shape[0] == 2 and fixed._batch_moves()
+    x = np.random.default_rng(7).random((3, 1, 28, 28)).astype(np.float32)
+    got = fixed.explain(x, target=[1, 2, 3])
+    assert got.targets == [1, 2, 3] and got.relevance.shape == (3, 1, 28, 28)
+    for i in range(3):
+        want = free.explain(x[i:i + 1], target=i + 1)
+        np.testing.assert_allclose(got.relevance[i:i + 1], want.relevance, rtol=1e-4,
+                                   atol=1e-5 * np.abs(want.relevance).max())
+        np.testing.assert_allclose(got.start_relevance[i], want.start_relevance[0], rtol=1e-5)
+
+
+def test_commands_run_a_model_fixed_to_four_samples_on_fewer(tmp_path):
+    """The plain forwards beside the analyzer (evaluate's perturbation curves, the masked
+    model of optimize, bench's baseline script) run a fixed-batch model in padded chunks too:
+    their logits equal the open-batch model's."""
+    from lrpath_onnx.cli.evaluate_cmd import plain_forward
+    from lrpath_onnx.cli.plain_forward import _runner, session
+    from lrpath_onnx.paths.masking import MaskedModel
+
+    path = models.save(_fixed_batch_cnn(np.random.default_rng(5), False, 4), tmp_path / "f.onnx")
+    open_model, _ = models.small_cnn(np.random.default_rng(5))
+    free = Analyzer(models.save(open_model, tmp_path / "free.onnx"))
+    x = np.random.default_rng(0).random((3, 3, 12, 12)).astype(np.float32)
+    want = free.forward(x)[free.graph.output]
+    np.testing.assert_allclose(plain_forward(path, "cpu", 4)(x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_runner(session(str(path), "cpu"))(x), want, rtol=1e-5, atol=1e-6)
+    masked = MaskedModel(Analyzer(path))
+    np.testing.assert_allclose(masked.run(x[:1]), want[:1], rtol=1e-5, atol=1e-6)
+    name, shape = next(iter(masked.shapes.items()))
+    off = masked.run(x[:1], {name: np.zeros(shape[1])})
+    np.testing.assert_allclose(off, MaskedModel(free).run(x[:1], {name: np.zeros(shape[1])}), rtol=1e-5, atol=1e-6)
 
 
 def test_a_multi_sample_npy_for_a_model_fixed_to_one_sample(tmp_path):

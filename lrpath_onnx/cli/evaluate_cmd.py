@@ -15,6 +15,7 @@ from ..evaluate.sanity_run import run_sanity
 from ..io.inputs import read_ahead
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json, write_png
 from ..io.schema import model_json, stamp
+from ..runtime.fixed_batch import run_in_chunks
 from ..runtime.session import choose_providers
 from ..viz.curve import render_curve
 from .options import progress
@@ -31,7 +32,7 @@ def plain_forward(model_path: Path, device: str, fixed_batch: int | None):
     def run(x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)
         if fixed_batch and x.shape[0] != fixed_batch:
-            return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(x.shape[0])])
+            return run_in_chunks(lambda part: sess.run(None, {name: part})[0], x, fixed_batch)
         return sess.run(None, {name: x})[0]
     return run
 

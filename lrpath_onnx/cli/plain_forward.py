@@ -9,6 +9,9 @@ printing one JSON line:
 - ``python plain_forward.py MODEL cpu|cuda --files B F...``: every ``.npy`` file through the
   session in batches of B, as a script that explains nothing would (the process's wall time
   is what is compared).
+
+A model exported for a fixed batch size is run as a user would have to: in chunks of that
+size, the last filled up with copies of its last sample.
 """
 
 from __future__ import annotations
@@ -30,18 +33,35 @@ def _shape(sess, batch: int) -> tuple:
     return tuple(batch if i == 0 else int(d) for i, d in enumerate(dims))
 
 
+def _runner(sess):
+    """``x ->`` the session's first output, in chunks where the model's batch size is fixed."""
+    import numpy as np
+
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+
+    def run(x):
+        if fixed is None or x.shape[0] == fixed:
+            return sess.run(None, {inp.name: x})[0]
+        short = -x.shape[0] % fixed
+        xp = np.concatenate([x, np.repeat(x[-1:], short, axis=0)]) if short else x
+        return np.concatenate([sess.run(None, {inp.name: xp[i:i + fixed]})[0]
+                               for i in range(0, xp.shape[0], fixed)])[:x.shape[0]]
+    return run
+
+
 def timed(model: str, provider: str, batch: int, runs: int, warmup: int, seed: int) -> dict:
     import numpy as np
 
     sess = session(model, provider)
     x = np.random.default_rng(seed).random(_shape(sess, batch), dtype=np.float32)
-    feed = {sess.get_inputs()[0].name: x}
+    run = _runner(sess)
     for _ in range(warmup):
-        sess.run(None, feed)
+        run(x)
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        sess.run(None, feed)
+        run(x)
         times.append(time.perf_counter() - t)
     return {"seconds": times, "providers": sess.get_providers()}
 
@@ -50,13 +70,12 @@ def files(model: str, provider: str, batch: int, paths: list[str]) -> dict:
     import numpy as np
 
     sess = session(model, provider)
-    name = sess.get_inputs()[0].name
+    run = _runner(sess)
     xs = [np.load(p) for p in paths]
     xs = [x[None] if x.ndim == len(sess.get_inputs()[0].shape) - 1 else x for x in xs]
     n = 0
     for i in range(0, len(xs), batch):
-        out = sess.run(None, {name: np.concatenate(xs[i:i + batch]).astype(np.float32)})
-        n += out[0].shape[0]
+        n += run(np.concatenate(xs[i:i + batch]).astype(np.float32)).shape[0]
     return {"inputs": n}
 
 

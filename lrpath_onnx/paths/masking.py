@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 
 from ..api import Analyzer
 from ..ops.emit import mask_node
+from ..runtime.fixed_batch import fixed_batch, run_in_chunks
 from ..runtime.session import ActivationRuntime
 from .neurons import graph_layers
 
@@ -43,4 +44,8 @@ class MaskedModel:
         masks = masks or {}
         feed = {f"mask:{name}": np.asarray(masks.get(name, np.ones(shape[1])), np.float32).reshape(shape)
                 for name, shape in self.shapes.items()}
-        return self.runtime.run(np.asarray(x, np.float32), feed)[self.an.graph.output]
+        x = np.asarray(x, np.float32)
+        fixed = fixed_batch(self.an.graph.input_shape)
+        if fixed and x.shape[0] != fixed:  # a model exported for a fixed batch size
+            return run_in_chunks(lambda part: self.runtime.run(part, feed)[self.an.graph.output], x, fixed)
+        return self.runtime.run(x, feed)[self.an.graph.output]
