@@ -20,6 +20,7 @@ from .backend import make_backend
 from .backward.bounds import box_bounds
 from .backward.linear_rules import WeightCache
 from .backward.propagate import LayerFlow, last_readers, propagate, session_needs
+from .diagnose import bounds_warnings, conservation_warnings
 from .errors import InputError
 from .graph.canonical import build_layer_graph
 from .graph.layers import LayerGraph, TransposeLayer
@@ -209,6 +210,13 @@ class Analyzer:
     # ------------------------------------------------------------------ structure
     def plan(self) -> Plan:
         return self._plan
+
+    def warnings(self, exp: Explanation, i: int) -> list[str]:
+        """What ``lrpath explain`` warns about sample ``i`` of ``exp`` (explanation.json's
+        ``warnings``): conservation far from 1 and why, an input outside z^B's bounds."""
+        outside = None if exp.bounds_violation is None else float(exp.bounds_violation[i])
+        low, high = np.asarray(self.low).reshape(-1), np.asarray(self.high).reshape(-1)
+        return conservation_warnings(exp.conservation(i), self._plan.applied) + bounds_warnings(outside, low, high)
 
     @property
     def input_shape(self) -> tuple:

@@ -615,3 +615,5 @@ def test_share_of_input_outside_the_bounds_is_per_sample(tmp_path):
     assert said == [[], ["8% of the input values lie outside z^B's bounds [0, 1]: give the model's input "
                          "range with --low/--high (or the normalisation with --mean/--std)"]]
     assert f"warning: out: {said[1][0]}" in res.stderr and "warning: in: 8%" not in res.stderr
+    assert [[w for w in an.warnings(exp, i) if "z^B" in w] for i in (0, 1)] == said  # the API says the same
+    assert an.warnings(exp, 1) == docs[1]["warnings"]

@@ -8,7 +8,6 @@ from typing import Sequence
 import numpy as np
 
 from ..api import Analyzer, Explanation
-from ..diagnose import bounds_warnings, conservation_warnings
 from ..errors import InputError
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, with_scale_bar
 from .inputs import Sample
@@ -73,7 +72,7 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
         "rule_overrides": list(an.plan().overrides),
         "rules": an.plan().to_json(),
         "conservation": cons,
-        "warnings": conservation_warnings(cons, an.plan().applied) + bounds_warnings(outside, low, high),
+        "warnings": an.warnings(exp, i),
         "zbox_bounds": {"low": low.tolist(), "high": high.tolist(), "share_of_input_outside": outside},
         "provider": exp.provider,
         "device": exp.device,
