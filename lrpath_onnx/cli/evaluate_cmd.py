@@ -28,12 +28,16 @@ def plain_forward(model_path: Path, device: str, fixed_batch: int | None):
     """What a user would run: an onnxruntime session with default settings, the logits only."""
     sess = ort.InferenceSession(str(model_path), providers=choose_providers("auto" if device == "cuda" else device))
     name = sess.get_inputs()[0].name
+    dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32  # a float16 model
+
+    def one(x: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run(None, {name: x.astype(dtype, copy=False)})[0], np.float32)
 
     def run(x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)
         if fixed_batch and x.shape[0] != fixed_batch:
-            return run_in_chunks(lambda part: sess.run(None, {name: part})[0], x, fixed_batch)
-        return sess.run(None, {name: x})[0]
+            return run_in_chunks(one, x, fixed_batch)
+        return one(x)
     return run
 
 

@@ -34,13 +34,16 @@ def _shape(sess, batch: int) -> tuple:
 
 
 def _runner(sess):
-    """``x ->`` the session's first output, in chunks where the model's batch size is fixed."""
+    """``x ->`` the session's first output, in chunks where the model's batch size is fixed (and
+    in float16 for a float16 model)."""
     import numpy as np
 
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
 
     def run(x):
+        x = x.astype(dtype, copy=False)
         if fixed is None or x.shape[0] == fixed:
             return sess.run(None, {inp.name: x})[0]
         short = -x.shape[0] % fixed

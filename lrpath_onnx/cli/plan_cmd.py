@@ -56,7 +56,7 @@ def plan(model, preset, rules, device, as_json, list_presets):
                                "unsupported": [{"op": e.op_type, "node": e.node, "detail": e.detail}
                                                for e in unsupported]}), indent=2, default=str))
     else:
-        click.echo(f"model  {model}  (opset {loaded.opset})")
+        click.echo(f"model  {model}  (opset {loaded.opset}" + ("; float16, analysed in float32)" if loaded.widened else ")"))
         click.echo(f"input  {graph.input} {_fmt(graph.input_shape)}   explained output  {graph.output} "
                    f"{_fmt(graph.output_shape)}" + (f"   (stripped: {', '.join(graph.stripped)})" if graph.stripped else ""))
         click.echo(f"preset {p.describe()}" + (f"   overrides: {' '.join(rules)}" if rules else "") + "   (* = override)")

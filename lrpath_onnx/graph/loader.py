@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError
-from . import protoscan
+from . import protoscan, upcast
 
 #: initializers with more elements than this are stubbed in the skeleton proto.
 STUB_ELEMENTS = 4096
@@ -37,6 +37,8 @@ class LoadedModel:
     initializers: dict[str, np.ndarray]
     opset: int
     stubbed: set[str] = field(default_factory=set)
+    #: a float16 model, analysed in float32 (``upcast``)
+    widened: bool = False
 
 
 def _check_path(path: Path) -> None:
@@ -220,4 +222,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     for t in _all_tensors(skeleton.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:  # Constant attributes with external data
             onnx.external_data_helper.load_external_data_for_tensor(t, str(base))
-    return LoadedModel(path=path, proto=skeleton, initializers=inits, opset=opset, stubbed=stubbed)
+    half = upcast.is_half(skeleton, inits)
+    if half:
+        upcast.widen(skeleton, inits)
+    return LoadedModel(path=path, proto=skeleton, initializers=inits, opset=opset, stubbed=stubbed, widened=half)
