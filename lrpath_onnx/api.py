@@ -24,7 +24,7 @@ from .diagnose import bounds_warnings, conservation_warnings
 from .errors import InputError
 from .graph.canonical import build_layer_graph
 from .graph.layers import LayerGraph, TransposeLayer
-from .graph.loader import load_model
+from .graph.loader import fix_input_size, load_model
 from .ops.emit import term_nodes
 from .ops.registry import BackwardContext
 from .plan.planner import Plan, make_plan
@@ -151,6 +151,8 @@ class Analyzer:
         bounds come with it).
     low, high : z^B bounds in the model's input space, broadcastable to the input
         (e.g. shape (1, C, 1, 1)); default: the zoo entry's, else 0 and 1.
+    size : ``(height, width)`` for a model whose input leaves them open: every layer's
+        shape is then known (neuron paths and receptive fields need them).
     rule_forward : where the modified-weight forward products of γ/z⁺/αβ are computed:
         ``kernels`` (numba/BLAS during the backward pass, the default: faster and lighter
         on VGG16) or ``runtime`` (extra Conv/Gemm nodes in the onnxruntime session).
@@ -159,11 +161,14 @@ class Analyzer:
     def __init__(self, model_path: str | Path, preset: str = "auto",
                  rules: Sequence[str] = (), device: str = "cpu",
                  low: np.ndarray | float | None = None, high: np.ndarray | float | None = None,
-                 threads: int | None = None, rule_forward: str = "kernels") -> None:
+                 threads: int | None = None, rule_forward: str = "kernels",
+                 size: tuple[int, int] | None = None) -> None:
         self.model_path, self.zoo = _model_file(model_path)
         self.backend = make_backend(device)
         self.device = self.backend.name
         self.model = load_model(self.model_path)
+        if size is not None:
+            fix_input_size(self.model, size)
         self.graph: LayerGraph = build_layer_graph(self.model)
         self._plan = make_plan(self.graph, preset, rules)
         if low is None and high is None and self.zoo is not None and self.zoo.preprocessing:

@@ -161,7 +161,7 @@ def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), d
             "layout": None if layout == "auto" else layout}
     opts = {**_zoo_opts(entry), **{k: v for k, v in opts.items() if v is not None}}
     lo, hi = floats(low, "--low"), floats(high, "--high")
-    an = Analyzer(model, preset=preset, rules=rules, device=device)
+    an = Analyzer(model, preset=preset, rules=rules, device=device, size=opts.get("size"))
     pre = image_preprocess(an.input_shape, opts, images=not paths or any(p.suffix.lower() != ".npy" for p in paths))
     lay = pre.layout if pre else (opts.get("layout") or "nchw")
     an.set_bounds(*bounds(pre, lo, hi, lay))

@@ -20,7 +20,7 @@ import onnx
 from ..errors import ModelError, UnsupportedOpError
 from ..ops import handler_for
 from ..ops.registry import Alias, ParseContext, Strip
-from ..runtime.shape_probe import shape_probe
+from ..runtime.shape_probe import open_shapes, shape_probe
 from .constants import fold_constants, fold_shape_arithmetic
 from .layernorm_pattern import fuse_layernorm
 from .layers import Layer, LayerGraph
@@ -66,20 +66,45 @@ def topological_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.Node
     return [graph.node[i] for i in order]
 
 
-def infer_shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
-    """Static shapes by onnx shape inference (``None`` for unknown dims); best effort."""
+def infer_shapes(proto: onnx.ModelProto) -> tuple[dict[str, tuple], dict[str, int]]:
+    """Static shapes by onnx shape inference (``None`` for unknown dims), and element types;
+    best effort."""
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except Exception:
         inferred = proto
     shapes: dict[str, tuple] = {}
+    types: dict[str, int] = {}
     g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         t = vi.type.tensor_type
+        if t.elem_type:
+            types[vi.name] = t.elem_type
         if t.HasField("shape"):
             shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                                     for d in t.shape.dim)
-    return shapes
+    return shapes, types
+
+
+def _open_shape_probe(model: LoadedModel, x: str, nodes: list[onnx.NodeProto], varying: set[str],
+                      shapes: dict[str, tuple], types: dict[str, int]):
+    """``probe()`` → the shapes that inference left open (sizes computed at run time: a Pad's
+    or a Resize's from ``Shape`` ops, a channel shuffle's reshape), from onnxruntime runs on
+    zeros where the input's size is known. Only tensors of a known element type are fetched."""
+    batch_open = int(not shapes.get(x) or shapes[x][0] is None)  # one None is then the batch's
+
+    def open_(t: str) -> bool:
+        shape = shapes.get(t)
+        return shape is None or sum(d is None for d in shape) > batch_open
+
+    wanted = {t: types[t] for n in nodes for t in n.output if t in varying and t in types and open_(t)}
+    return lambda: open_shapes(model, x, shapes.get(x) or (), wanted) if wanted else {}
+
+
+def _resize_sizes_at_run_time(nodes: list[onnx.NodeProto], consts: dict) -> bool:
+    """Whether a Resize's sizes or scales are computed at run time: its parse needs the
+    output's shape, so open shapes are probed before the layers are parsed."""
+    return any(n.op_type in ("Resize", "Upsample") and any(i and i not in consts for i in n.input[1:]) for n in nodes)
 
 
 #: where torch.onnx's dynamo exporter records a node's module path (its node names are ``node_conv2d_3``)
@@ -193,11 +218,15 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     init_names = {t.name for t in graph.initializer} | {vi.name for vi in graph.input}
     nodes = topological_nodes(graph, init_names)
     consts = fold_constants_ordered(graph, nodes, model)
-    shapes = infer_shapes(proto)
+    shapes, types = infer_shapes(proto)
     x = _image_input(model, shapes)
     varying = varying_tensors(nodes, x)
     consts.update(fold_shape_arithmetic(nodes, consts, shapes, varying, model.opset,
                                         probe=shape_probe(model, x, shapes.get(x) or ())))
+    probe = _open_shape_probe(model, x, nodes, varying, shapes, types)
+    if _resize_sizes_at_run_time(nodes, consts):
+        shapes.update(probe())
+        probe = None
     nodes = fuse_layernorm(nodes, consts, shapes)
     node_names = _unique_names(nodes)
     producer = {o: n for n in nodes for o in n.output if o}
@@ -293,7 +322,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     if not any(l.output == out for l in layers) and not errors:
         raise ModelError(f"graph output '{out}' is not computed from the input")
     return LayerGraph(layers=layers, input=x, output=out, input_shape=shapes.get(x) or (),
-                      output_shape=shapes.get(out) or (), shapes=shapes, stripped=stripped)
+                      output_shape=shapes.get(out) or (), shapes=shapes, stripped=stripped, shape_probe=probe)
 
 
 #: ops whose output depends on their input's shape only, never on its values

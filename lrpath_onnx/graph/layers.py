@@ -12,7 +12,7 @@ business: ``layer.handler`` is the one place that knows its op.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import networkx as nx
 import numpy as np
@@ -440,6 +440,8 @@ class LayerGraph:
     output_shape: tuple
     shapes: dict[str, tuple]
     stripped: list[str] = field(default_factory=list)
+    #: shapes inference left open, from onnxruntime runs on zeros: called once, by ``fill_open_shapes``
+    shape_probe: Callable[[], dict[str, tuple]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.producer = {l.output: l for l in self.layers}
@@ -448,6 +450,14 @@ class LayerGraph:
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)
+
+    def fill_open_shapes(self) -> None:
+        """Fill the shapes onnx's inference left open (sizes an exporter computes at run time),
+        once: neuron paths and receptive fields need them, explaining does not (efficientnet-
+        lite0's run-time pads: 0.2 s of onnxruntime runs a load would pay for nothing)."""
+        if self.shape_probe is not None:
+            probe, self.shape_probe = self.shape_probe, None
+            self.shapes.update(probe())
 
     def batch_axes(self) -> dict[str, int | None]:
         """The batch axis of every layer's output: 0, another axis where attention moved it (the

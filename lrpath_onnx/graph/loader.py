@@ -226,3 +226,20 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     if half:
         upcast.widen(skeleton, inits)
     return LoadedModel(path=path, proto=skeleton, initializers=inits, opset=opset, stubbed=stubbed, widened=half)
+
+
+def fix_input_size(model: LoadedModel, size: tuple[int, int]) -> None:
+    """Set the image input's open height and width to ``size`` (a model exported with dynamic
+    spatial axes), so that every layer's shape follows: neuron paths and receptive fields
+    need them. Dims the model fixes are left as they are."""
+    inits = {t.name for t in model.proto.graph.initializer}
+    vi = next((v for v in model.proto.graph.input if v.name not in inits), None)
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        return
+    dims = vi.type.tensor_type.shape.dim
+    spatial = [d for d in list(dims)[1:] if not (d.HasField("dim_value") and d.dim_value > 0)]
+    if len(spatial) != 2 or len(dims) != 4:
+        return
+    for d, v in zip(spatial, size):
+        d.Clear()
+        d.dim_value = int(v)

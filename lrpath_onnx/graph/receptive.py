@@ -20,6 +20,7 @@ def receptive_box(graph: LayerGraph, tensor: str, index: tuple[int, ...]) -> tup
 
 def carry_box(graph: LayerGraph, tensor: str, box: tuple) -> tuple | None:
     """The input box that the elements ``box`` of ``tensor`` read."""
+    graph.fill_open_shapes()
     pending = {tensor: box}
     for layer in reversed(graph.layers):
         b = pending.pop(layer.output, None)

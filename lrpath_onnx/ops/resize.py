@@ -123,7 +123,9 @@ class ResizeHandler(ChannelKeeping, LinearHandler):
             if _text(attrs.get("keep_aspect_ratio_policy"), "stretch") != "stretch" or attrs.get("axes") is not None:
                 raise ctx.fail(node, "keep_aspect_ratio_policy / axes (only a plain resize of H and W)")
             scales = ctx.optional_const(node, 2, "scales")
-            sizes = ctx.optional_const(node, 3, "sizes")
+            run_time = len(node.input) > 3 and node.input[3] and not ctx.is_const(node.input[3]) \
+                and not ctx.depends_on_input(node.input[3])  # sizes from the input's shape, not its values
+            sizes = None if run_time else ctx.optional_const(node, 3, "sizes")
             if scales is not None and scales.size == 0:
                 scales = None
         shape = ctx.shape(node.input[0])
@@ -135,8 +137,14 @@ class ResizeHandler(ChannelKeeping, LinearHandler):
                 raise ctx.fail(node, f"scales {scales} (only H and W may change)")
             return node_layer(ResizeLayer, node, ctx, self, [node.input[0]], mode=mode, coordinate_mode=coords,
                               nearest_mode=nearest, scales=(scales[2], scales[3]))
-        if sizes is None:
-            raise ctx.fail(node, "neither scales nor sizes is a constant")
+        if sizes is None:  # computed at run time (F.interpolate(size=…) builds it from x.shape): the output's size
+            out = ctx.shape(node.output[0])
+            if out is None or len(out) != 4 or out[2] is None or out[3] is None:
+                raise ctx.fail(node, "neither scales nor sizes is a constant, and the output's size is not known")
+            if shape is not None and None not in (shape[1], out[1]) and shape[1] != out[1]:
+                raise ctx.fail(node, f"output shape {out} from input {shape} (only H and W may change)")
+            return node_layer(ResizeLayer, node, ctx, self, [node.input[0]], mode=mode, coordinate_mode=coords,
+                              nearest_mode=nearest, sizes=(out[2], out[3]))
         sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
         if len(sizes) != 4 or (shape is not None and (sizes[0], sizes[1]) != (shape[0] or sizes[0], shape[1] or sizes[1])):
             raise ctx.fail(node, f"sizes {sizes} (only H and W may change)")

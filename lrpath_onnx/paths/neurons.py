@@ -39,6 +39,7 @@ def relevant_layers(an: Analyzer) -> set[str]:
 
 def graph_layers(an: Analyzer) -> list[Layer]:
     """The Conv/dense layers in order, checked to form a chain; raises with the culprit."""
+    an.graph.fill_open_shapes()
     reached = relevant_layers(an)
     attention = [l for l in an.graph.layers if l.kind in (BILINEAR, SOFTMAX, NORM) and l.name in reached]
     if attention:
