@@ -346,6 +346,19 @@ class LayerNormLayer(Layer):
 
 
 @dataclass(eq=False)
+class InstanceNormLayer(LayerNormLayer):
+    """InstanceNormalization: per sample and channel over the axes from 2 on, ``(x − μ)/σ ·
+    weight_c + bias_c`` (torch's GroupNorm exports as one over (N, groups, rest) between two
+    Reshapes, its affine part as a Mul and an Add after them)."""
+
+    axis: int = 2
+    family: ClassVar[str] = "instancenorm"
+
+    def describe(self) -> str:
+        return self._join(f"eps={self.epsilon:g}", self._folded())
+
+
+@dataclass(eq=False)
 class ReduceLayer(Layer):
     """ReduceMean (``mean``) or ReduceSum over ``axes`` (not the batch): a sum of its inputs."""
 

@@ -42,6 +42,10 @@ def graph_layers(an: Analyzer) -> list[Layer]:
     an.graph.fill_open_shapes()
     reached = relevant_layers(an)
     attention = [l for l in an.graph.layers if l.kind in (BILINEAR, SOFTMAX, NORM) and l.name in reached]
+    if attention and all(l.kind == NORM for l in attention):
+        raise InputError(f"neuron paths are defined for chains of conv and dense layers: '{attention[0].name}' "
+                         f"({attention[0].op}) normalises each neuron by its layer's or plane's statistics, so "
+                         "no per-neuron flow conserves; use `lrpath explain` and `lrpath evaluate` for this model")
     if attention:
         raise InputError(f"neuron paths are defined for chains of conv and dense layers, not transformers "
                          f"('{attention[0].name}' is {attention[0].op}): a token mixes every position and "

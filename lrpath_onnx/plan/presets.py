@@ -157,7 +157,7 @@ def choose_preset(graph: LayerGraph) -> Choice:
               if isinstance(l, ConvLayer) and l.name not in firsts and not l.nonneg_input]
     found = [(f"{len(merges)} residual sum(s), e.g. '{merges[0]}'" if merges else ""),
              (f"{len(gates)} gate(s), e.g. '{gates[0]}'" if gates else ""),
-             (f"{len(norms)} LayerNorm(s), e.g. '{norms[0]}'" if norms else ""),
+             (f"{len(norms)} LayerNorm/InstanceNorm layer(s), e.g. '{norms[0]}'" if norms else ""),
              (f"{len(signed)} convolution(s) reading signed values (linear bottlenecks, smooth "
               f"activations), e.g. '{signed[0]}'" if signed else "")]
     found = [f for f in found if f]
