@@ -29,6 +29,8 @@ from .passes import PassContext, run_passes
 
 #: ops that may end the graph and are removed there (LRP explains the logits before them)
 STRIPPABLE = ("Softmax", "LogSoftmax", "Identity", "Dropout")
+#: a QDQ model's rounding of its output, removed with them (the logits before it are explained)
+OUTPUT_ROUNDING = ("QuantizeLinear", "DequantizeLinear")
 
 
 def topological_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
@@ -241,8 +243,12 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     if out in consts or out == x:
         raise ModelError(f"graph output '{out}' does not depend on the input '{x}'")
     stripped: list[str] = []
-    while out in producer and producer[out].op_type in STRIPPABLE:  # trailing Softmax/Identity/Dropout
+    while out in producer and producer[out].op_type in STRIPPABLE + OUTPUT_ROUNDING:  # trailing Softmax/Identity/…
         node = producer[out]
+        if node.op_type in OUTPUT_ROUNDING:
+            stripped.append(node_names[id(node)])
+            out = node.input[0]
+            continue
         res = _parse_node(handler_for(node.op_type).parse, node, ParseContext(consts, shapes, model.opset,
                                                                          node_names[id(node)]))
         if isinstance(res, (Alias, Strip)):

@@ -99,6 +99,22 @@ def _div(node, ins):
     return a / b
 
 
+def _dequantize(node, ins):
+    """DequantizeLinear of a constant (a QDQ model's weights): ``(x − zero_point) · scale``, per
+    tensor or per channel along ``axis``; blocked quantization is left to the reference evaluator."""
+    attrs = _attrs(node)
+    if attrs.get("block_size"):
+        raise ValueError("blocked quantization")
+    x = np.asarray(ins[0])
+    scale = np.asarray(ins[1], np.float32)
+    zero = np.asarray(ins[2]) if len(ins) > 2 and ins[2] is not None else np.zeros((), x.dtype)
+    if scale.ndim == 1 and x.ndim > 0:
+        shape = [1] * x.ndim
+        shape[attrs.get("axis", 1) % x.ndim] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.ndim == 1 else zero
+    return ((x.astype(np.int64) - zero.astype(np.int64)) * scale).astype(np.float32)
+
+
 FOLDERS: dict[str, Folder] = {
     "Constant": _constant,
     "ConstantOfShape": _constant_of_shape,
@@ -122,6 +138,7 @@ FOLDERS: dict[str, Folder] = {
                                                              np.asarray(ins[0]).dtype),
     "Sqrt": lambda node, ins: np.sqrt(ins[0]),
     "Reciprocal": lambda node, ins: 1.0 / np.asarray(ins[0]),
+    "DequantizeLinear": _dequantize,
 }
 
 

@@ -20,8 +20,8 @@ _SQUASHING = ("sigmoid", "hardsigmoid", "tanh")
 
 def _squashed(tensor: str, producer: dict[str, Layer]) -> bool:
     layer = producer.get(tensor)
-    while isinstance(layer, AffineLayer):
-        layer = producer.get(layer.inputs[0])
+    while isinstance(layer, AffineLayer) or (isinstance(layer, ActivationLayer) and layer.fn == "fakequant"):
+        layer = producer.get(layer.inputs[0])  # scaled, shifted or quantized (QDQ) after: still bounded
     if not isinstance(layer, ActivationLayer):
         return False
     if layer.fn == "clip":
