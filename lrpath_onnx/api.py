@@ -28,7 +28,7 @@ from .graph.loader import fix_input_size, load_model
 from .ops.emit import term_nodes
 from .ops.registry import BackwardContext
 from .plan.planner import Plan, make_plan
-from .runtime.fixed_batch import first, fixed_batch, padded, padded_targets
+from .runtime.fixed_batch import first_samples, fixed_batch, padded, padded_targets
 from .runtime.replicate import join_runs, replicate_forward
 from .runtime.session import ActivationRuntime, default_threads
 
@@ -297,7 +297,7 @@ class Analyzer:
             raise InputError(f"the model takes batches of exactly {fixed}; got {x.shape[0]}")
         xp = padded(x, fixed)
         fwd = join_runs(self.graph, [rt.run(xp[i:i + fixed]) for i in range(0, xp.shape[0], fixed)])
-        return first(fwd, x.shape[0])
+        return first_samples(fwd, x.shape[0])
 
     def _start(self, fwd: dict, target: Target | Sequence[int], n: int):
         logits = fwd[self.graph.output]

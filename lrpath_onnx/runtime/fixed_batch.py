@@ -26,14 +26,9 @@ def padded_targets(target, n: int):
     return list(target) + [target[-1]] * (n - len(target))
 
 
-def first(tensors: dict[str, np.ndarray], real: int, axes: dict[str, int | None] | None = None) -> dict:
-    """The first ``real`` samples of each tensor, cut along its batch axis (0 unless ``axes``
-    names another)."""
-    out = {}
-    for name, t in tensors.items():
-        ax = (axes or {}).get(name, 0) or 0
-        out[name] = t if t.ndim == 0 or t.shape[ax] == real else np.take(t, np.arange(real), axis=ax)
-    return out
+def first_samples(tensors: dict[str, np.ndarray], real: int) -> dict:
+    """The first ``real`` samples of each (batch-first) tensor."""
+    return {name: t if t.ndim == 0 or t.shape[0] == real else t[:real] for name, t in tensors.items()}
 
 
 def run_in_chunks(run, x: np.ndarray, fixed: int) -> np.ndarray:

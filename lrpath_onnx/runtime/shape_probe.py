@@ -46,11 +46,12 @@ def open_shapes(model: LoadedModel, x: str, input_shape: tuple, tensors: dict[st
     if not tensors or not input_shape or any(d is None for d in input_shape[1:]):
         return {}
     names = list(tensors)
-    batches = (1, 2) if input_shape[0] is None else (input_shape[0],) * 2
     try:
         sess = _session(model, [(n, tensors[n]) for n in names])
-        first = sess.run(names, {x: _zeros(model, x, input_shape, batches[0])})
-        one, two = first, (first if batches[1] == batches[0] else sess.run(names, {x: _zeros(model, x, input_shape, 2)}))
+        if input_shape[0] is None:
+            one, two = (sess.run(names, {x: _zeros(model, x, input_shape, b)}) for b in (1, 2))
+        else:  # a fixed batch: one run says every dim
+            one = two = sess.run(names, {x: _zeros(model, x, input_shape, input_shape[0])})
     except Exception:  # the model fails on zeros, or an output is not what it was thought
         return {}
     return {n: tuple(d if d == e else None for d, e in zip(np.shape(a), np.shape(b)))
