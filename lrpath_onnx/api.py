@@ -556,6 +556,19 @@ class Analyzer:
                         np.asarray(cols), exp.products.get(layer.name))
         return np.asarray(self.backend.to_host(f))
 
+    def branch_relevance(self, exp: Explanation, layer_name: str) -> list[np.ndarray]:
+        """The relevance a join (a residual sum, a concat) passes to each of its inputs, for an
+        explanation made with ``keep=[layer_name]`` and ``keep_forward=True``: how the neuron
+        graph splits a join's relevance between its branches."""
+        layer = self.graph.find(layer_name)
+        if exp.forward is None or layer.name not in exp.kept:
+            raise InputError(f"the branches of '{layer.name}' need explain(keep=[...], keep_forward=True)")
+        ctx, _ = self._context(exp.forward[self.graph.input], exp.forward)
+        with self.backend.threads.blas_single():
+            parts = layer.handler.relevance(layer, self._plan.rule_for(layer),
+                                            self.backend.upload(exp.kept[layer.name]), ctx)
+        return [np.asarray(self.backend.to_host(p)) for p in parts]
+
 
 def _fingerprint(*arrays: np.ndarray) -> str:
     """A short digest of arrays' shapes and values."""

@@ -19,6 +19,7 @@ from lrpath_onnx.paths.scores import mse, spearman, unit_l1
 from lrpath_onnx.viz.heatmap import relevance_map
 from tests.test_cli import lrpath
 from tests.test_graph import FIXTURES
+from tests.test_paths_branches import branched_model
 
 DIGITS = HERE / "digits"
 
@@ -30,20 +31,22 @@ def mnist():
     return an, x
 
 
-def test_graph_layers_and_chain_check(mnist):
+def test_graph_layers_and_chain_check(mnist, tmp_path):
     an, _ = mnist
     assert [l.name for l in graph_layers(an)] == ["features.0", "features.2", "features.5", "features.7",
                                                   "classifier.0", "classifier.3"]
+    resnet = [(l.name, l.op) for l in graph_layers(Analyzer(FIXTURES / "torch_resnet_block.onnx"))]
+    assert [op for _, op in resnet].count("Add") == 1  # a residual sum joins the graph's branches
     with pytest.raises(InputError, match="joins or mixes channels"):
-        graph_layers(Analyzer(FIXTURES / "torch_resnet_block.onnx"))
+        graph_layers(Analyzer(branched_model(tmp_path / "h.onnx", concat_axis=2)))
 
 
 @pytest.mark.parametrize("command", ["paths", "optimize"])
 def test_a_model_without_a_chain_is_refused_before_out_is_made(tmp_path, command):
-    """One line, exit 2, and no empty --out folder left behind."""
-    an = Analyzer(FIXTURES / "torch_resnet_block.onnx")
-    np.save(tmp_path / "x.npy", np.zeros(an.input_shape[1:], np.float32))
-    res = lrpath(command, FIXTURES / "torch_resnet_block.onnx", tmp_path / "x.npy", "--out", tmp_path / "out")
+    """One line, exit 2, and no empty --out folder left behind (a concat along the height)."""
+    model = branched_model(tmp_path / "h.onnx", concat_axis=2)
+    np.save(tmp_path / "x.npy", np.zeros(Analyzer(model).input_shape[1:], np.float32))
+    res = lrpath(command, model, tmp_path / "x.npy", "--out", tmp_path / "out")
     assert res.returncode == 2 and "joins or mixes channels" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 

@@ -109,8 +109,8 @@ def test_report_refuses_two_images_and_a_target(tmp_path):
     assert_one_line_error(lrpath("report", "mnist-vgg", DIGIT, "--target", "2", "--out", out), "--target", out=out)
 
 
-def test_report_on_a_residual_model_keeps_the_lrp_part_and_says_why_no_paths(tmp_path):
-    """Neuron paths need a chain of layers; a residual block gets the LRP sections and a note."""
+def test_report_on_a_residual_model_draws_paths_through_the_join(tmp_path):
+    """A residual block gets every section: its sum is a layer of the neuron graph."""
     from onnx import helper
 
     from tests import models
@@ -132,10 +132,13 @@ def test_report_on_a_residual_model_keeps_the_lrp_part_and_says_why_no_paths(tmp
     res = lrpath("report", model, tmp_path / "x.png", "--out", out)
     assert res.returncode == 0, res.stderr
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert "Not drawn for this model" in html and "chain of layers" in html
-    assert html.count("<img") == 4 and "Layer-wise relevance propagation" in html and "5. Run" in html
+    assert "Not drawn for this model" not in html and "4. Neuron graph and the 5 best paths" in html
+    assert "Layer-wise relevance propagation" in html and "8. Run" in html
     assert "3. How faithful is this heatmap" in html  # region-perturbation curves: LRP, gradient × input, random
     names = [m["name"] for m in rec_faith(out)]
     assert names == ["LRP (conserving)", "gradient × input", "random"]  # auto: a residual sum
     rec = json.loads((out / "report.json").read_text())
-    assert rec["no_paths"] and rec["deconv"] == []
+    paths = json.loads((out / "paths" / "paths.json").read_text())
+    assert rec["no_paths"] is None and paths["layers"] == ["conv1", "conv2", "add", "fc"]
+    assert [n["layer"] for n in paths["paths"][0]["neurons"]][-2:] == ["add", "fc"]
+    assert {d["layer"] for d in rec["deconv"]} <= {"conv1", "conv2"} and rec["deconv"]

@@ -64,6 +64,18 @@ class MergeHandler(OpHandler):
     def chain_input(self, layer):
         return None
 
+    def joins(self, layer, shapes):
+        """A sum of two or more branches of the same channels (a broadcast over the channels
+        has no channel-by-channel reading)."""
+        out = shapes.get(layer.output)
+        if len(layer.inputs) < 2 or not out or len(out) < 2 or out[1] is None:
+            return None
+        for name in layer.inputs:
+            s = shapes.get(name)
+            if not s or len(s) != len(out) or s[1] != out[1]:
+                return None
+        return [0] * len(layer.inputs)
+
 
 MERGE_HANDLER = MergeHandler()
 
@@ -120,6 +132,22 @@ class ConcatHandler(OpHandler):
 
     def deconv(self, layer, s, ctx):
         return self.relevance(layer, None, s, ctx)
+
+    def joins(self, layer, shapes):
+        """A concat along the channels: each input's channels follow the pieces before it."""
+        out = shapes.get(layer.output)
+        if not out or len(out) < 2 or layer.axis % len(out) != 1:
+            return None
+        offsets, start = [], 0
+        for name, _, size in self._pieces(layer):
+            if name is not None:
+                s = shapes.get(name)
+                size = None if not s or len(s) != len(out) else s[1]
+                offsets.append(start)
+            if size is None:
+                return None
+            start += size
+        return offsets
 
     def gradient(self, layer, g, ctx):
         return self.relevance(layer, None, g, ctx)

@@ -270,6 +270,12 @@ class OpHandler:
         """(input features, output neurons) if the layer's units are neuron-graph neurons."""
         return None
 
+    def joins(self, layer: Layer, shapes: dict[str, tuple]) -> list[int] | None:
+        """Where a neuron graph joins branches at this layer channel by channel (a residual
+        sum, a concat along the channels): per input, the offset of its channels among the
+        output's; None when the layer does not (or its shapes are not known)."""
+        return None
+
     def rectifies(self, layer: Layer) -> bool:
         """Whether the layer is a ReLU-like rectifier (its output is what the previous layer's
         neurons are seen by, and deconvolution rectifies there)."""

@@ -83,7 +83,8 @@ def layerwise(an: Analyzer, exp: Explanation, masks: dict[str, np.ndarray], samp
     total = float(exp.relevance[sample].sum(dtype=np.float64))
     layers = list(masks)
     maps = {name: restricted_maps(an, exp, name, masks[name][None], sample)[0] for name in layers}
-    summary = np.mean([maps[name] for name in layers], axis=0)
+    # no layer restricted: the paths hold every neuron with relevance, the map is the full one
+    summary = np.mean([maps[name] for name in layers], axis=0) if layers else exp.relevance[sample]
     return LayerwiseHeatmaps(
         layers, maps,
         {name: layer_share(exp.kept[name][sample], masks[name]) for name in layers},

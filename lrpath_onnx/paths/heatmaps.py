@@ -27,11 +27,12 @@ from .neurons import NeuronGraph, activation_tensor, graph_layers
 def inner_masks(exp: Explanation, masks: dict[str, np.ndarray], sample: int = 0) -> dict[str, np.ndarray]:
     """The path masks of the layers they restrict: a layer whose relevance lies wholly on its
     path neurons (the target's own layer, or the one feeding it channel by channel) is left
-    out, as restricting it changes nothing."""
+    out, as restricting it changes nothing; so is a layer no path passes through (a
+    projection on a skip connection the paths go round), which they do not restrict but skip."""
     out = {}
     for name, m in masks.items():
         r = exp.kept[name][sample]
-        if np.any(r.reshape(len(m), -1)[np.asarray(m) == 0]):
+        if np.any(m) and np.any(r.reshape(len(m), -1)[np.asarray(m) == 0]):
             out[name] = m
     return out
 

@@ -15,7 +15,7 @@ from ..api import Analyzer
 from ..ops.emit import mask_node
 from ..runtime.fixed_batch import fixed_batch, run_in_chunks
 from ..runtime.session import ActivationRuntime
-from .neurons import graph_layers
+from .neurons import channel_count, graph_layers
 
 
 class MaskedModel:
@@ -29,7 +29,7 @@ class MaskedModel:
         for layer in layers:
             shape = an.graph.shapes.get(layer.output)
             rank = len(shape) if shape else 4
-            channels = layer.handler.neurons(layer)[1]
+            channels = channel_count(an, layer)
             mshape = (1, channels) + (1,) * (rank - 2)
             name = f"mask:{layer.name}"
             out = f"{layer.output}::masked"

@@ -1,11 +1,14 @@
 """The neuron graph: the most relevant neurons of each layer and the relevance flowing between them.
 
-A neuron is a channel of a Conv layer or a unit of a dense layer (the "graph layers"). The
-edge from neuron i of one graph layer to neuron j of the next carries the relevance j sends
-to i (``Analyzer.channel_flows``: summed over positions and kernel taps), so the graph
-conserves like the explanation does. Between two graph layers only channel-preserving
-layers may stand (activations, pools, constant affine maps, reshapes and transposes), as
-in VGG-like networks; a branch (Add, Concat) is refused with the layer that causes it.
+A neuron is a channel of a Conv layer or a unit of a dense layer. The edge from neuron i of
+one layer to neuron j of the next carries the relevance j sends to i
+(``Analyzer.channel_flows``: summed over positions and kernel taps), so the graph conserves
+like the explanation does. Where branches meet (a residual sum, a concat along the
+channels) the join is a graph layer too: its channel c gets an edge from channel c of each
+branch, carrying the relevance the join's rule passes down that branch
+(``Analyzer.branch_relevance``), so a skip connection is an edge that jumps columns. Between
+graph layers only layers that keep channels apart may stand (activations, pools, constant
+affine maps, gates, reshapes and transposes); another one is refused with its name.
 """
 
 from __future__ import annotations
@@ -37,52 +40,75 @@ def relevant_layers(an: Analyzer) -> set[str]:
     return seen
 
 
+def joins(an: Analyzer, layer: Layer) -> list[int] | None:
+    """Per input, the offset of its channels among a join's (a residual sum, a channel
+    concat); None for a layer that is not one."""
+    return layer.handler.joins(layer, an.graph.shapes)
+
+
+def is_graph_layer(an: Analyzer, layer: Layer) -> bool:
+    """Conv/dense layers have neurons; joins are graph layers too, so branches meet in the graph."""
+    return layer.handler.neurons(layer) is not None or joins(an, layer) is not None
+
+
 def graph_layers(an: Analyzer) -> list[Layer]:
-    """The Conv/dense layers in order, checked to form a chain; raises with the culprit."""
+    """The Conv/dense layers and the joins between them in the model's order (a
+    topological one), each checked to reach the graph layers before it through layers that
+    keep channels apart; raises with the culprit."""
     an.graph.fill_open_shapes()
     reached = relevant_layers(an)
     attention = [l for l in an.graph.layers if l.kind in (BILINEAR, SOFTMAX, NORM) and l.name in reached]
     if attention and all(l.kind == NORM for l in attention):
-        raise InputError(f"neuron paths are defined for chains of conv and dense layers: '{attention[0].name}' "
+        raise InputError(f"neuron paths are defined for conv and dense layers: '{attention[0].name}' "
                          f"({attention[0].op}) normalises each neuron by its layer's or plane's statistics, so "
                          "no per-neuron flow conserves; use `lrpath explain` and `lrpath evaluate` for this model")
     if attention:
-        raise InputError(f"neuron paths are defined for chains of conv and dense layers, not transformers "
+        raise InputError(f"neuron paths are defined for conv and dense layers, not transformers "
                          f"('{attention[0].name}' is {attention[0].op}): a token mixes every position and "
                          "attention multiplies activations, so no per-neuron flow conserves; use `lrpath "
                          "explain` (attnlrp) and `lrpath evaluate` for this model")
-    layers = [l for l in an.graph.layers if l.handler.neurons(l) is not None and l.name in reached]
-    if not layers:
+    layers = [l for l in an.graph.layers if l.name in reached and is_graph_layer(an, l)]
+    if not any(l.handler.neurons(l) is not None for l in layers):
         raise InputError("the model has no Conv or dense layer to build a neuron graph from")
     names = {l.name for l in layers}
     for layer in layers:
-        _chain_to_previous(an, layer, names)
+        links(an, layer, names)
     return layers
 
 
-def _chain_to_previous(an: Analyzer, layer: Layer, graph_names: set[str]) -> list[Layer]:
-    """Layers between ``layer`` and the previous graph layer (or the input), last first."""
-    chain, t = [], layer.inputs[0]
+def links(an: Analyzer, layer: Layer, graph_names: set[str]) -> list[tuple[str, Layer | None]]:
+    """Where a graph layer's input comes from: per input it reads as neurons (a join: every
+    input; a Conv/dense layer: its first), that tensor and the graph layer it is reached
+    from (None: the model input)."""
+    tensors = layer.inputs if joins(an, layer) is not None else layer.inputs[:1]
+    return [(t, _walk_back(an, t, layer, graph_names)[0]) for t in tensors]
+
+
+def _walk_back(an: Analyzer, tensor: str, layer: Layer, graph_names: set[str]) -> tuple[Layer | None, list[Layer]]:
+    """From ``tensor`` (an input of ``layer``) back to the previous graph layer (None: the
+    model input), and the layers passed on the way, last first."""
+    chain, t = [], tensor
     while t != an.graph.input:
         prev = an.graph.producer.get(t)
         if prev is None:
             break
         if prev.name in graph_names:
-            return chain
+            return prev, chain
         nxt = prev.handler.chain_input(prev)
         if nxt is None:
-            raise InputError(f"neuron paths need a chain of layers (VGG-like); '{prev.name}' ({prev.op}) "
-                             f"before '{layer.name}' joins or mixes channels")
+            raise InputError(f"neuron paths need layers that keep channels apart between the conv and dense "
+                             f"layers, or join branches channel by channel (residual sums, channel concats); "
+                             f"'{prev.name}' ({prev.op}) before '{layer.name}' joins or mixes channels otherwise")
         chain.append(prev)
         t = nxt
-    return chain
+    return None, chain
 
 
-def channel_of_inputs(an: Analyzer, layer: Layer, prev: Layer) -> np.ndarray:
-    """For each input feature of ``layer`` (its channel, or its unit for a dense layer),
-    the output channel of ``prev`` it comes from (pools keep channels; Flatten/Reshape/
-    Transpose move them)."""
-    chain = _chain_to_previous(an, layer, {prev.name})[::-1]
+def feature_ids(an: Analyzer, tensor: str, layer: Layer, prev: Layer) -> np.ndarray:
+    """For each element of ``tensor`` (an input of ``layer``, without the batch axis), the
+    output channel of ``prev`` it comes from (pools keep channels; Flatten/Reshape/Transpose
+    move them)."""
+    chain = _walk_back(an, tensor, layer, {prev.name})[1][::-1]
     shape = an.graph.shapes.get(prev.output)
     if shape is None or any(d is None for d in shape[1:]):
         raise InputError(f"neuron graph needs the static shape of '{prev.output}'")
@@ -93,8 +119,20 @@ def channel_of_inputs(an: Analyzer, layer: Layer, prev: Layer) -> np.ndarray:
         if out is None or any(d is None for d in out[1:]):
             raise InputError(f"neuron graph needs the static shape of '{step.output}'")
         ids = step.handler.channel_map(step, ids, out)
-    feats = ids.reshape(ids.shape[0], -1)[:, 0] if isinstance(layer, ConvLayer) else ids.reshape(-1)
-    return feats.astype(np.int64)
+    return ids.astype(np.int64)
+
+
+def channel_of_inputs(an: Analyzer, layer: Layer, prev: Layer) -> np.ndarray:
+    """For each input feature of a Conv/dense ``layer`` (its channel, or its unit for a dense
+    layer), the output channel of ``prev`` it comes from."""
+    ids = feature_ids(an, layer.inputs[0], layer, prev)
+    return ids.reshape(ids.shape[0], -1)[:, 0] if isinstance(layer, ConvLayer) else ids.reshape(-1)
+
+
+def channel_count(an: Analyzer, layer: Layer) -> int:
+    """How many neurons a graph layer has: its output channels (or units)."""
+    counts = layer.handler.neurons(layer)
+    return counts[1] if counts is not None else int(an.graph.shapes[layer.output][1])
 
 
 def activation_tensor(an: Analyzer, layer: Layer) -> str:
@@ -146,10 +184,14 @@ def select(relevance: np.ndarray, activation: np.ndarray | None, how: str, per_l
 def build(an: Analyzer, exp: Explanation, sample: int = 0, per_layer: int = 16, how: str = "top",
           threshold: float = 1.0) -> NeuronGraph:
     """The neuron graph of ``sample`` from an explanation made with the graph layers kept
-    (``keep=[...]``) and ``keep_forward=True`` (see ``explain_for_graph``)."""
+    (``keep=[...]``) and ``keep_forward=True`` (see ``explain_for_graph``). Each graph layer
+    is a column, in the model's order: a skip connection's edge jumps the columns of the
+    branch it goes round."""
     if per_layer < 1:
         raise InputError(f"--per-layer must be at least 1, got {per_layer}")
     layers = graph_layers(an)
+    names = {l.name for l in layers}
+    linked = {l.name: links(an, l, names) for l in layers}
     g = nx.DiGraph()
     g.add_node(SOURCE, layer="input", column=0, neuron=-1, relevance=float(exp.start_relevance[sample]))
     target = exp.targets[sample]
@@ -173,23 +215,68 @@ def build(an: Analyzer, exp: Explanation, sample: int = 0, per_layer: int = 16, 
         for j in kept:
             g.add_node((layer.name, int(j)), layer=layer.name, column=li + 1, neuron=int(j),
                        relevance=float(rel[j]), activation=float(ng.activation[layer.name][j]))
-    first = layers[0]
-    f0 = an.channel_flows(exp, first.name, np.arange(_in_features(an, first)), ng.kept[first.name])[sample]
-    for col, j in enumerate(ng.kept[first.name]):
-        g.add_edge(SOURCE, (first.name, int(j)), weight=float(f0[:, col].sum()))
-    for prev, layer in zip(layers, layers[1:]):
-        ids = channel_of_inputs(an, layer, prev)
-        keep_prev = ng.kept[prev.name]
-        rows = np.nonzero(np.isin(ids, keep_prev))[0]
-        f = an.channel_flows(exp, layer.name, rows, ng.kept[layer.name])[sample]
-        for ch in keep_prev:
-            share = f[ids[rows] == ch].sum(axis=0)
-            for col, j in enumerate(ng.kept[layer.name]):
-                g.add_edge((prev.name, int(ch)), (layer.name, int(j)), weight=float(share[col]))
+    for layer in layers:
+        if joins(an, layer) is not None:
+            _join_edges(an, exp, ng, layer, linked[layer.name], sample)
+        else:
+            _layer_edges(an, exp, ng, layer, linked[layer.name][0][1], sample)
     last = layers[-1]
     for j in ng.kept[last.name]:
         g.add_edge((last.name, int(j)), SINK, weight=float(ng.relevance[last.name][j]))
     return ng
+
+
+def _add_flow(g: nx.DiGraph, u, v, weight: float) -> None:
+    """An edge u → v carrying ``weight`` more (two inputs of a join may come from one layer)."""
+    if g.has_edge(u, v):
+        g[u][v]["weight"] += float(weight)
+    else:
+        g.add_edge(u, v, weight=float(weight))
+
+
+def _layer_edges(an: Analyzer, exp: Explanation, ng: NeuronGraph, layer: Layer, prev: Layer | None,
+                 sample: int) -> None:
+    """Edges into a Conv/dense layer's kept neurons: the relevance each sends to the kept
+    neurons of the graph layer before (or to the input)."""
+    kept = ng.kept[layer.name]
+    if prev is None:
+        f0 = an.channel_flows(exp, layer.name, np.arange(_in_features(an, layer)), kept)[sample]
+        for col, j in enumerate(kept):
+            _add_flow(ng.graph, SOURCE, (layer.name, int(j)), f0[:, col].sum())
+        return
+    ids = channel_of_inputs(an, layer, prev)
+    keep_prev = ng.kept[prev.name]
+    rows = np.nonzero(np.isin(ids, keep_prev))[0]
+    f = an.channel_flows(exp, layer.name, rows, kept)[sample]
+    for ch in keep_prev:
+        share = f[ids[rows] == ch].sum(axis=0)
+        for col, j in enumerate(kept):
+            _add_flow(ng.graph, (prev.name, int(ch)), (layer.name, int(j)), share[col])
+
+
+def _join_edges(an: Analyzer, exp: Explanation, ng: NeuronGraph, layer: Layer,
+                inputs: list[tuple[str, Layer | None]], sample: int) -> None:
+    """Edges into a join's kept channels: per branch, the relevance the join passes down it,
+    summed over positions, to the channel of the graph layer that branch comes from."""
+    n_out = channel_count(an, layer)
+    kept = ng.kept[layer.name]
+    parts = an.branch_relevance(exp, layer.name)
+    for (tensor, prev), offset, part in zip(inputs, joins(an, layer), parts):
+        r = part[sample].astype(np.float64)
+        out_ch = offset + np.broadcast_to(np.arange(r.shape[0]).reshape((-1,) + (1,) * (r.ndim - 1)), r.shape)
+        if prev is None:
+            ids, n_prev, sources = np.zeros(r.shape, np.int64), 1, {0: SOURCE}
+        else:
+            ids = np.broadcast_to(feature_ids(an, tensor, layer, prev), r.shape)
+            n_prev = channel_count(an, prev)
+            sources = {int(c): (prev.name, int(c)) for c in ng.kept[prev.name]}
+        keys = (ids * n_out + out_ch).ravel()
+        flow = np.bincount(keys, weights=r.ravel(), minlength=n_prev * n_out).reshape(n_prev, n_out)
+        linked = np.bincount(keys, minlength=n_prev * n_out).reshape(n_prev, n_out) > 0
+        for row, u in sources.items():
+            for j in kept:
+                if linked[row, j]:  # a sum links channel c to channel c only
+                    _add_flow(ng.graph, u, (layer.name, int(j)), flow[row, j])
 
 
 def _in_features(an: Analyzer, layer: Layer) -> int:

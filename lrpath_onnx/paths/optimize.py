@@ -92,17 +92,17 @@ class InputSweep:
 
     def measures(self, k: int) -> dict[str, float]:
         masks = self.ng.path_masks(self.best[:k])
-        per_layer = []
-        for name in self.inner:
-            chosen = np.nonzero(masks[name])[0]
-            per_layer.append(np.sum([self.maps[name][int(c)] for c in chosen], axis=0))
-        summary = np.mean(per_layer, axis=0)
+        passed = [name for name in self.inner if masks[name].any()]  # fewer paths may go round a layer
+        per_layer = [np.sum([self.maps[name][int(c)] for c in np.nonzero(masks[name])[0]], axis=0)
+                     for name in passed]
+        summary = np.mean(per_layer, axis=0) if passed else self.exp.relevance[0]  # as in ``layerwise``
         m = unit_l1(relevance_map(summary, self.layout))
-        out = {"share": float(np.mean([layer_share(self.exp.kept[n][0], masks[n]) or 0.0 for n in self.inner])),
+        shares = [layer_share(self.exp.kept[n][0], masks[n]) or 0.0 for n in passed]
+        out = {"share": float(np.mean(shares)) if shares else 1.0,
                "input_share": float(summary.sum(dtype=np.float64) / self.total) if self.total else 0.0,
                "heatmap_mse": mse(m, self.full_map), "heatmap_smape": smape(m, self.full_map),
                "heatmap_spearman": spearman(m, self.full_map, support=True)}
-        rows = [self._one_layer_measures(name, masks[name]) for name in self.inner if name in self.maskable]
+        rows = [self._one_layer_measures(name, masks[name]) for name in passed if name in self.maskable]
         if rows:
             out.update({key: float(np.mean([r[key] for r in rows])) for key in rows[0]})
         all_masks = {n: v for n, v in masks.items() if n in self.maskable}

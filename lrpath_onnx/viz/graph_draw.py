@@ -78,6 +78,9 @@ def draw_png(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.
         if op[0] == "line":
             _, x1, y1, x2, y2, col, wd = op
             d.line([(x1 * _SS, y1 * _SS), (x2 * _SS, y2 * _SS)], fill=col, width=max(1, round(wd * _SS)))
+        elif op[0] == "curve":
+            _, points, col, wd = op
+            d.line([(x * _SS, y * _SS) for x, y in points], fill=col, width=max(1, round(wd * _SS)), joint="curve")
         elif op[0] == "circle":
             _, cx, cy, r, fill, line, wd, _tip = op
             b = [(cx - r) * _SS, (cy - r) * _SS, (cx + r) * _SS, (cy + r) * _SS]
@@ -105,6 +108,11 @@ def draw_svg(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.
             _, x1, y1, x2, y2, col, wd = op
             out.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
                        f'stroke="{_hex(col)}" stroke-width="{wd:.2f}" stroke-linecap="round"/>')
+        elif op[0] == "curve":
+            _, points, col, wd = op
+            xy = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            out.append(f'<polyline points="{xy}" fill="none" stroke="{_hex(col)}" stroke-width="{wd:.2f}" '
+                       'stroke-linecap="round" stroke-linejoin="round"/>')
         elif op[0] == "circle":
             _, cx, cy, r, fill, line, wd, tip = op
             out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.2f}" fill="{_hex(fill)}" '
@@ -166,7 +174,12 @@ def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, 
         t = i / (k - 1) if k > 1 else 0.0
         col, wd = _mix(PATH_BEST, PATH_WORST, t), (5.0 - 2.5 * t) * s
         for a, b in zip(paths[i][:-1], paths[i][1:]):
-            ops.append(("line", *pos[a], *pos[b], col, wd))
+            span = abs(g.nodes[b]["column"] - g.nodes[a]["column"])
+            if span > 1:  # a skip connection: bowed, so it does not seem to run through the columns between
+                ops.append(("curve", _bow(pos[a], pos[b], min(0.45 * (y1 - y0), 0.35 * col_dx * (span - 1)),
+                                          (y0 + y1) / 2), col, wd))
+            else:
+                ops.append(("line", *pos[a], *pos[b], col, wd))
 
     # nodes, then labels of the path nodes
     on_path = {n for p in paths for n in p}
@@ -214,6 +227,20 @@ def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, 
         room = w - 18 * ts - total - 40 * ts - 16 * ts
         ops.append(("text", 16 * ts, ty, _fit(title, fs_t, room, tail=False), fs_t, TEXT, "l", False))
     return ops
+
+
+def _bow(p: tuple[float, float], q: tuple[float, float], lift: float, mid_y: float,
+         steps: int = 24) -> list[tuple[float, float]]:
+    """Points of a quadratic curve from p to q bowed by ``lift`` pixels towards the picture's
+    middle row ``mid_y`` (paths run along the top rows: the bow stays inside the frame)."""
+    sign = 1.0 if (p[1] + q[1]) / 2 <= mid_y else -1.0
+    cx, cy = (p[0] + q[0]) / 2, (p[1] + q[1]) / 2 + sign * 2 * lift
+    out = []
+    for i in range(steps + 1):
+        t = i / steps
+        out.append(((1 - t) ** 2 * p[0] + 2 * t * (1 - t) * cx + t * t * q[0],
+                    (1 - t) ** 2 * p[1] + 2 * t * (1 - t) * cy + t * t * q[1]))
+    return out
 
 
 def _end_label(attrs: dict, cmin: int) -> str:
