@@ -181,6 +181,34 @@ def test_svg_is_xml_with_one_circle_per_node(tmp_path, seed):
     assert not any(e.get("href") or e.get("{http://www.w3.org/1999/xlink}href") for e in root.iter())
 
 
+def test_svg_bows_every_edge_that_skips_columns(tmp_path):
+    """A skip connection (a flow jumping a column) is a curve, on the paths and off them;
+    neighbouring columns keep straight lines. The curve bends away from the columns between."""
+    g = _graph(3, layers=4, per_layer=4)
+    firsts = [n for n in g if isinstance(n, tuple) and n[0] == 1]
+    thirds = [n for n in g if isinstance(n, tuple) and n[0] == 3]
+    for u, v in zip(firsts, thirds):
+        g.add_edge(u, v, weight=0.5)
+    paths = _best_paths(g, 6)
+    out = tmp_path / "graph.svg"
+    draw_svg(g, paths, out)
+    root = ET.fromstring(out.read_bytes())
+    path_skips = sum(1 for p in paths for a, b in zip(p[:-1], p[1:]) if g.nodes[b]["column"] - g.nodes[a]["column"] > 1)
+    curves = list(root.iter(SVG + "polyline"))
+    assert len(curves) == len(firsts) + path_skips
+    pos = node_positions(g, (1600, 900))
+    ends = {(round(pos[u][0], 1), round(pos[v][0], 1)) for u, v in zip(firsts, thirds)}
+    for c in curves:
+        pts = [tuple(map(float, xy.split(","))) for xy in c.get("points").split()]
+        assert (pts[0][0], pts[-1][0]) in ends
+        ys = [y for _, y in pts]
+        straight = np.linspace(ys[0], ys[-1], len(ys))
+        assert np.abs(np.asarray(ys) - straight).max() > 20  # bowed, not a straight line
+    lines = len(list(root.iter(SVG + "line")))
+    neighbours = sum(1 for u, v in g.edges if g.nodes[v]["column"] - g.nodes[u]["column"] == 1)
+    assert lines >= neighbours
+
+
 # ------------------------------------------------------------------- bad input
 def test_bad_inputs_raise_and_write_nothing(tmp_path):
     g = _graph(0, layers=2, per_layer=3)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 from PIL import Image
 
 from lrpath_onnx import Analyzer, InputError
@@ -95,6 +96,7 @@ def test_residual_graph_conserves_neuron_by_neuron(model):
     exp = explain_for_graph(an, x)
     joins = [l.name for l in graph_layers(an) if l.op == "Add"]
     assert len(joins) >= 3
+    depthwise = [l.name for l in graph_layers(an) if l.op == "Conv" and l.geometry.groups == l.out_channels > 1]
     for sample in range(2):
         ng = build(an, exp, sample, per_layer=10_000)
         g, scale = ng.graph, abs(exp.start_relevance[sample])
@@ -108,6 +110,9 @@ def test_residual_graph_conserves_neuron_by_neuron(model):
                     down = sum(d["weight"] for _, _, d in g.in_edges(node, data=True))
                     assert down == pytest.approx(rel, rel=1e-3, abs=1e-6 * scale)
         assert ng.kept[ng.layers[-1]].tolist() == [int(exp.logits[sample].argmax())]
+        for layer in depthwise:  # a depthwise conv links channel c to channel c only
+            assert all(u[1] == v[1] for v in g.nodes if v[0] == layer for u in g.predecessors(v))
+    assert depthwise or model == "mnist_resnet.onnx"
 
 
 def test_a_join_along_another_axis_is_refused_by_name(tmp_path):
@@ -139,3 +144,72 @@ def test_paths_and_optimize_commands_on_a_resnet(tmp_path):
     opt = json.loads((tmp_path / "o" / "optimize.json").read_text())
     assert 1 <= opt["chosen_k"] <= 6 and len(opt["per_k"]["share"]) == 6
     assert all(0 < s < 1 for s in opt["per_k"]["share"]) and np.all(np.diff(opt["per_k"]["share"]) >= -1e-9)
+
+
+def shuffle_model(path, seed=0):
+    """conv1-relu (6 channels) split in halves; the second half's channels picked by a Gather
+    ([2, 0, 2] of it) into conv2; concat of the first half with conv2; a channel shuffle
+    (Reshape, Transpose, Reshape); relu, global average pool, a dense layer of 4 classes."""
+    rng = np.random.default_rng(seed)
+    w = lambda *s: (rng.standard_normal(s) * 0.4).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["X", "W1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Split", ["r1", "halves"], ["a", "b"], name="split", axis=1),
+             helper.make_node("Gather", ["b", "pick"], ["bp"], name="pick", axis=1),
+             helper.make_node("Conv", ["bp", "W2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["a", "c2"], ["cat"], name="concat", axis=1),
+             helper.make_node("Reshape", ["cat", "s5"], ["g5"], name="groups"),
+             helper.make_node("Transpose", ["g5"], ["t5"], name="swap", perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t5", "s4"], ["sh"], name="shuffle"),
+             helper.make_node("Relu", ["sh"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "W3"], ["Y"], name="fc", transB=1)]
+    inits = {"W1": w(6, 3, 3, 3), "W2": w(3, 3, 3, 3), "W3": w(4, 6),
+             "halves": np.array([3, 3], np.int64), "pick": np.array([2, 0, 2], np.int64),
+             "s5": np.array([0, 2, 3, 8, 7], np.int64), "s4": np.array([0, 6, 8, 7], np.int64)}
+    return models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 8, 7])], [models.vi("Y", None)], inits),
+                       path)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_channel_splits_picks_and_shuffles_carry_channels(tmp_path, seed):
+    """A ShuffleNet's channel split and shuffle, and a Gather picking channels, keep channels
+    apart: conv2's input channel k is conv1's channel 3 + [2, 0, 2][k] (flows of a repeated
+    channel add up), the concat's first half is conv1's first half, and the dense layer's
+    unit k reads concat channel [0, 3, 1, 4, 2, 5][k] after the shuffle (float64 ε reference);
+    every neuron's flows add up to its relevance."""
+    an = Analyzer(shuffle_model(tmp_path / "s.onnx", seed), preset="epsilon-gamma-box")
+    assert [l.name for l in graph_layers(an)] == ["conv1", "conv2", "concat", "fc"]
+    x = np.random.default_rng(20 + seed).standard_normal((2, 3, 8, 7)).astype(np.float32)
+    exp = explain_for_graph(an, x)
+    eps = an.plan().rule_for(an.graph.find("fc")).get("epsilon", 0.0)
+    for sample in range(2):
+        ng = build(an, exp, sample, per_layer=10_000)
+        g, scale = ng.graph, abs(exp.start_relevance[sample])
+        f2 = an.channel_flows(exp, "conv2", np.arange(3), np.arange(3))[sample]
+        for j in range(3):
+            assert g[("conv1", 5)][("conv2", j)]["weight"] == pytest.approx(f2[0, j] + f2[2, j], rel=1e-6, abs=1e-9)
+            assert g[("conv1", 3)][("conv2", j)]["weight"] == pytest.approx(f2[1, j], rel=1e-6, abs=1e-9)
+            assert not g.has_edge(("conv1", 4), ("conv2", j)) and not g.has_edge(("conv1", j), ("conv2", j))
+        r_cat = exp.kept["concat"][sample].astype(np.float64).sum(axis=(1, 2))
+        np.testing.assert_allclose([g[("conv1", c)][("concat", c)]["weight"] for c in range(3)], r_cat[:3], rtol=1e-6)
+        np.testing.assert_allclose([g[("conv2", c)][("concat", 3 + c)]["weight"] for c in range(3)], r_cat[3:],
+                                   rtol=1e-6)
+        feats = exp.forward["f"][sample].astype(np.float64)
+        j = int(exp.targets[sample])
+        w = onnx_numpy(tmp_path / "s.onnx", "W3").astype(np.float64)[j]
+        z = feats @ w
+        share = feats * w / (z + eps * (1.0 if z >= 0 else -1.0)) * float(exp.start_relevance[sample])
+        for k, ch in enumerate([0, 3, 1, 4, 2, 5]):
+            assert g[("concat", ch)][("fc", j)]["weight"] == pytest.approx(share[k], rel=1e-4, abs=1e-6 * scale)
+        for layer in ng.layers[:-1]:
+            for c in ng.kept[layer]:
+                node = (layer, int(c))
+                up = sum(d["weight"] for _, _, d in g.out_edges(node, data=True))
+                assert up == pytest.approx(g.nodes[node]["relevance"], rel=1e-3, abs=1e-6 * scale)
+
+
+def onnx_numpy(path, name: str) -> np.ndarray:
+    """An initializer of a saved model."""
+    return next(numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name == name)

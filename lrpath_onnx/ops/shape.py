@@ -289,6 +289,13 @@ class GatherHandler(SelectingHandler):
     def forward(self, layer, inputs):
         return np.take(inputs[0], layer.indices, axis=layer.axis)
 
+    def chain_input(self, layer):
+        """Picking along a non-batch axis keeps each element's channel (x[:, idx] picks channels)."""
+        return layer.inputs[0] if layer.axis >= 1 else None
+
+    def channel_map(self, layer, ids, out_shape):
+        return np.take(ids, layer.indices, axis=layer.axis - 1).reshape(tuple(out_shape[1:]))
+
     def batch_axis(self, layer, in_axes, shapes):
         b = in_axes[0]
         return None if b is None or b == layer.axis else b + layer.indices.ndim - 1 if layer.axis < b else b
@@ -338,6 +345,14 @@ class SliceHandler(SelectingHandler):
 
     def forward(self, layer, inputs):
         return inputs[0][layer.slices]
+
+    def chain_input(self, layer):
+        """A slice that keeps the batch whole keeps each element's channel (a ShuffleNet's
+        channel split: each half's channels are the input's from an offset)."""
+        return layer.inputs[0] if layer.slices[0] == slice(None) else None
+
+    def channel_map(self, layer, ids, out_shape):
+        return ids[layer.slices[1:]].reshape(tuple(out_shape[1:]))
 
 
 @register

@@ -160,13 +160,22 @@ def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, 
         ly = y1 + (24 + (17 if stagger and i % 2 else 0)) * ts
         ops.append(("text", x, ly, _fit(names[c], fs_lab, room), fs_lab, SUBTLE, "m", False))
 
+    def segment(a, b, col, wd) -> tuple:
+        """A straight line between neighbouring columns; a skip connection is bowed, so it
+        does not seem to run through the columns between."""
+        span = abs(g.nodes[b]["column"] - g.nodes[a]["column"])
+        if span <= 1:
+            return ("line", *pos[a], *pos[b], col, wd)
+        lift = min(0.45 * (y1 - y0), 0.35 * col_dx * (span - 1))
+        return ("curve", _bow(pos[a], pos[b], lift, (y0 + y1) / 2), col, wd)
+
     # relevance flows: light to heavy, so heavy edges stay visible
     edges = [(u, v, _finite(d.get("weight", 0.0))) for u, v, d in g.edges(data=True)]
     wmax = max((abs(e[2]) for e in edges), default=0.0) or 1.0
     for u, v, wt in sorted(edges, key=lambda e: abs(e[2])):
         t = abs(wt) / wmax
         col = _mix(NEG_LIGHT, NEG_DARK, math.sqrt(t)) if wt < 0 else _mix(EDGE_LIGHT, EDGE_DARK, math.sqrt(t))
-        ops.append(("line", *pos[u], *pos[v], col, max(0.5, 6.0 * t) * s))
+        ops.append(segment(u, v, col, max(0.5, 6.0 * t) * s))
 
     # the K paths, worst first so the best one lies on top
     k = len(paths)
@@ -174,12 +183,7 @@ def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, 
         t = i / (k - 1) if k > 1 else 0.0
         col, wd = _mix(PATH_BEST, PATH_WORST, t), (5.0 - 2.5 * t) * s
         for a, b in zip(paths[i][:-1], paths[i][1:]):
-            span = abs(g.nodes[b]["column"] - g.nodes[a]["column"])
-            if span > 1:  # a skip connection: bowed, so it does not seem to run through the columns between
-                ops.append(("curve", _bow(pos[a], pos[b], min(0.45 * (y1 - y0), 0.35 * col_dx * (span - 1)),
-                                          (y0 + y1) / 2), col, wd))
-            else:
-                ops.append(("line", *pos[a], *pos[b], col, wd))
+            ops.append(segment(a, b, col, wd))
 
     # nodes, then labels of the path nodes
     on_path = {n for p in paths for n in p}
