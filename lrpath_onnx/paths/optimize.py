@@ -97,7 +97,8 @@ class InputSweep:
                      for name in passed]
         summary = np.mean(per_layer, axis=0) if passed else self.exp.relevance[0]  # as in ``layerwise``
         m = unit_l1(relevance_map(summary, self.layout))
-        shares = [layer_share(self.exp.kept[n][0], masks[n]) or 0.0 for n in passed]
+        # a layer fewer paths go round holds none of its relevance on them: the share grows with K
+        shares = [layer_share(self.exp.kept[n][0], masks[n]) or 0.0 for n in self.inner]
         out = {"share": float(np.mean(shares)) if shares else 1.0,
                "input_share": float(summary.sum(dtype=np.float64) / self.total) if self.total else 0.0,
                "heatmap_mse": mse(m, self.full_map), "heatmap_smape": smape(m, self.full_map),
