@@ -111,3 +111,52 @@ def test_a_flatten_into_a_dense_layer_reads_everything_and_layouts_pick_the_spat
     assert receptive_box(an.graph, an.graph.output, (0,)) == tuple((0, d - 1) for d in shape)
     assert spatial_box(((0, 2), (3, 4), (5, 6)), "nchw") == ((3, 4), (5, 6))
     assert spatial_box(((3, 4), (5, 6), (0, 2)), "nhwc") == ((3, 4), (5, 6))
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_channel_splits_strided_slices_and_picks(tmp_path, seed):
+    """A ShuffleNet-style channel split, a slice with a step and an offset on the height, a
+    Gather of channels and one of a single column: each reads only what it picks."""
+    ch = Chain(np.random.default_rng(seed), 3)
+    trunk = ch.conv(6, (3, 3), pads=[1, 1, 1, 1])
+    ch.nodes.append(helper.make_node("Split", [trunk, ch.const(np.array([2, 4], np.int64), "halves")],
+                                     ["lo", "hi"], name="split", axis=1))
+    sliced = ch.add("Slice", ["hi", ch.const(np.array([1], np.int64), "st"), ch.const(np.array([12], np.int64), "en"),
+                              ch.const(np.array([2], np.int64), "ax"), ch.const(np.array([2], np.int64), "sp")])
+    picked = ch.add("Gather", [sliced, ch.const(np.array([3, 1, 3], np.int64), "pick")], axis=1)
+    ch.add("Gather", ["lo", ch.const(np.array([4], np.int64), "col")], axis=3)
+    widened = ch.conv(3, (1, 3), c_in=2, pads=[0, 1, 0, 1])
+    small = ch.conv(3, (3, 3), src=picked, c_in=3, pads=[1, 1, 1, 1])
+    ch.add("Concat", [small, ch.add("Slice", [widened, ch.const(np.array([0], np.int64), "s0"),
+                                              ch.const(np.array([6], np.int64), "e0"),
+                                              ch.const(np.array([2], np.int64), "a0")])], axis=3)
+    path = ch.save(tmp_path, [3, 13, 9])
+    check(path, (3, 13, 9), seed, n_neurons=10)
+
+
+def test_a_scalar_gather_drops_its_axis(tmp_path):
+    """x[..., 4] of a conv: the width axis is gone, the field is the kernel's around column 4."""
+    ch = Chain(np.random.default_rng(6), 2)
+    ch.conv(3, (3, 3), pads=[1, 1, 1, 1])
+    ch.add("Gather", [ch.t, ch.const(np.array(4, np.int64), "col")], axis=3)
+    path = ch.save(tmp_path, [2, 7, 8])
+    check(path, (2, 7, 8), 6)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_channel_shuffles_unsqueezes_and_flattens(tmp_path, seed):
+    """A channel shuffle (Reshape, Transpose, Reshape) keeps the spatial spans and moves the
+    channels; a grouped conv after it reads two shuffled channels; a column taken by a scalar
+    Gather and unsqueezed again; the flattened output's elements each read their own field."""
+    ch = Chain(np.random.default_rng(seed), 2)
+    trunk = ch.conv(6, (3, 3), strides=[2, 1])
+    ch.add("Reshape", [trunk, ch.const(np.array([0, 2, 3, 5, 7], np.int64), "s5")])
+    ch.add("Transpose", perm=[0, 2, 1, 3, 4])
+    ch.add("Reshape", [ch.t, ch.const(np.array([0, 6, 5, 7], np.int64), "s4")])
+    ch.conv(3, (1, 2), group=3)
+    ch.add("Gather", [ch.t, ch.const(np.array(1, np.int64), "col")], axis=3)
+    ch.add("Unsqueeze", [ch.t, ch.const(np.array([2], np.int64), "uax")])
+    ch.conv(3, (1, 2), c_in=3)
+    ch.add("Flatten")
+    path = ch.save(tmp_path, [2, 11, 9])
+    check(path, (2, 11, 9), seed, n_neurons=8)

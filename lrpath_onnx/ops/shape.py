@@ -101,11 +101,28 @@ class ReshapeHandler(RouteHandler):
         return ids.reshape(tuple(out_shape[1:]))
 
     def input_boxes(self, layer, box, shapes):
-        """The same box where the shape is unchanged; otherwise all of the input (a flatten
-        spreads any box over every axis)."""
+        """The axes both shapes end with (a channel shuffle's height and width, an unsqueeze's)
+        keep their spans; the leading axes they regroup read the bounding box of the elements
+        the box holds there (all of it where that is too many to list)."""
         dims = input_dims(layer.inputs[0], shapes)
         out = shapes.get(layer.output)
-        return [box if out is not None and tuple(out[1:]) == dims else full_box(dims)]
+        if not static_dims(out):
+            return [full_box(dims)]
+        out = tuple(out[1:])
+        tail = 0
+        while tail < min(len(dims), len(out)) and dims[len(dims) - 1 - tail] == out[len(out) - 1 - tail]:
+            tail += 1
+        head_in, head_out = dims[:len(dims) - tail], out[:len(out) - tail]
+        kept = tuple(box[len(head_out):])
+        picked = int(np.prod([hi - lo + 1 for lo, hi in box[:len(head_out)]]))
+        if not head_in:
+            return [kept]
+        if not head_out or picked > 1 << 20:
+            return [tuple((0, n - 1) for n in head_in) + kept]
+        grid = np.meshgrid(*[np.arange(lo, hi + 1) for lo, hi in box[:len(head_out)]], indexing="ij")
+        flat = np.ravel_multi_index([g.reshape(-1) for g in grid], head_out)
+        where = np.unravel_index(flat, head_in)
+        return [tuple((int(w.min()), int(w.max())) for w in where) + kept]
 
 
 @register
@@ -289,6 +306,20 @@ class GatherHandler(SelectingHandler):
     def forward(self, layer, inputs):
         return np.take(inputs[0], layer.indices, axis=layer.axis)
 
+    def input_boxes(self, layer, box, shapes):
+        """Along the axis, the indices the box picks (one index array of rank ≤ 1 on a
+        non-batch axis; otherwise all of the input)."""
+        dims = input_dims(layer.inputs[0], shapes)
+        ax = layer.axis - 1
+        if layer.axis < 1 or layer.indices.ndim > 1:
+            return [full_box(dims)]
+        if layer.indices.ndim == 0:
+            picked, rest = [int(layer.indices)], list(box)
+        else:
+            (lo, hi), rest = box[ax], list(box[:ax]) + list(box[ax + 1:])
+            picked = layer.indices[lo:hi + 1].tolist()
+        return [tuple(rest[:ax]) + ((min(picked), max(picked)),) + tuple(rest[ax:])]
+
     def chain_input(self, layer):
         """Picking along a non-batch axis keeps each element's channel (x[:, idx] picks channels)."""
         return layer.inputs[0] if layer.axis >= 1 else None
@@ -345,6 +376,16 @@ class SliceHandler(SelectingHandler):
 
     def forward(self, layer, inputs):
         return inputs[0][layer.slices]
+
+    def input_boxes(self, layer, box, shapes):
+        """Each axis's span moves to where the slice read it (start + index · step)."""
+        dims = input_dims(layer.inputs[0], shapes)
+        spans = []
+        for (lo, hi), sl, n in zip(box, layer.slices[1:], dims):
+            start, _, step = sl.indices(n)
+            a, b = start + lo * step, start + hi * step
+            spans.append((min(a, b), max(a, b)))
+        return [tuple(spans)]
 
     def chain_input(self, layer):
         """A slice that keeps the batch whole keeps each element's channel (a ShuffleNet's
