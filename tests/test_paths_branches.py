@@ -213,3 +213,22 @@ def test_channel_splits_picks_and_shuffles_carry_channels(tmp_path, seed):
 def onnx_numpy(path, name: str) -> np.ndarray:
     """An initializer of a saved model."""
     return next(numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name == name)
+
+
+def test_a_sum_of_channels_last_tensors_is_refused_by_name(tmp_path):
+    """Transposed to NHWC before the sum, axis 1 holds rows: no channel-by-channel join."""
+    rng = np.random.default_rng(3)
+    w = lambda *s: (rng.standard_normal(s) * 0.4).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["X", "W1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["X", "W2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
+             helper.make_node("Transpose", ["c1"], ["t1"], name="nhwc1", perm=[0, 2, 3, 1]),
+             helper.make_node("Transpose", ["c2"], ["t2"], name="nhwc2", perm=[0, 2, 3, 1]),
+             helper.make_node("Add", ["t1", "t2"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "W3"], ["Y"], name="fc", transB=1)]
+    inits = {"W1": w(4, 3, 3, 3), "W2": w(4, 3, 1, 1), "W3": w(5, 6 * 6 * 4)}
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 6, 6])], [models.vi("Y", None)], inits),
+                       tmp_path / "nhwc.onnx")
+    with pytest.raises(InputError, match="the channels of 'conv1' reach 'add' \\(Add\\) on another axis"):
+        graph_layers(Analyzer(path))

@@ -72,8 +72,23 @@ def graph_layers(an: Analyzer) -> list[Layer]:
         raise InputError("the model has no Conv or dense layer to build a neuron graph from")
     names = {l.name for l in layers}
     for layer in layers:
-        links(an, layer, names)
+        linked = links(an, layer, names)
+        if joins(an, layer) is not None:
+            _check_channels_first(an, layer, linked)
     return layers
+
+
+def _check_channels_first(an: Analyzer, layer: Layer, linked: list[tuple[str, Layer | None]]) -> None:
+    """A join's channels must be its axis 1, as the graph layers' are: a sum of channels-last
+    tensors (a Transpose before it) joins rows, not channels, and is refused."""
+    for tensor, prev in linked:
+        if prev is None:
+            continue
+        ids = feature_ids(an, tensor, layer, prev)
+        flat = ids.reshape(ids.shape[0], -1)
+        if not (flat == flat[:, :1]).all():
+            raise InputError(f"neuron paths join branches channel by channel along axis 1, but the channels of "
+                             f"'{prev.name}' reach '{layer.name}' ({layer.op}) on another axis (channels last?)")
 
 
 def links(an: Analyzer, layer: Layer, graph_names: set[str]) -> list[tuple[str, Layer | None]]:
