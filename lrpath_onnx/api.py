@@ -23,7 +23,7 @@ from .backward.propagate import LayerFlow, last_readers, propagate, session_need
 from .diagnose import bounds_warnings, conservation_warnings
 from .errors import InputError
 from .graph.canonical import build_layer_graph
-from .graph.layers import LayerGraph, TransposeLayer
+from .graph.layers import Layer, LayerGraph, TransposeLayer
 from .graph.loader import fix_input_size, load_model
 from .ops.emit import term_nodes
 from .ops.registry import BackwardContext
@@ -542,32 +542,31 @@ class Analyzer:
         ``keep_forward=True``. Summed over every output channel, F gives the relevance of
         each input channel; over every input channel, the output channel's relevance minus
         its bias/ε share."""
-        layer = self.graph.find(layer_name)
-        if exp.forward is None or layer.name not in exp.kept:
-            raise InputError(f"channel flows of '{layer.name}' need explain(keep=[...], keep_forward=True)")
+        layer, ctx = self._replay(exp, layer_name, "channel flows")
         h = layer.handler
         if h.neurons(layer) is None:
             raise InputError(f"layer '{layer.name}' ({layer.op}) has no channel flows")
-        r = exp.kept[layer.name]
-        x = exp.forward[self.graph.input]
-        ctx, _ = self._context(x, exp.forward)
         with self.backend.threads.blas_single():
-            f = h.flows(layer, self._plan.rule_for(layer), self.backend.upload(r), ctx, np.asarray(rows),
-                        np.asarray(cols), exp.products.get(layer.name))
+            f = h.flows(layer, self._plan.rule_for(layer), self.backend.upload(exp.kept[layer.name]), ctx,
+                        np.asarray(rows), np.asarray(cols), exp.products.get(layer.name))
         return np.asarray(self.backend.to_host(f))
 
     def branch_relevance(self, exp: Explanation, layer_name: str) -> list[np.ndarray]:
         """The relevance a join (a residual sum, a concat) passes to each of its inputs, for an
         explanation made with ``keep=[layer_name]`` and ``keep_forward=True``: how the neuron
         graph splits a join's relevance between its branches."""
-        layer = self.graph.find(layer_name)
-        if exp.forward is None or layer.name not in exp.kept:
-            raise InputError(f"the branches of '{layer.name}' need explain(keep=[...], keep_forward=True)")
-        ctx, _ = self._context(exp.forward[self.graph.input], exp.forward)
+        layer, ctx = self._replay(exp, layer_name, "the branches")
         with self.backend.threads.blas_single():
             parts = layer.handler.relevance(layer, self._plan.rule_for(layer),
                                             self.backend.upload(exp.kept[layer.name]), ctx)
         return [np.asarray(self.backend.to_host(p)) for p in parts]
+
+    def _replay(self, exp: Explanation, layer_name: str, what: str) -> tuple[Layer, BackwardContext]:
+        """A kept layer and the backward context to run its step again from the explanation."""
+        layer = self.graph.find(layer_name)
+        if exp.forward is None or layer.name not in exp.kept:
+            raise InputError(f"{what} of '{layer.name}' need explain(keep=[...], keep_forward=True)")
+        return layer, self._context(exp.forward[self.graph.input], exp.forward)[0]
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:

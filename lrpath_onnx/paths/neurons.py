@@ -263,36 +263,22 @@ def _layer_edges(an: Analyzer, exp: Explanation, ng: NeuronGraph, layer: Layer, 
     keep_prev = ng.kept[prev.name]
     rows = np.nonzero(np.isin(ids, keep_prev))[0]
     f = an.channel_flows(exp, layer.name, rows, kept)[sample]
-    group = _group_of(layer)
+    n_in, n_out = layer.handler.neurons(layer)
+    g = _groups(layer)
     for ch in keep_prev:
         feeds = ids[rows] == ch
         if not feeds.any():  # a channel split or pick leaves it out
             continue
         share = f[feeds].sum(axis=0)
-        groups = {int(g) for g in group(rows[feeds])}
+        groups = set((rows[feeds] // (n_in // g)).tolist())
         for col, j in enumerate(kept):
-            if int(group.out(j)) in groups:  # a grouped conv links a channel to its group only
+            if int(j) // (n_out // g) in groups:  # a grouped conv links a channel to its group only
                 _add_flow(ng.graph, (prev.name, int(ch)), (layer.name, int(j)), share[col])
 
 
-class _Groups:
-    """Which group of a grouped (e.g. depthwise) conv an input or output channel is in."""
-
-    def __init__(self, n_in: int, n_out: int, groups: int):
-        self.per_in, self.per_out = n_in // groups, n_out // groups
-
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        return np.asarray(inputs) // self.per_in
-
-    def out(self, j: int) -> int:
-        return int(j) // self.per_out
-
-
-def _group_of(layer: Layer) -> _Groups:
-    if isinstance(layer, ConvLayer) and layer.geometry.groups > 1:
-        return _Groups(layer.in_channels, layer.out_channels, layer.geometry.groups)
-    n_in, n_out = layer.handler.neurons(layer)
-    return _Groups(n_in, n_out, 1)
+def _groups(layer: Layer) -> int:
+    """How many groups a grouped (e.g. depthwise) conv splits its channels into; 1 otherwise."""
+    return layer.geometry.groups if isinstance(layer, ConvLayer) else 1
 
 
 def _join_edges(an: Analyzer, exp: Explanation, ng: NeuronGraph, layer: Layer,
