@@ -238,6 +238,31 @@ def test_spearman_and_ssim():
 # ----------------------------------------------------------------------------- CLI
 
 
+def test_a_final_softmax_is_left_out_as_explain_leaves_it_out(tmp_path):
+    """A model ending in Softmax: the curves perturb the explained logit, not its probability
+    (the plain session fetches the tensor before the Softmax), so they are the linear model's."""
+    rng = np.random.default_rng(8)
+    model, W = _linear_model(rng, c=3)
+    model.graph.node.append(helper.make_node("Softmax", ["Y"], ["P"], name="softmax", axis=1))
+    model.graph.output[0].name = "P"
+    path = models.save(model, tmp_path / "soft.onnx")
+    x = rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x[0])
+    res = lrpath("evaluate", path, tmp_path / "x.npy", "--out", tmp_path / "out", "--methods",
+                 "gradient-x-input", "--patch", "3", "--steps", "5", "--baseline", "zeros", "--layout", "nchw")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "out" / "evaluate.json").read_text())
+    logits = (x.reshape(1, -1) @ W)[0].astype(np.float64)
+    t = int(logits.argmax())
+    assert doc["images"][0]["logit"] == pytest.approx(logits[t], rel=1e-5)
+    contrib = (W[:, t].reshape(3, 8, 8) * x[0]).astype(np.float64)
+    regions = perturb.Regions.patches(8, 8, 3)
+    per_patch = regions.scores(contrib.sum(0))
+    ranked = perturb.order(per_patch, "morf")
+    curve = [1.0 - per_patch[ranked[:c]].sum() / abs(logits[t]) for c in perturb.step_counts(regions.count, 5)]
+    np.testing.assert_allclose(doc["methods"][0]["morf_curve"], curve, rtol=1e-4, atol=1e-5)
+
+
 def test_an_image_whose_explained_logit_is_near_zero_is_named(tmp_path):
     """The curves divide by the explained logit: an image whose logit is almost 0 gets AOPCs far
     beyond the ±2 a sign flip gives and swamps the means, so evaluate names it (stderr, JSON)."""

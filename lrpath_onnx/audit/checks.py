@@ -11,8 +11,8 @@ import numpy as np
 from ..diagnose import conservation_warnings
 from ..errors import InputError
 from ..names import class_names
-from ..paths.kbest import k_best_paths
 from ..paths.neurons import SINK, SOURCE, build
+from ..paths.ranking import best_paths
 from ..paths.scores import smape, softmax
 from ..viz.heatmap import relevance_map
 from .config import AuditConfig
@@ -72,7 +72,7 @@ def conservation(record: dict, cfg: AuditConfig, preset_applied: str | None = No
         return _result(False, None, bounds, "the explained score is zero: nothing to conserve")
     ok = cfg.conservation_min <= ratio <= cfg.conservation_max
     why = "; ".join(conservation_warnings(record, preset_applied)) if not ok else ""
-    return _result(ok, float(ratio), bounds, f"input relevance / output relevance = {ratio:.4f}"
+    return _result(ok, float(ratio), bounds, f"input relevance / output relevance = {ratio:.4g}"
                    + ("" if ok else f", outside {bounds}") + (f" ({why})" if why else ""))
 
 
@@ -98,13 +98,13 @@ def region(relevance: np.ndarray, mask: np.ndarray, layout: str, cfg: AuditConfi
 def path_fidelity(an, exp, i: int, x: np.ndarray, masked_model, cfg: AuditConfig) -> dict:
     """Keep only the neurons on the K best paths; the prediction must stay, its softmax within SMAPE."""
     ng = build(an, exp, i, cfg.per_layer)
-    best = k_best_paths(ng.graph, SOURCE, SINK, cfg.k)
-    out = np.asarray(masked_model.run(x[None], ng.path_masks([p for _, p in best]))[0], np.float64).reshape(-1)
+    best, choice = best_paths(ng.graph, SOURCE, SINK, cfg.k, cfg.path_score)
+    out = np.asarray(masked_model.run(x[None], ng.path_masks([p.nodes for p in best]))[0], np.float64).reshape(-1)
     orig = np.asarray(exp.logits[i], np.float64).reshape(-1)
     err = smape(softmax(out), softmax(orig))
     same = int(out.argmax()) == int(orig.argmax())
     ok = same and err <= cfg.path_smape_max
-    msg = (f"{cfg.k} best paths ({cfg.per_layer} neurons per layer): softmax SMAPE {err:.2f} %, "
+    msg = (f"{cfg.k} best paths ({choice.score}, {cfg.per_layer} neurons per layer): softmax SMAPE {err:.2f} %, "
            + ("same class" if same else f"class changes to {int(out.argmax())}"))
     return _result(ok, float(err), cfg.path_smape_max, msg)
 

@@ -5,6 +5,7 @@ A config file looks like::
     [audit]
     checks = ["conservation", "region", "path_fidelity"]   # default: every check whose inputs are given
     k = 5                 # paths kept by the path-fidelity check
+    path_score = "auto"   # how paths are ranked: auto, flow (the paper's sum) or carried
     per_layer = 16        # neurons per layer of the neuron graph
     batch_size = 8
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import InputError
+from ..paths.ranking import SCORES
 
 CHECKS = ("prediction", "conservation", "region", "path_fidelity", "faithfulness")
 
@@ -38,6 +40,7 @@ class AuditConfig:
     path_smape_max: float = 20.0
     faithfulness_min_gain: float = 0.05
     faithfulness_steps: int = 20
+    path_score: str = "auto"
     checks: tuple[str, ...] | None = None  # None: every check whose inputs are given (``auto``)
 
     def validate(self) -> "AuditConfig":
@@ -46,6 +49,8 @@ class AuditConfig:
             if bad or not self.checks:
                 raise InputError(f"audit config: unknown check(s) {bad or list(self.checks)}; choose from "
                                  f"{', '.join(CHECKS)}")
+        if self.path_score not in SCORES:
+            raise InputError(f"audit config: path_score must be one of {', '.join(SCORES)}, got {self.path_score!r}")
         for name in ("k", "per_layer", "batch_size", "faithfulness_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -90,7 +95,7 @@ def load_config(path: Path | None) -> AuditConfig:
         raise InputError(f"--config {path}: unknown section(s) {sorted(unknown)}; use [audit] and [thresholds]")
     updates: dict = {}
     audit, thr = data.get("audit", {}), data.get("thresholds", {})
-    for section, allowed in ((audit, {"checks", "k", "per_layer", "batch_size", "faithfulness_steps"}),
+    for section, allowed in ((audit, {"checks", "k", "per_layer", "batch_size", "faithfulness_steps", "path_score"}),
                              (thr, {"conservation", "region_min_share", "path_smape_max", "faithfulness_min_gain"})):
         if not isinstance(section, dict):
             raise InputError(f"--config {path}: [audit] and [thresholds] must be tables")
@@ -100,6 +105,8 @@ def load_config(path: Path | None) -> AuditConfig:
     for key in ("k", "per_layer", "batch_size", "faithfulness_steps"):
         if key in audit:
             updates[key] = _number(audit, key, f"--config {path}", int)
+    if "path_score" in audit:
+        updates["path_score"] = audit["path_score"]  # validate() names the choices
     if "checks" in audit:
         c = audit["checks"]
         if not (isinstance(c, list) and all(isinstance(v, str) for v in c)):

@@ -19,6 +19,9 @@ from ..errors import InputError
 
 #: a batch is given up after this many failed attempts (the error names the images)
 MAX_ATTEMPTS = 4
+#: how long to wait before asking a restarting actor again whether it is back, and for how long
+PROBE_WAIT_S = 0.2
+RESTART_TIMEOUT_S = 300.0
 
 
 def import_ray():
@@ -93,10 +96,11 @@ class RayEngine:
         bar.update(len(paths) - sum(len(b) for _, b in queue))
         attempts = {i: 0 for i, _ in queue}
         idle = list(range(len(self.actors)))
-        in_flight: dict = {}  # object ref -> (actor index, batch index, batch)
+        down_since: dict[int, float] = {}  # actor index -> when its batch failed
+        in_flight: dict = {}  # object ref -> (actor index, batch index, batch); a probe has no batch
         t0, fresh = time.perf_counter(), 0
         run.checkpoint(records, 0.0, 0, final=True)
-        while queue or in_flight:
+        while queue or any(i is not None for _, i, _ in in_flight.values()):
             while queue and idle:
                 a = idle.pop(0)
                 i, batch = queue.pop(0)
@@ -104,11 +108,22 @@ class RayEngine:
                 in_flight[self.actors[a].audit.remote(batch)] = (a, i, batch)
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             a, i, batch = in_flight.pop(ready[0])
-            idle.append(a)
             try:
                 got = ray.get(ready[0])
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.ObjectLostError) as e:
+                # the actor is down or restarting: it gets work again once a probe finds it back
+                # (given a batch at once, a restarting actor fails it at once, using up its attempts)
+                if i is None:
+                    if time.perf_counter() - down_since[a] > RESTART_TIMEOUT_S:
+                        raise InputError(f"--engine ray: a worker did not come back within {RESTART_TIMEOUT_S:.0f} s "
+                                         f"of dying ({type(e).__name__})") from None
+                    time.sleep(PROBE_WAIT_S)
+                else:
+                    down_since[a] = time.perf_counter()
+                in_flight[self.actors[a].where.remote()] = (a, None, None)
+                if i is None:
+                    continue
                 if attempts[i] >= MAX_ATTEMPTS:
                     raise InputError(f"--engine ray: the batch starting at {batch[0][0]} failed {attempts[i]} "
                                      f"times ({type(e).__name__})") from None
@@ -117,6 +132,9 @@ class RayEngine:
                 continue
             except ray.exceptions.RayTaskError as e:  # an error inside the audit: re-raise it as itself
                 raise e.as_instanceof_cause() from None
+            idle.append(a)
+            if i is None:  # a probe came back: the actor takes batches again
+                continue
             records.extend(got)
             fresh += len(batch)
             run.engine["retries"] = self.retries

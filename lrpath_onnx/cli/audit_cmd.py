@@ -13,6 +13,7 @@ from ..audit.run import AuditRun, previous_records
 from ..errors import InputError
 from ..io.inputs import list_images
 from ..io.outputs import clean_temporaries, ensure_out_dir
+from ..paths.ranking import SCORES
 from .options import floats, progress
 from .session import input_options, open_session
 
@@ -46,7 +47,7 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
 @click.option("--boxes", type=click.Path(path_type=Path), default=None,
               help='JSON {"file": [x0, y0, x1, y1] or a list of boxes} in image pixels.')
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="TOML with [audit] k, per_layer, batch_size and [thresholds] conservation, "
+              help="TOML with [audit] k, per_layer, path_score, batch_size and [thresholds] conservation, "
                    "region_min_share, path_smape_max; options below override it.")
 @click.option("--checks", "checks_text", default=None,
               help="Comma list of prediction, conservation, region, path_fidelity, faithfulness (default: "
@@ -58,6 +59,9 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
               help="MoRF AOPC the heatmap must gain over a random one (default 0.05).")
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Paths kept by the path-fidelity check (default 5).")
 @click.option("--per-layer", type=click.IntRange(min=1), default=None, help="Neurons per layer of the graph (default 16).")
+@click.option("--path-score", type=click.Choice(SCORES), default=None,
+              help="How the path-fidelity check ranks paths (default auto: the sum of flows on chains, the "
+                   "relevance carried where skip connections make paths differ in length).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per explain batch (default 8).")
 @click.option("--recursive", is_flag=True, help="Audit the images of subfolders too.")
 @click.option("--resume", is_flag=True, help="Skip images already in OUT/audit.json (same settings, either engine).")
@@ -70,7 +74,7 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="GPUs per Ray actor; > 0 runs the relevance pass with --device cuda there.")
 def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text, min_region_share,
-          conservation_range, path_smape_max, faithfulness_min_gain, k, per_layer, batch_size, recursive, resume, engine,
+          conservation_range, path_smape_max, faithfulness_min_gain, k, per_layer, path_score, batch_size, recursive, resume, engine,
           ray_address, num_workers, gpus_per_worker, **opts):
     """Check every image in --images: expected prediction, relevance conservation, relevance
     inside the object region (the Clever Hans check) and path fidelity (the K-path model keeps
@@ -86,7 +90,7 @@ def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text,
     chosen = tuple(c.strip() for c in checks_text.split(",") if c.strip()) if checks_text is not None else None
     cfg = with_options(load_config(config_path), region_min_share=min_region_share, path_smape_max=path_smape_max,
                        faithfulness_min_gain=faithfulness_min_gain,
-                       k=k, per_layer=per_layer, batch_size=batch_size, checks=chosen,
+                       k=k, per_layer=per_layer, path_score=path_score, batch_size=batch_size, checks=chosen,
                        conservation_min=cons[0] if cons else None, conservation_max=cons[1] if cons else None)
     if engine == "ray":  # before anything is read or written: no Ray is one line, exit 2
         from ..audit.ray_engine import import_ray

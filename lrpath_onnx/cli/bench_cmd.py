@@ -61,14 +61,15 @@ def _deconv_work(an: Analyzer, x: np.ndarray, layer: str, top: int) -> None:
 
 def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int) -> None:
     """What `lrpath paths` computes for one image (files aside)."""
-    from ..paths import SINK, SOURCE, build, explain_for_graph, k_best_paths
-    from ..paths.heatmaps import activation_heatmap
+    from ..paths import SINK, SOURCE, best_paths, build, explain_for_graph
+    from ..paths.conditional import layerwise
+    from ..paths.heatmaps import activation_heatmap, inner_masks
 
     exp = explain_for_graph(an, x)
     ng = build(an, exp, 0, per_layer)
-    best = k_best_paths(ng.graph, SOURCE, SINK, k)
-    masks = ng.path_masks([p for _, p in best])
-    an.reexplain(exp, masks)
+    best, _ = best_paths(ng.graph, SOURCE, SINK, k)
+    masks = ng.path_masks([p.nodes for p in best])
+    layerwise(an, exp, inner_masks(exp, masks))
     activation_heatmap(an, exp, ng, masks, x.shape[2:] if x.shape[1] in (1, 3) else x.shape[1:3])
 
 

@@ -9,7 +9,7 @@ from ..io.outputs import clean_temporaries, ensure_out_dir, write_json
 from ..io.schema import model_json, stamp
 from ..paths.neurons import graph_layers
 from ..paths.optimize import CRITERIA, DEFAULT_CRITERION, draw_sweep, sweep
-from .options import floats, progress
+from .options import floats, path_score_option, progress
 from .session import input_options, open_session
 
 
@@ -26,7 +26,8 @@ from .session import input_options, open_session
                    "share of the larger of the best error and the sweep's spread.")
 @click.option("--thresholds", default="-1,-0.5,0,0.5,1,1.5,2", show_default=True,
               help="GetOptimizer thresholds t (keep neurons above mean − t·std) to sweep.")
-def optimize(args, out, k_max, per_layer, criterion, tolerance, thresholds, **opts):
+@path_score_option
+def optimize(args, out, k_max, per_layer, criterion, tolerance, thresholds, path_score, **opts):
     """What the K best paths preserve, K = 1…k-max (each layer's relevance share, the
     layer-wise K-path heatmap against the full one, the output with the path neurons only),
     and GetOptimizer's selection over thresholds; chooses the smallest K within tolerance
@@ -40,7 +41,8 @@ def optimize(args, out, k_max, per_layer, criterion, tolerance, thresholds, **op
     out = ensure_out_dir(out)
     clean_temporaries(out)
     with progress(len(xs), "optimizing") as bar:
-        result = sweep(ses.an, xs, k_max, per_layer, grid, ses.layout, ses.target, tolerance, bar.update, criterion)
+        result = sweep(ses.an, xs, k_max, per_layer, grid, ses.layout, ses.target, tolerance, bar.update, criterion,
+                       path_score)
     result["inputs_files"] = [str(p) for p in ses.paths]
     result = stamp("optimize", {**model_json(ses.an.model_path, ses.model_name), **result})
     write_json(out / "optimize.json", result)

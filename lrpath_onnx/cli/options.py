@@ -57,6 +57,16 @@ def model_options(fn):
     return fn
 
 
+def path_score_option(fn):
+    """``--path-score``: how the K best paths are ranked (``paths.ranking``)."""
+    return click.option("--path-score", type=click.Choice(["auto", "flow", "carried"]), default="auto",
+                        show_default=True,
+                        help="Rank paths by the sum of their flows (flow, the paper's) or by the relevance that "
+                             "follows them, each neuron splitting its relevance in proportion to its edges "
+                             "(carried); auto: flow where every path crosses the same layers, carried where skip "
+                             "connections make paths differ in length.")(fn)
+
+
 @contextlib.contextmanager
 def progress(total: int, label: str):
     """A progress bar on stderr when it is a terminal; silent otherwise (CI logs stay clean)."""

@@ -9,8 +9,12 @@ from ..io.outputs import clean_temporaries, ensure_out_dir
 from ..paths.conditional import MODES
 from ..paths.neurons import graph_layers
 from ..paths.run import explain_paths
-from .options import progress
+from .options import path_score_option, progress
 from .session import input_options, open_session
+
+
+def _percent(share: float | None) -> str:
+    return "—" if share is None else f"{100 * share:.2g} %"
 
 
 def path_options(fn):
@@ -32,7 +36,8 @@ def path_options(fn):
                    "averaged (layerwise), or the path neurons kept at every layer at once (strict).")
 @click.option("--path-heatmap-scale", type=click.Choice(["full", "own"]), default="full", show_default=True,
               help="Colour scale of the relevance-based K-path heatmaps: the full heatmap's, or their own.")
-def paths(args, out, k, per_layer, how, threshold, path_heatmap, path_heatmap_scale, **opts):
+@path_score_option
+def paths(args, out, k, per_layer, how, threshold, path_heatmap, path_heatmap_scale, path_score, **opts):
     """Neuron graph of MODEL for each INPUT, its K best paths, and the K-path heatmaps.
 
     Writes graph.png/.svg/.graphml/.json, paths.json, heatmap_full.png,
@@ -47,10 +52,13 @@ def paths(args, out, k, per_layer, how, threshold, path_heatmap, path_heatmap_sc
         for batch in read_ahead(ses.reader.batches(ses.paths, 1)):
             sample = batch[0]
             rec = explain_paths(ses.an, sample, out / sample.name, k, per_layer, how, threshold, ses.target,
-                                ses.layout, ses.labels, path_heatmap_scale, ses.model_name, path_heatmap)
+                                ses.layout, ses.labels, path_heatmap_scale, ses.model_name, path_heatmap,
+                                path_score)
             best = rec["paths"][0] if rec["paths"] else None
             route = " > ".join(f"{n['layer']}:{n['neuron']}" for n in best["neurons"]) if best else "none"
-            click.echo(f"{sample.name}: {rec['graph']['nodes']} neurons, {rec['graph']['edges']} flows; "
-                       f"best path ({best['weight'] if best else 0:.4g}): {route} -> {out / sample.name}")
+            click.echo(f"{sample.name}: {rec['graph']['nodes']} neurons, {rec['graph']['edges']} flows; best path by "
+                       f"{rec['path_score']} (flow {best['weight'] if best else 0:.4g}, carries "
+                       f"{_percent(best['carried_share'] if best else None)} of the target's relevance): "
+                       f"{route} -> {out / sample.name}")
             bar.update(1)
     return 0

@@ -31,10 +31,10 @@ from ..viz.curve import draw_curve_png
 from ..viz.heatmap import relevance_map
 from .conditional import layer_share, neuron_maps
 from .heatmaps import inner_masks
-from .kbest import k_best_paths
 from .masking import MaskedModel
 from .neurons import SINK, SOURCE, activation_tensor, build, explain_for_graph, graph_layers
 from .optimizer import get_optimizer
+from .ranking import best_paths
 from .scores import choose_k, mse, smape, softmax, spearman, unit_l1
 
 #: --criterion → (per-K measure, whether it is a similarity (error = 1 − it), whether it is a
@@ -72,11 +72,12 @@ class InputSweep:
     the single-neuron maps of every path neuron of every inner graph layer."""
 
     def __init__(self, an: Analyzer, mm: MaskedModel, x: np.ndarray, k_max: int, per_layer: int, layout: str,
-                 target=None):
+                 target=None, score: str = "auto"):
         self.an, self.mm, self.layout = an, mm, layout
         self.exp = explain_for_graph(an, x, target)
         self.ng = build(an, self.exp, 0, per_layer, "top")
-        self.best = [p for _, p in k_best_paths(self.ng.graph, SOURCE, SINK, k_max)]
+        ranked, self.score = best_paths(self.ng.graph, SOURCE, SINK, k_max, score)
+        self.best = [p.nodes for p in ranked]
         self.target = int(self.exp.targets[0])
         self.orig = np.asarray(self.exp.logits[0], np.float64)
         self.classes = self.orig.ndim == 1
@@ -158,7 +159,7 @@ def choose(ks: list[int], per_k: dict, criterion: str, tolerance: float) -> int 
 
 def sweep(an: Analyzer, xs: list[np.ndarray], k_max: int = 20, per_layer: int = 16,
           thresholds=(-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0), layout: str = "nchw", target=None,
-          tolerance: float = 0.05, progress=None, criterion: str = DEFAULT_CRITERION) -> dict:
+          tolerance: float = 0.05, progress=None, criterion: str = DEFAULT_CRITERION, score: str = "auto") -> dict:
     """The K and threshold sweeps over inputs ``xs`` (each with its batch axis); see module docs."""
     if criterion not in CRITERIA:
         raise InputError(f"unknown --criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
@@ -167,10 +168,11 @@ def sweep(an: Analyzer, xs: list[np.ndarray], k_max: int = 20, per_layer: int = 
     per_k: list[list[dict]] = [[] for _ in range(k_max)]
     per_t: list[list[dict]] = [[] for _ in thresholds]
     kept_t: list[list[int]] = [[] for _ in thresholds]
-    found = []
+    found, choices = [], []
     for x in xs:
-        s = InputSweep(an, mm, x, k_max, per_layer, layout, target)
+        s = InputSweep(an, mm, x, k_max, per_layer, layout, target, score)
         found.append(len(s.best))
+        choices.append(s.score)
         for k in range(1, k_max + 1):
             per_k[k - 1].append(s.measures(min(k, len(s.best))))
         for ti, t in enumerate(thresholds):
@@ -187,6 +189,7 @@ def sweep(an: Analyzer, xs: list[np.ndarray], k_max: int = 20, per_layer: int = 
     bound = t_err.min() + tolerance
     t_ok = [(n, t) for t, e, n in zip(thresholds, t_err, kept) if e <= bound]
     return {"inputs": len(xs), "k": ks, "per_k": mean_k, "criterion": criterion,
+            "path_score": choices[0].score, "path_score_reason": choices[0].reason,
             "criterion_meaning": CRITERIA[criterion][3], "chosen_k": chosen,
             "chosen_k_by": {c: choose(ks, mean_k, c, tolerance) for c in CRITERIA if CRITERIA[c][0] in mean_k},
             "still_improving": chosen == k_max, "paths_found": found,

@@ -16,8 +16,8 @@ from ..viz.graph_draw import draw_png, draw_svg
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, scale_of, with_scale_bar
 from .conditional import layerwise
 from .heatmaps import activation_heatmap, draw_layer_row, inner_masks, relevance_heatmap
-from .kbest import k_best_paths
 from .neurons import SINK, SOURCE, NeuronGraph, build, explain_for_graph
+from .ranking import RankedPath, best_paths
 
 
 def node_id(node) -> str:
@@ -38,22 +38,27 @@ def write_graphml(ng: NeuronGraph, path: Path) -> None:
         nx.write_graphml(plain, str(tmp))
 
 
-def path_record(weight: float, path: list, ng: NeuronGraph) -> dict:
-    return {"weight": weight, "neurons": [{"layer": n[0], "neuron": n[1],
-                                           "relevance": ng.graph.nodes[n]["relevance"]}
-                                          for n in path if isinstance(n, tuple)]}
+def path_record(path: RankedPath, ng: NeuronGraph) -> dict:
+    """A path in paths.json: the sum of its flows, the relevance following it (and its share
+    of the target's), its neurons."""
+    target = ng.graph.nodes[SINK]["relevance"]
+    return {"weight": path.weight, "carried": path.carried,
+            "carried_share": path.carried / target if target else None,
+            "neurons": [{"layer": n[0], "neuron": n[1], "relevance": ng.graph.nodes[n]["relevance"]}
+                        for n in path.nodes if isinstance(n, tuple)]}
 
 
 def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer: int = 16,
                   how: str = "top", threshold: float = 1.0, target=None, layout: str = "nchw",
                   labels: list[str] | None = None, path_scale: str = "full", model_name: str | None = None,
-                  path_heatmap: str = "layerwise") -> dict:
+                  path_heatmap: str = "layerwise", score: str = "auto") -> dict:
     """Everything ``lrpath paths`` writes for one input into ``out``; returns paths.json's content.
 
     ``path_heatmap``: the relevance-based K-path heatmap is ``layerwise`` (the mean over graph
     layers of what the path neurons of that layer carry, ``conditional``) or ``strict`` (the
     path neurons kept at every layer at once). ``path_scale``: it is drawn on the full
-    heatmap's colour scale (``full``: its share of the relevance shows) or on its own (``own``)."""
+    heatmap's colour scale (``full``: its share of the relevance shows) or on its own (``own``).
+    ``score``: how paths are ranked (``ranking.SCORES``)."""
     t0 = time.perf_counter()
     x = sample.tensor[None]
     exp = explain_for_graph(an, x, target)
@@ -62,9 +67,9 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     if labels and isinstance(ng.target, (int, np.integer)) and ng.target < len(labels) and exp.logits.ndim == 2:
         name = labels[ng.target]
         ng.graph.nodes[SINK]["label"] = f"class {ng.target}" + ("" if name == str(ng.target) else f" {name}")
-    best = k_best_paths(ng.graph, SOURCE, SINK, k)
+    best, choice = best_paths(ng.graph, SOURCE, SINK, k, score)
     t2 = time.perf_counter()
-    masks = ng.path_masks([p for _, p in best])
+    masks = ng.path_masks([p.nodes for p in best])
     lw = layerwise(an, exp, inner_masks(exp, masks))
     if path_heatmap == "strict":
         rel_k = relevance_heatmap(an, x, target if target is not None else exp.targets[0], masks)
@@ -74,10 +79,10 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     act_k = activation_heatmap(an, exp, ng, masks, hw)
     t3 = time.perf_counter()
     make_folder(out)
-    title = (f"{len(best)} best relevance paths to {ng.graph.nodes[SINK].get('label', 'target')}, "
+    title = (f"{len(best)} best relevance paths ({choice.score}) to {ng.graph.nodes[SINK].get('label', 'target')}, "
              f"{per_layer if how == 'top' else 'GetOptimizer'} neurons per layer")
-    draw_png(ng.graph, [p for _, p in best], out / "graph.png", title=title)
-    draw_svg(ng.graph, [p for _, p in best], out / "graph.svg", title=title)
+    draw_png(ng.graph, [p.nodes for p in best], out / "graph.png", title=title)
+    draw_svg(ng.graph, [p.nodes for p in best], out / "graph.svg", title=title)
     write_graphml(ng, out / "graph.graphml")
     write_json(out / "graph.json", stamp("graph", graph_json(ng)))
     full = relevance_map(exp.relevance[0], layout)
@@ -102,8 +107,9 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
         "threshold": threshold if how == "getoptimizer" else None,
         "layers": ng.layers, "kept": {name: ng.kept[name].tolist() for name in ng.layers},
         "graph": {"nodes": ng.graph.number_of_nodes(), "edges": ng.graph.number_of_edges()},
-        "longest": path_record(*best[0], ng) if best else None,
-        "paths": [{"rank": i + 1, **path_record(w, p, ng)} for i, (w, p) in enumerate(best)],
+        "path_score": choice.score, "path_score_reason": choice.reason,
+        "longest": path_record(best[0], ng) if best else None,
+        "paths": [{"rank": i + 1, **path_record(p, ng)} for i, p in enumerate(best)],
         "path_heatmap": path_heatmap, "relevance_share_k_paths": share, "path_heatmap_scale": path_scale,
         "share_per_layer": lw.shares_json(),
         "timings_s": {"explain": t1 - t0, "graph_and_paths": t2 - t1, "path_heatmaps": t3 - t2,

@@ -37,8 +37,9 @@ def _patch_embedding(an):
 
 def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: int = 10,
                thresholds=(-1.0, 0.0, 1.0, 2.0), deconv_max: int = 16, model_path: str = "",
-               model_name: str | None = None) -> dict:
-    """Everything ``report.html`` shows, as a dict of values and picture paths under ``out``."""
+               model_name: str | None = None, score: str = "auto") -> dict:
+    """Everything ``report.html`` shows, as a dict of values and picture paths under ``out``;
+    ``score`` ranks the paths (``paths.ranking.SCORES``)."""
     an, layout = ses.an, ses.layout
     x = sample.tensor[None]
     timings: dict[str, float] = {}
@@ -78,11 +79,11 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
 
     t = time.perf_counter()
     paths = explain_paths(an, sample, out / "paths", k=k, per_layer=per_layer, layout=layout, labels=ses.labels,
-                          model_name=ses.model_name)
+                          model_name=ses.model_name, score=score)
     timings["paths"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    opt = sweep(an, [x], k_max, per_layer, thresholds, layout, None)
+    opt = sweep(an, [x], k_max, per_layer, thresholds, layout, None, score=score)
     draw_sweep(out, opt, per_layer)
     timings["sweep"] = time.perf_counter() - t
 

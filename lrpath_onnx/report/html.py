@@ -59,6 +59,17 @@ def _fmt(v, digits: int = 4) -> str:
     return "—" if v is None else f"{v:.{digits}g}"
 
 
+def _pct(path: dict | None) -> str:
+    share = path.get("carried_share") if path else None
+    return "—" if share is None else f"{100 * share:.3g} %"
+
+
+def _ranked_by(paths: dict) -> str:
+    if paths.get("path_score") == "carried":
+        return "ranked by the relevance that follows them, each neuron splitting its relevance in proportion to its edges"
+    return "ranked by the sum of their flows, as in the paper"
+
+
 def _rule(p: dict) -> str:
     params = ", ".join(f"{k}={v:g}" for k, v in (p.get("params") or {}).items())
     return f"{p['rule']}({params})" if params else p["rule"]
@@ -119,9 +130,9 @@ def _path_sections(cs: dict, out: Path, pixel: str) -> str:
     return f"""
 <section><h2>4. Neuron graph and the {k} best paths</h2>
 {_fig(out / 'paths' / 'graph.png', f"The {paths['per_layer'] or ''} most relevant neurons (channels) of every layer, edges weighted by the "
-      f"relevance that flows between them; the {k} paths carrying the most relevance in red, the best one thickest.", 'wide')}
+      f"relevance that flows between them; the {k} best paths in red ({_ranked_by(paths)}), the best one thickest.", 'wide')}
 <div class=kv><div>graph</div><div>{paths['graph']['nodes']} neurons, {paths['graph']['edges']} edges</div>
-<div>best path</div><div>{best_txt} (flow {_fmt(best['weight'] if best else None)})</div></div>
+<div>best path</div><div>{best_txt} (flow {_fmt(best['weight'] if best else None)}; carries {_pct(best)} of the target's relevance)</div></div>
 </section>
 
 <section><h2>5. Heatmaps from the {k} best paths only</h2><div class=row>

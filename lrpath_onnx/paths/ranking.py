@@ -1,0 +1,119 @@
+"""Which paths of a neuron graph are the best: by the sum of their flows, or by the relevance
+that follows them.
+
+``flow`` is the paper's "longest path": a path's weight is the sum of its edges' flows. Where
+every path crosses the same layers (a chain such as VGG16) that is a fair comparison. Where
+paths differ in length (a skip connection jumps the columns of the branch it goes round) it
+is not: a path through a branch adds two or three flows where one along the skip adds one.
+
+``carried`` scores a path by the part of the decision that follows it when every neuron
+passes its relevance down in proportion to its edges: the target's relevance times, per
+edge u → v, the share ``F[u, v] / R_v`` of v's relevance that goes to u. These parts add up,
+over all paths, to the relevance that reaches the input, whatever the paths' lengths; a
+path along an edge that carries relevance against its neuron's sign has none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from collections.abc import Hashable
+
+import networkx as nx
+
+from ..errors import InputError
+from .kbest import k_best_paths
+
+SCORES = ("auto", "flow", "carried")
+__all__ = ["SCORES", "RankedPath", "ScoreChoice", "best_paths", "carried", "choose_score"]
+
+
+@dataclass(frozen=True)
+class ScoreChoice:
+    """The score paths are ranked by, and why (``auto`` says which it chose)."""
+
+    score: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RankedPath:
+    """One of the best paths: its nodes, the sum of its flows, and the relevance following it."""
+
+    nodes: list
+    weight: float
+    carried: float
+
+
+def _depths(g: nx.DiGraph, source: Hashable, sink: Hashable) -> tuple[int, int, tuple | None]:
+    """The fewest and most edges of a source-to-sink path, and an edge that skips columns
+    (None when no path is shorter than another)."""
+    lo: dict = {source: 0}
+    hi: dict = {source: 0}
+    for v in nx.topological_sort(g):
+        preds = [u for u in g.pred[v] if u in lo]
+        if preds and v != source:
+            lo[v] = min(lo[u] for u in preds) + 1
+            hi[v] = max(hi[u] for u in preds) + 1
+    if sink not in lo:
+        return 0, 0, None
+    skip = None
+    if lo[sink] != hi[sink]:
+        skip = next(((u, v) for u, v in g.edges
+                     if g.nodes[v].get("column", 0) - g.nodes[u].get("column", 0) > 1), None)
+    return lo[sink], hi[sink], skip
+
+
+def choose_score(g: nx.DiGraph, source: Hashable, sink: Hashable, score: str = "auto") -> ScoreChoice:
+    """``flow`` where every path crosses the same number of layers, ``carried`` where they differ."""
+    if score not in SCORES:
+        raise InputError(f"unknown --path-score '{score}'; choose one of {', '.join(SCORES)}")
+    if score != "auto":
+        return ScoreChoice(score, "chosen by name")
+    lo, hi, skip = _depths(g, source, sink)
+    if lo == hi:
+        return ScoreChoice("flow", "every path crosses the same layers: the sum of its flows (the paper's)")
+    where = "" if skip is None else f", e.g. {_name(skip[0])} -> {_name(skip[1])}"
+    return ScoreChoice("carried", f"paths cross {lo - 1} to {hi - 1} layers (skip connections{where}): "
+                                  "a sum of flows would favour the longer ones")
+
+
+def _name(node) -> str:
+    return f"{node[0]}:{node[1]}" if isinstance(node, tuple) else str(node)
+
+
+def _share(g: nx.DiGraph, u: Hashable, v: Hashable) -> float:
+    """The share of v's relevance that v passes down to u (0 when v holds none)."""
+    rv = g.nodes[v]["relevance"]
+    return g[u][v]["weight"] / rv if rv else 0.0
+
+
+def carried(g: nx.DiGraph, path: list, sink: Hashable) -> float:
+    """The relevance that follows ``path`` when every neuron splits its relevance in
+    proportion to its edges: the sink's relevance times each edge's share."""
+    value = float(g.nodes[sink]["relevance"])
+    for u, v in zip(path, path[1:]):
+        value *= _share(g, u, v)
+    return value
+
+
+def _log_shares(g: nx.DiGraph) -> nx.DiGraph:
+    """The graph with each edge weighted by the log of its share; an edge with no positive
+    share (it carries relevance against its neuron's sign, or none) cannot be on a path."""
+    h = nx.DiGraph()
+    h.add_nodes_from(g.nodes)
+    for u, v in g.edges:
+        s = _share(g, u, v)
+        if s > 0:
+            h.add_edge(u, v, weight=math.log(s))
+    return h
+
+
+def best_paths(g: nx.DiGraph, source: Hashable, sink: Hashable, k: int,
+               score: str = "auto") -> tuple[list[RankedPath], ScoreChoice]:
+    """The ``k`` best source-to-sink paths by ``score`` (``auto``: ``choose_score``), best first."""
+    choice = choose_score(g, source, sink, score)
+    ranked = k_best_paths(g if choice.score == "flow" else _log_shares(g), source, sink, k)
+    paths = [RankedPath(p, float(sum(g[u][v]["weight"] for u, v in zip(p, p[1:]))), carried(g, p, sink))
+             for _, p in ranked]
+    return paths, choice
