@@ -274,6 +274,25 @@ def test_keras_layer_names_work_as_people_type_them(tmp_path):
         an.graph.find("conv")  # conv_1 and conv_2 both shorten to it
 
 
+def test_a_conv_tf2onnx_named_itself_is_found_by_its_keras_layer(tmp_path):
+    """tf2onnx names a Conv it fused a BatchNorm into ``Conv__36``; its weight keeps the Keras
+    layer's scope, so the layer is ``b1c1_conv_1`` (and ``b1c1_conv``), a node name it made
+    without a weight stays as it is."""
+    rng = np.random.default_rng(1)
+    n = helper.make_node
+    weight = "model_1/b1c1_conv_1/convolution/merged_input:0"
+    nodes = [n("Conv", ["X", weight, "model_1/b1c1_bn_1/batchnorm/sub:0"], ["a"], name="Conv__36",
+               kernel_shape=[3, 3]),
+             n("Relu", ["a"], ["b"], name="Relu__7")]
+    inits = {weight: rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+             "model_1/b1c1_bn_1/batchnorm/sub:0": rng.standard_normal(4).astype(np.float32)}
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 8, 8])], [models.vi("b", None)], inits),
+                       tmp_path / "k.onnx")
+    an = Analyzer(path)
+    assert [layer.name for layer in an.graph.layers] == ["b1c1_conv_1", "Relu__7"]
+    assert an.graph.find("b1c1_conv") is an.graph.find("b1c1_conv_1") is an.graph.layers[0]
+
+
 def test_cpu_session_lets_go_of_the_serialized_model_and_still_runs(tmp_path):
     """onnxruntime keeps the bytes a session was made from (for a provider fallback the CPU
     never takes); the analyzer's CPU session drops them, and its runs are those of a session

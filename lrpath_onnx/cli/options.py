@@ -59,7 +59,9 @@ def model_options(fn):
 
 def path_score_option(fn):
     """``--path-score``: how the K best paths are ranked (``paths.ranking``)."""
-    return click.option("--path-score", type=click.Choice(["auto", "flow", "carried"]), default="auto",
+    from ..paths.ranking import SCORES
+
+    return click.option("--path-score", type=click.Choice(SCORES), default="auto",
                         show_default=True,
                         help="Rank paths by the sum of their flows (flow, the paper's) or by the relevance that "
                              "follows them, each neuron splitting its relevance in proportion to its edges "

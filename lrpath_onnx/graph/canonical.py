@@ -123,7 +123,8 @@ def _module_name(node: onnx.NodeProto) -> str | None:
     ``_blocks.3._swish`` (a scope repeats its parent's attribute, as ``named_modules`` does not). PyTorch (dynamo exporter): the node's ``name_scopes`` metadata
     ``['', 'features', 'features.0', 'conv2d']`` → ``features.0``, and a Conv or Gemm by its
     weight's parameter name (``layer1.0.conv1.weight`` → ``layer1.0.conv1``). tf2onnx:
-    ``functional_1/block1_conv1_1/BiasAdd`` → ``block1_conv1_1`` (the Keras layer).
+    ``functional_1/block1_conv1_1/BiasAdd`` → ``block1_conv1_1`` (the Keras layer); a node tf2onnx
+    named itself (``Conv__36``) by its weight's scope.
     """
     for prop in node.metadata_props:
         if prop.key == _TORCH_SCOPES:
@@ -149,7 +150,15 @@ def _module_name(node: onnx.NodeProto) -> str | None:
             last = part
         return name
     parts = node_name.split("/")
-    return parts[-2] if len(parts) >= 3 else None
+    if len(parts) >= 3:
+        return parts[-2]
+    if node.op_type in _WEIGHTED + ("MatMul",) and len(node.input) > 1:
+        # tf2onnx names the nodes it makes itself (a Conv it fused a BatchNorm into: ``Conv__36``);
+        # the weight keeps the Keras layer's scope: ``model_1/b1c1_conv_1/convolution/merged_input:0``
+        scope = node.input[1].split("/")
+        if len(scope) >= 4 and scope[-3]:
+            return scope[-3]
+    return None
 
 
 #: ops that carry a module's name when several nodes share it (a Keras layer is BiasAdd + Relu)
