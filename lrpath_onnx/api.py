@@ -187,11 +187,14 @@ class Analyzer:
 
     def preprocessing(self, **options):
         """The image preprocessing for this model: the zoo entry's, else what the input shape says,
-        with ``options`` (size, resize, fit, scale, mean, std, channel_order, layout) on top."""
+        with ``options`` (size, resize, fit, scale, mean, std, channel_order, layout) on top; 0–255
+        pixels for a model that rescales them itself (``graph.input_scaling``)."""
+        from .graph.input_scaling import raw_pixel_options
         from .io.images import preprocess_from_input_shape
 
         base = dict(self.zoo.preprocessing) if self.zoo is not None else {}
         merged = {k: (tuple(v) if isinstance(v, list) else v) for k, v in {**base, **options}.items() if v is not None}
+        raw_pixel_options(self.graph, merged)  # a model that rescales its pixels itself gets them as 0–255
         return preprocess_from_input_shape(self.input_shape, **merged)
 
     def preprocess(self, image, **options) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..api import Analyzer, ClassName, NeuronTarget, Target, parse_target
 from ..errors import InputError, OutputError
+from ..graph.input_scaling import raw_pixel_options
 from ..io.images import Preprocess, preprocess_from_input_shape, z_bounds
 from ..io.inputs import InputReader, check_paths
 from ..io.results import read_labels
@@ -162,6 +163,10 @@ def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), d
     opts = {**_zoo_opts(entry), **{k: v for k, v in opts.items() if v is not None}}
     lo, hi = floats(low, "--low"), floats(high, "--high")
     an = Analyzer(model, preset=preset, rules=rules, device=device, size=opts.get("size"))
+    scaled = raw_pixel_options(an.graph, opts)
+    if scaled is not None:  # divided by 255 first, it would explain a nearly black image without a word
+        click.echo(f"note: the model rescales its input itself (x{scaled.scale:.3g}, from '{scaled.layer}'), so "
+                   "pixels go in as 0-255 (--scale 1); give --scale to change that", err=True)
     pre = image_preprocess(an.input_shape, opts, images=not paths or any(p.suffix.lower() != ".npy" for p in paths))
     lay = pre.layout if pre else (opts.get("layout") or "nchw")
     an.set_bounds(*bounds(pre, lo, hi, lay))
