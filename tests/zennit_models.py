@@ -7,7 +7,9 @@ the same weights and rules (BN merged by zennit's canonizer, residual sums throu
 - ``vgg``: conv-BN-ReLU, max and average pooling, two dense layers;
 - ``resnet``: a stem and two basic blocks (one with a strided 1×1 projection), residual sums;
 - ``mobilenet``: MobileNetV2 inverted residuals (expand, depthwise, linear bottleneck, ReLU6);
-- ``smooth``: SiLU, GELU, Hardswish, ELU and Tanh between convolutions, a residual sum.
+- ``smooth``: SiLU, GELU, Hardswish, ELU and Tanh between convolutions, a residual sum;
+- ``densenet``: pre-activation dense layers, whose BatchNorm after a concat no canonizer
+  merges (zennit's gradient crosses it: LRP-0 with its shift as a bias, the ``shift`` rule).
 
 Every model is built twice from one seed: with plain ``a + b`` residual sums (exported to
 ONNX) and with ``zennit.layer.Sum`` (explained by zennit). zennit imports torchvision at load
@@ -151,7 +153,37 @@ def build(name: str, seed: int, zennit_sum: bool = False):
             x = _add(self.sum, self.conv2(self.conv1(x)), x)
             return self.fc(torch.flatten(self.pool(self.conv4(self.conv3(x))), 1))
 
-    model = {"vgg": Vgg, "resnet": ResNet, "mobilenet": MobileNet, "smooth": Smooth}[name]()
+    class DenseLayer(nn.Module):
+        """Pre-activation: BatchNorm-ReLU-conv 1×1 (BN merged into it)-ReLU-conv 3×3, the
+        new features concatenated to the input. The first BatchNorm follows a concat, so no
+        canonizer merges it."""
+
+        def __init__(self, cin, growth):
+            super().__init__()
+            # registered in this order because zennit's SequentialMergeBatchNorm pairs a linear
+            # module with the BatchNorm registered right after it, across module boundaries
+            self.conv = nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False)
+            self.act = nn.ReLU()
+            self.norm = nn.BatchNorm2d(cin)
+            self.bottleneck = _conv_bn(cin, 2 * growth, 1, act=nn.ReLU())
+
+        def forward(self, x):
+            return torch.cat([x, self.conv(self.bottleneck(self.act(self.norm(x))))], 1)
+
+    class DenseNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(*_conv_bn(3, 8, 3, act=nn.ReLU()), nn.MaxPool2d(2))
+            self.block = nn.Sequential(DenseLayer(8, 4), DenseLayer(12, 4))
+            self.act = nn.ReLU()
+            self.norm = nn.BatchNorm2d(16)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.act(self.norm(self.block(self.stem(x))))), 1))
+
+    model = {"vgg": Vgg, "resnet": ResNet, "mobilenet": MobileNet, "smooth": Smooth, "densenet": DenseNet}[name]()
     g = torch.Generator().manual_seed(seed + 1000)
     for m in model.modules():  # BN with non-trivial statistics, so merging it matters
         if isinstance(m, nn.BatchNorm2d):
@@ -163,7 +195,7 @@ def build(name: str, seed: int, zennit_sum: bool = False):
     return model.eval()
 
 
-MODELS = ("vgg", "resnet", "mobilenet", "smooth")
+MODELS = ("vgg", "resnet", "mobilenet", "smooth", "densenet")
 
 
 def export(model, path: Path, dynamo: bool = False, opset: int = 17) -> Path:

@@ -17,16 +17,19 @@ import numpy as np
 
 from ..errors import ModelError
 from ..graph.layers import AffineLayer, MergeLayer, ProductLayer
+from .arrays import absolute
 from .registry import OpHandler, ParseContext, node_layer, register, unbroadcast
 
 
 class AffineHandler(OpHandler):
     """``y = x·scale + shift``: relevance (and a deconvolution signal) passes through, or, under
-    the ``shift`` rule (the transformer presets, for a position embedding), crosses it as a
-    linear layer whose shift is a bias: ``R_in = x·scale·R / stab(y)``."""
+    the ``shift`` rule (the transformer presets, for a position embedding; ``auto``'s
+    ``epsilon-gamma-box``, for a BatchNorm no layer takes in), crosses it as a linear layer
+    whose shift is a bias: ``R_in = x·scale·R / stab(y)``; under ``ratio``, by the shares of
+    the absolute terms: ``R_in = |x·scale| / (|x·scale| + |shift|) · R``."""
 
     def accepts(self, layer, rule):
-        return rule.name in ("pass", "shift")
+        return rule.name in ("pass", "shift", "ratio")
 
     def needs(self, layer, rule, shapes):
         if rule.name == "pass":
@@ -38,8 +41,12 @@ class AffineHandler(OpHandler):
             return super().relevance(layer, rule, r, ctx)
         x = ctx.fwd[layer.inputs[0]]
         scale = ctx.backend.asarray(np.asarray(layer.scale, x.dtype))
-        z = x * scale + ctx.backend.asarray(np.asarray(layer.shift, x.dtype))
-        s = ctx.backend.stabilised_divide(r, z, rule.get("epsilon", 0.0))
+        shift = ctx.backend.asarray(np.asarray(layer.shift, x.dtype))
+        if rule.name == "ratio":  # never amplified, none where x is 0
+            part = absolute(x * scale)
+            s = ctx.backend.stabilised_divide(r, part + absolute(shift), 0.0)
+            return [unbroadcast(part * s, ctx.shape_of(layer.inputs[0]))]
+        s = ctx.backend.stabilised_divide(r, x * scale + shift, rule.get("epsilon", 0.0))
         return [unbroadcast(x * scale * s, ctx.shape_of(layer.inputs[0]))]
 
     def deconv(self, layer, s, ctx):

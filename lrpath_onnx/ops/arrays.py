@@ -14,3 +14,9 @@ def contiguous(x):
     """
     make = getattr(x, "contiguous", None)
     return make() if make is not None else np.ascontiguousarray(x)
+
+
+def absolute(x):
+    """``|x|`` through ufuncs both host and GPU arrays take (``np.abs`` alone is not among a
+    ``DeviceArray``'s)."""
+    return np.maximum(x, 0) - np.minimum(x, 0)

@@ -6,13 +6,9 @@ import numpy as np
 
 from ..graph.layers import ConcatLayer
 from ..plan.rules import make_rule
-from .arrays import contiguous
+from .arrays import absolute, contiguous
 from .registry import (BackwardContext, OpHandler, ParseContext, clip_span, input_dims, node_layer, register,
                        static_dims, unbroadcast)
-
-
-def _abs(x):
-    return np.maximum(x, 0) - np.minimum(x, 0)
 
 
 class MergeHandler(OpHandler):
@@ -37,7 +33,7 @@ class MergeHandler(OpHandler):
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         xs = [ctx.fwd[name] for name in layer.inputs]
         if rule.name == "ratio":
-            xs = [_abs(x) for x in xs]
+            xs = [absolute(x) for x in xs]
             s = ctx.backend.stabilised_divide(r, sum(xs[1:], xs[0]), 0.0)
         else:
             s = ctx.backend.stabilised_divide(r, ctx.fwd[layer.output], rule.get("epsilon", 0.0))

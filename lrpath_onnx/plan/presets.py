@@ -42,6 +42,22 @@ def first_layers(graph: LayerGraph) -> list[Layer]:
             if isinstance(l, (ConvLayer, DenseLayer)) and not (nx.ancestors(dag, l.name) & linear)]
 
 
+def inner_affine_layers(graph: LayerGraph) -> list[Layer]:
+    """Constant affine maps with a shift that no Conv/dense layer took in: a BatchNorm after a
+    concat or a pool (DenseNet), not one of the input's own normalisation (a linear layer
+    is upstream).
+
+    ``auto`` gives them LRP-0 with the shift as a bias (``shift``) where it picks
+    ``epsilon-gamma-box``, whose rules keep biases everywhere else. zennit's composites pass
+    relevance through a BatchNorm its canonizer cannot merge, and so does the named preset;
+    passed through, relevance reaches units the shift alone switched on (a ReLU's zeros
+    before it), and on a trained DenseNet the maps were less faithful (README)."""
+    dag = graph.dag()
+    linear = {l.name for l in graph.linear_layers()}
+    return [l for l in graph.layers if isinstance(l, AffineLayer) and bool((l.shift != 0).any())
+            and nx.ancestors(dag, l.name) & linear]
+
+
 def _split_convs(graph: LayerGraph, upper: Rule, lower: Rule, dense: Rule, box: bool = True,
                  lower_fraction: float = 0.5, grouped: Rule | None = None) -> dict[str, Rule]:
     """z^B on the first layers (``box``), ``lower``/``upper`` on the lower/upper share of the
@@ -171,7 +187,13 @@ def preset_rules(graph: LayerGraph, preset: str) -> tuple[str, dict[str, Rule], 
     """(the preset that applies, its rules, why) for ``preset`` (``auto`` chooses)."""
     if preset == "auto":
         choice = choose_preset(graph)
-        return choice.preset, PRESETS[choice.preset][0](graph), choice.reason
+        rules, reason = PRESETS[choice.preset][0](graph), choice.reason
+        inner = inner_affine_layers(graph) if choice.preset == "epsilon-gamma-box" else []
+        if inner:  # its rules keep biases; so does a BatchNorm no convolution took in
+            rules.update({layer.name: make_rule("shift") for layer in inner})
+            reason += (f"; {len(inner)} BatchNorm(s) after a concat or pool keep their shift as a bias "
+                       f"(shift), e.g. '{inner[0].name}'")
+        return choice.preset, rules, reason
     if preset not in PRESETS:
         from ..names import did_you_mean
 

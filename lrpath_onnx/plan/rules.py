@@ -148,9 +148,10 @@ _spec(RuleSpec("zbox", ("low", "high", "stabilizer"), (math.nan, math.nan, STABI
                form=lambda p, nn, b: Form((Group((Part("above", "pos", 0.0, False),
                                                   Part("below", "neg", 0.0, False))),), p["stabilizer"],
                                           exact=True)))
-_spec(RuleSpec("ratio", kinds=("merge",),
+_spec(RuleSpec("ratio", kinds=("merge", "affine"),
                doc="residual sums: each branch gets its share of the absolute contributions |x_i| / Σ|x_j| "
-                   "(conserving, never amplifying; in the spirit of Otsuki et al.'s ratio-based splitting)"))
+                   "(conserving, never amplifying; in the spirit of Otsuki et al.'s ratio-based splitting); "
+                   "a constant affine map x·s + t: R_in = |x·s| / (|x·s| + |t|) · R, the shift keeping its share"))
 _spec(RuleSpec("uniform", ("epsilon",), (1e-6,), ("attnlrp",), ("bilinear",),
                doc="MatMul of two activations (AttnLRP): each operand half of the relevance, by ε-LRP with "
                    "the other held constant"))
