@@ -18,8 +18,8 @@ from typing import Callable
 import networkx as nx
 
 from ..errors import RuleError
-from ..graph.layers import (AffineLayer, BilinearLayer, ConvLayer, DenseLayer, GateLayer, Layer, LayerGraph,
-                            LayerNormLayer, MergeLayer, ReduceLayer, SoftmaxLayer)
+from ..graph.layers import (ActivationLayer, AffineLayer, BilinearLayer, ConvLayer, DenseLayer, GateLayer, Layer,
+                            LayerGraph, LayerNormLayer, MergeLayer, ReduceLayer, SoftmaxLayer)
 from .rules import Rule, make_rule
 
 PresetFn = Callable[[LayerGraph], dict[str, Rule]]
@@ -44,8 +44,8 @@ def first_layers(graph: LayerGraph) -> list[Layer]:
 
 def inner_affine_layers(graph: LayerGraph) -> list[Layer]:
     """Constant affine maps with a shift that no Conv/dense layer took in: a BatchNorm after a
-    concat or a pool (DenseNet), not one of the input's own normalisation (a linear layer
-    is upstream).
+    concat, a pool or a ReLU (DenseNet, a Keras dense head), not one of the input's own
+    normalisation (a linear layer is upstream) nor a quantized model's BatchNorm after its conv.
 
     ``auto`` gives them LRP-0 with the shift as a bias (``shift``) where it picks
     ``epsilon-gamma-box``, whose rules keep biases everywhere else. zennit's composites pass
@@ -55,7 +55,16 @@ def inner_affine_layers(graph: LayerGraph) -> list[Layer]:
     dag = graph.dag()
     linear = {l.name for l in graph.linear_layers()}
     return [l for l in graph.layers if isinstance(l, AffineLayer) and bool((l.shift != 0).any())
-            and nx.ancestors(dag, l.name) & linear]
+            and nx.ancestors(dag, l.name) & linear and not _after_linear(graph, l)]
+
+
+def _after_linear(graph: LayerGraph, layer: Layer) -> bool:
+    """Whether ``layer`` reads a Conv/dense output with only roundings in between (a quantized
+    model's BatchNorm after its conv, which the float model folds into the conv)."""
+    prev = graph.producer.get(layer.inputs[0])
+    while isinstance(prev, ActivationLayer) and prev.fn == "fakequant":
+        prev = graph.producer.get(prev.inputs[0])
+    return isinstance(prev, (ConvLayer, DenseLayer))
 
 
 def _split_convs(graph: LayerGraph, upper: Rule, lower: Rule, dense: Rule, box: bool = True,
