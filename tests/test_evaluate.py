@@ -91,28 +91,37 @@ def _linear_model(rng, c=2, h=8, w=8, classes=3):
     return models.make_model(nodes, [models.vi("X", ["N", c, h, w])], [models.vi("Y", None)], {"W": W}), W
 
 
+def _evaluate_linear(tmp_path, model, x: np.ndarray, methods: str) -> dict:
+    """evaluate.json of ``x`` (1, 3, 8, 8) through ``model``: 3-px patches, 5 steps, zero baseline."""
+    path = models.save(model, tmp_path / "lin.onnx")
+    np.save(tmp_path / "x.npy", x[0])
+    res = lrpath("evaluate", path, tmp_path / "x.npy", "--out", tmp_path / "out", "--methods", methods,
+                 "--patch", "3", "--steps", "5", "--baseline", "zeros", "--layout", "nchw")
+    assert res.returncode == 0, res.stderr
+    return json.loads((tmp_path / "out" / "evaluate.json").read_text())
+
+
+def _linear_curve(W: np.ndarray, x: np.ndarray, t: int, how: str) -> list[float]:
+    """The curve of ``f = W·x`` under its exact gradient × input map, by hand: removing a patch
+    lowers the logit by exactly the map's sum over it."""
+    contrib = (W[:, t].reshape(3, 8, 8) * x[0]).astype(np.float64)
+    regions = perturb.Regions.patches(8, 8, 3)
+    per_patch = regions.scores(contrib.sum(0))
+    ranked = perturb.order(per_patch, how)
+    return [1.0 - per_patch[ranked[:c]].sum() / abs(contrib.sum()) for c in perturb.step_counts(regions.count, 5)]
+
+
 def test_aopc_of_gradient_x_input_on_a_linear_model_is_what_the_algebra_says(tmp_path):
     """For ``f = W·x`` and a zero baseline, removing a patch lowers the logit by exactly its
     gradient × input sum; the curves and AOPCs follow by hand."""
     rng = np.random.default_rng(5)
     model, W = _linear_model(rng, c=3)
-    path = models.save(model, tmp_path / "lin.onnx")
     x = rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x[0])
-    res = lrpath("evaluate", path, tmp_path / "x.npy", "--out", tmp_path / "out", "--methods",
-                 "gradient-x-input,random", "--patch", "3", "--steps", "5", "--baseline", "zeros", "--layout", "nchw")
-    assert res.returncode == 0, res.stderr
-    doc = json.loads((tmp_path / "out" / "evaluate.json").read_text())
+    doc = _evaluate_linear(tmp_path, model, x, "gradient-x-input,random")
     t = int((x.reshape(1, -1) @ W).argmax())
-    contrib = (W[:, t].reshape(3, 8, 8) * x[0]).astype(np.float64)
-    regions = perturb.Regions.patches(8, 8, 3)
-    per_patch = regions.scores(contrib.sum(0))
-    f0 = float(contrib.sum())
-    counts = perturb.step_counts(regions.count, 5)
     rec = next(m for m in doc["methods"] if m["name"] == "gradient-x-input")
     for how in ("morf", "lerf"):
-        ranked = perturb.order(per_patch, how)
-        curve = [1.0 - per_patch[ranked[:c]].sum() / abs(f0) for c in counts]
+        curve = _linear_curve(W, x, t, how)
         np.testing.assert_allclose(rec[f"{how}_curve"], curve, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(rec[f"{how}_aopc"], np.mean(1 - np.array(curve)), rtol=1e-4, atol=1e-5)
     assert rec["abpc"] == pytest.approx(rec["morf_aopc"] - rec["lerf_aopc"])
@@ -245,22 +254,12 @@ def test_a_final_softmax_is_left_out_as_explain_leaves_it_out(tmp_path):
     model, W = _linear_model(rng, c=3)
     model.graph.node.append(helper.make_node("Softmax", ["Y"], ["P"], name="softmax", axis=1))
     model.graph.output[0].name = "P"
-    path = models.save(model, tmp_path / "soft.onnx")
     x = rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x[0])
-    res = lrpath("evaluate", path, tmp_path / "x.npy", "--out", tmp_path / "out", "--methods",
-                 "gradient-x-input", "--patch", "3", "--steps", "5", "--baseline", "zeros", "--layout", "nchw")
-    assert res.returncode == 0, res.stderr
-    doc = json.loads((tmp_path / "out" / "evaluate.json").read_text())
+    doc = _evaluate_linear(tmp_path, model, x, "gradient-x-input")
     logits = (x.reshape(1, -1) @ W)[0].astype(np.float64)
     t = int(logits.argmax())
     assert doc["images"][0]["logit"] == pytest.approx(logits[t], rel=1e-5)
-    contrib = (W[:, t].reshape(3, 8, 8) * x[0]).astype(np.float64)
-    regions = perturb.Regions.patches(8, 8, 3)
-    per_patch = regions.scores(contrib.sum(0))
-    ranked = perturb.order(per_patch, "morf")
-    curve = [1.0 - per_patch[ranked[:c]].sum() / abs(logits[t]) for c in perturb.step_counts(regions.count, 5)]
-    np.testing.assert_allclose(doc["methods"][0]["morf_curve"], curve, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(doc["methods"][0]["morf_curve"], _linear_curve(W, x, t, "morf"), rtol=1e-4, atol=1e-5)
 
 
 def test_an_image_whose_explained_logit_is_near_zero_is_named(tmp_path):
