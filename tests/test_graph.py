@@ -276,21 +276,27 @@ def test_keras_layer_names_work_as_people_type_them(tmp_path):
 
 def test_a_conv_tf2onnx_named_itself_is_found_by_its_keras_layer(tmp_path):
     """tf2onnx names a Conv it fused a BatchNorm into ``Conv__36``; its weight keeps the Keras
-    layer's scope, so the layer is ``b1c1_conv_1`` (and ``b1c1_conv``), a node name it made
-    without a weight stays as it is."""
+    layer's scope, so the layer is ``b1c1_conv_1`` (and ``b1c1_conv``, and still ``Conv__36``); a
+    MatMul's weight names it by the scope before the TensorFlow op; a node without a weight
+    keeps the name tf2onnx made."""
     rng = np.random.default_rng(1)
     n = helper.make_node
     weight = "model_1/b1c1_conv_1/convolution/merged_input:0"
-    nodes = [n("Conv", ["X", weight, "model_1/b1c1_bn_1/batchnorm/sub:0"], ["a"], name="Conv__36",
+    dense = "model_1/logits_1/MatMul/ReadVariableOp:0"
+    nodes = [n("Conv", ["X", weight, "model_1/b1c1_bn_1/batchnorm/sub:0"], ["Conv__36:0"], name="Conv__36",
                kernel_shape=[3, 3]),
-             n("Relu", ["a"], ["b"], name="Relu__7")]
+             n("Relu", ["Conv__36:0"], ["b"], name="Relu__7"),
+             n("Flatten", ["b"], ["f"], name="Flatten__9"),
+             n("MatMul", ["f", dense], ["y"], name="MatMul__12")]
     inits = {weight: rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-             "model_1/b1c1_bn_1/batchnorm/sub:0": rng.standard_normal(4).astype(np.float32)}
-    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 8, 8])], [models.vi("b", None)], inits),
+             "model_1/b1c1_bn_1/batchnorm/sub:0": rng.standard_normal(4).astype(np.float32),
+             dense: rng.standard_normal((4 * 6 * 6, 2)).astype(np.float32)}
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 8, 8])], [models.vi("y", None)], inits),
                        tmp_path / "k.onnx")
     an = Analyzer(path)
-    assert [layer.name for layer in an.graph.layers] == ["b1c1_conv_1", "Relu__7"]
+    assert [layer.name for layer in an.graph.layers] == ["b1c1_conv_1", "Relu__7", "Flatten__9", "logits_1"]
     assert an.graph.find("b1c1_conv") is an.graph.find("b1c1_conv_1") is an.graph.layers[0]
+    assert an.graph.find("Conv__36") is an.graph.layers[0]  # the name tf2onnx gave it still finds it
 
 
 def test_cpu_session_lets_go_of_the_serialized_model_and_still_runs(tmp_path):

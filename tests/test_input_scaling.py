@@ -16,9 +16,10 @@ from tests import models
 from tests.test_cli import lrpath
 
 
-def scaled_model(path, steps, seed=0):
+def scaled_model(path, steps, seed=0, nchw=False):
     """NHWC input → the element-wise ``steps`` ((op, constant) pairs) → Transpose → Conv →
-    Relu → GlobalAveragePool → Flatten → Gemm (3 classes), as tf2onnx exports a Keras model."""
+    Relu → GlobalAveragePool → Flatten → Gemm (3 classes), as tf2onnx exports a Keras model;
+    ``nchw``: an NCHW input and no Transpose, so a pure scaling is folded into the Conv."""
     rng = np.random.default_rng(seed)
     nodes, inits, t = [], {}, "input"
     for i, (op, value) in enumerate(steps):
@@ -27,33 +28,39 @@ def scaled_model(path, steps, seed=0):
         t = f"s{i}"
     inits["W"] = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
     inits["D"] = rng.standard_normal((4, 3)).astype(np.float32)
-    nodes += [helper.make_node("Transpose", [t], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
-              helper.make_node("Conv", ["nchw", "W"], ["c"], name="model/conv/Conv2D", kernel_shape=[3, 3]),
+    if nchw:
+        nodes.append(helper.make_node("Identity", [t], ["nchw"], name="same"))
+    else:
+        nodes.append(helper.make_node("Transpose", [t], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]))
+    nodes += [helper.make_node("Conv", ["nchw", "W"], ["c"], name="model/conv/Conv2D", kernel_shape=[3, 3]),
               helper.make_node("Relu", ["c"], ["r"], name="model/conv/Relu"),
               helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
               helper.make_node("Flatten", ["g"], ["f"], name="flat"),
               helper.make_node("Gemm", ["f", "D"], ["logits"], name="model/dense/MatMul")]
-    return models.save(models.make_model(nodes, [models.vi("input", ["N", 16, 16, 3])],
+    shape = ["N", 3, 16, 16] if nchw else ["N", 16, 16, 3]
+    return models.save(models.make_model(nodes, [models.vi("input", shape)],
                                          [models.vi("logits", None)], inits), path)
 
 
-@pytest.mark.parametrize("steps,scaled", [
-    ([("Mul", 1 / 255)], True),                                            # Rescaling(1/255)
-    ([("Mul", 1 / 127.5), ("Add", -1.0)], True),                           # Rescaling(1/127.5, offset=-1)
-    ([("Mul", 1 / 255), ("Sub", [0.485, 0.456, 0.406]), ("Div", [0.229, 0.224, 0.225])], True),  # + Normalization
-    ([("Sub", [0.485, 0.456, 0.406]), ("Div", [0.229, 0.224, 0.225])], False),  # 0–1 values normalised by a std
-    ([("Sub", [103.9, 116.8, 123.7])], False),                             # caffe: the mean only
-    ([], False),
+@pytest.mark.parametrize("steps,nchw,layer", [
+    ([("Mul", 1 / 255)], False, "step0"),                                   # Rescaling(1/255)
+    ([("Mul", 1 / 127.5), ("Add", -1.0)], False, "step0"),                  # Rescaling(1/127.5, offset=-1)
+    ([("Mul", 1 / 255), ("Sub", [0.485, 0.456, 0.406]), ("Div", [0.229, 0.224, 0.225])], False, "step0"),
+    ([("Sub", [123.7, 116.3, 103.5]), ("Div", [58.4, 57.1, 57.4])], False, "step1"),  # raw pixels, std in pixels
+    ([("Mul", 1 / 255)], True, "conv"),                                     # x / 255 folded into the first conv
+    ([("Sub", [0.485, 0.456, 0.406]), ("Div", [0.229, 0.224, 0.225])], False, None),  # 0–1 values normalised
+    ([("Sub", [103.9, 116.8, 123.7])], False, None),                        # caffe: the mean only
+    ([], False, None),
 ])
-def test_which_models_rescale_their_pixels(tmp_path, steps, scaled):
-    an = Analyzer(scaled_model(tmp_path / "m.onnx", steps))
+def test_which_models_rescale_their_pixels(tmp_path, steps, nchw, layer):
+    an = Analyzer(scaled_model(tmp_path / "m.onnx", steps, nchw=nchw))
     found = input_scaling(an.graph)
-    assert (found is not None) is scaled
-    if scaled:
-        assert found.layer == "step0" and found.scale == pytest.approx(
+    assert (found and found.layer) == layer
+    if layer:
+        assert found.scale == pytest.approx(
             np.prod([abs(np.max(v)) if op == "Mul" else 1 / abs(np.min(v)) if op == "Div" else 1.0
                      for op, v in steps]), rel=1e-6)
-    assert an.preprocessing().scale == (1.0 if scaled else 1 / 255)
+    assert an.preprocessing().scale == (1.0 if layer else 1 / 255)
     assert an.preprocessing(scale=0.5).scale == 0.5  # asked for: kept
 
 

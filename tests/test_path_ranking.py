@@ -136,3 +136,24 @@ def test_paths_command_ranks_a_resnets_paths_by_carried_relevance(tmp_path):
     assert res.returncode == 0, res.stderr
     vgg = json.loads((tmp_path / "vgg" / "digit_3" / "paths.json").read_text())
     assert vgg["path_score"] == "flow" and math.isclose(vgg["longest"]["weight"], vgg["paths"][0]["weight"])
+
+
+def test_a_target_without_relevance_is_ranked_by_flows():
+    g = layered_graph(3)
+    g.nodes[SINK]["relevance"] = 0.0
+    ranked, choice = best_paths(g, SOURCE, SINK, 3, "carried")
+    assert choice.score == "flow" and "the target holds no relevance" in choice.reason
+    assert [(p.weight, p.nodes) for p in ranked] == k_best_paths(g, SOURCE, SINK, 3)
+
+
+@pytest.mark.parametrize("model,skip", [("mnist-resnet", ("stem.0", "layer1")), ("mnist-vgg", None)])
+def test_the_layer_structure_decides_for_every_input(model, skip):
+    """Whether paths differ in length is the model's, not the kept neurons' (a skip edge exists
+    in a pruned graph only when one channel is kept at both ends)."""
+    from lrpath_onnx import Analyzer
+    from lrpath_onnx.paths.neurons import graph_layers, links, uneven_link
+
+    an = Analyzer(model)
+    layers = graph_layers(an)
+    names = {layer.name for layer in layers}
+    assert uneven_link(layers, {layer.name: links(an, layer, names) for layer in layers}) == skip

@@ -19,7 +19,7 @@ from ..errors import InputError
 
 #: a batch is given up after this many failed attempts (the error names the images)
 MAX_ATTEMPTS = 4
-#: how long to wait before asking a restarting actor again whether it is back, and for how long
+#: how often to ask a restarting actor whether it is back, and for how long before giving up on it
 PROBE_WAIT_S = 0.2
 RESTART_TIMEOUT_S = 300.0
 
@@ -85,6 +85,7 @@ class RayEngine:
             raise cause if cause is not None else InputError(f"--engine ray: the workers did not start ({e})") from None
         self.startup_s = time.perf_counter() - t
         self.retries = 0
+        self.lost: set[int] = set()  # actors given up on: down for longer than RESTART_TIMEOUT_S
         run.engine.update({"engine": "ray", "workers": workers, "gpus_per_worker": gpus_per_worker, "retries": 0,
                            "device": where[0][0], "provider": where[0][1], "worker_startup_s": self.startup_s})
 
@@ -96,8 +97,9 @@ class RayEngine:
         bar.update(len(paths) - sum(len(b) for _, b in queue))
         attempts = {i: 0 for i, _ in queue}
         idle = list(range(len(self.actors)))
-        down_since: dict[int, float] = {}  # actor index -> when its batch failed
         in_flight: dict = {}  # object ref -> (actor index, batch index, batch); a probe has no batch
+        down: dict[int, float] = {}  # actor index -> when it died; it gets work once a probe finds it back
+        probe_at: dict[int, float] = {}  # actor index -> when to ask it again
         t0, fresh = time.perf_counter(), 0
         run.checkpoint(records, 0.0, 0, final=True)
         while queue or any(i is not None for _, i, _ in in_flight.values()):
@@ -106,22 +108,21 @@ class RayEngine:
                 i, batch = queue.pop(0)
                 attempts[i] += 1
                 in_flight[self.actors[a].audit.remote(batch)] = (a, i, batch)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            self._probe(in_flight, down, probe_at)
+            if not in_flight:  # every actor is down, the next probe not yet due
+                time.sleep(PROBE_WAIT_S)
+                continue
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROBE_WAIT_S if down else None)
+            if not ready:
+                continue
             a, i, batch = in_flight.pop(ready[0])
             try:
                 got = ray.get(ready[0])
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.ObjectLostError) as e:
-                # the actor is down or restarting: it gets work again once a probe finds it back
-                # (given a batch at once, a restarting actor fails it at once, using up its attempts)
-                if i is None:
-                    if time.perf_counter() - down_since[a] > RESTART_TIMEOUT_S:
-                        raise InputError(f"--engine ray: a worker did not come back within {RESTART_TIMEOUT_S:.0f} s "
-                                         f"of dying ({type(e).__name__})") from None
-                    time.sleep(PROBE_WAIT_S)
-                else:
-                    down_since[a] = time.perf_counter()
-                in_flight[self.actors[a].where.remote()] = (a, None, None)
+                # down or restarting: given a batch at once, it would fail it at once (attempts used up)
+                down.setdefault(a, time.perf_counter())
+                probe_at[a] = time.perf_counter() + (PROBE_WAIT_S if i is None else 0.0)
                 if i is None:
                     continue
                 if attempts[i] >= MAX_ATTEMPTS:
@@ -132,9 +133,11 @@ class RayEngine:
                 continue
             except ray.exceptions.RayTaskError as e:  # an error inside the audit: re-raise it as itself
                 raise e.as_instanceof_cause() from None
-            idle.append(a)
             if i is None:  # a probe came back: the actor takes batches again
+                if down.pop(a, None) is not None:
+                    idle.append(a)
                 continue
+            idle.append(a)
             records.extend(got)
             fresh += len(batch)
             run.engine["retries"] = self.retries
@@ -142,6 +145,22 @@ class RayEngine:
             bar.update(len(batch))
         run.engine["retries"] = self.retries
         return run.checkpoint(records, time.perf_counter() - t0, fresh, final=True)
+
+    def _probe(self, in_flight: dict, down: dict, probe_at: dict) -> None:
+        """Ask the actors that are down and due whether they are back; give up on one down for
+        longer than ``RESTART_TIMEOUT_S``, and on the run once none is left."""
+        now = time.perf_counter()
+        for a in [a for a, since in down.items() if now - since > RESTART_TIMEOUT_S]:
+            del down[a]
+            probe_at.pop(a, None)
+            self.lost.add(a)
+        alive = len(self.actors) - len(self.lost)
+        if alive == 0:
+            raise InputError(f"--engine ray: no worker came back within {RESTART_TIMEOUT_S:.0f} s of dying")
+        for a, due in list(probe_at.items()):
+            if due <= now:
+                del probe_at[a]
+                in_flight[self.actors[a].where.remote()] = (a, None, None)
 
     def shutdown(self) -> None:
         for a in self.actors:

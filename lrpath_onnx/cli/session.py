@@ -164,10 +164,11 @@ def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), d
     lo, hi = floats(low, "--low"), floats(high, "--high")
     an = Analyzer(model, preset=preset, rules=rules, device=device, size=opts.get("size"))
     scaled = raw_pixel_options(an.graph, opts)
-    if scaled is not None:  # divided by 255 first, it would explain a nearly black image without a word
+    images = any(p.suffix.lower() != ".npy" for p in paths)
+    pre = image_preprocess(an.input_shape, opts, images=not paths or images)
+    if scaled is not None and pre is not None and images:  # divided by 255 first: a nearly black image, silently
         click.echo(f"note: the model rescales its input itself (x{scaled.scale:.3g}, from '{scaled.layer}'), so "
                    "pixels go in as 0-255 (--scale 1); give --scale to change that", err=True)
-    pre = image_preprocess(an.input_shape, opts, images=not paths or any(p.suffix.lower() != ".npy" for p in paths))
     lay = pre.layout if pre else (opts.get("layout") or "nchw")
     an.set_bounds(*bounds(pre, lo, hi, lay))
     names = read_labels(labels, an.num_classes) if labels else (entry.labels() if entry else None)

@@ -154,11 +154,17 @@ def _module_name(node: onnx.NodeProto) -> str | None:
         return parts[-2]
     if node.op_type in _WEIGHTED + ("MatMul",) and len(node.input) > 1:
         # tf2onnx names the nodes it makes itself (a Conv it fused a BatchNorm into: ``Conv__36``);
-        # the weight keeps the Keras layer's scope: ``model_1/b1c1_conv_1/convolution/merged_input:0``
+        # the weight keeps the Keras layer's scope: ``model_1/b1c1_conv_1/convolution/merged_input:0``,
+        # ``model/dense/MatMul/ReadVariableOp:0``: the scope before the first TensorFlow op
         scope = node.input[1].split("/")
-        if len(scope) >= 4 and scope[-3]:
-            return scope[-3]
+        for k in range(2, len(scope)):
+            if scope[k][:1].isupper() or scope[k] in _TF_WEIGHT_STEPS:
+                return scope[k - 1] or None
     return None
+
+
+#: lower-case steps tf2onnx puts between a Keras layer's scope and its weight
+_TF_WEIGHT_STEPS = ("convolution", "depthwise", "kernel", "merged_input:0")
 
 
 #: ops that carry a module's name when several nodes share it (a Keras layer is BiasAdd + Relu)

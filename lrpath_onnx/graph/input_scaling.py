@@ -17,8 +17,9 @@ import numpy as np
 from .layers import ROUTE, AffineLayer, LayerGraph
 
 #: a leading scale this small maps 0–255 pixels to about [0, 1] or [-1, 1]: 1/255 is 0.0039,
-#: 1/127.5 is 0.0078; normalising 0–1 values by a standard deviation scales by more than 1
-RAW_PIXELS_SCALE = 1 / 64
+#: 1/127.5 is 0.0078, dividing raw pixels by ImageNet's std in pixels (58.4) 0.017; normalising
+#: 0–1 values by a standard deviation scales by more than 1
+RAW_PIXELS_SCALE = 1 / 16
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,16 @@ def input_scaling(graph: LayerGraph) -> InputScaling | None:
             break
         layer = readers[0]
         if isinstance(layer, AffineLayer):
-            scale = np.abs(np.asarray(layer.scale, np.float64))
-            if scale.size == 0 or not np.all(scale > 0):
-                break
-            total *= float(scale.max())
-            # a Rescaling(1/255) followed by a normalisation by ImageNet's std (×4.5) is still one
-            if found is None and (scale.max() <= RAW_PIXELS_SCALE or total <= RAW_PIXELS_SCALE):
-                found = layer.name
-        elif layer.kind != ROUTE:
+            scale = float(np.abs(np.asarray(layer.scale, np.float64)).max(initial=0.0))
+        else:  # a scaling folded into the first conv's weights (x / 255 before it) is one too
+            scale = layer.input_scale
+        if not scale > 0:
+            break
+        total *= scale
+        # a Rescaling(1/255) followed by a normalisation by ImageNet's std (×4.5) is still one
+        if found is None and (scale <= RAW_PIXELS_SCALE or total <= RAW_PIXELS_SCALE):
+            found = layer.name
+        if not isinstance(layer, AffineLayer) and layer.kind != ROUTE:
             break
         tensor = layer.output
     return None if found is None else InputScaling(total, found)

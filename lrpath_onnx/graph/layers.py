@@ -44,6 +44,8 @@ class Layer:
     nodes : names of the ONNX nodes merged into this layer.
     index : position in topological order (what ``--rule 3=...`` refers to).
     handler : the op handler that parsed the layer and answers for it.
+    input_scale : the largest |scale| of constant scalings before it that were folded into its
+        weights (``x / 255`` in the graph), 1 if none: the input's own rescaling stays known.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Layer:
     nodes: list[str] = field(default_factory=list)
     index: int = -1
     handler: Any = field(default=None, repr=False)
+    input_scale: float = 1.0
 
     kind: ClassVar[str] = PASS
     family: ClassVar[str] = "layer"
@@ -427,13 +430,19 @@ class ResizeLayer(LinearLayer):
 def layer_aliases(layers: list[Layer]) -> dict[str, str]:
     """Names as people type them → layer names. tf2onnx scopes a Keras layer ``block5_conv3`` as
     ``block5_conv3_1`` (the call's uniquified name scope); the name without the numeric suffix
-    is an alias wherever it is not a layer's name itself and points at one layer only."""
+    is an alias wherever it is not a layer's name itself and points at one layer only. So is
+    the node name tf2onnx gave a layer it made itself (``Conv__36``, output ``Conv__36:0``),
+    which the layer is named after its Keras layer instead."""
     names = {l.name for l in layers}
     found: dict[str, list[str]] = {}
     for name in names:
         head, sep, tail = name.rpartition("_")
         if sep and head and tail.isdigit() and head not in names:
             found.setdefault(head, []).append(name)
+    for layer in layers:
+        node = layer.output[:-2] if layer.output.endswith(":0") else ""
+        if node and node not in names and "/" not in node:
+            found.setdefault(node, []).append(layer.name)
     return {alias: hits[0] for alias, hits in found.items() if len(hits) == 1}
 
 

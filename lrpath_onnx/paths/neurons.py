@@ -216,6 +216,8 @@ def build(an: Analyzer, exp: Explanation, sample: int = 0, per_layer: int = 16, 
         sink_label = str(an.output_neuron(int(target)) or f"class {target}")
     g.add_node(SINK, layer="target", column=len(layers) + 1, neuron=-1,
                relevance=float(exp.start_relevance[sample]), label=sink_label)
+    skip = uneven_link(layers, linked)  # how ``ranking`` ranks: alike for every input of the model
+    g.graph["skip"] = f"'{skip[0]}' -> '{skip[1]}'" if skip else ""
     ng = NeuronGraph(g, [l.name for l in layers], {}, target=target)
     for li, layer in enumerate(layers):
         rel = _per_neuron(exp.kept[layer.name][sample:sample + 1])[0]
@@ -239,6 +241,21 @@ def build(an: Analyzer, exp: Explanation, sample: int = 0, per_layer: int = 16, 
     for j in ng.kept[last.name]:
         g.add_edge((last.name, int(j)), SINK, weight=float(ng.relevance[last.name][j]))
     return ng
+
+
+def uneven_link(layers: list[Layer], linked: dict[str, list[tuple[str, Layer | None]]]) -> tuple | None:
+    """A link (from layer, to layer) where paths of different lengths from the input meet (a
+    skip connection), or None when every path crosses the same number of graph layers."""
+    lo: dict[str | None, int] = {None: 0}
+    hi: dict[str | None, int] = {None: 0}
+    found = None
+    for layer in layers:
+        prevs = [prev.name if prev is not None else None for _, prev in linked[layer.name]]
+        lo[layer.name] = min(lo[p] for p in prevs) + 1
+        hi[layer.name] = max(hi[p] for p in prevs) + 1
+        if found is None and lo[layer.name] != hi[layer.name]:
+            found = (min(prevs, key=lambda p: lo[p]) or SOURCE, layer.name)
+    return found
 
 
 def _add_flow(g: nx.DiGraph, u, v, weight: float) -> None:

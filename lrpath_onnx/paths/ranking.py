@@ -65,17 +65,31 @@ def _depths(g: nx.DiGraph, source: Hashable, sink: Hashable) -> tuple[int, int, 
 
 
 def choose_score(g: nx.DiGraph, source: Hashable, sink: Hashable, score: str = "auto") -> ScoreChoice:
-    """``flow`` where every path crosses the same number of layers, ``carried`` where they differ."""
+    """``flow`` where every path crosses the same number of layers, ``carried`` where they differ.
+
+    The model's layer structure decides when ``build`` put it in the graph (``g.graph["skip"]``:
+    a link where paths of different lengths meet, or ""), so every input of a model is ranked
+    alike; a graph without it (hand-made) is read node by node. A target holding no relevance has no
+    shares, and its paths are ranked by their flows."""
     if score not in SCORES:
         raise InputError(f"unknown --path-score '{score}'; choose one of {', '.join(SCORES)}")
-    if score != "auto":
-        return ScoreChoice(score, "chosen by name")
-    lo, hi, skip = _depths(g, source, sink)
-    if lo == hi:
-        return ScoreChoice("flow", "every path crosses the same layers: the sum of its flows (the paper's)")
-    where = "" if skip is None else f", e.g. {_name(skip[0])} -> {_name(skip[1])}"
-    return ScoreChoice("carried", f"paths cross {lo - 1} to {hi - 1} layers (skip connections{where}): "
-                                  "a sum of flows would favour the longer ones")
+    if score == "auto":
+        if "skip" in g.graph:
+            where = g.graph["skip"]
+        else:
+            lo, hi, skip = _depths(g, source, sink)
+            where = "" if lo == hi else f"{_name(skip[0])} -> {_name(skip[1])}" if skip else "?"
+        if not where:
+            return ScoreChoice("flow", "every path crosses the same layers: the sum of its flows (the paper's)")
+        where = "" if where == "?" else f", e.g. {where}"
+        choice = ScoreChoice("carried", f"paths cross different numbers of layers (skip connections{where}): "
+                                        "a sum of flows would favour the longer ones")
+    else:
+        choice = ScoreChoice(score, "chosen by name")
+    if choice.score == "carried" and sink in g and not g.nodes[sink].get("relevance"):
+        return ScoreChoice("flow", "the target holds no relevance, so no share of it follows a path: the sum of "
+                                   "the flows")
+    return choice
 
 
 def _name(node) -> str:

@@ -71,6 +71,7 @@ def _into_next(layer: AffineLayer, nxt: Layer) -> bool:
         return False
     w64 = nxt.weight.astype(np.float64) * (scale.reshape(1, -1, 1, 1) if conv else scale.reshape(-1, 1))
     nxt.weight = np.ascontiguousarray(w64, np.float32)
+    nxt.input_scale *= float(np.abs(scale).max())
     nxt.nodes[:0] = layer.nodes
     nxt.inputs = [layer.inputs[0]]
     return True
