@@ -74,8 +74,8 @@ def _checks(chosen: tuple[str, ...] | None, expect, has_regions: bool, an) -> li
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="GPUs per Ray actor; > 0 runs the relevance pass with --device cuda there.")
 def audit(args, out, images, expect, masks_dir, boxes, config_path, checks_text, min_region_share,
-          conservation_range, path_smape_max, faithfulness_min_gain, k, per_layer, path_score, batch_size, recursive, resume, engine,
-          ray_address, num_workers, gpus_per_worker, **opts):
+          conservation_range, path_smape_max, faithfulness_min_gain, k, per_layer, path_score, batch_size,
+          recursive, resume, engine, ray_address, num_workers, gpus_per_worker, **opts):
     """Check every image in --images: expected prediction, relevance conservation, relevance
     inside the object region (the Clever Hans check) and path fidelity (the K-path model keeps
     the prediction). Writes OUT/audit.json and OUT/junit.xml; exit 0 when every check passes,

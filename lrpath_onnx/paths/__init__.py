@@ -6,5 +6,5 @@ from .neurons import SINK, SOURCE, NeuronGraph, build, explain_for_graph, graph_
 from .optimizer import get_optimizer, select_getoptimizer
 from .ranking import SCORES, best_paths
 
-__all__ = ["NeuronGraph", "SCORES", "SINK", "SOURCE", "best_paths", "build", "explain_for_graph", "get_optimizer", "graph_layers",
-           "k_best_paths", "longest_path", "select_getoptimizer"]
+__all__ = ["NeuronGraph", "SCORES", "SINK", "SOURCE", "best_paths", "build", "explain_for_graph",
+           "get_optimizer", "graph_layers", "k_best_paths", "longest_path", "select_getoptimizer"]
