@@ -15,7 +15,7 @@ from lrpath_onnx.audit.config import AuditConfig, load_config
 from lrpath_onnx.errors import InputError
 from lrpath_onnx.models.registry import HERE
 from lrpath_onnx.paths import SINK, SOURCE, k_best_paths
-from lrpath_onnx.paths.ranking import best_paths, carried, choose_score
+from lrpath_onnx.paths.ranking import best_paths, carried, choose_score, uneven_join
 
 from tests.test_cli import lrpath
 
@@ -151,9 +151,10 @@ def test_the_layer_structure_decides_for_every_input(model, skip):
     """Whether paths differ in length is the model's, not the kept neurons' (a skip edge exists
     in a pruned graph only when one channel is kept at both ends)."""
     from lrpath_onnx import Analyzer
-    from lrpath_onnx.paths.neurons import graph_layers, links, uneven_link
+    from lrpath_onnx.paths.neurons import graph_layers, layer_dag, links
 
     an = Analyzer(model)
     layers = graph_layers(an)
     names = {layer.name for layer in layers}
-    assert uneven_link(layers, {layer.name: links(an, layer, names) for layer in layers}) == skip
+    dag = layer_dag(layers, {layer.name: links(an, layer, names) for layer in layers})
+    assert uneven_join(dag, SOURCE) == skip

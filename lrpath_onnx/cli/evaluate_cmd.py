@@ -25,17 +25,23 @@ from .session import input_options, open_session
 DEFAULT_METHODS = "auto,gradient,gradient-x-input,random"
 
 
-def plain_forward(model_path: Path, device: str, fixed_batch: int | None, output: str | None = None):
+def inner_output(graph) -> str | None:
+    """The explained tensor when it is not the model's output (the logits before a final
+    Softmax the analyzer strips), for ``plain_forward``; None when it is."""
+    return graph.output if graph.stripped else None
+
+
+def plain_forward(model_path: Path, device: str, fixed_batch: int | None, inner: str | None = None):
     """What a user would run: an onnxruntime session with default settings, returning the
-    explained ``output`` (the logits before a final Softmax the analyzer strips; None: the
-    model's first output). A tensor that is not an output of the model is made one, in a copy."""
+    model's first output, or the tensor ``inner`` (``inner_output``), made an output of a copy."""
     providers = choose_providers("auto" if device == "cuda" else device)
-    sess = ort.InferenceSession(str(model_path), providers=providers)
-    if output is not None and output not in [o.name for o in sess.get_outputs()]:
+    if inner is None:
+        sess = ort.InferenceSession(str(model_path), providers=providers)
+    else:
         proto = onnx.load(str(model_path))
-        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(output))
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(inner))
         sess = ort.InferenceSession(proto.SerializeToString(), providers=providers)
-    fetch = None if output is None else [output]
+    fetch = None if inner is None else [inner]
     name = sess.get_inputs()[0].name
     dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32  # a float16 model
 
@@ -82,7 +88,7 @@ def evaluate_cmd(args, out, methods, patch, steps, baseline, seed, smoothgrad_n,
     settings = Settings(patch=patch or default_patch(h, w), steps=steps, baseline=baseline, seed=seed,
                         batch=forward_batch)
     fixed = an.input_shape[0] if an.input_shape and an.input_shape[0] else None
-    forward = plain_forward(an.model_path, opts.get("device", "cpu"), fixed, an.graph.output)
+    forward = plain_forward(an.model_path, opts.get("device", "cpu"), fixed, inner_output(an.graph))
     ctx = MethodContext(str(an.model_path), tuple(opts.get("rules") or ()), an.low, an.high, ses.layout, forward,
                         settings.patch, baseline, seed, smoothgrad_n, smoothgrad_sigma, opts.get("device", "cpu"))
     target = ses.target if isinstance(ses.target, int) else None

@@ -15,14 +15,14 @@ class MorfScorer:
     """Region perturbation of single images through a plain onnxruntime session."""
 
     def __init__(self, ses, steps: int = 20, baseline: str = "blur", batch: int = 32) -> None:
-        from ..cli.evaluate_cmd import plain_forward
+        from ..cli.evaluate_cmd import inner_output, plain_forward
 
         an = ses.an
         self.layout = ses.layout
         h, w = ses.reader.pre.size if ses.reader.pre else an.input_shape[-2:]
         self.patch, self.steps, self.baseline = default_patch(h, w), steps, baseline
         fixed = an.input_shape[0] if an.input_shape and an.input_shape[0] else None
-        self.run = plain_forward(an.model_path, "cpu", fixed, an.graph.output)
+        self.run = plain_forward(an.model_path, "cpu", fixed, inner_output(an.graph))
         self.forward = BatchedForward(self.run, batch)
 
     def curves(self, x: np.ndarray, relevance: np.ndarray, target: int, seed: int = 0) -> dict:

@@ -25,7 +25,7 @@ def _maps(ctx: MethodContext, names: list[str], x: np.ndarray, targets: list[int
 def run_sanity(ses, names: list[str], ctx: MethodContext, steps: int, batch: int, out: Path) -> dict:
     """Randomise the top layer group, then the top two … down to the first; compare every
     method's maps with the trained network's (same images, same explained classes)."""
-    from ..cli.evaluate_cmd import plain_forward
+    from ..cli.evaluate_cmd import inner_output, plain_forward
 
     methods = [m for m in names if m != "random"]
     graph = ses.an.graph
@@ -42,8 +42,8 @@ def run_sanity(ses, names: list[str], ctx: MethodContext, steps: int, batch: int
         for k, group in enumerate(groups):
             done += group
             path = write_model(randomized(Path(ctx.model_path), graph, done, ctx.seed), Path(tmp), f"r{k}.onnx")
-            rctx = replace(ctx, model_path=str(path), forward=plain_forward(path, ctx.device, fixed, graph.output),
-                           _analyzers={}, _random=None)
+            forward = plain_forward(path, ctx.device, fixed, inner_output(graph))
+            rctx = replace(ctx, model_path=str(path), forward=forward, _analyzers={}, _random=None)
             maps = _maps(rctx, methods, x, targets, batch)
             rec = {"randomized": list(done), "methods": {}}
             for m in methods:

@@ -22,6 +22,7 @@ from ..api import Analyzer, Explanation, NeuronTarget
 from ..errors import InputError
 from ..graph.layers import BILINEAR, NORM, SOFTMAX, ConvLayer, Layer
 from .optimizer import get_optimizer
+from .ranking import uneven_join
 
 SOURCE, SINK = "input", "target"
 
@@ -216,7 +217,7 @@ def build(an: Analyzer, exp: Explanation, sample: int = 0, per_layer: int = 16, 
         sink_label = str(an.output_neuron(int(target)) or f"class {target}")
     g.add_node(SINK, layer="target", column=len(layers) + 1, neuron=-1,
                relevance=float(exp.start_relevance[sample]), label=sink_label)
-    skip = uneven_link(layers, linked)  # how ``ranking`` ranks: alike for every input of the model
+    skip = uneven_join(layer_dag(layers, linked), SOURCE)  # how ``ranking`` ranks: alike for every input
     g.graph["skip"] = f"'{skip[0]}' -> '{skip[1]}'" if skip else ""
     ng = NeuronGraph(g, [l.name for l in layers], {}, target=target)
     for li, layer in enumerate(layers):
@@ -243,19 +244,14 @@ def build(an: Analyzer, exp: Explanation, sample: int = 0, per_layer: int = 16, 
     return ng
 
 
-def uneven_link(layers: list[Layer], linked: dict[str, list[tuple[str, Layer | None]]]) -> tuple | None:
-    """A link (from layer, to layer) where paths of different lengths from the input meet (a
-    skip connection), or None when every path crosses the same number of graph layers."""
-    lo: dict[str | None, int] = {None: 0}
-    hi: dict[str | None, int] = {None: 0}
-    found = None
+def layer_dag(layers: list[Layer], linked: dict[str, list[tuple[str, Layer | None]]]) -> nx.DiGraph:
+    """The graph layers as a DAG from the input (``SOURCE``), an edge per link."""
+    dag = nx.DiGraph()
+    dag.add_node(SOURCE)
     for layer in layers:
-        prevs = [prev.name if prev is not None else None for _, prev in linked[layer.name]]
-        lo[layer.name] = min(lo[p] for p in prevs) + 1
-        hi[layer.name] = max(hi[p] for p in prevs) + 1
-        if found is None and lo[layer.name] != hi[layer.name]:
-            found = (min(prevs, key=lambda p: lo[p]) or SOURCE, layer.name)
-    return found
+        for _, prev in linked[layer.name]:
+            dag.add_edge(SOURCE if prev is None else prev.name, layer.name)
+    return dag
 
 
 def _add_flow(g: nx.DiGraph, u, v, weight: float) -> None:

@@ -16,8 +16,8 @@ path along an edge that carries relevance against its neuron's sign has none.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Hashable
+from dataclasses import dataclass
 
 import networkx as nx
 
@@ -25,7 +25,7 @@ from ..errors import InputError
 from .kbest import k_best_paths
 
 SCORES = ("auto", "flow", "carried")
-__all__ = ["SCORES", "RankedPath", "ScoreChoice", "best_paths", "carried", "choose_score"]
+__all__ = ["SCORES", "RankedPath", "ScoreChoice", "best_paths", "carried", "choose_score", "uneven_join"]
 
 
 @dataclass(frozen=True)
@@ -45,31 +45,28 @@ class RankedPath:
     carried: float
 
 
-def _depths(g: nx.DiGraph, source: Hashable, sink: Hashable) -> tuple[int, int, tuple | None]:
-    """The fewest and most edges of a source-to-sink path, and an edge that skips columns
-    (None when no path is shorter than another)."""
+def uneven_join(g: nx.DiGraph, source: Hashable) -> tuple | None:
+    """The first edge (u, v) where paths of different lengths from ``source`` meet, u on the
+    shortest (a skip connection), or None when every path to a node has the same length.
+    ``build`` asks it of the model's graph layers, so every input is ranked alike."""
     lo: dict = {source: 0}
     hi: dict = {source: 0}
     for v in nx.topological_sort(g):
         preds = [u for u in g.pred[v] if u in lo]
-        if preds and v != source:
-            lo[v] = min(lo[u] for u in preds) + 1
-            hi[v] = max(hi[u] for u in preds) + 1
-    if sink not in lo:
-        return 0, 0, None
-    skip = None
-    if lo[sink] != hi[sink]:
-        skip = next(((u, v) for u, v in g.edges
-                     if g.nodes[v].get("column", 0) - g.nodes[u].get("column", 0) > 1), None)
-    return lo[sink], hi[sink], skip
+        if not preds or v == source:
+            continue
+        lo[v], hi[v] = min(lo[u] for u in preds) + 1, max(hi[u] for u in preds) + 1
+        if lo[v] != hi[v]:
+            return min(preds, key=lambda u: lo[u]), v
+    return None
 
 
 def choose_score(g: nx.DiGraph, source: Hashable, sink: Hashable, score: str = "auto") -> ScoreChoice:
     """``flow`` where every path crosses the same number of layers, ``carried`` where they differ.
 
     The model's layer structure decides when ``build`` put it in the graph (``g.graph["skip"]``:
-    a link where paths of different lengths meet, or ""), so every input of a model is ranked
-    alike; a graph without it (hand-made) is read node by node. A target holding no relevance has no
+    the ``uneven_join`` of its graph layers, or ""), so every input of a model is ranked alike;
+    a graph without it (hand-made) is read node by node. A target holding no relevance has no
     shares, and its paths are ranked by their flows."""
     if score not in SCORES:
         raise InputError(f"unknown --path-score '{score}'; choose one of {', '.join(SCORES)}")
@@ -77,13 +74,12 @@ def choose_score(g: nx.DiGraph, source: Hashable, sink: Hashable, score: str = "
         if "skip" in g.graph:
             where = g.graph["skip"]
         else:
-            lo, hi, skip = _depths(g, source, sink)
-            where = "" if lo == hi else f"{_name(skip[0])} -> {_name(skip[1])}" if skip else "?"
+            skip = uneven_join(g, source)
+            where = f"{_name(skip[0])} -> {_name(skip[1])}" if skip else ""
         if not where:
             return ScoreChoice("flow", "every path crosses the same layers: the sum of its flows (the paper's)")
-        where = "" if where == "?" else f", e.g. {where}"
-        choice = ScoreChoice("carried", f"paths cross different numbers of layers (skip connections{where}): "
-                                        "a sum of flows would favour the longer ones")
+        choice = ScoreChoice("carried", f"paths cross different numbers of layers (skip connections, e.g. "
+                                        f"{where}): a sum of flows would favour the longer ones")
     else:
         choice = ScoreChoice(score, "chosen by name")
     if choice.score == "carried" and sink in g and not g.nodes[sink].get("relevance"):
