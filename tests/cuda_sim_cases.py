@@ -182,16 +182,19 @@ def test_gemm_matches_numpy(case, dtype):
     np.testing.assert_allclose(host(plain), A @ B, **tol(dtype))
 
 
-@pytest.mark.parametrize("tile", ["large", "thin"])
-def test_gemm_gpu_tiles_match_numpy(tile):
-    """The tiles the GPU uses (the simulator defaults to ``small``): one or two blocks each."""
+@pytest.mark.parametrize("tile,trans", [("large", (True, False)), ("mid", (False, True)), ("thin", (False, False)),
+                                        ("thin", (True, True))])
+def test_gemm_gpu_tiles_match_numpy(tile, trans):
+    """The tiles the GPU uses (the simulator defaults to ``small``), one or two blocks each,
+    K over three slices (the last one partial: double-buffered staging and its bounds)."""
     rng = np.random.default_rng(11)
-    M, Kd, N = (100, 20, 70) if tile == "large" else (5, 20, 130)
-    a = rng.standard_normal((Kd, M)).astype(np.float32)
-    b = rng.standard_normal((Kd, N)).astype(np.float32)
+    M, Kd, N = {"large": (100, 37, 70), "mid": (50, 37, 130), "thin": (5, 37, 130)}[tile]
+    ta, tb = trans
+    a = rng.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
+    b = rng.standard_normal((N, Kd) if tb else (Kd, N)).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32)
-    got = CG.gemm(a, b, None, trans_a=True, bias=bias, bias_axis=1, tile=tile)
-    want = a.T.astype(np.float64) @ b + bias
+    got = CG.gemm(a, b, None, trans_a=ta, trans_b=tb, bias=bias, bias_axis=1, tile=tile)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b) + bias
     np.testing.assert_allclose(host(got), want, **tol(np.float32))
 
 
@@ -204,7 +207,7 @@ def test_gemm_reads_strided_views_and_splits_only_thin_long_products(monkeypatch
     assert CG.choose_split(4, 4, 100) == 1
     assert CG.choose_tile(8) == ("small" if CG.config.ENABLE_CUDASIM else "thin")
     monkeypatch.setattr(CG.config, "ENABLE_CUDASIM", False)
-    assert CG.choose_tile(8) == "thin" and CG.choose_tile(64) == "large"
+    assert CG.choose_tile(8) == "thin" and CG.choose_tile(64) == "mid" and CG.choose_tile(65) == "large"
     with pytest.raises(ValueError):
         CG.gemm(a, a, None)
 

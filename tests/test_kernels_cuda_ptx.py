@@ -35,6 +35,7 @@ def _signatures(f):
     return {
         "_cast": (_arr(other, 1), A1),
         "gemm_kernel": (A2, A2, A2, A3, f, f, b, b, i, A1, i, A2, b),
+        "gemm_kernel_mid": (A2, A2, A2, A3, f, f, b, b, i, A1, i, A2, b),
         "gemm_kernel_thin": (A2, A2, A2, A3, f, f, b, b, i, A1, i, A2, b),
         "gemm_kernel_small": (A2, A2, A2, A3, f, f, b, b, i, A1, i, A2, b),
         "splitk_reduce": (A3, A2, f, f, A1, i, A2, b),
@@ -111,5 +112,13 @@ def test_kernel_compiles_to_sm90_ptx(nvvm, name, dtype):
     entry = KERNELS[name].py_func.__name__
     assert re.search(r"\.entry\s+\w*" + entry, ptx), f"no .entry for {name} in the PTX"
     assert str(restype) == "none"
-    if name == "gemm_kernel":  # the 8x8 micro-tile's FMAs are unrolled into registers
-        assert ptx.count("fma.rn." + ("f32" if dtype is float32 else "f64")) >= 64
+    if name.startswith("gemm_kernel"):
+        tile = {"gemm_kernel": "large"}.get(name, name.removeprefix("gemm_kernel_"))
+        BM, BN, BK, TY, TX = gemm.TILES[tile]
+        TM, TN = BM // TY, BN // TX
+        # every multiply-add of a slice written out, in registers (no local memory in the loop) ...
+        assert ptx.count("fma.rn." + ("f32" if dtype is float32 else "f64")) >= BK * TM * TN
+        # ... and the operands read from shared memory in 16-byte vector loads, none one by one
+        vector = "ld.shared.v4.f32" if dtype is float32 else "ld.shared.v2.f64"
+        assert ptx.count(vector) == BK * (TM + TN) // 4 * (1 if dtype is float32 else 2)
+        assert not re.search(r"ld\.shared\.f(32|64)", ptx)

@@ -30,17 +30,20 @@ import math
 import numpy as np
 from numba import config, cuda
 
-from .launch import MAX_BLOCKS, DeviceWorkspace, as_device, grid1, scratch
+from .launch import MAX_BLOCKS, SIMULATED, DeviceWorkspace, as_device, grid1, scratch
+from .vector_load import load4
 
 #: name: (BM, BN, BK, TY, TX); each thread computes (BM/TY) x (BN/TX) outputs.
 TILES = {
     "large": (128, 128, 16, 16, 16),
+    "mid": (64, 128, 16, 8, 16),
     "thin": (32, 128, 16, 8, 16),
     "small": (32, 32, 8, 8, 8),
 }
-#: at most this many rows of C use the ``thin`` tile.
+#: at most this many rows of C use the ``thin`` tile, at most MID_ROWS the ``mid`` one.
 THIN_ROWS = 32
-PAD = 1  # shared-memory row padding
+MID_ROWS = 64
+PAD = 4  # shared-memory row padding (a multiple of 4 keeps rows 16-byte aligned)
 
 #: split K when the grid has fewer output tiles than this (two waves on 132 SMs) ...
 TARGET_BLOCKS = 264
@@ -49,104 +52,125 @@ SPLIT_MIN_K = 512
 MAX_SPLIT = 32
 
 
+def _kernel_source(BM: int, BN: int, BK: int, TY: int, TX: int) -> str:
+    """Python source of the tiled GEMM kernel for one tile shape, its inner loops written out.
+
+    numba leaves a loop over a compile-time range as a loop, with a ``cuda.local.array``
+    accumulator in local memory around it; written out, the ``TM·TN`` accumulators and the
+    operands are plain variables (registers), and every shared-memory address is a base
+    plus a constant. A thread's micro-tile rows are groups of four neighbours (rows
+    ``4·ty + 4·TY·g + 0..3``, columns likewise), read with ``load4``: per slice of K a thread
+    issues ``(TM + TN)/4`` shared loads for ``TM·TN`` multiply-adds, where scalar loads
+    took as many shared-memory cycles as the multiply-adds. Shared tiles are
+    double-buffered: while a thread multiplies slice ``k0`` it holds slice ``k0 + BK``'s
+    global values in registers and stores them into the other buffer afterwards, so one
+    ``syncthreads`` per slice suffices (the buffer written in slice t was last read in
+    slice t − 1, before the barrier that ended it).
+    """
+    NT = TX * TY
+    TM, TN = BM // TY, BN // TX
+    LA, LB = BM * BK // NT, BN * BK // NT
+    SA, SB = BM + PAD, BN + PAD
+    align = "" if SIMULATED else ", alignment=16"
+    body = [
+        "tx = cuda.threadIdx.x",
+        "ty = cuda.threadIdx.y",
+        f"tid = ty * {TX} + tx",
+        "M = c.shape[0]",
+        "N = c.shape[1]",
+        "K = b.shape[1] if trans_b else b.shape[0]",
+        f"row0 = cuda.blockIdx.y * {BM}",
+        f"col0 = cuda.blockIdx.x * {BN}",
+        "k_lo = cuda.blockIdx.z * k_chunk",
+        "k_hi = min(K, k_lo + k_chunk)",
+        f"As = cuda.shared.array({2 * BK * SA}, dtype=c.dtype{align})",
+        f"Bs = cuda.shared.array({2 * BK * SB}, dtype=c.dtype{align})",
+        "zero = c.dtype.type(0)",
+        # the element of a tile a thread stages as its l-th: (row or column, k) = base + l·step;
+        # neighbouring threads take neighbours along the operand's contiguous axis
+        "if trans_a:",
+        f"    am = tid % {BM}", f"    ak = tid // {BM}", "    sm = 0", f"    sk = {NT // BM}",
+        "else:",
+        f"    am = tid // {BK}", f"    ak = tid % {BK}", f"    sm = {NT // BK}", "    sk = 0",
+        "if trans_b:",
+        f"    bn = tid // {BK}", f"    bk = tid % {BK}", f"    sn = {NT // BK}", "    tk = 0",
+        "else:",
+        f"    bn = tid % {BN}", f"    bk = tid // {BN}", "    sn = 0", f"    tk = {NT // BN}",
+    ]
+
+    def stage(k0: str) -> list[str]:
+        out = []
+        for l in range(LA):
+            out += [f"gm = row0 + am + {l} * sm", f"gk = {k0} + ak + {l} * sk", f"pa{l} = zero",
+                    "if gm < M and gk < k_hi:", f"    pa{l} = a[gk, gm] if trans_a else a[gm, gk]"]
+        for l in range(LB):
+            out += [f"gn = col0 + bn + {l} * sn", f"gk = {k0} + bk + {l} * tk", f"pb{l} = zero",
+                    "if gn < N and gk < k_hi:", f"    pb{l} = b[gn, gk] if trans_b else b[gk, gn]"]
+        return out
+
+    def store(buf: str) -> list[str]:
+        return ([f"As[({buf} * {BK} + ak + {l} * sk) * {SA} + am + {l} * sm] = pa{l}" for l in range(LA)]
+                + [f"Bs[({buf} * {BK} + bk + {l} * tk) * {SB} + bn + {l} * sn] = pb{l}" for l in range(LB)])
+
+    body += [f"c{i}_{j} = zero" for i in range(TM) for j in range(TN)]
+    body += stage("k_lo") + store("0") + ["cuda.syncthreads()", "buf = 0", f"for k0 in range(k_lo, k_hi, {BK}):"]
+    loop = [f"nxt = k0 + {BK}", "more = nxt < k_hi", "if more:"] + ["    " + t for t in stage("nxt")]
+    loop += [f"abase = buf * {BK * SA} + 4 * ty", f"bbase = buf * {BK * SB} + 4 * tx"]
+    for kk in range(BK):
+        for g in range(TM // 4):
+            loop.append(", ".join(f"a{4 * g + e}" for e in range(4)) + f" = load4(As, abase + {kk * SA + 4 * TY * g})")
+        for g in range(TN // 4):
+            loop.append(", ".join(f"b{4 * g + e}" for e in range(4)) + f" = load4(Bs, bbase + {kk * SB + 4 * TX * g})")
+        loop += [f"c{i}_{j} += a{i} * b{j}" for i in range(TM) for j in range(TN)]
+    loop += ["if more:"] + ["    " + t for t in store("(1 - buf)")] + ["cuda.syncthreads()", "buf = 1 - buf"]
+    body += ["    " + t for t in loop]
+    # epilogue, as in splitk_reduce (kernels cannot share device functions and still compile
+    # to PTX without a GPU); split products write their raw partials. Written as a loop over a
+    # local copy of the accumulators: once per tile, and a fraction of the code written out.
+    body.append(f"acc = cuda.local.array(({TM}, {TN}), dtype=c.dtype)")
+    body += [f"acc[{i}, {j}] = c{i}_{j}" for i in range(TM) for j in range(TN)]
+    body += ["split = cuda.gridDim.z > 1",
+             f"for i in range({TM}):",
+             f"    r = row0 + 4 * ty + {4 * TY} * (i // 4) + i % 4",
+             "    if r < M:",
+             f"        for j in range({TN}):",
+             f"            q = col0 + 4 * tx + {4 * TX} * (j // 4) + j % 4",
+             "            if q < N:",
+             "                if split:",
+             "                    part[cuda.blockIdx.z, r, q] = acc[i, j]",
+             "                    continue",
+             "                v = alpha * acc[i, j]",
+             "                if bias_axis == 0:",
+             "                    v += bias[r]",
+             "                elif bias_axis == 1:",
+             "                    v += bias[q]",
+             "                if has_mul:",
+             "                    v *= mul[r, q]",
+             "                if beta != 0:",
+             "                    v += beta * c[r, q]",
+             "                c[r, q] = v"]
+    head = "def gemm_kernel(a, b, c, part, alpha, beta, trans_a, trans_b, k_chunk, bias, bias_axis, mul, has_mul):"
+    return "\n".join([head] + ["    " + t for t in body]) + "\n"
+
+
 def _make_gemm_kernel(BM: int, BN: int, BK: int, TY: int, TX: int):
     """The tiled GEMM kernel for one tile shape (the sizes are compile-time constants)."""
     NT = TX * TY
-    TM, TN = BM // TY, BN // TX
-    if BM % TY or BN % TX or (BM * BK) % NT or (BN * BK) % NT:
-        raise ValueError(f"tile {(BM, BN, BK, TY, TX)}: sizes must divide evenly among the threads")
-    LA, LB = BM * BK // NT, BN * BK // NT  # elements of each operand tile one thread stages per slice
-    SA, SB = BM + PAD, BN + PAD
-
-    @cuda.jit
-    def gemm_kernel(a, b, c, part, alpha, beta, trans_a, trans_b, k_chunk, bias, bias_axis, mul, has_mul):
-        """One BM x BN tile of C over K range [z·k_chunk, (z+1)·k_chunk); raw partials to ``part`` when split."""
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * TX + tx
-        M = c.shape[0]
-        N = c.shape[1]
-        K = b.shape[1] if trans_b else b.shape[0]
-        row0 = cuda.blockIdx.y * BM
-        col0 = cuda.blockIdx.x * BN
-        k_lo = cuda.blockIdx.z * k_chunk
-        k_hi = min(K, k_lo + k_chunk)
-        As = cuda.shared.array((BK, SA), dtype=c.dtype)
-        Bs = cuda.shared.array((BK, SB), dtype=c.dtype)
-        acc = cuda.local.array((TM, TN), dtype=c.dtype)
-        ar = cuda.local.array(TM, dtype=c.dtype)
-        br = cuda.local.array(TN, dtype=c.dtype)
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] = 0
-        for k0 in range(k_lo, k_hi, BK):
-            for l in range(LA):
-                idx = tid + l * NT
-                if trans_a:  # a is (K, M): neighbouring threads read neighbouring m
-                    kk = idx // BM
-                    mm = idx % BM
-                else:  # a is (M, K): neighbouring threads read neighbouring k
-                    mm = idx // BK
-                    kk = idx % BK
-                gm = row0 + mm
-                gk = k0 + kk
-                if gm < M and gk < k_hi:
-                    As[kk, mm] = a[gk, gm] if trans_a else a[gm, gk]
-                else:
-                    As[kk, mm] = 0
-            for l in range(LB):
-                idx = tid + l * NT
-                if trans_b:  # b is (N, K)
-                    nn = idx // BK
-                    kk = idx % BK
-                else:  # b is (K, N)
-                    kk = idx // BN
-                    nn = idx % BN
-                gn = col0 + nn
-                gk = k0 + kk
-                if gn < N and gk < k_hi:
-                    Bs[kk, nn] = b[gn, gk] if trans_b else b[gk, gn]
-                else:
-                    Bs[kk, nn] = 0
-            cuda.syncthreads()
-            for kk in range(BK):
-                for i in range(TM):
-                    ar[i] = As[kk, ty + i * TY]
-                for j in range(TN):
-                    br[j] = Bs[kk, tx + j * TX]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += ar[i] * br[j]
-            cuda.syncthreads()
-        split = cuda.gridDim.z > 1
-        for i in range(TM):
-            r = row0 + ty + i * TY
-            if r < M:
-                for j in range(TN):
-                    q = col0 + tx + j * TX
-                    if q < N:
-                        if split:
-                            part[cuda.blockIdx.z, r, q] = acc[i, j]
-                            continue
-                        v = alpha * acc[i, j]  # epilogue, as in splitk_reduce (kernels cannot share
-                        if bias_axis == 0:     # device functions and still compile to PTX without a GPU)
-                            v += bias[r]
-                        elif bias_axis == 1:
-                            v += bias[q]
-                        if has_mul:
-                            v *= mul[r, q]
-                        if beta != 0:
-                            v += beta * c[r, q]
-                        c[r, q] = v
-
-    return gemm_kernel
+    if BM % (4 * TY) or BN % (4 * TX) or NT % BM or NT % BN or NT % BK or BK * BM % NT:
+        raise ValueError(f"tile {(BM, BN, BK, TY, TX)}: each thread takes groups of four rows and "
+                         "columns, and the threads must stage whole rows of each tile")
+    source = _kernel_source(BM, BN, BK, TY, TX)
+    namespace = {"cuda": cuda, "load4": load4, "__name__": __name__}
+    exec(compile(source, f"<gemm kernel {BM}x{BN}x{BK}, {TY}x{TX} threads>", "exec"), namespace)
+    return cuda.jit(namespace["gemm_kernel"])
 
 
 #: one kernel per tile shape (module attributes, so the PTX test finds and compiles each)
 gemm_kernel = _make_gemm_kernel(*TILES["large"])
+gemm_kernel_mid = _make_gemm_kernel(*TILES["mid"])
 gemm_kernel_thin = _make_gemm_kernel(*TILES["thin"])
 gemm_kernel_small = _make_gemm_kernel(*TILES["small"])
-KERNELS = {"large": gemm_kernel, "thin": gemm_kernel_thin, "small": gemm_kernel_small}
+KERNELS = {"large": gemm_kernel, "mid": gemm_kernel_mid, "thin": gemm_kernel_thin, "small": gemm_kernel_small}
 
 
 @cuda.jit
@@ -175,10 +199,11 @@ def splitk_reduce(part, c, alpha, beta, bias, bias_axis, mul, has_mul):
 
 
 def choose_tile(m: int) -> str:
-    """Tile for an ``m``-row product: ``small`` under the simulator, else ``thin`` or ``large``."""
+    """Tile for an ``m``-row product: ``small`` under the simulator, else the narrowest of
+    ``thin``, ``mid`` and ``large`` that is not mostly padding."""
     if config.ENABLE_CUDASIM:
         return "small"
-    return "thin" if m <= THIN_ROWS else "large"
+    return "thin" if m <= THIN_ROWS else "mid" if m <= MID_ROWS else "large"
 
 
 def choose_split(m: int, n: int, k: int, tile: str = "large") -> int:
