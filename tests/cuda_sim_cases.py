@@ -36,6 +36,7 @@ GEOMS = {
     "s1p1": ((1, 1), (1, 1, 1, 1), (1, 1), 1, 3, 4, (5, 6)),
     "s2x1_asym": ((2, 1), (1, 0, 2, 1), (1, 1), 1, 2, 3, (7, 5)),
     "dil2_s2": ((2, 2), (1, 2, 0, 1), (2, 1), 1, 3, 2, (7, 7)),
+    "dil2_s1": ((1, 1), (2, 1, 2, 0), (2, 2), 1, 3, 4, (6, 7)),
     "groups2": ((1, 2), (0, 1, 1, 0), (1, 1), 2, 4, 4, (5, 7)),
     "depthwise_s2": ((2, 2), (1, 1, 1, 1), (1, 1), 4, 4, 4, (6, 5)),
 }
@@ -123,6 +124,7 @@ def test_conv_gemm_forms_in_sample_chunks_and_single_sample(dtype, monkeypatch):
     rng, geom, x, w, b = _conv_case("s2x1_asym", 3, dtype, n=3)
     R, (oh, ow) = w.shape[1] * 9, geom.out_size(x.shape[2], x.shape[3], 3, 3)
     monkeypatch.setattr(CC, "COLS_ELEMENTS", 2 * R * oh * ow)
+    monkeypatch.setattr(CC, "MAX_GRID_Y", 4)  # im2col's block rows go grid-stride over the buffer's R rows
     ws = CL.DeviceWorkspace()
     for xs in (x, x[:1]):
         want = K.conv2d(xs, w, geom, b)

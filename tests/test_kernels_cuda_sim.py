@@ -8,7 +8,7 @@ import pytest
 from tests.cuda_sim_run import run_in_simulator
 
 #: cases in cuda_sim_cases.py; update when cases are added.
-EXPECTED_PASSED = 79
+EXPECTED_PASSED = 87
 
 
 @pytest.mark.slow

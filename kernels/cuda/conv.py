@@ -35,6 +35,8 @@ from .launch import DeviceWorkspace, as_device, contiguous, grid1, scratch
 GEMM_MIN_CHANNELS = 16
 #: largest column buffer (entries): 128 MiB in float32; bigger batches are chunked.
 COLS_ELEMENTS = 1 << 25
+#: rows of a column buffer ``im2col_kernel`` gives a block row each (more go grid-stride).
+MAX_GRID_Y = 65535
 
 
 @cuda.jit
@@ -173,8 +175,8 @@ def conv2d(x, w, geom: ConvGeometry, bias=None, out_hw: tuple[int, int] | None =
         m = min(nb, N - n0)
         cols = scratch(ws, (R, m * L), dt, "cols")
         for gi in range(g):
-            blk, thr = grid1(R * m * L)
-            im2col_kernel[blk, thr](x, n0, gi * Cg, sh, sw, pt, pl, dh, dw, kh, kw, oh, ow, cols)
+            blk, thr = grid1(m * L)
+            im2col_kernel[(blk, min(R, MAX_GRID_Y)), thr](x, n0, gi * Cg, sh, sw, pt, pl, dh, dw, kh, kw, oh, ow, cols)
             bg = b[gi * Kg:(gi + 1) * Kg] if has_bias else None
             if m == 1:
                 gemm(wm[gi * Kg:(gi + 1) * Kg], cols, out[n0, gi * Kg:(gi + 1) * Kg].reshape(Kg, L),

@@ -4,8 +4,9 @@
 ``unstack_kernel`` moves a multi-sample GEMM result into NCHW; ``stack_kernel`` lays the
 transposed convolution's signal out as a matrix (applying LRP's stabilised divide) and
 ``col2im_kernel`` folds the Wᵀ·S columns back onto the input, each thread gathering the
-taps of one input element (no atomics), times ``mul``. One thread per element written,
-``launch.THREADS`` per block; columns index ``b·oh·ow + oy·ow + ox`` for sample ``n0 + b``.
+taps of one input element (no atomics), times ``mul``. One thread per element written
+(``im2col_kernel``: a block row per row of the buffer), ``launch.THREADS`` per block;
+columns index ``b·oh·ow + oy·ow + ox`` for sample ``n0 + b``.
 """
 
 from __future__ import annotations
@@ -15,23 +16,30 @@ from numba import cuda
 
 @cuda.jit
 def im2col_kernel(x, n0, c0, sh, sw, pt, pl, dh, dw, kh, kw, oh, ow, cols):
-    """cols[(cc·kh + i)·kw + j, b·oh·ow + oy·ow + ox] = x[n0 + b, c0 + cc, iy, ix], 0 outside."""
-    t = cuda.grid(1)
+    """cols[(cc·kh + i)·kw + j, b·oh·ow + oy·ow + ox] = x[n0 + b, c0 + cc, iy, ix], 0 outside.
+
+    A block row (``blockIdx.y``, grid-stride) is one row of ``cols``, so its channel and tap
+    are worked out once per block and each thread splits only its column into (b, oy, ox):
+    two divisions where a thread per element took nine."""
     T = cols.shape[1]
-    if t >= cols.shape[0] * T:
+    col = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if col >= T:
         return
-    r = t // T
-    col = t % T
     L = oh * ow
     b = col // L
-    l = col % L
-    tap = r % (kh * kw)
-    iy = (l // ow) * sh - pt + (tap // kw) * dh
-    ix = (l % ow) * sw - pl + (tap % kw) * dw
-    if iy >= 0 and iy < x.shape[2] and ix >= 0 and ix < x.shape[3]:
-        cols[r, col] = x[n0 + b, c0 + r // (kh * kw), iy, ix]
-    else:
-        cols[r, col] = 0
+    l = col - b * L
+    oy = l // ow
+    ox = l - oy * ow
+    r = cuda.blockIdx.y
+    while r < cols.shape[0]:
+        tap = r % (kh * kw)
+        iy = oy * sh - pt + (tap // kw) * dh
+        ix = ox * sw - pl + (tap % kw) * dw
+        if iy >= 0 and iy < x.shape[2] and ix >= 0 and ix < x.shape[3]:
+            cols[r, col] = x[n0 + b, c0 + r // (kh * kw), iy, ix]
+        else:
+            cols[r, col] = 0
+        r += cuda.gridDim.y
 
 
 @cuda.jit
@@ -76,7 +84,10 @@ def stack_kernel(s, n0, k0, z, eps, use_ratio, buf):
 
 @cuda.jit
 def col2im_kernel(cols, n0, c0, sh, sw, pt, pl, dh, dw, kh, kw, oh, ow, mul, has_mul, out):
-    """out[n0 + b, c0 + cc, y, x] = Σ_taps cols[(cc·kh + i)·kw + j, b·oh·ow + oy·ow + ox] (· mul)."""
+    """out[n0 + b, c0 + cc, y, x] = Σ_taps cols[(cc·kh + i)·kw + j, b·oh·ow + oy·ow + ox] (· mul).
+
+    Stride 1 (most layers) takes a branch without the divisions by the stride: up to four
+    per tap otherwise."""
     t = cuda.grid(1)
     H = out.shape[2]
     W = out.shape[3]
@@ -90,19 +101,34 @@ def col2im_kernel(cols, n0, c0, sh, sw, pt, pl, dh, dw, kh, kw, oh, ow, mul, has
     cc = (t // (W * H)) % Cg
     b = t // (W * H * Cg)
     acc = out.dtype.type(0)
-    for i in range(kh):
-        ty = y + pt - i * dh
-        if ty < 0:
-            break
-        if ty % sh != 0 or ty // sh >= oh:
-            continue
-        for j in range(kw):
-            tx = x + pl - j * dw
-            if tx < 0:
+    base = b * L
+    if sh == 1 and sw == 1:
+        for i in range(kh):
+            oy = y + pt - i * dh
+            if oy < 0:
                 break
-            if tx % sw != 0 or tx // sw >= ow:
+            if oy < oh:
+                row = (cc * kh + i) * kw
+                for j in range(kw):
+                    ox = x + pl - j * dw
+                    if ox < 0:
+                        break
+                    if ox < ow:
+                        acc += cols[row + j, base + oy * ow + ox]
+    else:
+        for i in range(kh):
+            ty = y + pt - i * dh
+            if ty < 0:
+                break
+            if ty % sh != 0 or ty // sh >= oh:
                 continue
-            acc += cols[(cc * kh + i) * kw + j, b * L + (ty // sh) * ow + tx // sw]
+            for j in range(kw):
+                tx = x + pl - j * dw
+                if tx < 0:
+                    break
+                if tx % sw != 0 or tx // sw >= ow:
+                    continue
+                acc += cols[(cc * kh + i) * kw + j, base + (ty // sh) * ow + tx // sw]
     if has_mul:
         acc *= mul[n0 + b, c0 + cc, y, x]
     out[n0 + b, c0 + cc, y, x] = acc
