@@ -19,7 +19,7 @@ import numpy as np
 from .backend import make_backend
 from .backward.bounds import box_bounds
 from .backward.linear_rules import WeightCache
-from .backward.propagate import LayerFlow, backward_order, last_readers, propagate, session_needs
+from .backward.propagate import LayerFlow, last_readers, propagate, session_needs
 from .diagnose import bounds_warnings, conservation_warnings
 from .errors import InputError
 from .graph.canonical import build_layer_graph
@@ -490,7 +490,7 @@ class Analyzer:
             outside = (x < lows - 1e-6) | (x > highs + 1e-6)
             violation = outside.reshape(len(x), -1).mean(axis=1)
         be = self.backend  # the CPU keeps the tensors; a GPU gets each of them once per batch
-        ctx = BackwardContext(fwd=be.upload_tensors(fwd, backward_order(self.graph, self._plan, fwd)), backend=be, cache=self.cache, batch=x.shape[0],
+        ctx = BackwardContext(fwd=be.upload_tensors(fwd), backend=be, cache=self.cache, batch=x.shape[0],
                               shapes=self.graph.shapes, bounds=bounds, dtype=x.dtype,
                               bounds_key=_fingerprint(self.low, self.high) if bounds else "")
         return ctx, violation

@@ -8,7 +8,7 @@ which one runs.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class Backend(Protocol):
 
     def asarray(self, x, dtype=None) -> Any: ...
     def upload(self, x: np.ndarray) -> Any: ...
-    def upload_tensors(self, tensors: dict[str, np.ndarray], order: Sequence[str] = ()) -> dict[str, Any]: ...
+    def upload_tensors(self, tensors: dict[str, np.ndarray]) -> dict[str, Any]: ...
     def to_host(self, x) -> np.ndarray: ...
     def sample_sums(self, x) -> Any: ...
     def conv2d(self, x, w, geom: ConvGeometry, bias=None, out_hw=None, exact: bool = False) -> Any: ...
@@ -90,9 +90,8 @@ class CpuBackend:
         """Forward tensors for the backward pass: on the CPU they stay where they are."""
         return x
 
-    def upload_tensors(self, tensors: dict[str, np.ndarray], order: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """A batch's forward tensors: the same dict (what the backward adds to it stays visible);
-        ``order``, the order the backward reads them in, matters to a GPU's copies only."""
+    def upload_tensors(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch's forward tensors: the same dict (what the backward adds to it stays visible)."""
         return tensors
 
     def sample_sums(self, x: np.ndarray) -> np.ndarray:

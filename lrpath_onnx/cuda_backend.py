@@ -57,12 +57,8 @@ class CudaBackend:
     def upload(self, x: np.ndarray):
         return DeviceArray.from_host(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
 
-    def upload_tensors(self, tensors, order=()):
-        """Copied by a thread in ``order`` while the kernels run (``background_upload``)."""
-        from .background_upload import upload_in_background
-
-        return upload_in_background({k: v for k, v in tensors.items() if isinstance(v, np.ndarray)}, list(order)) \
-            | {k: v for k, v in tensors.items() if not isinstance(v, np.ndarray)}
+    def upload_tensors(self, tensors):
+        return {k: self.upload(v) for k, v in tensors.items()}
 
     def to_host(self, x):
         return x.get() if isinstance(x, DeviceArray) else np.asarray(x)

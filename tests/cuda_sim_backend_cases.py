@@ -56,39 +56,6 @@ def test_broadcast_arithmetic_matches_numpy(seed, shapes):
         np.testing.assert_allclose(got.get(), want, rtol=1e-6, atol=1e-7)
 
 
-def test_background_upload_copies_in_the_given_order_and_waits_per_array(monkeypatch):
-    """Forward tensors reach the device in the backward's order; an array's first use waits
-    for its own copy, and a failed copy is raised there, not for the arrays copied before it."""
-    from numba import cuda
-
-    from lrpath_onnx import background_upload as bu
-
-    rng = np.random.default_rng(3)
-    host = {name: rng.standard_normal((2, 3, 4)).astype(np.float32) for name in ("a", "b", "c", "d")}
-    host["idx"] = np.arange(6, dtype=np.int64).reshape(2, 3)
-    host["empty"] = np.zeros((0, 3), np.float32)
-    copied = []
-    original = type(cuda.device_array(1)).copy_to_device
-
-    def recording(self, ary, stream=0):
-        copied.append(float(ary.flat[0]) if ary.size else None)
-        if ary is host["d"]:
-            raise RuntimeError("copy failed")
-        return original(self, ary, stream=stream)
-
-    monkeypatch.setattr(type(cuda.device_array(1)), "copy_to_device", recording)
-    got = bu.upload_in_background(host, ["c", "idx", "a"])
-    assert list(got) == list(host)  # the caller's names, in the caller's order
-    np.testing.assert_array_equal(got["b"].get(), host["b"])  # the last but one copied, waited for
-    for name in ("a", "c", "idx"):
-        np.testing.assert_array_equal(got[name].get(), host[name])
-    assert got["empty"].shape == (0, 3) and got["idx"].dtype == np.int64
-    with pytest.raises(RuntimeError, match="copy failed"):
-        got["d"].get()
-    order = [v for v in copied if v is not None]
-    assert order == [float(host[n].flat[0]) for n in ("c", "idx", "a", "b", "d")]
-
-
 @pytest.mark.parametrize("perm", [(0, 1, 2, 3), (0, 2, 3, 1), (3, 1, 0, 2), (1, 0, 3, 2)])
 def test_transpose_reshape_and_slices_match_numpy(perm):
     rng = np.random.default_rng(3)

@@ -1,22 +1,25 @@
 """Shared-memory tiled GEMM (CUDA, numba): ``C = (alpha·op(A)·op(B) + bias) ⊙ mul + beta·C``.
 
-One kernel body for float32 and float64 (numba compiles it once per dtype; shared and
-register tiles take the arrays' dtype), built for a few tile shapes (``TILES``). A block
-computes a ``BM`` x ``BN`` tile of C with ``TY`` x ``TX`` threads, each thread a
-``BM/TY`` x ``BN/TX`` micro-tile held in registers; rows/columns of a micro-tile are strided
-by the thread-block size, so the inner loop's shared loads are broadcasts or consecutive
-(no bank conflicts) and the final stores are coalesced. K is walked in ``BK`` slices staged
-in shared memory; loads are bounds-checked (zero fill), so any shape works, and the load
-pattern follows the operand's layout (``trans_a``/``trans_b``) so global reads coalesce.
+One kernel source per tile shape, written out by ``_kernel_source`` and compiled once per
+dtype (float32 and float64). A block computes a ``BM`` x ``BN`` tile of C with ``TY`` x ``TX``
+threads, each thread a ``BM/TY`` x ``BN/TX`` micro-tile whose accumulators are plain
+variables (registers). Its rows are groups of four neighbours spaced by ``4·TY`` (columns
+likewise), read from shared memory with 16-byte vector loads (``vector_load.load4``). K is
+walked in ``BK`` slices through double-buffered shared tiles: the next slice's global values
+wait in registers while the current one is multiplied, one barrier per slice. Global loads
+are bounds-checked (zero fill), so any shape works, and follow the operand's layout
+(``trans_a``/``trans_b``) so neighbouring threads read neighbouring addresses.
 
-Tiles (``choose_tile``): ``large`` 128x128 (16x16 threads, 8x8 each, BK 16) for everything
-with more than 32 rows — on an H200 it ran 1.3-1.6x faster than 64x64 tiles on VGG16's
-transposed-convolution products and a 4096³ SGEMM; ``thin`` 32x128 (8x16 threads, 4x8
-each) for at most 32 rows (dense layers at small batch sizes), where a 128-row tile would
-compute mostly padding; ``small`` 32x32 (8x8 threads, 4x4 each, BK 8) is the default under
-numba's CUDA simulator, which runs every thread in Python (the tests run all three).
-For scale: 13 TFLOP/s float32 and 6 float64 on a 4096³ product on the H200, where cuBLAS
-(no TF32; FP64 tensor cores) reached 51 and 58.
+Tiles (``choose_tile``): ``large`` 128x128 (16x16 threads, 8x8 each, BK 16) above 64 rows,
+``mid`` 64x128 (8x16 threads, 8x8 each) for 33-64 rows (VGG16's first block: 15.5 TFLOP/s
+where the 128-row tile, half of it padding, gave 9.9), ``thin`` 32x128 (8x16 threads, 4x8
+each) for at most 32 rows (dense layers at small batch sizes); ``small`` 32x32 (8x8
+threads, 4x4 each, BK 8) is the default under numba's CUDA simulator, which runs every
+thread in Python (the tests run all four). On an H200, float32 (2026-12-04,
+``tests/results/gpu-2026-12-04.json``): a 4096³ product 21.4 TFLOP/s (the earlier kernel,
+with scalar shared loads and a loop numba kept rolled, 12.6; cuBLAS without TF32 49.7);
+VGG16's transposed-convolution products at batch 8 9.8-12.6 (7.9-10.8), but 5.8 (7.6) for
+conv1_2's, whose K of 64 leaves each tile four slices and an epilogue of uncoalesced stores.
 
 Products with few output tiles and a long K (a dense layer at small batch) are split along
 K (``split_k``): each split writes its partial tile to a scratch buffer and a second kernel

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import NumericalError
-from ..graph.layers import Layer, LayerGraph
+from ..graph.layers import LayerGraph
 from ..ops.registry import BackwardContext
 from ..plan.planner import Plan
 from .vanishing import quiet_negatives
@@ -57,38 +57,25 @@ def session_needs(graph: LayerGraph, plan: Plan) -> dict[str, set[str]]:
     return out
 
 
-def _reads(graph: LayerGraph, plan: Plan) -> list[tuple[Layer, set[str]]]:
-    """Per layer, in forward order, the forward tensors its backward step reads: its own
-    inputs and output and what it needs from the session, as a quiet layer
-    (``session_needs``) or as the start of a pass inside the network (its handler's
-    ``needs``: the K-path passes start there, with the forward of an explanation that
-    fetched those too)."""
-    quiet = session_needs(graph, plan)
-    return [(layer, {*layer.inputs, layer.output, *layer.handler.needs(layer, plan.rule_for(layer), graph.shapes),
-                     *quiet[layer.name]}) for layer in graph.layers]
-
-
 def last_readers(graph: LayerGraph, plan: Plan) -> dict[str, tuple[str, ...]]:
-    """Layer name → the forward tensors no step after it reads, in the backward order. The
-    graph's input and output stay: the caller reads the logits after the pass."""
+    """Layer name → the forward tensors no step after it reads, in the backward order.
+
+    A layer's step reads its own inputs and output and what it needs from the session, as a
+    quiet layer (``session_needs``) or as the start of a pass inside the network (its
+    handler's ``needs``: the K-path passes start there, with the forward of an explanation
+    that fetched those too). The graph's input and output stay: the caller reads the logits
+    after the pass."""
     seen = {graph.input, graph.output}
     after: dict[str, tuple[str, ...]] = {}
-    for layer, reads in _reads(graph, plan):  # forward order: the last step to read a tensor is its first reader here
+    quiet = session_needs(graph, plan)
+    for layer in graph.layers:  # forward order: the last step to read a tensor is its first reader here
+        needs = layer.handler.needs(layer, plan.rule_for(layer), graph.shapes)
+        reads = {*layer.inputs, layer.output, *needs, *quiet[layer.name]}
         fresh = tuple(sorted(reads - seen))
         seen |= reads
         if fresh:
             after[layer.name] = fresh
     return after
-
-
-def backward_order(graph: LayerGraph, plan: Plan, names) -> list[str]:
-    """``names`` in the order the backward pass first reads them (the last layer's tensors
-    first), those no step reads at the end: the order a GPU's copies should arrive in."""
-    order: dict[str, None] = {}
-    for _, reads in reversed(_reads(graph, plan)):
-        order.update(dict.fromkeys(sorted(reads)))
-    wanted = set(names)
-    return [n for n in order if n in wanted] + [n for n in names if n not in order]
 
 
 def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor: str,
