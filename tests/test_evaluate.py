@@ -262,6 +262,37 @@ def test_a_final_softmax_is_left_out_as_explain_leaves_it_out(tmp_path):
     np.testing.assert_allclose(doc["methods"][0]["morf_curve"], _linear_curve(W, x, t, "morf"), rtol=1e-4, atol=1e-5)
 
 
+def test_the_logit_copy_of_a_softmax_model_leaves_external_weights_where_they_are(tmp_path, monkeypatch):
+    """The plain session that fetches the logit before a final Softmax runs a copy of the
+    model with one more output; weights stored beside the model (as every model past
+    protobuf's 2 GB stores them) stay in their file, not copied into it."""
+    import onnx
+    import onnxruntime as ort
+
+    from lrpath_onnx.cli.evaluate_cmd import plain_forward
+
+    rng = np.random.default_rng(9)
+    model, W = _linear_model(rng, c=3)
+    model.graph.node.append(helper.make_node("Softmax", ["Y"], ["P"], name="softmax", axis=1))
+    model.graph.output[0].name = "P"
+    (tmp_path / "m").mkdir()
+    onnx.save_model(model, str(tmp_path / "m" / "lin.onnx"), save_as_external_data=True, location="lin.weights",
+                    size_threshold=0)
+    weights = (tmp_path / "m" / "lin.weights").stat().st_size
+    sizes = []
+    real = ort.InferenceSession
+
+    def recording(data, *args, **kwargs):
+        sizes.append(len(data) if isinstance(data, bytes) else None)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    x = rng.uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    got = plain_forward(tmp_path / "m" / "lin.onnx", "cpu", None, inner="Y")(x)
+    np.testing.assert_allclose(got, x.reshape(2, -1) @ W, rtol=1e-5, atol=1e-6)
+    assert sizes and sizes[0] < weights / 4  # the graph alone
+
+
 def test_an_image_whose_explained_logit_is_near_zero_is_named(tmp_path):
     """The curves divide by the explained logit: an image whose logit is almost 0 gets AOPCs far
     beyond the ±2 a sign flip gives and swamps the means, so evaluate names it (stderr, JSON)."""

@@ -37,10 +37,13 @@ def plain_forward(model_path: Path, device: str, fixed_batch: int | None, inner:
     providers = choose_providers("auto" if device == "cuda" else device)
     if inner is None:
         sess = ort.InferenceSession(str(model_path), providers=providers)
-    else:
-        proto = onnx.load(str(model_path))
+    else:  # weights stored beside the model stay there: the copy holds the graph, not them
+        proto = onnx.load(str(model_path), load_external_data=False)  # (a copy of them passed 2 GB)
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(inner))
-        sess = ort.InferenceSession(proto.SerializeToString(), providers=providers)
+        opts = ort.SessionOptions()
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                      str(Path(model_path).resolve().parent))
+        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=providers)
     fetch = None if inner is None else [inner]
     name = sess.get_inputs()[0].name
     dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32  # a float16 model
