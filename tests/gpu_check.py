@@ -184,7 +184,8 @@ def _kernel_profile(path: Path, batch: int = 32) -> dict:
     kernel_s = sum(v[0] for k, v in ranked if not k.startswith("Memcpy"))
     flops = backward_flops(gpu, batch)
     return {"batch": batch, "total_s": sum(v[0] for _, v in ranked), "kernel_s": kernel_s,
-            "tflops_kernels": flops / kernel_s / 1e12, "share_of_fp32_peak_kernels": flops / kernel_s / _fp32_peak_flops(),
+            "tflops_kernels": flops / kernel_s / 1e12,
+            "share_of_fp32_peak_kernels": flops / kernel_s / _fp32_peak_flops(),
             "kernels": {k: {"s": v[0], "calls": v[1]} for k, v in ranked[:25]}}
 
 

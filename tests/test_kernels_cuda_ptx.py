@@ -116,7 +116,7 @@ def test_kernel_compiles_to_sm90_ptx(nvvm, name, dtype):
         tile = {"gemm_kernel": "large"}.get(name, name.removeprefix("gemm_kernel_"))
         BM, BN, BK, TY, TX = gemm.TILES[tile]
         TM, TN = BM // TY, BN // TX
-        # every multiply-add of a slice written out, in registers (no local memory in the loop) ...
+        # every multiply-add of a slice written out (accumulators in registers, not a local array) ...
         assert ptx.count("fma.rn." + ("f32" if dtype is float32 else "f64")) >= BK * TM * TN
         # ... and the operands read from shared memory in 16-byte vector loads, none one by one
         vector = "ld.shared.v4.f32" if dtype is float32 else "ld.shared.v2.f64"

@@ -18,9 +18,9 @@ from numba import cuda
 def im2col_kernel(x, n0, c0, sh, sw, pt, pl, dh, dw, kh, kw, oh, ow, cols):
     """cols[(cc·kh + i)·kw + j, b·oh·ow + oy·ow + ox] = x[n0 + b, c0 + cc, iy, ix], 0 outside.
 
-    A block row (``blockIdx.y``, grid-stride) is one row of ``cols``, so its channel and tap
-    are worked out once per block and each thread splits only its column into (b, oy, ox):
-    two divisions where a thread per element took nine."""
+    A block row (``blockIdx.y``, grid-stride) is one row of ``cols``: its threads share the
+    row's channel and tap and each splits only its column into (b, oy, ox), two divisions
+    where a thread per element of the whole buffer took nine."""
     T = cols.shape[1]
     col = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     if col >= T:
