@@ -210,6 +210,10 @@ def test_gemm_reads_strided_views_and_splits_only_thin_long_products(monkeypatch
     assert CG.choose_tile(8) == ("small" if CG.config.ENABLE_CUDASIM else "thin")
     monkeypatch.setattr(CG.config, "ENABLE_CUDASIM", False)
     assert CG.choose_tile(8) == "thin" and CG.choose_tile(64) == "mid" and CG.choose_tile(65) == "large"
+    # float64's large and mid shared tiles pass the 48 KiB a block may hold: thin takes them
+    assert CG.choose_tile(65, np.float64) == "thin" and CG.choose_tile(64, np.float64) == "thin"
+    assert all(CG.shared_bytes(t, np.float32) <= CG.SHARED_BYTES for t in CG.TILES)
+    assert CG.shared_bytes("large", np.float64) > CG.SHARED_BYTES >= CG.shared_bytes("thin", np.float64)
     with pytest.raises(ValueError):
         CG.gemm(a, a, None)
 

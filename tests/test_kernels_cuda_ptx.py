@@ -122,3 +122,6 @@ def test_kernel_compiles_to_sm90_ptx(nvvm, name, dtype):
         vector = "ld.shared.v4.f32" if dtype is float32 else "ld.shared.v2.f64"
         assert ptx.count(vector) == BK * (TM + TN) // 4 * (1 if dtype is float32 else 2)
         assert not re.search(r"ld\.shared\.f(32|64)", ptx)
+        # the static shared memory the PTX declares is what gemm.shared_bytes says
+        declared = sum(int(n) for n in re.findall(r"\.shared \.align \d+ \.b8 \w+\[(\d+)\]", ptx))
+        assert declared == gemm.shared_bytes(tile, "f4" if dtype is float32 else "f8")

@@ -201,12 +201,24 @@ def splitk_reduce(part, c, alpha, beta, bias, bias_axis, mul, has_mul):
         i += step
 
 
-def choose_tile(m: int) -> str:
+#: static shared memory a block may hold (CUDA's limit without opting in to more)
+SHARED_BYTES = 48 * 1024
+
+
+def shared_bytes(tile: str, dtype) -> int:
+    """Static shared memory of a ``tile`` kernel in ``dtype``: two buffers of each operand."""
+    BM, BN, BK = TILES[tile][:3]
+    return 2 * BK * (BM + PAD + BN + PAD) * np.dtype(dtype).itemsize
+
+
+def choose_tile(m: int, dtype=np.float32) -> str:
     """Tile for an ``m``-row product: ``small`` under the simulator, else the narrowest of
-    ``thin``, ``mid`` and ``large`` that is not mostly padding."""
+    ``thin``, ``mid`` and ``large`` that is not mostly padding and whose shared tiles fit
+    (in float64 only ``thin``'s do)."""
     if config.ENABLE_CUDASIM:
         return "small"
-    return "thin" if m <= THIN_ROWS else "mid" if m <= MID_ROWS else "large"
+    tile = "thin" if m <= THIN_ROWS else "mid" if m <= MID_ROWS else "large"
+    return tile if shared_bytes(tile, dtype) <= SHARED_BYTES else "thin"  # float64's large tiles do not fit
 
 
 def choose_split(m: int, n: int, k: int, tile: str = "large") -> int:
@@ -260,7 +272,9 @@ def gemm(a, b, out=None, trans_a: bool = False, trans_b: bool = False, alpha: fl
         bias_axis, bias = -1, out[0]
     else:
         bias = as_device(bias, dtype)
-    tile = tile or choose_tile(M)
+    tile = tile or choose_tile(M, dtype)
+    if shared_bytes(tile, dtype) > SHARED_BYTES:
+        raise ValueError(f"gemm: the {tile} tile needs {shared_bytes(tile, dtype)} bytes of shared memory in {dtype}")
     BM, BN, BK, TY, TX = TILES[tile]
     split = max(1, int(split_k)) if split_k else choose_split(M, N, K, tile)
     k_chunk = math.ceil(max(K, 1) / split / BK) * BK

@@ -42,7 +42,7 @@ def plain_forward(model_path: Path, device: str, fixed_batch: int | None, inner:
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(inner))
         opts = ort.SessionOptions()
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                      str(Path(model_path).resolve().parent))
+                                      str(Path(model_path).absolute().parent))
         sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=providers)
     fetch = None if inner is None else [inner]
     name = sess.get_inputs()[0].name
