@@ -13,6 +13,7 @@ import pytest
 
 from lrpath_onnx import Analyzer
 from lrpath_onnx.diagnose import conservation_warnings
+from lrpath_onnx.graph.layers import DenseLayer
 from tests import zennit_models as zm
 
 torch = pytest.importorskip("torch", reason="the torch fixtures need torch (pip install -e '.[test]')")
@@ -126,3 +127,28 @@ def test_conserving_divides_zplus_without_a_stabiliser(tmp_path, seed):
     np.testing.assert_allclose(ratios, 1.0, atol=1e-4)
     eps = Analyzer(path, preset="conserving", rules=["dw=zplus:stabilizer=1e-6,nobias"]).explain(x, target=[0, 1])
     assert max(abs(eps.conservation(i)["ratio"] - 1) for i in range(2)) > 0.05
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_conserving_keeps_a_convnext_bounded(tmp_path, seed):
+    """A ConvNeXt's pointwise Linear layers (1×1 convolutions, channels last) read a
+    LayerNorm's signed output. Under ε without their bias single ratios grew without bound
+    and the LayerNorm's bias took the difference (conservation ratios 2.9, −26.5, 311 on these
+    seeds); ``conserving`` gives them γ as the convolutions, so every linear layer conserves and
+    only the LayerNorms' biases take a share."""
+    path = zm.export(zm.build("convnext", seed), tmp_path / "convnext.onnx")
+    an = Analyzer(path, low=-1.0, high=1.0)
+    plan = an.plan()
+    assert plan.applied == "conserving" and "LayerNorm" in plan.reason
+    rules = {e.layer.name: e.rule for e in plan.entries}
+    pointwise = [l for l in an.graph.layers if isinstance(l, DenseLayer) and l.rank == 4]
+    assert len(pointwise) == 6 and all((rules[l.name].name, rules[l.name].bias) == ("gamma", False) for l in pointwise)
+    head = an.graph.find("fc")
+    assert isinstance(head, DenseLayer) and head.rank == 2 and rules["fc"].name == "epsilon"
+    exp = an.explain(zm.inputs(7, n=4))
+    for i in range(4):
+        c = exp.conservation(i)
+        assert 0.75 < c["ratio"] < 1.3 and conservation_warnings(c, "conserving") == []
+        for layer in c["per_layer"]:
+            if layer["rule"].startswith(("gamma", "zplus")) and layer["relevance_out"]:
+                assert layer["ratio"] == pytest.approx(1.0, abs=1e-3), layer

@@ -180,24 +180,33 @@ def test_uniform_rule_conserves_and_reaches_queries_and_keys(tmp_path, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_token_rank_dense_layer_matches_per_token_reference(tmp_path, seed):
-    """MatMul + bias Add on batch × tokens × features: the rule per token row."""
+@pytest.mark.parametrize("tokens,rule,kw", [
+    ((5,), "epsilon:0.1", {"eps": 0.1}),
+    ((5,), "gamma:0.25,nobias", {"gamma": 0.25, "bias": False}),
+    ((3, 4), "gamma:0.25,nobias", {"gamma": 0.25, "bias": False}),  # a ConvNeXt's channels-last 1×1 conv
+])
+def test_token_rank_dense_layer_matches_per_token_reference(tmp_path, seed, tokens, rule, kw):
+    """MatMul + bias Add on batch × tokens × features (or batch × H × W × channels): the
+    rule per token row, signed inputs."""
     rng = np.random.default_rng(seed)
-    T, I, O = 5, 6, 4
+    I, O = 6, 4
     W = rng.normal(0, 0.5, (I, O)).astype(np.float32)
     b = rng.normal(0, 0.5, O).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["X", "W"], ["m"], name="fc"),
              helper.make_node("Add", ["b", "m"], ["Y"], name="fc_bias")]
-    model = models.make_model(nodes, [models.vi("X", ["N", T, I])], [models.vi("Y", ["N", T, O])],
+    model = models.make_model(nodes, [models.vi("X", ["N", *tokens, I])], [models.vi("Y", ["N", *tokens, O])],
                               {"W": W, "b": b})
-    x = rng.normal(0, 1, (2, T, I)).astype(np.float32)
-    r = rng.normal(0, 1, (2, T, O))
-    an, exp = explain64(tmp_path, model, x, r, rules=["fc=epsilon:0.1"])
+    x = rng.normal(0, 1, (2, *tokens, I)).astype(np.float32)
+    r = rng.normal(0, 1, (2, *tokens, O))
+    an, exp = explain64(tmp_path, model, x, r, rules=[f"fc={rule}"])
     layer = an.graph.find("fc")
-    assert isinstance(layer, DenseLayer) and layer.rank == 3 and layer.nodes == ["fc", "fc_bias"]
-    want = np.stack([np.stack([ref.lrp_linear("epsilon", x[n, t], W, b, r[n, t], eps=0.1) for t in range(T)])
-                     for n in range(2)])
-    assert_close(exp.relevance, want, rtol=1e-8)
+    assert isinstance(layer, DenseLayer) and layer.rank == 2 + len(tokens) and layer.nodes == ["fc", "fc_bias"]
+    rows_x, rows_r = x.reshape(-1, I), r.reshape(-1, O)
+    want = np.stack([ref.lrp_linear(rule.split(":")[0], rows_x[k], W, b, rows_r[k], **kw) for k in range(len(rows_x))])
+    assert_close(exp.relevance, want.reshape(x.shape), rtol=1e-8)
+    if not kw.get("bias", True):  # no bias: every row's relevance arrives (but for γ's stabiliser)
+        gap = exp.relevance.reshape(len(x), -1).sum(1) - r.reshape(len(r), -1).sum(1)
+        assert (np.abs(gap) <= 1e-5 * np.abs(r).reshape(len(r), -1).sum(1)).all()
 
 
 def test_class_token_gather_and_position_embedding(tmp_path):

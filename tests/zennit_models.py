@@ -10,6 +10,9 @@ the same weights and rules (BN merged by zennit's canonizer, residual sums throu
 - ``smooth``: SiLU, GELU, Hardswish, ELU and Tanh between convolutions, a residual sum;
 - ``densenet``: pre-activation dense layers, whose BatchNorm after a concat no canonizer
   merges (zennit's gradient crosses it: LRP-0 with its shift as a bias, the ``shift`` rule).
+- ``convnext`` (not in ``MODELS``: zennit has no LayerNorm rule to compare with): a patchify
+  stem, ConvNeXt blocks (depthwise 7×7, LayerNorm over channels, pointwise Linear layers
+  channels last, GELU, layer scale, residual sum), a LayerNorm + strided-conv downsampling.
 
 Every model is built twice from one seed: with plain ``a + b`` residual sums (exported to
 ONNX) and with ``zennit.layer.Sum`` (explained by zennit). zennit imports torchvision at load
@@ -183,7 +186,49 @@ def build(name: str, seed: int, zennit_sum: bool = False):
         def forward(self, x):
             return self.fc(torch.flatten(self.pool(self.act(self.norm(self.block(self.stem(x))))), 1))
 
-    model = {"vgg": Vgg, "resnet": ResNet, "mobilenet": MobileNet, "smooth": Smooth, "densenet": DenseNet}[name]()
+    class ChannelsLastNorm(nn.Module):
+        """LayerNorm over the channels of an N×C×H×W map (permute, LayerNorm, permute back)."""
+
+        def __init__(self, c):
+            super().__init__()
+            self.ln = nn.LayerNorm(c, eps=1e-6)
+
+        def forward(self, x):
+            return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    class NextBlock(nn.Module):
+        """A ConvNeXt block: depthwise 7×7, LayerNorm over channels, two Linear layers applied
+        per position (1×1 convolutions, channels last) around a GELU, a layer scale, a residual sum."""
+
+        def __init__(self, c):
+            super().__init__()
+            self.dwconv = nn.Conv2d(c, c, 7, padding=3, groups=c)
+            self.norm = nn.LayerNorm(c, eps=1e-6)
+            self.pwconv1 = nn.Linear(c, 4 * c)
+            self.act = nn.GELU()
+            self.pwconv2 = nn.Linear(4 * c, c)
+            self.scale = nn.Parameter(0.1 + 0.5 * torch.rand(c))
+
+        def forward(self, x):
+            y = self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x).permute(0, 2, 3, 1)))))
+            return x + (self.scale * y).permute(0, 3, 1, 2)
+
+    class ConvNeXt(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 4, 4), ChannelsLastNorm(16))
+            self.stage1 = nn.Sequential(NextBlock(16), NextBlock(16))
+            self.down = nn.Sequential(ChannelsLastNorm(16), nn.Conv2d(16, 32, 2, 2))
+            self.stage2 = NextBlock(32)
+            self.norm = nn.LayerNorm(32, eps=1e-6)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = self.stage2(self.down(self.stage1(self.stem(x))))
+            return self.fc(self.norm(x.mean((-2, -1))))
+
+    model = {"vgg": Vgg, "resnet": ResNet, "mobilenet": MobileNet, "smooth": Smooth, "densenet": DenseNet,
+             "convnext": ConvNeXt}[name]()
     g = torch.Generator().manual_seed(seed + 1000)
     for m in model.modules():  # BN with non-trivial statistics, so merging it matters
         if isinstance(m, nn.BatchNorm2d):
@@ -192,6 +237,11 @@ def build(name: str, seed: int, zennit_sum: bool = False):
                 m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
                 m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+        elif isinstance(m, nn.LayerNorm):  # shifted, so its bias takes a share
+            with torch.no_grad():
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+
     return model.eval()
 
 

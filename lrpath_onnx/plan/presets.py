@@ -114,13 +114,23 @@ def _epsilon_alpha2_beta1(graph: LayerGraph) -> dict[str, Rule]:
 
 @register_preset("conserving", "for residual, depthwise and BatchNorm-heavy nets: z^B first layer, z⁺ on "
                                "grouped/depthwise convs (zero-safe: its denominators are sums of terms ≥ 0), "
-                               "generalized γ=0.25 on the other convs, ε=1e-6 on dense layers, all without "
+                               "generalized γ=0.25 on the other convs and on dense layers applied per position "
+                               "(a ConvNeXt's 1×1 convolutions), ε=1e-6 on the other dense layers, all without "
                                "biases (outputs no input contributes to pass theirs on by w²), so relevance "
                                "is conserved")
 def _conserving(graph: LayerGraph) -> dict[str, Rule]:
+    """A dense layer applied per position or token (input rank > 2: a ConvNeXt's pointwise
+    Linear, an MLP-Mixer's) is a 1×1 convolution and takes γ as the convolutions do. Under ε
+    without its bias, such a layer after a LayerNorm reads signed values whose sums nearly
+    cancel: single ratios grow without bound and the LayerNorm's bias takes the difference
+    (a ConvNeXt's conservation ratio reached 10⁵); γ's denominators do not cancel."""
     gamma = make_rule("gamma", 0.25, bias=False)
-    return _split_convs(graph, upper=gamma, lower=gamma, dense=make_rule("epsilon", 1e-6, bias=False),
-                        grouped=make_rule("zplus", 0.0, bias=False))
+    rules = _split_convs(graph, upper=gamma, lower=gamma, dense=make_rule("epsilon", 1e-6, bias=False),
+                         grouped=make_rule("zplus", 0.0, bias=False))
+    firsts = {l.name for l in first_layers(graph)}
+    rules.update({l.name: gamma for l in graph.layers
+                  if isinstance(l, DenseLayer) and l.rank > 2 and l.name not in firsts})
+    return rules
 
 
 def _transformer(graph: LayerGraph, bilinear: Rule) -> dict[str, Rule]:
