@@ -119,6 +119,10 @@ def test_paths_command_writes_everything(tmp_path):
     assert [n["layer"] for n in info["paths"][0]["neurons"]] == info["layers"]
     assert info["longest"] == {k: v for k, v in info["paths"][0].items() if k != "rank"}
     assert "<svg" in (folder / "graph.svg").read_text()[:200]
+    doc = json.loads((folder / "graph.json").read_text())  # a graph this small is written and drawn whole
+    assert info["graph"]["edges"] == info["graph"]["edges_written"] == info["graph"]["edges_drawn"] == \
+        len(doc["edges"]) == doc["edges_total"] == g.number_of_edges() == g.graph["edges_total"]
+    assert "warning" not in res.stderr
 
 
 def test_optimize_command(tmp_path):

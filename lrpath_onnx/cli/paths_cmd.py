@@ -7,6 +7,7 @@ import click
 from ..io.inputs import read_ahead
 from ..io.outputs import clean_temporaries, ensure_out_dir
 from ..paths.conditional import MODES
+from ..paths.graph_files import MAX_FLOWS
 from ..paths.neurons import graph_layers
 from ..paths.run import explain_paths
 from .options import path_score_option, progress
@@ -36,8 +37,12 @@ def path_options(fn):
                    "averaged (layerwise), or the path neurons kept at every layer at once (strict).")
 @click.option("--path-heatmap-scale", type=click.Choice(["full", "own"]), default="full", show_default=True,
               help="Colour scale of the relevance-based K-path heatmaps: the full heatmap's, or their own.")
+@click.option("--max-flows", type=click.IntRange(min=0), default=MAX_FLOWS, show_default=True,
+              help="graph.json and graph.graphml keep every neuron but only this many heaviest flows, and the "
+                   "K paths' (0: all; a GetOptimizer graph of VGG16 has millions).")
 @path_score_option
-def paths(args, out, k, per_layer, how, threshold, path_heatmap, path_heatmap_scale, path_score, **opts):
+def paths(args, out, k, per_layer, how, threshold, path_heatmap, path_heatmap_scale, max_flows, path_score,
+          **opts):
     """Neuron graph of MODEL for each INPUT, its K best paths, and the K-path heatmaps.
 
     Writes graph.png/.svg/.graphml/.json, paths.json, heatmap_full.png,
@@ -53,7 +58,12 @@ def paths(args, out, k, per_layer, how, threshold, path_heatmap, path_heatmap_sc
             sample = batch[0]
             rec = explain_paths(ses.an, sample, out / sample.name, k, per_layer, how, threshold, ses.target,
                                 ses.layout, ses.labels, path_heatmap_scale, ses.model_name, path_heatmap,
-                                path_score)
+                                path_score, max_flows)
+            graph = rec["graph"]
+            if graph["edges_written"] < graph["edges"]:
+                click.echo(f"warning: {sample.name}: graph.json and graph.graphml hold {graph['edges_written']:,} of "
+                           f"{graph['edges']:,} flows, the heaviest and the paths' (--max-flows {max_flows:,}; "
+                           "0 writes all)", err=True)
             best = rec["paths"][0] if rec["paths"] else None
             route = " > ".join(f"{n['layer']}:{n['neuron']}" for n in best["neurons"]) if best else "none"
             click.echo(f"{sample.name}: {rec['graph']['nodes']} neurons, {rec['graph']['edges']} flows; best path by "

@@ -6,7 +6,8 @@ exponential in the depth (16 neurons over 16 layers is 16**16 paths), so each no
 only its K best partial paths from the source: the prefix of one of the K best paths is
 among the K best partial paths into every node it passes (otherwise K better prefixes
 with the same suffix would give K better paths), so nothing needed is ever dropped. The
-cost is O(E·K·log K) comparisons (times the path length for the tuple copies, small).
+cost is O(E·K·log K) comparisons; only the partial paths that survive at a node (and
+those tied with the K-th) have their node tuples copied.
 
 Tie-breaking, so that results are reproducible whatever the graph's insertion order:
 paths of equal weight are ordered lexicographically by the ``repr`` of their nodes (the
@@ -45,10 +46,6 @@ def _edge_weight(data: dict, u: Hashable, v: Hashable, weight: str) -> float:
     if not math.isfinite(w):
         raise ValueError(f"edge {u!r} -> {v!r} has a non-finite {weight!r}: {w}")
     return w
-
-
-def _sort_key(p: _Partial) -> tuple[float, tuple[int, ...]]:
-    return -p[0], p[1]
 
 
 def k_best_paths(g: nx.DiGraph, source: Hashable, sink: Hashable, k: int,
@@ -103,11 +100,17 @@ def k_best_paths(g: nx.DiGraph, source: Hashable, sink: Hashable, k: int,
 
     best: dict[Hashable, list[_Partial]] = {source: [(0.0, (rank[source],))]}
     for v in topo[topo.index(source) + 1:]:
-        candidates = [(w + _edge_weight(data, u, v, weight), ranks + (rank[v],))
-                      for u, data in g.pred[v].items() if u in best
-                      for w, ranks in best[u]]
+        candidates = []  # (-weight, ranks before v): negated, so that tuples sort best first
+        for u, data in g.pred[v].items():
+            if u in best:
+                ew = _edge_weight(data, u, v, weight)
+                candidates.extend((-(w + ew), ranks) for w, ranks in best[u])
+        if len(candidates) > k:  # only those as heavy as the k-th get their ranks copied
+            cut = heapq.nsmallest(k, [c[0] for c in candidates])[-1]
+            candidates = [c for c in candidates if c[0] <= cut]
         if candidates:
-            best[v] = heapq.nsmallest(k, candidates, key=_sort_key)
+            rv = (rank[v],)
+            best[v] = [(-nw, ranks) for nw, ranks in heapq.nsmallest(k, [(nw, r + rv) for nw, r in candidates])]
         if v == sink:
             break
     return [(w, [node_of[r] for r in ranks]) for w, ranks in best.get(sink, [])]

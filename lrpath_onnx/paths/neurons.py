@@ -278,15 +278,16 @@ def _layer_edges(an: Analyzer, exp: Explanation, ng: NeuronGraph, layer: Layer, 
     f = an.channel_flows(exp, layer.name, rows, kept)[sample]
     n_in, n_out = layer.handler.neurons(layer)
     g = _groups(layer)
+    heads = [(layer.name, int(j)) for j in kept]
+    group_of_kept = np.asarray(kept) // (n_out // g)
     for ch in keep_prev:
         feeds = ids[rows] == ch
         if not feeds.any():  # a channel split or pick leaves it out
             continue
-        share = f[feeds].sum(axis=0)
-        groups = set((rows[feeds] // (n_in // g)).tolist())
-        for col, j in enumerate(kept):
-            if int(j) // (n_out // g) in groups:  # a grouped conv links a channel to its group only
-                _add_flow(ng.graph, (prev.name, int(ch)), (layer.name, int(j)), share[col])
+        share = f[feeds].sum(axis=0).tolist()
+        linked = np.isin(group_of_kept, rows[feeds] // (n_in // g))  # a grouped conv links a channel to its group only
+        tail = (prev.name, int(ch))  # each edge is new: a conv/dense layer reads one graph layer
+        ng.graph.add_edges_from((tail, heads[c], {"weight": float(share[c])}) for c in np.flatnonzero(linked).tolist())
 
 
 def _groups(layer: Layer) -> int:

@@ -5,37 +5,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 
 from ..api import Analyzer
 from ..io.inputs import Sample
-from ..io.outputs import atomic_path, make_folder, write_json
+from ..io.outputs import make_folder, write_json
 from ..io.schema import model_json, stamp, target_json
-from ..viz.graph_draw import draw_png, draw_svg
+from ..viz.graph_draw import MAX_EDGES, draw_png, draw_svg
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, scale_of, with_scale_bar
 from .conditional import layerwise
+from .graph_files import MAX_FLOWS, heaviest_flows, write_graph_json, write_graphml
 from .heatmaps import activation_heatmap, draw_layer_row, inner_masks, relevance_heatmap
 from .neurons import SINK, SOURCE, NeuronGraph, build, explain_for_graph
 from .ranking import RankedPath, best_paths
-
-
-def node_id(node) -> str:
-    """A string id for GraphML/JSON: ``layer:neuron`` or input/target."""
-    return f"{node[0]}:{node[1]}" if isinstance(node, tuple) else str(node)
-
-
-def graph_json(ng: NeuronGraph) -> dict:
-    g = ng.graph
-    return {"nodes": [{"id": node_id(n), **{k: v for k, v in d.items()}} for n, d in g.nodes(data=True)],
-            "edges": [{"source": node_id(u), "target": node_id(v), "weight": d["weight"]}
-                      for u, v, d in g.edges(data=True)]}
-
-
-def write_graphml(ng: NeuronGraph, path: Path) -> None:
-    plain = nx.relabel_nodes(ng.graph, {n: node_id(n) for n in ng.graph.nodes})
-    with atomic_path(path) as tmp:
-        nx.write_graphml(plain, str(tmp))
 
 
 def path_record(path: RankedPath, ng: NeuronGraph) -> dict:
@@ -51,14 +33,15 @@ def path_record(path: RankedPath, ng: NeuronGraph) -> dict:
 def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer: int = 16,
                   how: str = "top", threshold: float = 1.0, target=None, layout: str = "nchw",
                   labels: list[str] | None = None, path_scale: str = "full", model_name: str | None = None,
-                  path_heatmap: str = "layerwise", score: str = "auto") -> dict:
+                  path_heatmap: str = "layerwise", score: str = "auto", max_flows: int = MAX_FLOWS) -> dict:
     """Everything ``lrpath paths`` writes for one input into ``out``; returns paths.json's content.
 
     ``path_heatmap``: the relevance-based K-path heatmap is ``layerwise`` (the mean over graph
     layers of what the path neurons of that layer carry, ``conditional``) or ``strict`` (the
     path neurons kept at every layer at once). ``path_scale``: it is drawn on the full
     heatmap's colour scale (``full``: its share of the relevance shows) or on its own (``own``).
-    ``score``: how paths are ranked (``ranking.SCORES``)."""
+    ``score``: how paths are ranked (``ranking.SCORES``). ``max_flows``: graph.json and
+    graph.graphml keep every neuron but only this many heaviest flows, and the paths' (0: all)."""
     t0 = time.perf_counter()
     x = sample.tensor[None]
     exp = explain_for_graph(an, x, target)
@@ -81,10 +64,13 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     make_folder(out)
     title = (f"{len(best)} best relevance paths ({choice.score}) to {ng.graph.nodes[SINK].get('label', 'target')}, "
              f"{per_layer if how == 'top' else 'GetOptimizer'} neurons per layer")
-    draw_png(ng.graph, [p.nodes for p in best], out / "graph.png", title=title)
-    draw_svg(ng.graph, [p.nodes for p in best], out / "graph.svg", title=title)
-    write_graphml(ng, out / "graph.graphml")
-    write_json(out / "graph.json", stamp("graph", graph_json(ng)))
+    routes = [p.nodes for p in best]
+    draw_png(ng.graph, routes, out / "graph.png", title=title)
+    draw_svg(ng.graph, routes, out / "graph.svg", title=title)
+    flows = ng.graph.number_of_edges()
+    written = heaviest_flows(ng.graph, max_flows, routes)
+    write_graphml(written, out / "graph.graphml", flows)
+    write_graph_json(written, out / "graph.json", flows)
     full = relevance_map(exp.relevance[0], layout)
     scale = 224 if min(full.shape) < 224 else None
     part = relevance_map(rel_k, layout)
@@ -99,6 +85,7 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     draw_layer_row(out / "heatmap_k_paths_layers.png", lw, layout,
                    f"What the {len(best)} paths' neurons of each layer carry down to the input "
                    "(each map on its own scale; % = the layer's relevance on them)")
+    t4 = time.perf_counter()
     record = stamp("paths", {
         **model_json(an.model_path, model_name), "input": str(sample.source),
         "target": target_json(ng.target, labels, an.output_neuron(ng.target)
@@ -106,14 +93,15 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
         "device": an.device, "k": k, "selection": how, "per_layer": per_layer if how == "top" else None,
         "threshold": threshold if how == "getoptimizer" else None,
         "layers": ng.layers, "kept": {name: ng.kept[name].tolist() for name in ng.layers},
-        "graph": {"nodes": ng.graph.number_of_nodes(), "edges": ng.graph.number_of_edges()},
+        "graph": {"nodes": ng.graph.number_of_nodes(), "edges": flows, "edges_written": written.number_of_edges(),
+                  "edges_drawn": min(flows, MAX_EDGES)},
         "path_score": choice.score, "path_score_reason": choice.reason,
         "longest": path_record(best[0], ng) if best else None,
         "paths": [{"rank": i + 1, **path_record(p, ng)} for i, p in enumerate(best)],
         "path_heatmap": path_heatmap, "relevance_share_k_paths": share, "path_heatmap_scale": path_scale,
         "share_per_layer": lw.shares_json(),
         "timings_s": {"explain": t1 - t0, "graph_and_paths": t2 - t1, "path_heatmaps": t3 - t2,
-                      "total": t3 - t0},
+                      "write": t4 - t3, "total": t4 - t0},
     })
     write_json(out / "paths.json", record)
     return record

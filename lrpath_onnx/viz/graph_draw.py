@@ -8,7 +8,11 @@ with LANCZOS for smooth edges) and to SVG text, so both files show the same pict
 Encoding: positive flows are grey, negative flows light blue-grey (both solid), width
 proportional to |weight| (0.5 to 6 px) and darker when heavier; the K paths are drawn on
 top in red, the best path darkest and thickest; nodes on any path get a red outline and
-their channel number beside them.
+their channel number beside them. A graph of more than ``max_edges`` flows (GetOptimizer's
+on VGG16 has millions) draws its heaviest ones and says so in the legend: the rest would
+be sub-pixel lines that take minutes and hundreds of megabytes of SVG to draw. Texts
+in the SVG are given the width they have in the PNG's font (``textLength``), so a wider
+fallback font cannot make the title run into the legend.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 from collections.abc import Hashable, Sequence
 
 import networkx as nx
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import InputError
@@ -37,6 +42,7 @@ NODE_FILL, NODE_LINE, END_FILL = (230, 230, 230), (110, 110, 110), (205, 205, 20
 PATH_BEST, PATH_WORST, LABEL_RED = (200, 0, 0), (240, 125, 125), (150, 0, 0)
 FONT_FAMILY = "Aileron, DejaVu Sans, Helvetica, Arial, sans-serif"
 _SS = 2  # supersampling factor of the PNG
+MAX_EDGES = 20_000  # flows drawn at most (the K paths are drawn on top whatever their weight)
 
 
 def layout(g: nx.DiGraph) -> dict[Hashable, tuple[float, float]]:
@@ -67,10 +73,11 @@ def node_positions(g: nx.DiGraph, size: tuple[int, int] = (1600, 900)) -> dict[H
 
 
 def draw_png(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.PathLike[str],
-             size: tuple[int, int] = (1600, 900), title: str = "") -> None:
-    """Write the graph as PNG; ``paths`` are the K best paths, best (the longest) first."""
+             size: tuple[int, int] = (1600, 900), title: str = "", max_edges: int = MAX_EDGES) -> None:
+    """Write the graph as PNG; ``paths`` are the K best paths, best (the longest) first;
+    at most ``max_edges`` flows are drawn, the heaviest (0: all)."""
     size = _check_size(size)
-    ops = _scene(g, paths, size, title)
+    ops = _scene(g, paths, size, title, max_edges)
     w, h = size
     img = Image.new("RGB", (w * _SS, h * _SS), WHITE)
     d = ImageDraw.Draw(img)
@@ -94,7 +101,7 @@ def draw_png(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.
 
 
 def draw_svg(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.PathLike[str],
-             size: tuple[int, int] = (1600, 900), title: str = "") -> None:
+             size: tuple[int, int] = (1600, 900), title: str = "", max_edges: int = MAX_EDGES) -> None:
     """Write the same picture as a self-contained SVG (hover a node for its relevance)."""
     size = _check_size(size)
     w, h = size
@@ -103,7 +110,7 @@ def draw_svg(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.
            f'viewBox="0 0 {w} {h}" font-family="{FONT_FAMILY}">',
            '<rect x="0" y="0" width="100%" height="100%" fill="#ffffff"/>']
     anchors = {"l": "start", "m": "middle", "r": "end"}
-    for op in _scene(g, paths, size, title):
+    for op in _scene(g, paths, size, title, max_edges):
         if op[0] == "line":
             _, x1, y1, x2, y2, col, wd = op
             out.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
@@ -122,13 +129,15 @@ def draw_svg(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.
             extra = (' stroke="#ffffff" stroke-width="3" stroke-linejoin="round" paint-order="stroke"'
                      if halo else "")
             out.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{fs:.1f}" fill="{_hex(col)}" '
-                       f'text-anchor="{anchors[anchor]}" dominant-baseline="central"{extra}>{_esc(s)}</text>')
+                       f'text-anchor="{anchors[anchor]}" dominant-baseline="central" '
+                       f'textLength="{_text_w(s, fs):.1f}" lengthAdjust="spacingAndGlyphs"{extra}>{_esc(s)}</text>')
     out.append("</svg>\n")
     write_text(path, "\n".join(out))
 
 
 # ------------------------------------------------------------------ scene building
-def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, int], title: str) -> list[tuple]:
+def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, int], title: str,
+           max_edges: int = MAX_EDGES) -> list[tuple]:
     """The picture as primitives in pixel units: lines, circles, texts, back to front."""
     w = size[0]
     s, ts, (x0, y0, x1, y1) = _frame(size)
@@ -170,9 +179,16 @@ def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, 
         return ("curve", _bow(pos[a], pos[b], lift, (y0 + y1) / 2), col, wd)
 
     # relevance flows: light to heavy, so heavy edges stay visible
-    edges = [(u, v, _finite(d.get("weight", 0.0))) for u, v, d in g.edges(data=True)]
-    wmax = max((abs(e[2]) for e in edges), default=0.0) or 1.0
-    for u, v, wt in sorted(edges, key=lambda e: abs(e[2])):
+    ends = list(g.edges(data="weight", default=0.0))
+    weights = _finite_array([w for *_, w in ends])
+    n_flows = len(ends)
+    order = np.argsort(np.abs(weights), kind="stable")
+    if 0 < max_edges < n_flows:
+        order = order[n_flows - max_edges:]
+    edges = [(ends[i][0], ends[i][1], float(weights[i])) for i in order.tolist()]
+    wmax = abs(edges[-1][2]) if edges else 0.0
+    wmax = wmax or 1.0
+    for u, v, wt in edges:
         t = abs(wt) / wmax
         col = _mix(NEG_LIGHT, NEG_DARK, math.sqrt(t)) if wt < 0 else _mix(EDGE_LIGHT, EDGE_DARK, math.sqrt(t))
         ops.append(segment(u, v, col, max(0.5, 6.0 * t) * s))
@@ -219,6 +235,9 @@ def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, 
         items.append((PATH_BEST, f"{k} best path{'s' if k > 1 else ''} (darkest = best)"))
     sample, gap = 26 * ts, 18 * ts
     note = "node area \u221d |relevance|"
+    if len(edges) < n_flows:  # on a second line, right-aligned under the legend
+        ops.append(("text", w - 18 * ts, ty + 19 * ts, f"the {len(edges):,} heaviest of {n_flows:,} flows drawn",
+                    fs_leg, SUBTLE, "r", False))
     total = sum(sample + 6 * ts + _text_w(t, fs_leg) + gap for _, t in items) + _text_w(note, fs_leg)
     lx = w - 18 * ts - total
     for col, text in items:
@@ -347,6 +366,16 @@ def _finite(v: object) -> float:
     except (TypeError, ValueError):
         return 0.0
     return f if math.isfinite(f) else 0.0
+
+
+def _finite_array(values: list) -> np.ndarray:
+    """``values`` as float64, anything that is not a finite number as 0 (as ``_finite``)."""
+    try:
+        out = np.asarray(values, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        out = np.array([_finite(v) for v in values], np.float64)
+    return np.where(np.isfinite(out), out, 0.0) if len(out) == len(values) else \
+        np.array([_finite(v) for v in values], np.float64)
 
 
 def _mix(a: Colour, b: Colour, t: float) -> Colour:
