@@ -10,7 +10,10 @@ compile failure here fails loudly. A new kernel without an entry in ``SIGNATURES
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from numba import boolean, cuda, float32, float64, int64
@@ -115,6 +118,7 @@ def test_kernel_compiles_to_sm90_ptx(nvvm, name, dtype):
     if name.startswith("gemm_kernel"):
         tile = {"gemm_kernel": "large"}.get(name, name.removeprefix("gemm_kernel_"))
         BM, BN, BK, TY, TX = gemm.TILES[tile]
+        assert entry == gemm.kernel_name(BM, BN, BK, TY, TX)
         TM, TN = BM // TY, BN // TX
         # every multiply-add of a slice written out (accumulators in registers, not a local array) ...
         assert ptx.count("fma.rn." + ("f32" if dtype is float32 else "f64")) >= BK * TM * TN
@@ -125,3 +129,46 @@ def test_kernel_compiles_to_sm90_ptx(nvvm, name, dtype):
         # the static shared memory the PTX declares is what gemm.shared_bytes says
         declared = sum(int(n) for n in re.findall(r"\.shared \.align \d+ \.b8 \w+\[(\d+)\]", ptx))
         assert declared == gemm.shared_bytes(tile, "f4" if dtype is float32 else "f8")
+
+
+def test_gemm_tiles_are_checked_and_named():
+    for tile in gemm.TILES.values():
+        gemm.check_tile(*tile)
+    names = {KERNELS[n].py_func.__name__ for n in KERNELS if n.startswith("gemm_kernel")}
+    assert names == {gemm.kernel_name(*t) for t in gemm.TILES.values()}  # one name per tile shape
+    # 32 threads, a 1 x 16 slice of B: 16 elements cannot be staged by 32 threads evenly (none
+    # would be, and the product would use zeros for B); a row of A not a multiple of four per thread
+    for bad in [(32, 16, 1, 8, 4), (32, 128, 16, 8, 12), (24, 128, 16, 8, 16), (0, 128, 16, 8, 16)]:
+        with pytest.raises(ValueError, match="stage whole rows"):
+            gemm.check_tile(*bad)
+
+
+def test_load4_refuses_strided_arrays(nvvm):
+    from numba.core.errors import TypingError
+
+    from lrpath_onnx.kernels.cuda.vector_load import load4
+
+    def first_four(a, out):
+        x0, x1, x2, x3 = load4(a, 0)
+        out[0] = x0 + x1 + x2 + x3
+
+    ptx, _ = cuda.compile_ptx(first_four, (float32[::1], float32[::1]), cc=(9, 0))
+    assert "ld.global.v4.f32" in ptx
+    with pytest.raises(TypingError):
+        cuda.compile_ptx(first_four, (float32[:], float32[::1]), cc=(9, 0))
+
+
+def test_load4_in_the_simulator_asserts_alignment_and_contiguity():
+    code = ("import numpy as np\n"
+            "from lrpath_onnx.kernels.cuda.vector_load import load4\n"
+            "a = np.arange(12.0)\n"
+            "assert load4(a, 8) == (8.0, 9.0, 10.0, 11.0)\n"
+            "for arr, i in ((a, 2), (a[::2], 0)):\n"
+            "    try:\n"
+            "        load4(arr, i)\n"
+            "    except AssertionError:\n"
+            "        continue\n"
+            "    raise SystemExit(f'load4 accepted index {i} of {arr.strides}')\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

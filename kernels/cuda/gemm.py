@@ -152,20 +152,34 @@ def _kernel_source(BM: int, BN: int, BK: int, TY: int, TX: int) -> str:
              "                if beta != 0:",
              "                    v += beta * c[r, q]",
              "                c[r, q] = v"]
-    head = "def gemm_kernel(a, b, c, part, alpha, beta, trans_a, trans_b, k_chunk, bias, bias_axis, mul, has_mul):"
+    head = (f"def {kernel_name(BM, BN, BK, TY, TX)}(a, b, c, part, alpha, beta, trans_a, trans_b, k_chunk, bias, "
+            "bias_axis, mul, has_mul):")
     return "\n".join([head] + ["    " + t for t in body]) + "\n"
+
+
+def kernel_name(BM: int, BN: int, BK: int, TY: int, TX: int) -> str:
+    """The kernel's name in PTX and in profilers (Nsight lists each tile shape apart)."""
+    return f"gemm_{BM}x{BN}x{BK}_{TY}x{TX}"
+
+
+def check_tile(BM: int, BN: int, BK: int, TY: int, TX: int) -> None:
+    """Refuse a tile shape the kernel would compute wrongly: each thread takes groups of
+    four rows and columns, and the threads stage every element of both shared tiles
+    (``BM·BK`` and ``BK·BN`` divided evenly, along whole rows)."""
+    NT = TX * TY
+    if min(BM, BN, BK, TY, TX) < 1 or BM % (4 * TY) or BN % (4 * TX) or NT % BM or NT % BN or NT % BK \
+            or BK * BM % NT or BK * BN % NT:
+        raise ValueError(f"tile {(BM, BN, BK, TY, TX)}: each thread takes groups of four rows and "
+                         "columns, and the threads must stage whole rows of each tile")
 
 
 def _make_gemm_kernel(BM: int, BN: int, BK: int, TY: int, TX: int):
     """The tiled GEMM kernel for one tile shape (the sizes are compile-time constants)."""
-    NT = TX * TY
-    if BM % (4 * TY) or BN % (4 * TX) or NT % BM or NT % BN or NT % BK or BK * BM % NT:
-        raise ValueError(f"tile {(BM, BN, BK, TY, TX)}: each thread takes groups of four rows and "
-                         "columns, and the threads must stage whole rows of each tile")
+    check_tile(BM, BN, BK, TY, TX)
     source = _kernel_source(BM, BN, BK, TY, TX)
     namespace = {"cuda": cuda, "load4": load4, "__name__": __name__}
     exec(compile(source, f"<gemm kernel {BM}x{BN}x{BK}, {TY}x{TX} threads>", "exec"), namespace)
-    return cuda.jit(namespace["gemm_kernel"])
+    return cuda.jit(namespace[kernel_name(BM, BN, BK, TY, TX)])
 
 
 #: one kernel per tile shape (module attributes, so the PTX test finds and compiles each)

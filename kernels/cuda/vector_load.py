@@ -8,7 +8,10 @@ as a tuple from one ``<4 x float>`` load (two ``<2 x double>`` loads in float64)
 NVVM turns into ``ld.shared.v4.f32`` / ``ld.shared.v2.f64``.
 
 The caller guarantees alignment: ``arr`` allocated with ``alignment=16`` and ``i`` a
-multiple of 4. Under numba's simulator it is plain indexing (the simulator runs Python).
+multiple of 4. ``arr`` must be contiguous (a strided view would be read as if it were not,
+so the compiled version refuses it at typing). Under numba's simulator it is plain
+indexing (the simulator runs Python) that asserts both, so the simulator tests catch a
+caller that breaks them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from numba import config
 if config.ENABLE_CUDASIM:
 
     def load4(arr, i):
+        assert i % 4 == 0, f"load4 at index {i}: not a multiple of 4 (16-byte alignment)"
+        assert arr.ndim == 1 and arr.strides[0] == arr.itemsize, "load4 needs a contiguous 1-D array"
         return arr[i], arr[i + 1], arr[i + 2], arr[i + 3]
 
 else:
@@ -27,8 +32,8 @@ else:
 
     @intrinsic
     def load4(typingctx, arr, i):
-        if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(i, types.Integer)
-                and arr.dtype in (types.float32, types.float64)):
+        if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
+                and isinstance(i, types.Integer) and arr.dtype in (types.float32, types.float64)):
             return None
         sig = types.UniTuple(arr.dtype, 4)(arr, i)
 
