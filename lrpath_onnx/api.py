@@ -453,6 +453,24 @@ class Analyzer:
         fwd = replicate_forward(self.graph, exp.forward, r.shape[0], sample)
         return self._backward(fwd[self.graph.input], fwd, tensor, r, ()).relevance
 
+    def relevance_below_sum(self, exp: Explanation, starts: dict[str, np.ndarray], sample: int = 0) -> np.ndarray:
+        """Σ over ``starts`` (layer name → relevance of its output for one sample, no batch
+        axis) of ``relevance_below`` of each, in one pass: the pass starts at the highest of
+        those layers and adds each other's relevance when it reaches it (the rules are linear
+        in the relevance once ``exp``'s forward pass fixes their denominators)."""
+        if exp.forward is None:
+            raise InputError("relevance_below_sum needs an explanation made with keep_forward=True")
+        if not starts:
+            raise InputError("relevance_below_sum needs at least one layer to start from")
+        rows = {self.graph.find(name).name: np.ascontiguousarray(np.asarray(r, np.float32)[None])
+                for name, r in starts.items()}
+        order = {l.name: i for i, l in enumerate(self.graph.layers)}
+        top = max(rows, key=order.__getitem__)
+        fwd = replicate_forward(self.graph, exp.forward, 1, sample)
+        first = rows.pop(top)
+        return self._backward(fwd[self.graph.input], fwd, self.graph.find(top).output, first, (),
+                              inject=rows).relevance[0]
+
     def output_neuron(self, index: int) -> NeuronTarget | None:
         """The neuron a flat index into a feature-map output is (a backbone's target:
         ``block5_pool:53@(2, 2)``), read through trailing transposes; None for class outputs."""
@@ -518,7 +536,7 @@ class Analyzer:
 
     def _backward(self, x: np.ndarray, fwd: dict, start_tensor: str, start: np.ndarray,
                   keep: Sequence[str], masks: dict | None = None, keep_forward: bool = False,
-                  gradient: bool = False) -> Explanation:
+                  gradient: bool = False, inject: dict | None = None) -> Explanation:
         for name in list(keep) + list(masks or {}):
             if name != "*":
                 self.graph.find(name)
@@ -529,7 +547,8 @@ class Analyzer:
             ctx.keep_products = frozenset(keep)
         with self.backend.threads.blas_single():
             prop = propagate(self.graph, self._plan, ctx, start_tensor, self.backend.upload(start), tuple(keep), masks,
-                             gradient=gradient, release=None if keep_forward else self._last_readers())
+                             gradient=gradient, release=None if keep_forward else self._last_readers(),
+                             inject=inject)
         t2 = time.perf_counter()
         return Explanation(
             relevance=np.asarray(self.backend.to_host(prop.input_relevance)),

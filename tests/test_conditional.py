@@ -79,6 +79,59 @@ def test_restricting_one_layer_matches_a_numpy_reference(tmp_path, seed):
             np.testing.assert_allclose(got, masked, rtol=1e-5, atol=1e-7)
 
 
+def reference_below(x, ws, bs, starts, eps=1e-6):
+    """Float64 LRP-ε of the dense net from relevance given at several dense layers' outputs
+    (layer index → relevance), each added when the pass reaches its layer."""
+    acts = [np.asarray(x, np.float64)]
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        z = acts[-1] @ w + b
+        acts.append(np.maximum(z, 0) if i < len(ws) - 1 else z)
+    r = np.zeros(SIZES[-1])
+    for i in reversed(range(len(ws))):
+        r = r + starts.get(i, 0.0)
+        r = lrp_linear("epsilon", acts[i], ws[i].astype(np.float64), bs[i].astype(np.float64), r, eps=eps)
+    return r
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_pass_from_several_layers_matches_a_numpy_reference(tmp_path, seed):
+    """Signed relevance given at two or three layers at once, in one pass: the float64
+    reference, and the sum of the passes started at each layer alone."""
+    rng = np.random.default_rng(seed)
+    path, ws, bs = mlp(rng, tmp_path)
+    an = Analyzer(path, preset="epsilon-plus", low=-3.0, high=3.0)
+    x = rng.standard_normal((2, SIZES[0])).astype(np.float32)
+    exp = explain_for_graph(an, x)
+    for sample in (0, 1):
+        for chosen in ([0, 1], [0, 2], [0, 1, 2]):
+            starts = {i: rng.standard_normal(SIZES[i + 1]).astype(np.float32) for i in chosen}
+            got = an.relevance_below_sum(exp, {f"dense{i}": r for i, r in starts.items()}, sample)
+            want = reference_below(x[sample], ws, bs, starts)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+            alone = sum(an.relevance_below(exp, f"dense{i}", r[None], sample)[0] for i, r in starts.items())
+            np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+
+
+@pytest.mark.parametrize("model", ["mnist_vgg", "mnist_resnet", "mnist_efficientnet"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_mean_map_in_one_pass_equals_the_mean_of_the_layer_maps(model, seed):
+    """``per_layer=False``: on a chain, residual sums with projections, and SE gates with
+    depthwise layers; random path masks."""
+    an = Analyzer(HERE / f"{model}.onnx", low=0.0, high=1.0)
+    x = np.asarray(Image.open(DIGITS / f"digit_{seed + 4}.png"), np.float32)[None, None] / 255
+    exp = explain_for_graph(an, x)
+    rng = np.random.default_rng(seed)
+    masks = inner_masks(exp, {l.name: (rng.uniform(size=exp.kept[l.name].shape[1]) < 0.3).astype(np.float32)
+                              for l in graph_layers(an)})
+    assert len(masks) >= 4
+    each = layerwise(an, exp, masks)
+    once = layerwise(an, exp, masks, per_layer=False)
+    np.testing.assert_allclose(once.summary, each.summary, rtol=1e-4, atol=1e-5 * np.abs(each.summary).max())
+    assert once.summary_share == pytest.approx(each.summary_share, rel=1e-4, abs=1e-6)
+    assert once.layer_share == each.layer_share and once.maps == {}
+    assert set(once.input_share) == set(masks) and all(v is None for v in once.input_share.values())
+
+
 @pytest.fixture(scope="module")
 def digits():
     an = Analyzer(HERE / "mnist_vgg.onnx", low=0.0, high=1.0)
@@ -180,3 +233,16 @@ def test_paths_writes_the_layer_row_and_the_share_per_layer(tmp_path):
     strict = json.loads((tmp_path / "st" / "digit_3" / "paths.json").read_text())
     assert strict["path_heatmap"] == "strict" and strict["paths"] == info["paths"]
     assert abs(strict["relevance_share_k_paths"]) < info["relevance_share_k_paths"]
+    # --no-layer-maps: the same mean map from one pass, no layer row (an earlier run's is removed)
+    res = lrpath("paths", "mnist-vgg", DIGITS / "digit_3.png", "--out", tmp_path / "lw", "--k", "3", "--per-layer", "6",
+                 "--no-layer-maps")
+    assert res.returncode == 0, res.stderr
+    fast = json.loads((tmp_path / "lw" / "digit_3" / "paths.json").read_text())
+    assert fast["layer_maps"] is False and info["layer_maps"] is True and fast["paths"] == info["paths"]
+    assert fast["relevance_share_k_paths"] == pytest.approx(info["relevance_share_k_paths"], rel=1e-4)
+    assert [s["input_share"] for s in fast["share_per_layer"]] == [None] * len(layers)
+    assert [s["relevance_share"] for s in fast["share_per_layer"]] == \
+        [s["relevance_share"] for s in info["share_per_layer"]]
+    assert not (tmp_path / "lw" / "digit_3" / "heatmap_k_paths_layers.png").exists()
+    with Image.open(tmp_path / "lw" / "digit_3" / "heatmap_k_paths_relevance.png") as im:
+        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 50

@@ -81,7 +81,7 @@ def last_readers(graph: LayerGraph, plan: Plan) -> dict[str, tuple[str, ...]]:
 def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor: str,
               start: np.ndarray, keep: tuple[str, ...] = (), masks: dict | None = None,
               gradient: bool = False, checked: bool = True, on_layer=None,
-              release: dict[str, tuple[str, ...]] | None = None) -> Propagation:
+              release: dict[str, tuple[str, ...]] | None = None, inject: dict | None = None) -> Propagation:
     """Run LRP from ``start`` (relevance of ``start_tensor``) to the graph input.
 
     Parameters
@@ -98,10 +98,16 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
     release : layer name → the forward tensors to drop from ``ctx.fwd`` after its step
         (``last_readers``, which the caller computes once per plan), so the steps further down
         reuse their memory; only when the caller keeps no forward.
+    inject : layer name → relevance added at that layer's output when the pass reaches it
+        (as if a pass started there too). Rules are linear in the relevance once the forward
+        pass is fixed, so one pass gives the sum of the passes started at each layer: the
+        K-path summary heatmap, a mean over layers, costs one pass instead of one per layer.
     """
     be = ctx.backend
+    inject = inject or {}
     if not gradient:
-        ctx.quiet_negatives = quiet_negatives(graph, plan, start_tensor)
+        starts = (start_tensor, *(graph.find(name).output for name in inject))
+        ctx.quiet_negatives = quiet_negatives(graph, plan, starts if inject else start_tensor)
 
     axes = graph.batch_axes()
     unknown: set[str] = set()  # layers whose per-sample sums cannot be told (batch merged by a reshape)
@@ -135,10 +141,15 @@ def propagate(graph: LayerGraph, plan: Plan, ctx: BackwardContext, start_tensor:
     done_with = release or {}
     for layer in reversed(graph.layers):
         r = rel.pop(layer.output, None)
+        r_total = totals.pop(layer.output, None)
+        if layer.name in inject:
+            extra = be.upload(np.asarray(inject[layer.name], start.dtype))
+            extra_total = sample_sums(layer.output, extra) if checked else None
+            r, r_total = (extra, extra_total) if r is None else \
+                (r + extra, None if r_total is None else r_total + extra_total)
         if r is None:
             ctx.release(*done_with.get(layer.name, ()))
             continue
-        r_total = totals.pop(layer.output)
         if masks and layer.name in masks:
             m = np.asarray(masks[layer.name], r.dtype)
             r = r * m.reshape((1, -1) + (1,) * (r.ndim - 2))

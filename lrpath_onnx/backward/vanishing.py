@@ -40,22 +40,24 @@ def _zero_off(layer: ActivationLayer) -> bool:
     return layer.fn == "clip" and layer.params.get("min") == 0 and not layer.parts
 
 
-def quiet_negatives(graph: LayerGraph, plan: Plan, start_tensor: str) -> frozenset[str]:
+def quiet_negatives(graph: LayerGraph, plan: Plan, start_tensor: str | tuple[str, ...]) -> frozenset[str]:
     """Names of the linear layers whose relevance is 0 wherever the ReLU after them is 0 (worked
-    out once per plan and start: every batch of an explain asks again)."""
+    out once per plan and start: every batch of an explain asks again). ``start_tensor``: where
+    relevance is given from outside (several tensors where a pass adds some on the way)."""
+    starts = (start_tensor,) if isinstance(start_tensor, str) else tuple(start_tensor)
     cache = plan.__dict__.setdefault("_quiet_negatives", {})
-    key = (id(graph), start_tensor)
+    key = (id(graph), starts)
     if key not in cache:
-        cache[key] = _quiet_negatives(graph, plan, start_tensor)
+        cache[key] = _quiet_negatives(graph, plan, frozenset(starts))
     return cache[key]
 
 
-def _quiet_negatives(graph: LayerGraph, plan: Plan, start_tensor: str) -> frozenset[str]:
+def _quiet_negatives(graph: LayerGraph, plan: Plan, starts: frozenset[str]) -> frozenset[str]:
     memo: dict[str, bool] = {}
 
     def vanishes(tensor: str) -> bool:
         """Whether the relevance of ``tensor`` is 0 wherever its value is."""
-        if tensor == start_tensor:
+        if tensor in starts:
             return False  # a relevance given from outside may sit anywhere
         if tensor not in memo:
             memo[tensor] = False  # (no cycles in a DAG; a guard all the same)
@@ -81,7 +83,7 @@ def _quiet_negatives(graph: LayerGraph, plan: Plan, start_tensor: str) -> frozen
     for layer in graph.layers:
         relu = graph.producer.get(layer.sign_tensor) if isinstance(layer, LinearLayer) and layer.sign_tensor else None
         if isinstance(relu, ActivationLayer) and _zero_off(relu) and relu.inputs == [layer.output] \
-                and graph.consumers(layer.output) == [relu] and layer.output != start_tensor \
+                and graph.consumers(layer.output) == [relu] and layer.output not in starts \
                 and vanishes(relu.output):
             out.add(layer.name)
     return frozenset(out)

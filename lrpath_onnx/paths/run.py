@@ -33,7 +33,8 @@ def path_record(path: RankedPath, ng: NeuronGraph) -> dict:
 def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer: int = 16,
                   how: str = "top", threshold: float = 1.0, target=None, layout: str = "nchw",
                   labels: list[str] | None = None, path_scale: str = "full", model_name: str | None = None,
-                  path_heatmap: str = "layerwise", score: str = "auto", max_flows: int = MAX_FLOWS) -> dict:
+                  path_heatmap: str = "layerwise", score: str = "auto", max_flows: int = MAX_FLOWS,
+                  layer_maps: bool = True) -> dict:
     """Everything ``lrpath paths`` writes for one input into ``out``; returns paths.json's content.
 
     ``path_heatmap``: the relevance-based K-path heatmap is ``layerwise`` (the mean over graph
@@ -41,7 +42,9 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     path neurons kept at every layer at once). ``path_scale``: it is drawn on the full
     heatmap's colour scale (``full``: its share of the relevance shows) or on its own (``own``).
     ``score``: how paths are ranked (``ranking.SCORES``). ``max_flows``: graph.json and
-    graph.graphml keep every neuron but only this many heaviest flows, and the paths' (0: all)."""
+    graph.graphml keep every neuron but only this many heaviest flows, and the paths' (0: all).
+    ``layer_maps``: draw each graph layer's map H_l (heatmap_k_paths_layers.png, one backward
+    pass per layer); without, the mean map alone, in one pass."""
     t0 = time.perf_counter()
     x = sample.tensor[None]
     exp = explain_for_graph(an, x, target)
@@ -53,7 +56,7 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     best, choice = best_paths(ng.graph, SOURCE, SINK, k, score)
     t2 = time.perf_counter()
     masks = ng.path_masks([p.nodes for p in best])
-    lw = layerwise(an, exp, inner_masks(exp, masks))
+    lw = layerwise(an, exp, inner_masks(exp, masks), per_layer=layer_maps)
     if path_heatmap == "strict":
         rel_k = relevance_heatmap(an, x, target if target is not None else exp.targets[0], masks)
     else:
@@ -82,9 +85,11 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
         note=(f"{share:.3g} of the relevance; " if share is not None else "")
         + ("its own scale" if own else "the full heatmap's scale")))
     save_png(out / "heatmap_k_paths_activation.png", overlay_rgb(sample.display, act_k), scale_to=scale)
-    draw_layer_row(out / "heatmap_k_paths_layers.png", lw, layout,
-                   f"What the {len(best)} paths' neurons of each layer carry down to the input "
-                   "(each map on its own scale; % = the layer's relevance on them)")
+    (out / "heatmap_k_paths_layers.png").unlink(missing_ok=True)  # an earlier run's, in the same folder
+    if layer_maps:
+        draw_layer_row(out / "heatmap_k_paths_layers.png", lw, layout,
+                       f"What the {len(best)} paths' neurons of each layer carry down to the input "
+                       "(each map on its own scale; % = the layer's relevance on them)")
     t4 = time.perf_counter()
     record = stamp("paths", {
         **model_json(an.model_path, model_name), "input": str(sample.source),
@@ -99,6 +104,7 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
         "longest": path_record(best[0], ng) if best else None,
         "paths": [{"rank": i + 1, **path_record(p, ng)} for i, p in enumerate(best)],
         "path_heatmap": path_heatmap, "relevance_share_k_paths": share, "path_heatmap_scale": path_scale,
+        "layer_maps": layer_maps,
         "share_per_layer": lw.shares_json(),
         "timings_s": {"explain": t1 - t0, "graph_and_paths": t2 - t1, "path_heatmaps": t3 - t2,
                       "write": t4 - t3, "total": t4 - t0},
