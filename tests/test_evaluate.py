@@ -325,6 +325,52 @@ def test_an_image_whose_explained_logit_is_near_zero_is_named(tmp_path):
     assert f"warning: {doc['warnings'][0]}" in res.stderr
 
 
+def test_a_method_whose_maps_do_not_conserve_is_named():
+    from lrpath_onnx.evaluate.run import not_conserving
+
+    assert not_conserving("auto", [0.9, 1.1, 0.99]) == [] and not_conserving("gradient", None) == []
+    assert not_conserving("auto", [None]) == [] and not_conserving("auto", [0.5, 2.0]) == []
+    assert not_conserving("epsilon-gamma-box", [0.01, 0.03, None, 0.02]) == [
+        "epsilon-gamma-box: its heatmaps hold a median 0.02 of the explained logit (conservation ratio, 0.01 to 0.03 "
+        "over 3 image(s)); the rest went to biases and stabilisers, so its scores rank the order of its patches, "
+        "not the amounts: the `conserving` preset keeps the ratio near 1"]
+    assert len(not_conserving("auto", [2.5, 3.0])) == 1 and len(not_conserving("auto", [-0.4, 0.3])) == 1
+
+
+def test_conservation_ratios_of_a_biased_linear_model(tmp_path):
+    """f = W·x + b with a large b: LRP-ε's map holds W·x of the logit W·x + b, per image; the
+    gradient's map has no ratio."""
+    rng = np.random.default_rng(7)
+    W = rng.uniform(0, 1, (3 * 8 * 8, 3)).astype(np.float32)
+    b = np.full(3, 200.0, np.float32)
+    nodes = [helper.make_node("Flatten", ["X"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "W", "B"], ["Y"], name="fc")]
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 8, 8])], [models.vi("Y", None)],
+                                         {"W": W, "B": b}), tmp_path / "biased.onnx")
+    xs = rng.uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    for i, x in enumerate(xs):
+        np.save(tmp_path / f"x{i}.npy", x)
+    res = lrpath("evaluate", path, tmp_path / "x0.npy", tmp_path / "x1.npy", "--out", tmp_path / "out", "--methods",
+                 "epsilon-plus,gradient", "--patch", "4", "--steps", "4", "--baseline", "zeros", "--layout", "nchw")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "out" / "evaluate.json").read_text())
+    want = []
+    for i, x in enumerate(xs):
+        wx = x.reshape(-1).astype(np.float64) @ W
+        t = int(wx.argmax())
+        want.append(wx[t] / (wx[t] + 200.0))
+        rec = doc["images"][i]["methods"]
+        assert rec["epsilon-plus"]["conservation_ratio"] == pytest.approx(want[-1], rel=1e-4)
+        assert rec["gradient"]["conservation_ratio"] is None
+    by = {m["name"]: m for m in doc["methods"]}
+    assert by["epsilon-plus"]["conservation_ratio_median"] == pytest.approx(np.median(want), rel=1e-4)
+    assert by["gradient"]["conservation_ratio_median"] is None
+    assert len(doc["warnings"]) == 1 and doc["warnings"][0].startswith("epsilon-plus: its heatmaps hold a median 0.1")
+    assert f"warning: {doc['warnings'][0]}" in res.stderr
+    row = next(line for line in res.stdout.splitlines() if line.startswith("epsilon-plus"))
+    assert row.split()[-1] == f"{np.median(want):.3g}"
+
+
 def test_evaluate_cli_on_the_shipped_digits(tmp_path):
     out = tmp_path / "out"
     res = lrpath("evaluate", "mnist-vgg", *sorted(DIGITS.glob("digit_*.png")), "--out", out,
@@ -341,7 +387,8 @@ def test_evaluate_cli_on_the_shipped_digits(tmp_path):
     assert doc["settings"]["patch"] == 4 and doc["throughput"]["perturbed_inputs"] == 10 * 4 * 2 * 49
     assert Image.open(out / "curves.png").size == (1000, 1040)
     assert "auto" in res.stdout and "ABPC" in res.stdout
-    assert doc["warnings"] == [] and "warning" not in res.stderr  # every digit's logit is clear of 0
+    assert doc["warnings"] == [] and "warning" not in res.stderr  # every digit's logit is clear of 0, auto conserves
+    assert 0.9 < by["auto"]["conservation_ratio_median"] < 1.1 and by["gradient"]["conservation_ratio_median"] is None
     sanity = json.loads((out / "sanity.json").read_text())
     assert [m["name"] for m in sanity["methods"]] == ["auto", "gradient", "gradient-x-input"]
     assert len(sanity["steps"]) == 3 and sanity["steps"][-1]["randomized"][-1] == "features.0"

@@ -119,11 +119,14 @@ def table(doc: dict) -> str:
     """The methods ranked by ABPC, with intervals, as the terminal shows them."""
     t, speed = doc["timings_s"], doc["throughput"]
     lines = [f"{len(doc['images'])} image(s), {doc['settings']['patch']}-px patches, {doc['settings']['steps']} steps, "
-             f"baseline {doc['settings']['baseline']}; higher MoRF AOPC and ABPC, lower LeRF AOPC are better",
-             f"{'method':22s} {'MoRF AOPC':>22s} {'LeRF AOPC':>22s} {'ABPC':>22s}"]
+             f"baseline {doc['settings']['baseline']}; higher MoRF AOPC and ABPC, lower LeRF AOPC are better; "
+             "R in/out: an LRP map's sum over the explained logit (median)",
+             f"{'method':22s} {'MoRF AOPC':>22s} {'LeRF AOPC':>22s} {'ABPC':>22s} {'R in/out':>9s}"]
     for m in doc["methods"]:
         cell = lambda k: f"{m[k]:7.3f} [{m[k + '_ci'][0]:6.3f}, {m[k + '_ci'][1]:6.3f}]"  # noqa: E731
-        lines.append(f"{m['name']:22s} {cell('morf_aopc'):>22s} {cell('lerf_aopc'):>22s} {cell('abpc'):>22s}")
+        kept = m.get("conservation_ratio_median")
+        lines.append(f"{m['name']:22s} {cell('morf_aopc'):>22s} {cell('lerf_aopc'):>22s} {cell('abpc'):>22s} "
+                     + (f"{kept:9.3g}" if kept is not None else f"{'—':>9s}"))
     ratio = speed["perturbation_stage_over_onnxruntime"]
     lines.append(f"{speed['images_per_second']:.2f} images/s; {speed['perturbed_inputs']} perturbed inputs, onnxruntime "
                  f"{1000 * t['onnxruntime_per_input']:.2f} ms each"

@@ -86,9 +86,20 @@ def from_chw(x: np.ndarray, layout: str) -> np.ndarray:
 
 def attribute(name: str, ctx: MethodContext, x: np.ndarray, targets: list[int]) -> np.ndarray:
     """Maps of method ``name`` for the batch ``x`` (model layout), one per sample, same shape."""
+    return attribute_conserved(name, ctx, x, targets)[0]
+
+
+def attribute_conserved(name: str, ctx: MethodContext, x: np.ndarray,
+                        targets: list[int]) -> tuple[np.ndarray, list[float | None] | None]:
+    """``attribute``'s maps and, for an LRP method, each sample's conservation ratio (input
+    relevance over the explained logit; None where the logit is 0); None for the others."""
     if name in LRP_NAMES:
         exp = ctx.analyzer(name).explain(x, target=list(targets))
-        return exp.relevance
+        return exp.relevance, [exp.conservation(i)["ratio"] for i in range(len(x))]
+    return _attribute_other(name, ctx, x, targets), None
+
+
+def _attribute_other(name: str, ctx: MethodContext, x: np.ndarray, targets: list[int]) -> np.ndarray:
     if name == "random":
         return ctx.random().uniform(0.0, 1.0, x.shape).astype(np.float32)
     if name == "occlusion":

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..io.schema import target_json
 from ..viz.heatmap import relevance_map
 from . import perturb
-from .methods import MethodContext, attribute, from_chw, to_chw
+from .methods import MethodContext, attribute_conserved, from_chw, to_chw
 
 
 @dataclass
@@ -80,6 +80,7 @@ class MethodScores:
     morf: list[np.ndarray] = field(default_factory=list)
     lerf: list[np.ndarray] = field(default_factory=list)
     seconds: float = 0.0
+    conservation: list[float | None] | None = None  # LRP methods: per image, input relevance / logit
 
 
 def curves_for(x: np.ndarray, heat: np.ndarray, regions: perturb.Regions, base: np.ndarray,
@@ -108,11 +109,13 @@ def evaluate(samples_batches: Iterator[list], methods: list[str], ctx: MethodCon
         x = np.stack([s.tensor for s in batch])
         logits = np.asarray(forward_run(x), np.float64).reshape(len(batch), -1)
         tg = [int(targets) if isinstance(targets, (int, np.integer)) else int(l.argmax()) for l in logits]
-        maps = {}
+        maps, ratios = {}, {}
         for m in methods:
             t0 = time.perf_counter()
-            maps[m] = attribute(m, ctx, x, tg)
+            maps[m], ratios[m] = attribute_conserved(m, ctx, x, tg)
             scores[m].seconds += time.perf_counter() - t0
+            if ratios[m] is not None:
+                scores[m].conservation = (scores[m].conservation or []) + ratios[m]
         t0 = time.perf_counter()
         for i, s in enumerate(batch):
             chw = to_chw(s.tensor, ctx.layout)
@@ -127,7 +130,8 @@ def evaluate(samples_batches: Iterator[list], methods: list[str], ctx: MethodCon
                 scores[m].morf.append(c["morf"])
                 scores[m].lerf.append(c["lerf"])
                 mo, le = perturb.aopc(c["morf"]), perturb.aopc(c["lerf"])
-                rec["methods"][m] = {"morf_aopc": mo, "lerf_aopc": le, "abpc": mo - le}
+                rec["methods"][m] = {"morf_aopc": mo, "lerf_aopc": le, "abpc": mo - le,
+                                     "conservation_ratio": ratios[m][i] if ratios[m] is not None else None}
             warnings.extend(near_zero_logit(rec))
             images.append(rec)
         perturb_seconds += time.perf_counter() - t0
@@ -148,7 +152,9 @@ def evaluate(samples_batches: Iterator[list], methods: list[str], ctx: MethodCon
             "abpc": float((mo - le).mean()), "abpc_ci": perturb.bootstrap(mo - le, boot, settings.bootstrap_rounds),
             "morf_curve": _mean_curve(scores[m].morf), "lerf_curve": _mean_curve(scores[m].lerf),
             "explain_seconds_per_image": scores[m].seconds / len(images),
+            "conservation_ratio_median": _median(scores[m].conservation),
         })
+        warnings.extend(not_conserving(m, scores[m].conservation))
     results.sort(key=lambda r: -r["abpc"])
     per_input = forward.ort_seconds / max(forward.inputs, 1)
     return {
@@ -185,6 +191,31 @@ def near_zero_logit(rec: dict) -> list[str]:
     return [f"{rec['name']}: the explained logit {rec['logit']:.3g} is small against how far perturbing moves it "
             f"(curves divided by it reach an AOPC of {worst:.3g}), so it dominates the means: explain a class it "
             "clearly scores (--target) or leave it out"]
+
+
+#: an LRP method whose median conservation ratio lies outside this range is named in a warning
+CONSERVATION_OK = (0.5, 2.0)
+
+
+def not_conserving(method: str, ratios: list[float | None] | None) -> list[str]:
+    """A warning for an LRP method whose heatmaps hold far more or less than the explained
+    logit: region perturbation scores the order of the patches only, so such a method can
+    rank well while its amounts mean little (biases and ε took the rest)."""
+    known = [r for r in ratios or [] if r is not None]
+    if not known:
+        return []
+    median = float(np.median(known))
+    if CONSERVATION_OK[0] <= median <= CONSERVATION_OK[1]:
+        return []
+    return [f"{method}: its heatmaps hold a median {median:.3g} of the explained logit (conservation ratio, "
+            f"{min(known):.3g} to {max(known):.3g} over {len(known)} image(s)); the rest went to biases and "
+            "stabilisers, so its scores rank the order of its patches, not the amounts: the `conserving` preset "
+            "keeps the ratio near 1"]
+
+
+def _median(values: list[float | None] | None) -> float | None:
+    known = [v for v in values or [] if v is not None]
+    return float(np.median(known)) if known else None
 
 
 def _mean_curve(curves: list[np.ndarray]) -> list[float]:
