@@ -462,8 +462,11 @@ class Analyzer:
             raise InputError("relevance_below_sum needs an explanation made with keep_forward=True")
         if not starts:
             raise InputError("relevance_below_sum needs at least one layer to start from")
-        rows = {self.graph.find(name).name: np.ascontiguousarray(np.asarray(r, np.float32)[None])
-                for name, r in starts.items()}
+        rows: dict[str, np.ndarray] = {}
+        for name, r in starts.items():  # two names of one layer (its name and its index) add up
+            key = self.graph.find(name).name
+            r = np.asarray(r, np.float32)[None]
+            rows[key] = np.ascontiguousarray(rows[key] + r if key in rows else r)
         order = {l.name: i for i, l in enumerate(self.graph.layers)}
         top = max(rows, key=order.__getitem__)
         fwd = replicate_forward(self.graph, exp.forward, 1, sample)

@@ -110,6 +110,10 @@ def test_one_pass_from_several_layers_matches_a_numpy_reference(tmp_path, seed):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
             alone = sum(an.relevance_below(exp, f"dense{i}", r[None], sample)[0] for i, r in starts.items())
             np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+    # a layer named twice (its name and its output tensor) gets both relevances
+    r = rng.standard_normal(SIZES[2]).astype(np.float32)
+    twice = an.relevance_below_sum(exp, {"dense1": r, an.graph.find("dense1").output: 2 * r})
+    np.testing.assert_allclose(twice, 3 * an.relevance_below(exp, "dense1", r[None])[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model", ["mnist_vgg", "mnist_resnet", "mnist_efficientnet"])

@@ -115,3 +115,34 @@ def test_paths_command_limits_the_flows_it_writes(tmp_path):
     assert f"hold {len(graph['edges'])} of {full} flows" in res.stderr.replace(",", "")
     assert set(info["timings_s"]) >= {"explain", "graph_and_paths", "path_heatmaps", "write", "total"}
     assert info["timings_s"]["total"] >= info["timings_s"]["write"] > 0
+
+
+def test_non_finite_flows_are_light_and_clashing_ids_are_refused(tmp_path):
+    from lrpath_onnx.errors import OutputError
+
+    g = nx.DiGraph()
+    for n, w in (("a", float("inf")), ("b", float("nan")), ("c", 0.5), ("d", -2.0)):
+        g.add_edge("in", n, weight=w)
+    assert set(heaviest_flows(g, 2).edges) == {("in", "c"), ("in", "d")}
+    g.add_edge(1, "1", weight=1.0)  # the int 1 and the string "1": both written as "1"
+    for write in (write_graph_json, write_graphml):
+        with pytest.raises(OutputError, match="would both be written as '1'"):
+            write(g, tmp_path / "g.out")
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_drawing_and_files_keep_the_same_flows_on_ties(tmp_path):
+    g = nx.DiGraph()
+    g.add_node("in", layer="input", column=0, neuron=-1, relevance=1.0)
+    for j in range(6):
+        g.add_node(("l", j), layer="l", column=1, neuron=j, relevance=1.0)
+        g.add_edge("in", ("l", j), weight=1.0 if j % 2 else -1.0)  # six flows of equal |weight|
+    kept = set(heaviest_flows(g, 3).edges)
+    draw_svg(g, [], tmp_path / "g.svg", max_edges=3)
+    root = ET.fromstring((tmp_path / "g.svg").read_bytes())
+    pos = node_positions(g)
+    ends = {(round(x, 1), round(y, 1)): n for n, (x, y) in pos.items()}
+    drawn = {(ends[float(e.get("x1")), float(e.get("y1"))], ends[float(e.get("x2")), float(e.get("y2"))])
+             for e in root.iter(SVG + "line") if (float(e.get("x1")), float(e.get("y1"))) in ends
+             and (float(e.get("x2")), float(e.get("y2"))) in ends}
+    assert drawn == kept == {("in", ("l", 0)), ("in", ("l", 1)), ("in", ("l", 2))}

@@ -10,8 +10,9 @@ NVVM turns into ``ld.shared.v4.f32`` / ``ld.shared.v2.f64``.
 The caller guarantees alignment: ``arr`` allocated with ``alignment=16`` and ``i`` a
 multiple of 4. ``arr`` must be contiguous (a strided view would be read as if it were not,
 so the compiled version refuses it at typing). Under numba's simulator it is plain
-indexing (the simulator runs Python) that asserts both, so the simulator tests catch a
-caller that breaks them.
+indexing (the simulator runs Python) that asserts a contiguous array and an index that is
+a multiple of 4, so the simulator tests catch a caller that breaks either (the array's own
+address is the allocation's: ``alignment=16`` on the device, numpy's in the simulator).
 """
 
 from __future__ import annotations

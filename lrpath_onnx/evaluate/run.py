@@ -207,10 +207,12 @@ def not_conserving(method: str, ratios: list[float | None] | None) -> list[str]:
     median = float(np.median(known))
     if CONSERVATION_OK[0] <= median <= CONSERVATION_OK[1]:
         return []
+    where = ("the rest went to biases and stabilisers" if median > 0 and median < CONSERVATION_OK[0] else
+             "more than the logit: relevance was created on the way" if median > 0 else
+             "the opposite sign to the logit")
     return [f"{method}: its heatmaps hold a median {median:.3g} of the explained logit (conservation ratio, "
-            f"{min(known):.3g} to {max(known):.3g} over {len(known)} image(s)); the rest went to biases and "
-            "stabilisers, so its scores rank the order of its patches, not the amounts: the `conserving` preset "
-            "keeps the ratio near 1"]
+            f"{min(known):.3g} to {max(known):.3g} over {len(known)} image(s)); {where}, so its scores rank the "
+            "order of its patches, not the amounts: the `conserving` preset keeps the ratio near 1"]
 
 
 def _median(values: list[float | None] | None) -> float | None:

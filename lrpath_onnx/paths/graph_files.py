@@ -41,7 +41,8 @@ def heaviest_flows(g: nx.DiGraph, limit: int, paths: Sequence[Sequence[Hashable]
     if limit <= 0 or g.number_of_edges() <= limit:
         return g
     edges = list(g.edges(data="weight", default=0.0))
-    weight = np.abs(np.nan_to_num(np.fromiter((w for _, _, w in edges), np.float64, len(edges))))
+    weight = np.abs(np.fromiter((w for _, _, w in edges), np.float64, len(edges)))
+    weight[~np.isfinite(weight)] = 0.0  # as the drawing: a non-finite flow is no flow
     keep = np.zeros(len(edges), bool)
     keep[np.argsort(-weight, kind="stable")[:limit]] = True
     on_path = {(a, b) for p in paths for a, b in zip(p[:-1], p[1:])}
@@ -58,7 +59,7 @@ def write_graph_json(g: nx.DiGraph, path: Path, edges_total: int | None = None) 
     (indented JSON is encoded in Python: 7 s for a million edges)."""
     enc = json.JSONEncoder(allow_nan=False).encode
     head = {"edges_total": g.number_of_edges() if edges_total is None else int(edges_total)}
-    ids = {n: enc(node_id(n)) for n in g.nodes}
+    ids = {n: enc(i) for n, i in _unique_ids(g).items()}
 
     def lines() -> Iterator[str]:
         yield "{"
@@ -89,7 +90,7 @@ def write_graphml(g: nx.DiGraph, path: Path, edges_total: int | None = None) -> 
             "edge": _keys(a for *_, d in g.edges(data=True) for a in d.items())}
     ids = {(kind, name): f"{kind[0]}{i}" for kind, names in keys.items() for i, name in enumerate(names)}
 
-    quoted = {n: quoteattr(node_id(n)) for n in g.nodes}
+    quoted = {n: quoteattr(i) for n, i in _unique_ids(g).items()}
 
     def data(kind: str, attrs: dict) -> str:
         return "".join(f'<data key="{ids[kind, k]}">{_text(v)}</data>' for k, v in attrs.items())
@@ -114,6 +115,19 @@ def write_graphml(g: nx.DiGraph, path: Path, edges_total: int | None = None) -> 
         yield "</graphml>"
 
     _write(path, lines())
+
+
+def _unique_ids(g: nx.DiGraph) -> dict[Hashable, str]:
+    """Each node's ``node_id``; two nodes with one id (``1`` and ``"1"``) would be merged by
+    any reader, so they are refused."""
+    ids = {n: node_id(n) for n in g.nodes}
+    if len(set(ids.values())) < len(ids):
+        seen: dict[str, Hashable] = {}
+        for n, i in ids.items():
+            if i in seen:
+                raise OutputError(f"graph nodes {seen[i]!r} and {n!r} would both be written as '{i}'")
+            seen[i] = n
+    return ids
 
 
 def _keys(items) -> dict[str, str]:

@@ -182,9 +182,10 @@ def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, 
     ends = list(g.edges(data="weight", default=0.0))
     weights = _finite_array([w for *_, w in ends])
     n_flows = len(ends)
-    order = np.argsort(np.abs(weights), kind="stable")
-    if 0 < max_edges < n_flows:
-        order = order[n_flows - max_edges:]
+    order = np.argsort(np.abs(weights), kind="stable")  # light to heavy, ties in the graph's order
+    if 0 < max_edges < n_flows:  # the heaviest, ties to the earlier edge (as heaviest_flows)
+        keep = np.sort(np.argsort(-np.abs(weights), kind="stable")[:max_edges])
+        order = keep[np.argsort(np.abs(weights[keep]), kind="stable")]
     edges = [(ends[i][0], ends[i][1], float(weights[i])) for i in order.tolist()]
     wmax = abs(edges[-1][2]) if edges else 0.0
     wmax = wmax or 1.0
