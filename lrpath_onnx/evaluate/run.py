@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..diagnose import WARN_RANGE
 from ..errors import InputError
 from ..io.schema import target_json
 from ..viz.heatmap import relevance_map
@@ -193,21 +194,18 @@ def near_zero_logit(rec: dict) -> list[str]:
             "clearly scores (--target) or leave it out"]
 
 
-#: an LRP method whose median conservation ratio lies outside this range is named in a warning
-CONSERVATION_OK = (0.5, 2.0)
-
-
 def not_conserving(method: str, ratios: list[float | None] | None) -> list[str]:
     """A warning for an LRP method whose heatmaps hold far more or less than the explained
     logit: region perturbation scores the order of the patches only, so such a method can
-    rank well while its amounts mean little (biases and ε took the rest)."""
+    rank well while its amounts mean little (biases and ε took the rest). The range is
+    explain's (``diagnose.WARN_RANGE``)."""
     known = [r for r in ratios or [] if r is not None]
     if not known:
         return []
     median = float(np.median(known))
-    if CONSERVATION_OK[0] <= median <= CONSERVATION_OK[1]:
+    if WARN_RANGE[0] <= median <= WARN_RANGE[1]:
         return []
-    where = ("the rest went to biases and stabilisers" if median > 0 and median < CONSERVATION_OK[0] else
+    where = ("the rest went to biases and stabilisers" if median > 0 and median < WARN_RANGE[0] else
              "more than the logit: relevance was created on the way" if median > 0 else
              "the opposite sign to the logit")
     return [f"{method}: its heatmaps hold a median {median:.3g} of the explained logit (conservation ratio, "
