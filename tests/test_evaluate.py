@@ -338,6 +338,8 @@ def test_a_method_whose_maps_do_not_conserve_is_named():
         "logit: relevance was created on the way" in not_conserving("auto", [2.5, 3.0])[0]
     assert "median -0.05 " in not_conserving("auto", [-0.4, 0.3])[0]
     assert "the opposite sign to the logit, so" in not_conserving("auto", [-0.4, 0.3])[0]
+    assert "median 0 of the explained logit" in not_conserving("auto", [0.0])[0]
+    assert "the rest went to biases and stabilisers" in not_conserving("auto", [0.0])[0]
 
 
 def test_conservation_ratios_of_a_biased_linear_model(tmp_path):

@@ -205,7 +205,7 @@ def not_conserving(method: str, ratios: list[float | None] | None) -> list[str]:
     median = float(np.median(known))
     if WARN_RANGE[0] <= median <= WARN_RANGE[1]:
         return []
-    where = ("the rest went to biases and stabilisers" if median > 0 and median < WARN_RANGE[0] else
+    where = ("the rest went to biases and stabilisers" if 0 <= median < WARN_RANGE[0] else
              "more than the logit: relevance was created on the way" if median > 0 else
              "the opposite sign to the logit")
     return [f"{method}: its heatmaps hold a median {median:.3g} of the explained logit (conservation ratio, "
