@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import OutputError
 from ..io.outputs import atomic_path, to_plain
 from ..io.schema import stamp
+from ..viz.graph_draw import finite_weights, heaviest
 
 __all__ = ["MAX_FLOWS", "heaviest_flows", "node_id", "write_graph_json", "write_graphml"]
 
@@ -41,10 +42,8 @@ def heaviest_flows(g: nx.DiGraph, limit: int, paths: Sequence[Sequence[Hashable]
     if limit <= 0 or g.number_of_edges() <= limit:
         return g
     edges = list(g.edges(data="weight", default=0.0))
-    weight = np.abs(np.fromiter((w for _, _, w in edges), np.float64, len(edges)))
-    weight[~np.isfinite(weight)] = 0.0  # as the drawing: a non-finite flow is no flow
     keep = np.zeros(len(edges), bool)
-    keep[np.argsort(-weight, kind="stable")[:limit]] = True
+    keep[heaviest(finite_weights([w for *_, w in edges]), limit)] = True  # the flows the drawing keeps
     on_path = {(a, b) for p in paths for a, b in zip(p[:-1], p[1:])}
     out = nx.DiGraph(**g.graph)
     out.add_nodes_from(g.nodes(data=True))
@@ -59,7 +58,8 @@ def write_graph_json(g: nx.DiGraph, path: Path, edges_total: int | None = None) 
     (indented JSON is encoded in Python: 7.4 s for a million edges)."""
     enc = json.JSONEncoder(allow_nan=False).encode
     head = {"edges_total": g.number_of_edges() if edges_total is None else int(edges_total)}
-    ids = {n: enc(i) for n, i in _unique_ids(g).items()}
+    plain_ids = _unique_ids(g)
+    ids = {n: enc(i) for n, i in plain_ids.items()}
 
     def lines() -> Iterator[str]:
         yield "{"
@@ -68,7 +68,7 @@ def write_graph_json(g: nx.DiGraph, path: Path, edges_total: int | None = None) 
         yield '  "nodes": ['
         last = g.number_of_nodes() - 1
         for i, (n, d) in enumerate(g.nodes(data=True)):
-            yield f"    {enc(to_plain({'id': node_id(n), **d}))}" + ("," if i < last else "")
+            yield f"    {enc(to_plain({'id': plain_ids[n], **d}))}" + ("," if i < last else "")
         yield "  ],"
         yield '  "edges": ['
         last = g.number_of_edges() - 1

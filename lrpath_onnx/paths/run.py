@@ -11,7 +11,7 @@ from ..api import Analyzer
 from ..io.inputs import Sample
 from ..io.outputs import make_folder, write_json
 from ..io.schema import model_json, stamp, target_json
-from ..viz.graph_draw import MAX_EDGES, draw_png, draw_svg
+from ..viz.graph_draw import draw_graph
 from ..viz.heatmap import heatmap_rgb, overlay_rgb, relevance_map, save_png, scale_of, with_scale_bar
 from .conditional import layerwise
 from .graph_files import MAX_FLOWS, heaviest_flows, write_graph_json, write_graphml
@@ -68,8 +68,7 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
     title = (f"{len(best)} best relevance paths ({choice.score}) to {ng.graph.nodes[SINK].get('label', 'target')}, "
              f"{per_layer if how == 'top' else 'GetOptimizer'} neurons per layer")
     routes = [p.nodes for p in best]
-    draw_png(ng.graph, routes, out / "graph.png", title=title)
-    draw_svg(ng.graph, routes, out / "graph.svg", title=title)
+    drawn = draw_graph(ng.graph, routes, out / "graph.png", out / "graph.svg", title=title)
     flows = ng.graph.number_of_edges()
     written = heaviest_flows(ng.graph, max_flows, routes)
     write_graphml(written, out / "graph.graphml", flows)
@@ -99,7 +98,7 @@ def explain_paths(an: Analyzer, sample: Sample, out: Path, k: int = 5, per_layer
         "threshold": threshold if how == "getoptimizer" else None,
         "layers": ng.layers, "kept": {name: ng.kept[name].tolist() for name in ng.layers},
         "graph": {"nodes": ng.graph.number_of_nodes(), "edges": flows, "edges_written": written.number_of_edges(),
-                  "edges_drawn": min(flows, MAX_EDGES)},
+                  "edges_drawn": drawn},
         "path_score": choice.score, "path_score_reason": choice.reason,
         "longest": path_record(best[0], ng) if best else None,
         "paths": [{"rank": i + 1, **path_record(p, ng)} for i, p in enumerate(best)],

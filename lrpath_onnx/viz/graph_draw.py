@@ -72,12 +72,34 @@ def node_positions(g: nx.DiGraph, size: tuple[int, int] = (1600, 900)) -> dict[H
     return {n: (x0 + x * (x1 - x0), y0 + y * (y1 - y0)) for n, (x, y) in layout(g).items()}
 
 
+def draw_graph(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], png: str | os.PathLike[str],
+               svg: str | os.PathLike[str], size: tuple[int, int] = (1600, 900), title: str = "",
+               max_edges: int = MAX_EDGES) -> int:
+    """Write the graph as PNG and SVG from one scene (built once: on a graph of millions of
+    flows, choosing the heaviest is most of the work); returns how many flows were drawn."""
+    size = _check_size(size)
+    ops, drawn = _scene(g, paths, size, title, max_edges)
+    _render_png(ops, size, png)
+    _render_svg(ops, size, svg)
+    return drawn
+
+
 def draw_png(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.PathLike[str],
              size: tuple[int, int] = (1600, 900), title: str = "", max_edges: int = MAX_EDGES) -> None:
     """Write the graph as PNG; ``paths`` are the K best paths, best (the longest) first;
     at most ``max_edges`` flows are drawn, the heaviest (0: all)."""
     size = _check_size(size)
-    ops = _scene(g, paths, size, title, max_edges)
+    _render_png(_scene(g, paths, size, title, max_edges)[0], size, path)
+
+
+def draw_svg(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.PathLike[str],
+             size: tuple[int, int] = (1600, 900), title: str = "", max_edges: int = MAX_EDGES) -> None:
+    """Write the same picture as a self-contained SVG (hover a node for its relevance)."""
+    size = _check_size(size)
+    _render_svg(_scene(g, paths, size, title, max_edges)[0], size, path)
+
+
+def _render_png(ops: list[tuple], size: tuple[int, int], path: str | os.PathLike[str]) -> None:
     w, h = size
     img = Image.new("RGB", (w * _SS, h * _SS), WHITE)
     d = ImageDraw.Draw(img)
@@ -100,17 +122,14 @@ def draw_png(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.
     write_png(path, img)
 
 
-def draw_svg(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.PathLike[str],
-             size: tuple[int, int] = (1600, 900), title: str = "", max_edges: int = MAX_EDGES) -> None:
-    """Write the same picture as a self-contained SVG (hover a node for its relevance)."""
-    size = _check_size(size)
+def _render_svg(ops: list[tuple], size: tuple[int, int], path: str | os.PathLike[str]) -> None:
     w, h = size
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
            f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
            f'viewBox="0 0 {w} {h}" font-family="{FONT_FAMILY}">',
            '<rect x="0" y="0" width="100%" height="100%" fill="#ffffff"/>']
     anchors = {"l": "start", "m": "middle", "r": "end"}
-    for op in _scene(g, paths, size, title, max_edges):
+    for op in ops:
         if op[0] == "line":
             _, x1, y1, x2, y2, col, wd = op
             out.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
@@ -137,8 +156,9 @@ def draw_svg(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], path: str | os.
 
 # ------------------------------------------------------------------ scene building
 def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, int], title: str,
-           max_edges: int = MAX_EDGES) -> list[tuple]:
-    """The picture as primitives in pixel units: lines, circles, texts, back to front."""
+           max_edges: int = MAX_EDGES) -> tuple[list[tuple], int]:
+    """The picture as primitives in pixel units (lines, circles, texts, back to front), and
+    how many flows it draws."""
     w = size[0]
     s, ts, (x0, y0, x1, y1) = _frame(size)
     pos = node_positions(g, size)
@@ -180,12 +200,10 @@ def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, 
 
     # relevance flows: light to heavy, so heavy edges stay visible
     ends = list(g.edges(data="weight", default=0.0))
-    weights = _finite_array([w for *_, w in ends])
+    weights = finite_weights([w for *_, w in ends])
     n_flows = len(ends)
-    order = np.argsort(np.abs(weights), kind="stable")  # light to heavy, ties in the graph's order
-    if 0 < max_edges < n_flows:  # the heaviest, ties to the earlier edge (as heaviest_flows)
-        keep = np.sort(np.argsort(-np.abs(weights), kind="stable")[:max_edges])
-        order = keep[np.argsort(np.abs(weights[keep]), kind="stable")]
+    keep = heaviest(weights, max_edges)
+    order = keep[np.argsort(np.abs(weights[keep]), kind="stable")]  # light to heavy, ties in the graph's order
     edges = [(ends[i][0], ends[i][1], float(weights[i])) for i in order.tolist()]
     wmax = abs(edges[-1][2]) if edges else 0.0
     wmax = wmax or 1.0
@@ -250,7 +268,7 @@ def _scene(g: nx.DiGraph, paths: Sequence[Sequence[Hashable]], size: tuple[int, 
         fs_t = 19 * ts
         room = w - 18 * ts - total - 40 * ts - 16 * ts
         ops.append(("text", 16 * ts, ty, _fit(title, fs_t, room, tail=False), fs_t, TEXT, "l", False))
-    return ops
+    return ops, len(edges)
 
 
 def _bow(p: tuple[float, float], q: tuple[float, float], lift: float, mid_y: float,
@@ -369,14 +387,25 @@ def _finite(v: object) -> float:
     return f if math.isfinite(f) else 0.0
 
 
-def _finite_array(values: list) -> np.ndarray:
-    """``values`` as float64, anything that is not a finite number as 0 (as ``_finite``)."""
+def finite_weights(values: Sequence) -> np.ndarray:
+    """Flow weights as float64, anything that is not a finite number as 0 (as ``_finite``)."""
     try:
-        out = np.asarray(values, np.float64).reshape(-1)
+        out = np.asarray(values, np.float64)
     except (TypeError, ValueError):
-        out = np.array([_finite(v) for v in values], np.float64)
-    return np.where(np.isfinite(out), out, 0.0) if len(out) == len(values) else \
-        np.array([_finite(v) for v in values], np.float64)
+        out = None
+    if out is None or out.shape != (len(values),):  # odd values: one at a time
+        return np.array([_finite(v) for v in values], np.float64)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def heaviest(weights: np.ndarray, limit: int) -> np.ndarray:
+    """Indices, in order, of the ``limit`` largest ``|weights|`` (ties: the earlier); all of
+    them where ``limit`` is 0 or no smaller than their number. The drawing and the graph
+    files (``paths.graph_files``) keep the same flows by it."""
+    n = len(weights)
+    if limit <= 0 or limit >= n:
+        return np.arange(n)
+    return np.sort(np.argsort(-np.abs(weights), kind="stable")[:limit])
 
 
 def _mix(a: Colour, b: Colour, t: float) -> Colour:
