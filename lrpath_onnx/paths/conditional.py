@@ -37,9 +37,14 @@ def channel_mask(mask: np.ndarray, like: np.ndarray) -> np.ndarray:
 def restricted_maps(an: Analyzer, exp: Explanation, layer: str, masks: np.ndarray, sample: int = 0) -> np.ndarray:
     """Input relevance of layer ``layer``'s relevance restricted by each row of ``masks``
     ((n, C) 0/1), as (n, …input) in the model's layout."""
-    r = exp.kept[layer][sample]
-    starts = np.stack([r * channel_mask(m, r) for m in np.atleast_2d(masks)])
+    starts = np.stack([restricted(exp, layer, m, sample) for m in np.atleast_2d(masks)])
     return an.relevance_below(exp, layer, starts, sample)
+
+
+def restricted(exp: Explanation, layer: str, mask: np.ndarray, sample: int = 0) -> np.ndarray:
+    """R_l ⊙ m_l: layer ``layer``'s relevance for ``sample`` on the channels of ``mask`` only."""
+    r = exp.kept[layer][sample]
+    return r * channel_mask(mask, r)
 
 
 def neuron_maps(an: Analyzer, exp: Explanation, layer: str, channels, sample: int = 0) -> np.ndarray:
@@ -94,8 +99,7 @@ def layerwise(an: Analyzer, exp: Explanation, masks: dict[str, np.ndarray], samp
         maps = {name: restricted_maps(an, exp, name, masks[name][None], sample)[0] for name in layers}
         summary = np.mean([maps[name] for name in layers], axis=0)
     else:
-        starts = {name: exp.kept[name][sample] * channel_mask(masks[name], exp.kept[name][sample])
-                  for name in layers}
+        starts = {name: restricted(exp, name, masks[name], sample) for name in layers}
         maps, summary = {}, an.relevance_below_sum(exp, starts, sample) / len(layers)
     return LayerwiseHeatmaps(
         layers, maps,
