@@ -134,6 +134,8 @@ def bad(tmp_path_factory, cnn):
 
 CASES = {
     "model missing": (lambda d, m, i: ["explain", d / "nope.onnx", i], "model file not found"),
+    "bench model missing": (lambda d, m, i: ["bench", d / "nope.onnx"], "model file not found"),
+    "bench zoo name mistyped": (lambda d, m, i: ["bench", "vgg61"], "did you mean the zoo model 'vgg16'"),
     "model is a folder": (lambda d, m, i: ["explain", d, i], "directory"),
     "empty model": (lambda d, m, i: ["explain", d / "empty.onnx", i], "empty"),
     "random bytes": (lambda d, m, i: ["explain", d / "random.onnx", i], "not an ONNX model"),

@@ -96,4 +96,10 @@ def model_file(arg: str | Path) -> Path:
     p = Path(arg)
     if not p.exists() and str(arg) in ZOO:
         return ZOO[str(arg)].path()
+    if not p.exists():  # onnxruntime's own "NoSuchFile" text is not a line a user should read
+        from ..errors import InputError
+        from ..names import did_you_mean
+
+        hint = did_you_mean(str(arg), ZOO) if p.suffix.lower() != ".onnx" else ""
+        raise InputError(f"model file not found: {p}{hint.replace('(did you mean', '(did you mean the zoo model')}")
     return p
