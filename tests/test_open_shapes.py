@@ -166,3 +166,21 @@ def test_open_shapes_are_probed_only_when_asked(tmp_path, monkeypatch):
     assert len(calls) == 1 and an.graph.shapes["c2"] == (None, 5, 8, 8)
     receptive_box(an.graph, "c2", (0, 0, 0))
     assert len(calls) == 1
+
+
+def test_compile_takes_size_for_a_dynamic_size_model(tmp_path):
+    """compile asked for --size on a dynamic-H/W model but had no such option: now the file is
+    compiled for that size, its relevance matches explain's (--check), and without --size the
+    error says what to give."""
+    from tests.test_cli import lrpath
+
+    path = models.save(_resize_net(np.random.default_rng(5), False, dynamic_hw=True), tmp_path / "dyn.onnx")
+    np.save(tmp_path / "a.npy", np.random.default_rng(6).random((3, 10, 14)).astype(np.float32))
+    res = lrpath("compile", path, "--out", tmp_path / "none.onnx")
+    assert res.returncode == 2 and "give --size" in res.stderr and not (tmp_path / "none.onnx").exists()
+    res = lrpath("compile", path, tmp_path / "a.npy", "--size", "10,14", "--check", "--out", tmp_path / "c.onnx")
+    assert res.returncode == 0, res.stderr
+    err = float(res.stdout.split("largest relative L2 ")[1].split()[0])
+    assert err < 1e-4
+    shape = [d.dim_value or None for d in onnx.load(tmp_path / "c.onnx").graph.input[0].type.tensor_type.shape.dim]
+    assert shape[1:] == [3, 10, 14]

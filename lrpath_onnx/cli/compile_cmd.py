@@ -23,6 +23,8 @@ from .session import open_session
 @click.option("--scale", type=float, default=None, help="Pixel scale before mean/std (default 1/255).")
 @click.option("--low", default=None, help="z^B lower bound(s) in the model's input space.")
 @click.option("--high", default=None, help="z^B upper bound(s) in the model's input space.")
+@click.option("--size", "size_", default=None,
+              help="Input size H[,W] the file is compiled for, when the model does not fix it.")
 @click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True)
 @click.option("--target", default=None, help="Class for --check (default: top-1; the file takes any).")
 @click.option("--check", is_flag=True, help="Run the compiled file in a plain onnxruntime session and the "

@@ -96,7 +96,7 @@ def _names(proto: onnx.ModelProto) -> set[str]:
 def _static_input(an) -> tuple[int, ...]:
     dims = an.graph.input_shape[1:]
     if not dims or any(d is None for d in dims):
-        raise InputError(f"compile needs the model's input size; its input is {an.graph.input_shape}")
+        raise InputError(f"compile needs the model's input size; its input is {an.graph.input_shape}: give --size H[,W]")
     return (1,) + tuple(int(d) for d in dims)
 
 
