@@ -97,9 +97,16 @@ def model_file(arg: str | Path) -> Path:
     if not p.exists() and str(arg) in ZOO:
         return ZOO[str(arg)].path()
     if not p.exists():  # onnxruntime's own "NoSuchFile" text is not a line a user should read
-        from ..errors import InputError
-        from ..names import did_you_mean
-
-        hint = did_you_mean(str(arg), ZOO) if p.suffix.lower() != ".onnx" else ""
-        raise InputError(f"model file not found: {p}{hint.replace('(did you mean', '(did you mean the zoo model')}")
+        raise InputError(f"model file not found: {p}{zoo_hint(p)}")
     return p
+
+
+def zoo_hint(p: Path) -> str:
+    """" (did you mean the zoo model 'vgg16'?)" for a missing model argument that is no .onnx
+    path but near a zoo name; "" otherwise."""
+    from ..models.registry import ZOO
+    from ..names import did_you_mean
+
+    if p.suffix.lower() == ".onnx":
+        return ""
+    return did_you_mean(str(p), ZOO).replace("(did you mean", "(did you mean the zoo model")

@@ -15,8 +15,8 @@ from ..graph.input_scaling import raw_pixel_options
 from ..io.images import Preprocess, preprocess_from_input_shape, z_bounds
 from ..io.inputs import InputReader, check_paths
 from ..io.results import read_labels
-from ..names import did_you_mean, resolve_class
-from .options import device_option, floats, model_options, size
+from ..names import resolve_class
+from .options import device_option, floats, model_options, size, zoo_hint
 
 
 def input_options(fn=None, *, inputs: str = "INPUT...", target: bool = True, rules: bool = True):
@@ -91,10 +91,9 @@ def resolve_model(args: tuple, model_name: str | None):
         return entry.path(), paths, entry
     if not paths:
         raise click.UsageError("missing MODEL (a .onnx file, or a zoo name: see `lrpath models`)")
-    if not paths[0].exists() and paths[0].suffix.lower() != ".onnx":
-        hint = did_you_mean(str(paths[0]), ZOO)
-        if hint:
-            raise InputError(f"model file not found: {paths[0]}{hint.replace('(did you mean', '(did you mean the zoo model')}")
+    hint = "" if paths[0].exists() else zoo_hint(paths[0])
+    if hint:
+        raise InputError(f"model file not found: {paths[0]}{hint}")
     return paths[0], paths[1:], None
 
 
