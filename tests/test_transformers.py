@@ -303,11 +303,11 @@ def test_auto_picks_attnlrp_and_plan_says_why(tmp_path):
     assert an.plan().rule_for(an.graph.find("av")).name == "uniform"
 
 
+@pytest.mark.parametrize("preset", ["attnlrp", "conserving", "epsilon-plus"])
 @pytest.mark.parametrize("variant", ["pow_div", "mul_reciprocal"])
-def test_written_out_layernorm_is_fused_and_explained_like_the_op(tmp_path, variant):
+def test_written_out_layernorm_is_fused_and_explained_like_the_op(tmp_path, variant, preset):
     """ReduceMean, Sub, Pow (or x·x), ReduceMean, Add ε, Sqrt, Div (or ·Reciprocal), Mul w, Add b:
-    one LayerNormalization (unit scale) and two constant affine layers, whose relevance equals
-    the LayerNormalization op's with that weight and bias."""
+    one LayerNormalization with that weight and bias, whose relevance equals the op's."""
     rng = np.random.default_rng(11)
     T, D = 4, 6
     w = rng.uniform(0.5, 1.5, D).astype(np.float32)
@@ -325,12 +325,14 @@ def test_written_out_layernorm_is_fused_and_explained_like_the_op(tmp_path, vari
     model = models.make_model(nodes, [models.vi("X", ["N", T, D])], [models.vi("Y", ["N", T, D])], inits, opset=13)
     x = rng.normal(0, 2, (2, T, D)).astype(np.float32)
     r = rng.normal(0, 1, (2, T, D))
-    an, exp = explain64(tmp_path, model, x, r)
-    assert [l.op for l in an.graph.layers] == ["LayerNormalization", "Mul", "Add"]
+    an, exp = explain64(tmp_path, model, x, r, preset)
+    assert [l.op for l in an.graph.layers] == ["LayerNormalization"]
+    np.testing.assert_array_equal(an.graph.layers[0].weight, w)
+    np.testing.assert_array_equal(an.graph.layers[0].bias, b)
     op_model, _ = layernorm_model(np.random.default_rng(0), T, D)
     op_model.graph.initializer[0].CopyFrom(helper.make_tensor("w", 1, [D], w.tolist()))
     op_model.graph.initializer[1].CopyFrom(helper.make_tensor("b", 1, [D], b.tolist()))
-    _, want = explain64(tmp_path, op_model, x, r)
+    _, want = explain64(tmp_path, op_model, x, r, preset)
     assert_close(exp.relevance, want.relevance, rtol=1e-6)
 
 

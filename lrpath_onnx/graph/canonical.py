@@ -244,7 +244,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     if _resize_sizes_at_run_time(nodes, consts):
         shapes.update(probe())
         probe = None
-    nodes = fuse_layernorm(nodes, consts, shapes)
+    nodes = fuse_layernorm(nodes, consts, shapes, frozenset(o.name for o in graph.output))
     node_names = _unique_names(nodes)
     producer = {o: n for n in nodes for o in n.output if o}
     consumers: dict[str, int] = {}

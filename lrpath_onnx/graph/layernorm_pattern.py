@@ -1,11 +1,13 @@
 """LayerNorm written out in elementary ops, as exporters before opset 17 write it.
 
 ``(x − mean(x)) / sqrt(mean((x − mean(x))²) + ε)`` (the squares as Pow 2 or a product, the
-division as Div or as a product with Reciprocal) becomes one LayerNormalization node with unit
-scale, so it is explained by the LayerNorm handler (σ held constant); the Mul by the weight
-and the Add of the bias after it stay constant affine layers. The rewrite is on the ONNX
-nodes, before the layer walk: onnxruntime still runs the original graph, and the node's
-output is the pattern's own output tensor.
+division as Div or as a product with Reciprocal), with the Mul by the weight and the Add of
+the bias after it, becomes one LayerNormalization node, so it is explained by the LayerNorm
+handler (σ held constant) exactly as the opset-17 op with the same weights: the bias takes
+its share of the relevance there, which a bias Add on its own, a constant shift passing all
+relevance through, would not. The rewrite is on the ONNX nodes, before the layer walk:
+onnxruntime still runs the original graph, and the node's output is the pattern's own
+output tensor (the bias Add's).
 """
 
 from __future__ import annotations
@@ -42,17 +44,26 @@ def _last_axes(node, consts, rank) -> int | None:
     return axes[0] if axes == list(range(axes[0], rank)) else None
 
 
-def fuse_layernorm(nodes: list[onnx.NodeProto], consts: dict, shapes: dict) -> list[onnx.NodeProto]:
-    """``nodes`` with every LayerNorm pattern's last node replaced by a LayerNormalization (unit
-    scale; its constant goes into ``consts``)."""
+def fuse_layernorm(nodes: list[onnx.NodeProto], consts: dict, shapes: dict,
+                   outputs: frozenset = frozenset()) -> list[onnx.NodeProto]:
+    """``nodes`` with every LayerNorm pattern replaced by one LayerNormalization: its scale and
+    bias are the constant Mul and Add right after it when there are (the only reader of the
+    normalised tensor, then of the scaled one; the node's output is then the Add's), else
+    unit scale. ``outputs``: the graph's outputs, which stay as they are."""
     producer = {o: n for n in nodes for o in n.output if o}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in set(n.input):
+            readers.setdefault(i, []).append(n)
 
     def prod(name, *ops):
         n = producer.get(name)
         return n if n is not None and n.op_type in ops else None
 
-    out = []
+    out, absorbed = [], set()
     for node in nodes:
+        if id(node) in absorbed:
+            continue
         try:
             fused = _match(node, prod, consts, shapes)
         except (IndexError, ValueError, TypeError):  # a malformed node: the layer walk reports it
@@ -61,12 +72,51 @@ def fuse_layernorm(nodes: list[onnx.NodeProto], consts: dict, shapes: dict) -> l
             out.append(node)
             continue
         x, axis, eps = fused
-        width = int(np.prod(shapes[x][axis:]))
-        scale = f"{node.output[0]}::layernorm_scale"
-        consts[scale] = np.ones(shapes[x][axis:] if len(shapes[x][axis:]) > 1 else (width,), np.float32)
-        out.append(helper.make_node("LayerNormalization", [x, scale], [node.output[0]], name=node.name,
+        norm_shape = tuple(shapes[x][axis:])
+        param_shape = norm_shape if len(norm_shape) > 1 else (int(np.prod(norm_shape)),)
+        inputs, tail = [x], node
+        for op, neutral in (("Mul", 1.0), ("Add", 0.0)):
+            step = _constant_step(tail, op, readers, consts, norm_shape, outputs)
+            if step is None:
+                if op == "Mul":
+                    inputs.append(_new_const(consts, f"{node.output[0]}::layernorm_scale",
+                                             np.full(param_shape, neutral, np.float32)))
+                break
+            nxt, value = step
+            inputs.append(_new_const(consts, f"{nxt.output[0]}::layernorm_{op.lower()}",
+                                     value.reshape(param_shape)))
+            absorbed.add(id(nxt))
+            tail = nxt
+        out.append(helper.make_node("LayerNormalization", inputs, [tail.output[0]], name=node.name,
                                     axis=axis, epsilon=eps))
     return out
+
+
+def _new_const(consts: dict, name: str, value: np.ndarray) -> str:
+    consts[name] = np.ascontiguousarray(value, np.float32)
+    return name
+
+
+def _constant_step(node, op: str, readers: dict, consts: dict, norm_shape: tuple, outputs) -> tuple | None:
+    """(the node, its constant over the normalised axes) when ``node``'s output is read by one
+    ``op`` with a constant that varies over those axes only (a LayerNorm's weight or bias)."""
+    t = node.output[0]
+    users = readers.get(t, [])
+    if t in outputs or len(users) != 1 or users[0].op_type != op or len(users[0].input) != 2:
+        return None
+    user = users[0]
+    other = user.input[1] if user.input[0] == t else user.input[0]
+    if other == t or other not in consts:
+        return None
+    c = np.asarray(consts[other])
+    while c.ndim > len(norm_shape) and c.shape[0] == 1:  # (1, 1, D) against (N, T, D)
+        c = c[0]
+    if c.dtype.kind != "f" or c.ndim > len(norm_shape):
+        return None
+    try:
+        return user, np.broadcast_to(c, norm_shape).astype(np.float32)
+    except ValueError:
+        return None
 
 
 def _match(node, prod, consts, shapes):
