@@ -306,18 +306,21 @@ class Analyzer:
         logits = fwd[self.graph.output]
         if isinstance(target, NeuronTarget):
             layer = self.graph.find(target.layer)
-            act = fwd[layer.output]
-            if act.ndim < 2 or not 0 <= target.channel < act.shape[1]:
+            out = fwd[layer.output]
+            axis = self.graph.channel_axes().get(layer.output)
+            axis = axis if axis and axis < out.ndim else 1  # unknown: channels first
+            start = np.zeros_like(out)
+            if out.ndim < 2 or not 0 <= target.channel < out.shape[axis]:
                 raise InputError(f"--target {target}: layer '{layer.name}' has "
-                                 f"{act.shape[1] if act.ndim > 1 else 0} channels")
-            start = np.zeros_like(act)
+                                 f"{out.shape[axis] if out.ndim > 1 else 0} channels")
+            act, view = np.moveaxis(out, axis, 1), np.moveaxis(start, axis, 1)  # (N, C, …) views
             if target.y is None:
-                start[:, target.channel] = act[:, target.channel]
+                view[:, target.channel] = act[:, target.channel]
             else:
                 if act.ndim != 4 or not (0 <= target.y < act.shape[2] and 0 <= target.x < act.shape[3]):
                     raise InputError(f"--target {target}: position outside the {act.shape[2:]} map "
                                      f"of layer '{layer.name}'")
-                start[:, target.channel, target.y, target.x] = act[:, target.channel, target.y, target.x]
+                view[:, target.channel, target.y, target.x] = act[:, target.channel, target.y, target.x]
             return layer.output, start, [str(target)] * n
         flat = logits.reshape(n, -1)
         if target is None:

@@ -642,3 +642,48 @@ def test_share_of_input_outside_the_bounds_is_per_sample(tmp_path):
     assert f"warning: out: {said[1][0]}" in res.stderr and "warning: in: 8%" not in res.stderr
     assert [[w for w in an.warnings(exp, i) if "z^B" in w] for i in (0, 1)] == said  # the API says the same
     assert an.warnings(exp, 1) == docs[1]["warnings"]
+
+
+def _channels_last_model(rng):
+    """Conv → ReLU → to (N, H, W, C) → pointwise MatMul (a ConvNeXt Linear) → ReLU → back →
+    global pool → Gemm: a layer whose channels are its last axis."""
+    inits = {"W1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.5,
+             "Wp": rng.standard_normal((4, 5)).astype(np.float32), "W2": rng.standard_normal((3, 5)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["X", "W1"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Transpose", ["r"], ["t"], name="to_last", perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["t", "Wp"], ["p"], name="pw"),
+             helper.make_node("Relu", ["p"], ["pr"], name="pw_relu"),
+             helper.make_node("Transpose", ["pr"], ["b"], name="to_first", perm=[0, 3, 1, 2]),
+             helper.make_node("GlobalAveragePool", ["b"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "W2"], ["Y"], name="fc", transB=1)]
+    return models.make_model(nodes, [models.vi("X", [1, 3, 6, 7])], [models.vi("Y", [1, 3])], inits)
+
+
+@pytest.mark.parametrize("layer", ["pw", "pw_relu"])
+def test_a_neuron_target_counts_channels_on_a_channels_last_layer(tmp_path, layer):
+    """--target LAYER:C:Y:X on a MatMul over (N, H, W, C), and the ReLU after it, is channel C
+    at (Y, X): its value starts the relevance, and LRP-0 without biases conserves it."""
+    import onnxruntime as ort
+    from lrpath_onnx import NeuronTarget
+    rng = np.random.default_rng(3)
+    model = _channels_last_model(rng)
+    path = models.save(model, tmp_path / "m.onnx")
+    an = Analyzer(str(path), rules=["*=zero"])
+    x = rng.standard_normal((1, 3, 6, 7)).astype(np.float32)
+    tensor = an.graph.find(layer).output
+    assert an.graph.channel_axes()[tensor] == 3 and an.graph.channel_axes()[an.graph.find("conv").output] == 1
+    ext = onnx.shape_inference.infer_shapes(model)
+    ext.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    act = ort.InferenceSession(ext.SerializeToString()).run([tensor], {"X": x})[0]  # (1, 6, 7, 5)
+    c, y, xx = 4, 5, 2  # channel 4 exists only on the last axis (axis 1 has 6)
+    exp = an.explain(x, target=NeuronTarget(layer, c, y, xx))
+    assert exp.start_relevance[0] == pytest.approx(act[0, y, xx, c], rel=1e-6)
+    assert exp.relevance.sum() == pytest.approx(act[0, y, xx, c], rel=1e-4)
+    whole = an.explain(x, target=NeuronTarget(layer, 1))  # a whole channel: every position
+    assert whole.start_relevance[0] == pytest.approx(act[0, ..., 1].sum(dtype=np.float64), rel=1e-5)
+    with pytest.raises(InputError, match=f"layer '{layer}' has 5 channels"):
+        an.explain(x, target=NeuronTarget(layer, 5, 0, 0))
+    with pytest.raises(InputError, match=r"position outside the \(6, 7\) map"):
+        an.explain(x, target=NeuronTarget(layer, 0, 6, 0))

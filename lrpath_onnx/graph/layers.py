@@ -497,6 +497,15 @@ class LayerGraph:
         self._batch_axes = axes
         return axes
 
+    def channel_axes(self) -> dict[str, int | None]:
+        """The channel axis of every layer's output, what ``--target LAYER:C`` counts along: 1
+        after a Conv, the last after a MatMul (a ConvNeXt's pointwise Linear on (N, H, W, C)),
+        moved by transposes, kept by layers that keep the rank; None where not known."""
+        axes: dict[str, int | None] = {}
+        for layer in self.layers:
+            axes[layer.output] = layer.handler.channel_axis(layer, [axes.get(i) for i in layer.inputs], self.shapes)
+        return axes
+
     def __len__(self) -> int:
         return len(self.layers)
 

@@ -156,6 +156,9 @@ class ConvHandler(LinearHandler):
     def neurons(self, layer):
         return layer.in_channels, layer.out_channels
 
+    def channel_axis(self, layer, in_axes, shapes):
+        return 1
+
     def input_boxes(self, layer, box, shapes):
         """Its window over H and W; the input channels of the output channels' groups."""
         dims = input_dims(layer.inputs[0], shapes)

@@ -131,6 +131,10 @@ class DenseHandler(LinearHandler):
     def neurons(self, layer):
         return None if layer.trans_a or layer.rank > 2 else (layer.in_channels, layer.out_channels)
 
+    def channel_axis(self, layer, in_axes, shapes):
+        """Its units are the last axis: (N, C), tokens (N, T, C), channels-last maps (N, H, W, C)."""
+        return layer.rank - 1
+
     def modified_forward_node(self, layer, inputs: list[str], output: str):
         """This layer's product over other inputs/weights, as one ONNX Gemm node."""
         return helper.make_node("Gemm", inputs, [output], name=output, transA=int(layer.trans_a))

@@ -262,6 +262,12 @@ class OpHandler:
         default, layers that move axes say how."""
         return next((a for a in in_axes if a is not None), None)
 
+    def channel_axis(self, layer: Layer, in_axes: list[int | None], shapes: dict[str, tuple]) -> int | None:
+        """The output's channel axis given the inputs' (None: unknown): a layer that keeps its
+        first input's rank keeps its axis; Conv, MatMul and transposes say where they put it."""
+        out, src = shapes.get(layer.output), shapes.get(layer.inputs[0]) if layer.inputs else None
+        return in_axes[0] if out is not None and src is not None and len(out) == len(src) else None
+
     def relevance_inputs(self, layer: Layer) -> list[str]:
         """The inputs that receive relevance (a gate's side branch gets none)."""
         return layer.inputs

@@ -146,6 +146,9 @@ class TransposeHandler(RouteHandler):
     def batch_axis(self, layer, in_axes, shapes):
         return None if in_axes[0] is None else list(layer.perm).index(in_axes[0])
 
+    def channel_axis(self, layer, in_axes, shapes):
+        return self.batch_axis(layer, in_axes, shapes)
+
     def forward(self, layer, inputs):
         return np.transpose(inputs[0], layer.perm)
 
