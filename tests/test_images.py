@@ -299,6 +299,8 @@ def test_stretch_and_small_resize():
         ({"size": (4, 4), "channels": 2}, "channels"),
         ({"size": (4, 4), "std": (1.0, 0.0, 1.0)}, "std"),
         ({"size": (4, 4), "mean": (0.1, 0.2)}, "mean has 2 values"),
+        ({"size": (4, 4), "mean": (0.5, 0.5)}, "mean has 2 values"),  # equal values, still not 1 or 3
+        ({"size": (4, 4), "std": (0.5, 0.5, 0.5, 0.5)}, "std has 4 values"),
         ({"size": (4, 4), "channels": 1, "mean": IMAGENET_MEAN}, "mean has 3 values"),
         ({"size": (4, 4), "fit": "pad"}, "fit"),
         ({"size": (4, 4), "resize": -3}, "resize"),

@@ -155,6 +155,8 @@ def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), d
     if paths or not inputs_optional:
         check_paths(paths)
     check_out(out)
+    if target is not None and not target.strip():  # `--target "$CLASS"` with CLASS unset: not the top class
+        raise InputError("--target is empty; leave it out to explain the top class")
     tgt = parse_target(target)
     opts = {"mean": floats(mean, "--mean"), "std": floats(std, "--std"), "scale": scale, "size": size(size_),
             "resize": resize, "fit": fit, "channel_order": channel_order,

@@ -124,13 +124,15 @@ def _flatten(img: Image.Image, mode: str) -> Image.Image:
 
 
 def per_channel(values: tuple[float, ...], channels: int, name: str) -> np.ndarray:
-    """Broadcast ``mean``/``std`` to one value per channel (length 1, C, or all equal)."""
+    """Broadcast ``mean``/``std`` to one value per channel: length 1 or C (or, for a one-channel
+    input, an RGB triple of equal values, as grey images are normalised; any other count is a
+    typo worth one line, not a silent broadcast)."""
     v = np.atleast_1d(np.asarray(values, dtype=np.float64))
     if v.ndim != 1 or not np.isfinite(v).all():
         raise InputError(f"{name} must be a list of finite numbers, got {values!r}")
     if len(v) == channels:
         return v
-    if len(v) == 1 or (len(v) > 0 and np.all(v == v[0])):
+    if len(v) == 1 or (channels == 1 and len(v) == 3 and np.all(v == v[0])):
         return np.full(channels, v[0])
     raise InputError(f"{name} has {len(v)} values but the model input has {channels} channels")
 
