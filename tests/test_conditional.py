@@ -221,7 +221,8 @@ def test_layerwise_shares_and_summary(digits):
 
 
 def test_paths_writes_the_layer_row_and_the_share_per_layer(tmp_path):
-    res = lrpath("paths", "mnist-vgg", DIGITS / "digit_3.png", "--out", tmp_path / "lw", "--k", "3", "--per-layer", "6")
+    res = lrpath("paths", "mnist-vgg", DIGITS / "digit_3.png", "--out", tmp_path / "lw", "--k", "3", "--per-layer", "6",
+                 "--layer-maps")
     assert res.returncode == 0, res.stderr
     info = json.loads((tmp_path / "lw" / "digit_3" / "paths.json").read_text())
     assert info["path_heatmap"] == "layerwise"
@@ -237,9 +238,8 @@ def test_paths_writes_the_layer_row_and_the_share_per_layer(tmp_path):
     strict = json.loads((tmp_path / "st" / "digit_3" / "paths.json").read_text())
     assert strict["path_heatmap"] == "strict" and strict["paths"] == info["paths"]
     assert abs(strict["relevance_share_k_paths"]) < info["relevance_share_k_paths"]
-    # --no-layer-maps: the same mean map from one pass, no layer row (an earlier run's is removed)
-    res = lrpath("paths", "mnist-vgg", DIGITS / "digit_3.png", "--out", tmp_path / "lw", "--k", "3", "--per-layer", "6",
-                 "--no-layer-maps")
+    # the default (--no-layer-maps): the same mean map from one pass, no layer row (an earlier run's is removed)
+    res = lrpath("paths", "mnist-vgg", DIGITS / "digit_3.png", "--out", tmp_path / "lw", "--k", "3", "--per-layer", "6")
     assert res.returncode == 0, res.stderr
     fast = json.loads((tmp_path / "lw" / "digit_3" / "paths.json").read_text())
     assert fast["layer_maps"] is False and info["layer_maps"] is True and fast["paths"] == info["paths"]

@@ -79,7 +79,7 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
 
     t = time.perf_counter()
     paths = explain_paths(an, sample, out / "paths", k=k, per_layer=per_layer, layout=layout, labels=ses.labels,
-                          model_name=ses.model_name, score=score)
+                          model_name=ses.model_name, score=score, layer_maps=True)
     timings["paths"] = time.perf_counter() - t
 
     t = time.perf_counter()
