@@ -156,20 +156,22 @@ class Analyzer:
     rule_forward : where the modified-weight forward products of γ/z⁺/αβ are computed:
         ``kernels`` (numba/BLAS during the backward pass, the default: faster and lighter
         on VGG16) or ``runtime`` (extra Conv/Gemm nodes in the onnxruntime session).
+    output : which output of a model with several to explain (its name or index); the first
+        by default.
     """
 
     def __init__(self, model_path: str | Path, preset: str = "auto",
                  rules: Sequence[str] = (), device: str = "cpu",
                  low: np.ndarray | float | None = None, high: np.ndarray | float | None = None,
                  threads: int | None = None, rule_forward: str = "kernels",
-                 size: tuple[int, int] | None = None) -> None:
+                 size: tuple[int, int] | None = None, output: str | None = None) -> None:
         self.model_path, self.zoo = _model_file(model_path)
         self.backend = make_backend(device)
         self.device = self.backend.name
         self.model = load_model(self.model_path)
         if size is not None:
             fix_input_size(self.model, size)
-        self.graph: LayerGraph = build_layer_graph(self.model)
+        self.graph: LayerGraph = build_layer_graph(self.model, output=output)
         self._plan = make_plan(self.graph, preset, rules)
         if low is None and high is None and self.zoo is not None and self.zoo.preprocessing:
             from .io.images import z_bounds

@@ -244,3 +244,54 @@ def test_bench_processes_times_whole_runs(cnn, tmp_path):
     assert stages["explain_process"]["ratio_to_ort_forward"] == (pytest.approx(want / base) if base > 0 else None)
     want = (np.median(secs["explain"]["3"]) - np.median(secs["explain"]["1"])) / 2
     assert stages["explain_process"]["median_s_per_image"] == pytest.approx(want)
+
+
+@pytest.fixture(scope="module")
+def two_heads(tmp_path_factory):
+    """A net with two outputs: 5 class logits, then a 3-way auxiliary head on the same features."""
+    from onnx import helper
+    d = tmp_path_factory.mktemp("heads")
+    rng = np.random.default_rng(4)
+    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.4,
+             "A": rng.standard_normal((5, 4 * 6 * 6)).astype(np.float32) * 0.1,
+             "B": rng.standard_normal((3, 4 * 6 * 6)).astype(np.float32) * 0.1}
+    nodes = [helper.make_node("Conv", ["X", "W"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "A"], ["logits"], name="head", transB=1),
+             helper.make_node("Gemm", ["f", "B"], ["aux"], name="aux_head", transB=1)]
+    model = models.make_model(nodes, [models.vi("X", ["N", 3, 6, 6])],
+                              [models.vi("logits", ["N", 5]), models.vi("aux", ["N", 3])], inits)
+    path = models.save(model, d / "heads.onnx")
+    x = rng.random((3, 6, 6)).astype(np.float32)
+    np.save(d / "x.npy", x)
+    return d, path, x
+
+
+def test_model_output_picks_which_output_of_a_model_with_several_is_explained(two_heads, tmp_path):
+    from lrpath_onnx import Analyzer
+    d, model, x = two_heads
+    first, aux = Analyzer(model, rules=["*=zero"]), Analyzer(model, rules=["*=zero"], output="aux")
+    assert (first.graph.output, aux.graph.output, Analyzer(model, output="1").graph.output) == ("logits", "aux", "aux")
+    e0, e1 = first.explain(x[None]), aux.explain(x[None])
+    assert e0.logits.shape == (1, 5) and e1.logits.shape == (1, 3)
+    assert e1.start_relevance[0] == pytest.approx(e1.logits[0].max())  # LRP-0, no biases: the aux logit conserves
+    assert e1.relevance.sum() == pytest.approx(e1.logits[0].max(), rel=1e-4)
+    assert e0.relevance.sum() == pytest.approx(e0.logits[0].max(), rel=1e-4)
+    res = lrpath("explain", model, d / "x.npy", "--out", tmp_path / "o", "--model-output", "aux", "--target", "2",
+                 "--rule", "*=zero")
+    assert res.returncode == 0, res.stderr
+    info = json.loads((tmp_path / "o" / "x" / "explanation.json").read_text())
+    assert info["target"]["index"] == 2
+    assert info["conservation"]["output_relevance"] == pytest.approx(float(e1.logits[0, 2]), rel=1e-5)
+    res = lrpath("plan", model, "--model-output", "aux", "--json")
+    plan_json = json.loads(res.stdout)
+    assert res.returncode == 0 and (plan_json["output"], plan_json["model_outputs"]) == ("aux", ["logits", "aux"])
+    assert "(outputs 0: logits, 1: aux*; --model-output picks)" in lrpath("plan", model, "--model-output", "1").stdout
+    res = lrpath("evaluate", model, d / "x.npy", "--out", tmp_path / "ev", "--model-output", "aux", "--methods",
+                 "auto,random", "--steps", "3", "--patch", "2")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "ev" / "evaluate.json").read_text())["images"][0]["target"]["index"] < 3
+    out = tmp_path / "bad"
+    assert_one_line_error(lrpath("explain", model, d / "x.npy", "--out", out, "--model-output", "probs"),
+                          "--model-output probs", "0: logits, 1: aux", out=out)

@@ -25,10 +25,12 @@ from .session import input_options, open_session
 DEFAULT_METHODS = "auto,gradient,gradient-x-input,random"
 
 
-def inner_output(graph) -> str | None:
-    """The explained tensor when it is not the model's output (the logits before a final
-    Softmax the analyzer strips), for ``plain_forward``; None when it is."""
-    return graph.output if graph.stripped else None
+def inner_output(an) -> str | None:
+    """The explained tensor when it is not the model's first output (the logits before a final
+    Softmax the analyzer strips, or another output chosen with ``--model-output``), for
+    ``plain_forward``; None when it is."""
+    first = an.model.proto.graph.output[0].name
+    return None if an.graph.output == first and not an.graph.stripped else an.graph.output
 
 
 def plain_forward(model_path: Path, device: str, fixed_batch: int | None, inner: str | None = None):
@@ -39,7 +41,8 @@ def plain_forward(model_path: Path, device: str, fixed_batch: int | None, inner:
         sess = ort.InferenceSession(str(model_path), providers=providers)
     else:  # weights stored beside the model stay there: the copy holds the graph, not them
         proto = onnx.load(str(model_path), load_external_data=False)  # (a copy of them passed 2 GB)
-        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(inner))
+        if inner not in {o.name for o in proto.graph.output}:
+            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(inner))
         opts = ort.SessionOptions()
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                       str(Path(model_path).absolute().parent))
@@ -91,9 +94,10 @@ def evaluate_cmd(args, out, methods, patch, steps, baseline, seed, smoothgrad_n,
     settings = Settings(patch=patch or default_patch(h, w), steps=steps, baseline=baseline, seed=seed,
                         batch=forward_batch)
     fixed = an.input_shape[0] if an.input_shape and an.input_shape[0] else None
-    forward = plain_forward(an.model_path, opts.get("device", "cpu"), fixed, inner_output(an.graph))
+    forward = plain_forward(an.model_path, opts.get("device", "cpu"), fixed, inner_output(an))
     ctx = MethodContext(str(an.model_path), tuple(opts.get("rules") or ()), an.low, an.high, ses.layout, forward,
-                        settings.patch, baseline, seed, smoothgrad_n, smoothgrad_sigma, opts.get("device", "cpu"))
+                        settings.patch, baseline, seed, smoothgrad_n, smoothgrad_sigma, opts.get("device", "cpu"),
+                        output=an.graph.model_output)
     target = ses.target if isinstance(ses.target, int) else None
     out = ensure_out_dir(out)
     clean_temporaries(out)

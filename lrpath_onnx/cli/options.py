@@ -57,6 +57,13 @@ def model_options(fn):
     return fn
 
 
+def output_option(fn):
+    """``--model-output``: which output of a model with several is explained."""
+    return click.option("--model-output", "output", default=None, metavar="NAME",
+                        help="Which output of a model with several to explain: its name or index "
+                             "(default: the first).")(fn)
+
+
 def path_score_option(fn):
     """``--path-score``: how the K best paths are ranked (``paths.ranking``)."""
     from ..paths.ranking import SCORES

@@ -13,7 +13,7 @@ from ..io.schema import model_json, stamp
 from ..plan.planner import make_plan
 from ..plan.presets import AUTO_DOC, PRESETS
 from ..plan.rules import SPECS
-from .options import model_file, model_options, zoo_name
+from .options import model_file, model_options, output_option, zoo_name
 
 
 def _fmt(shape) -> str:
@@ -30,12 +30,22 @@ def presets_text() -> str:
     return "\n".join(lines)
 
 
+def _other_outputs(onnx_graph, chosen: str) -> str:
+    """Where the model has several outputs, which ones ``--model-output`` could pick instead."""
+    names = [o.name for o in onnx_graph.output]
+    if len(names) < 2:
+        return ""
+    return "   (outputs " + ", ".join(f"{i}: {n}" + ("*" if n == chosen else "") for i, n in enumerate(names)) \
+        + "; --model-output picks)"
+
+
 @click.command()
 @click.argument("model", required=False)
 @model_options
+@output_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--presets", "list_presets", is_flag=True, help="List presets and rules, then exit.")
-def plan(model, preset, rules, device, as_json, list_presets):
+def plan(model, preset, rules, device, output, as_json, list_presets):
     """Print the LRP rule plan of MODEL (a .onnx file or a zoo name): index, layer, op, rule, parameters."""
     if list_presets:
         click.echo(presets_text())
@@ -45,12 +55,13 @@ def plan(model, preset, rules, device, as_json, list_presets):
     name, model = zoo_name(model), model_file(model)
     loaded = load_model(model)
     unsupported: list[UnsupportedOpError] = []
-    graph = build_layer_graph(loaded, collect=unsupported)
+    graph = build_layer_graph(loaded, collect=unsupported, output=output)
     p = make_plan(graph, preset, rules)
     if as_json:
         click.echo(json.dumps(stamp("plan", {
                                **model_json(model, name), "input": graph.input, "input_shape": graph.input_shape,
-                               "output": graph.output, "stripped": graph.stripped, "preset": preset,
+                               "output": graph.output, "model_output": graph.model_output,
+                               "model_outputs": [o.name for o in loaded.proto.graph.output], "stripped": graph.stripped, "preset": preset,
                                "preset_applied": p.applied, "preset_reason": p.reason, "rule_overrides": list(rules),
                                "rules": p.to_json(),
                                "unsupported": [{"op": e.op_type, "node": e.node, "detail": e.detail}
@@ -58,7 +69,8 @@ def plan(model, preset, rules, device, as_json, list_presets):
     else:
         click.echo(f"model  {model}  (opset {loaded.opset}" + ("; float16, analysed in float32)" if loaded.widened else ")"))
         click.echo(f"input  {graph.input} {_fmt(graph.input_shape)}   explained output  {graph.output} "
-                   f"{_fmt(graph.output_shape)}" + (f"   (stripped: {', '.join(graph.stripped)})" if graph.stripped else ""))
+                   f"{_fmt(graph.output_shape)}" + (f"   (stripped: {', '.join(graph.stripped)})" if graph.stripped else "")
+                   + _other_outputs(loaded.proto.graph, graph.model_output))
         click.echo(f"preset {p.describe()}" + (f"   overrides: {' '.join(rules)}" if rules else "") + "   (* = override)")
         click.echo(p.table())
     if unsupported:

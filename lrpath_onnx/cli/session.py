@@ -16,7 +16,7 @@ from ..io.images import Preprocess, preprocess_from_input_shape, z_bounds
 from ..io.inputs import InputReader, check_paths
 from ..io.results import read_labels
 from ..names import resolve_class
-from .options import device_option, floats, model_options, size, zoo_hint
+from .options import device_option, floats, model_options, output_option, size, zoo_hint
 
 
 def input_options(fn=None, *, inputs: str = "INPUT...", target: bool = True, rules: bool = True):
@@ -48,6 +48,7 @@ def input_options(fn=None, *, inputs: str = "INPUT...", target: bool = True, rul
                         help="Class index N, a class name or synonym, LAYER:CHANNEL or LAYER:CHANNEL:Y:X "
                              "(default: top-1).")] if target else []),
         model_options if rules else device_option,
+        output_option,
         click.option("--model-name", default=None, help="A zoo model (`lrpath models`); MODEL is then left out."),
         click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder."),
         click.argument("args", nargs=-1, metavar=f"[MODEL] {inputs}".strip()),
@@ -149,7 +150,7 @@ def _zoo_opts(entry) -> dict:
 def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), device="cpu",
                  target=None, mean=None, std=None, scale=None, low=None, high=None, size_=None, resize=None,
                  fit=None, layout="auto", channel_order=None, labels=None, max_pixels=50_000_000,
-                 inputs_optional: bool = False, **_ignored) -> Session:
+                 output=None, inputs_optional: bool = False, **_ignored) -> Session:
     """Every check of model, inputs and options, before any output is written."""
     model, paths, entry = resolve_model(tuple(args), model_name)
     if paths or not inputs_optional:
@@ -163,7 +164,7 @@ def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), d
             "layout": None if layout == "auto" else layout}
     opts = {**_zoo_opts(entry), **{k: v for k, v in opts.items() if v is not None}}
     lo, hi = floats(low, "--low"), floats(high, "--high")
-    an = Analyzer(model, preset=preset, rules=rules, device=device, size=opts.get("size"))
+    an = Analyzer(model, preset=preset, rules=rules, device=device, size=opts.get("size"), output=output)
     scaled = raw_pixel_options(an.graph, opts)
     images = any(p.suffix.lower() != ".npy" for p in paths)
     pre = image_preprocess(an.input_shape, opts, images=not paths or images)

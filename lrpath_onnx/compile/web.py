@@ -116,8 +116,8 @@ def _version(package_json: Path) -> str | None:
 
 def page_config(an, pre: Preprocess, labels: list[str] | None, model_file: str) -> dict:
     """What the page needs to know: the model file and its input, the preprocessing, labels."""
-    return {  # the model's own first output: the explained tensor may be a stripped Softmax's input
-        "model": model_file, "input": an.graph.input, "output": an.model.proto.graph.output[0].name,
+    return {  # the model's own output: the explained tensor may be a stripped Softmax's input
+        "model": model_file, "input": an.graph.input, "output": an.graph.model_output,
         "size": list(pre.size), "channels": pre.channels, "layout": pre.layout, "resize": pre.resize,
         "fit": pre.fit, "scale": pre.scale, "mean": per_channel(pre.mean, pre.channels, "mean").tolist(),
         "std": per_channel(pre.std, pre.channels, "std").tolist(), "channel_order": pre.channel_order,

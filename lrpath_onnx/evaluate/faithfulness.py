@@ -22,7 +22,7 @@ class MorfScorer:
         h, w = ses.reader.pre.size if ses.reader.pre else an.input_shape[-2:]
         self.patch, self.steps, self.baseline = default_patch(h, w), steps, baseline
         fixed = an.input_shape[0] if an.input_shape and an.input_shape[0] else None
-        self.run = plain_forward(an.model_path, "cpu", fixed, inner_output(an.graph))
+        self.run = plain_forward(an.model_path, "cpu", fixed, inner_output(an))
         self.forward = BatchedForward(self.run, batch)
 
     def curves(self, x: np.ndarray, relevance: np.ndarray, target: int, seed: int = 0) -> dict:

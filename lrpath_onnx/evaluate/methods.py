@@ -42,6 +42,7 @@ class MethodContext:
     smoothgrad_n: int = 16
     smoothgrad_sigma: float = 0.15
     device: str = "cpu"
+    output: str | None = None  # the model output explained (``--model-output``)
     _analyzers: dict = field(default_factory=dict)
     _random: np.random.Generator | None = None
 
@@ -55,7 +56,7 @@ class MethodContext:
         """One analyzer per preset (the gradient methods share ``auto``'s)."""
         if preset not in self._analyzers:
             an = Analyzer(self.model_path, preset=preset, rules=self.rules if preset in LRP_NAMES else (),
-                          device=self.device)
+                          device=self.device, output=self.output)
             an.set_bounds(self.low, self.high)
             self._analyzers[preset] = an
         return self._analyzers[preset]

@@ -42,7 +42,7 @@ def run_sanity(ses, names: list[str], ctx: MethodContext, steps: int, batch: int
         for k, group in enumerate(groups):
             done += group
             path = write_model(randomized(Path(ctx.model_path), graph, done, ctx.seed), Path(tmp), f"r{k}.onnx")
-            forward = plain_forward(path, ctx.device, fixed, inner_output(graph))
+            forward = plain_forward(path, ctx.device, fixed, inner_output(ses.an))
             rctx = replace(ctx, model_path=str(path), forward=forward, _analyzers={}, _random=None)
             maps = _maps(rctx, methods, x, targets, batch)
             rec = {"randomized": list(done), "methods": {}}

@@ -17,7 +17,7 @@ from collections import deque
 import numpy as np
 import onnx
 
-from ..errors import ModelError, UnsupportedOpError
+from ..errors import InputError, ModelError, UnsupportedOpError
 from ..ops import handler_for
 from ..ops.registry import Alias, ParseContext, Strip
 from ..runtime.shape_probe import open_shapes, shape_probe
@@ -223,8 +223,24 @@ def _parse_node(parse, node, ctx: ParseContext):
         raise ModelError(f"node '{ctx.node_name}' ({node.op_type}) is malformed: {detail}") from None
 
 
-def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | None = None) -> LayerGraph:
-    """The canonical LayerGraph of ``model``.
+def chosen_output(graph: onnx.GraphProto, output: str | None) -> str:
+    """The model output to explain: ``output`` (a name, or an index into the outputs), or the
+    first; an unknown one names those there are."""
+    names = [o.name for o in graph.output]
+    if output is None:
+        return names[0]
+    if output in names:
+        return output
+    if output.strip().isdigit() and int(output) < len(names):
+        return names[int(output)]
+    raise InputError(f"--model-output {output}: the model has no such output; its outputs are "
+                     + ", ".join(f"{i}: {n}" for i, n in enumerate(names)))
+
+
+def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | None = None,
+                      output: str | None = None) -> LayerGraph:
+    """The canonical LayerGraph of ``model``, explaining its output ``output`` (the first by
+    default; ``chosen_output``).
 
     With ``collect`` given, unsupported ops are appended to it and left out of the graph
     (for ``lrpath plan``); without, the first report raises one ``UnsupportedOpError``
@@ -254,7 +270,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     for o in graph.output:
         consumers[o.name] = consumers.get(o.name, 0) + 1
 
-    out = graph.output[0].name
+    out = model_output = chosen_output(graph, output)
     if out in consts or out == x:
         raise ModelError(f"graph output '{out}' does not depend on the input '{x}'")
     stripped: list[str] = []
@@ -343,7 +359,8 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
     if not any(l.output == out for l in layers) and not errors:
         raise ModelError(f"graph output '{out}' is not computed from the input")
     return LayerGraph(layers=layers, input=x, output=out, input_shape=shapes.get(x) or (),
-                      output_shape=shapes.get(out) or (), shapes=shapes, stripped=stripped, shape_probe=probe)
+                      output_shape=shapes.get(out) or (), shapes=shapes, stripped=stripped, shape_probe=probe,
+                      model_output=model_output)
 
 
 #: ops whose output depends on their input's shape only, never on its values

@@ -451,7 +451,8 @@ class LayerGraph:
     """Layers in topological order plus the tensors around them.
 
     ``input`` is the model's image input, ``output`` the tensor explained (the logits:
-    a trailing Softmax is already stripped), ``shapes`` the statically inferred shapes
+    a trailing Softmax is already stripped), ``model_output`` the model output it is read
+    from (the first unless one was chosen), ``shapes`` the statically inferred shapes
     (``None`` for unknown dims, the batch dim usually unknown).
     """
 
@@ -464,6 +465,7 @@ class LayerGraph:
     stripped: list[str] = field(default_factory=list)
     #: shapes inference left open, from onnxruntime runs on zeros: called once, by ``fill_open_shapes``
     shape_probe: Callable[[], dict[str, tuple]] | None = field(default=None, repr=False)
+    model_output: str = ""
 
     def __post_init__(self) -> None:
         self.producer = {l.output: l for l in self.layers}
