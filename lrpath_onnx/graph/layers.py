@@ -402,9 +402,11 @@ class BilinearLayer(Layer):
 
 @dataclass(eq=False)
 class PadLayer(Layer):
-    """Constant zero padding; ``pads`` as ONNX orders them (all begins, then all ends)."""
+    """Padding; ``pads`` as ONNX orders them (all begins, then all ends). ``mode`` is ONNX's:
+    ``constant`` (zeros), or ``reflect``, ``edge`` and ``wrap``, which copy input elements."""
 
     pads: tuple[int, ...] = ()
+    mode: str = "constant"
     kind: ClassVar[str] = ROUTE
     family: ClassVar[str] = "pad"
 

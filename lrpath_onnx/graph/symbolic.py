@@ -346,13 +346,15 @@ def _matmul(a, b) -> Sym:
 
 
 def _pad(x: Sym, pad_width, mode="constant", **kwargs):
-    """Zero padding as one Pad node (ONNX: all begins, then all ends)."""
+    """Padding as one Pad node (ONNX: all begins, then all ends); NumPy's ``reflect``, ``edge``
+    and ``wrap`` are ONNX's modes of those names."""
     widths = [(int(p[0]), int(p[1])) for p in np.broadcast_to(np.asarray(pad_width), (x.ndim, 2))]
     if x.batched and widths[x.bax] != (0, 0):
         raise _unsupported("padding the batch axis")
     pads = [w[0] for w in widths] + [w[1] for w in widths]
     shape = tuple(d + a + b for d, (a, b) in zip(x.shape, widths))
-    return x._new(x.b.node("Pad", [x.name, x.b.ints(pads, "pads")])[0], shape)
+    attrs = {} if mode == "constant" else {"mode": mode}
+    return x._new(x.b.node("Pad", [x.name, x.b.ints(pads, "pads")], **attrs)[0], shape)
 
 
 _FUNCTIONS = {

@@ -196,25 +196,29 @@ class CastHandler(OpHandler):
 
 @register
 class PadHandler(RouteHandler):
-    """Constant zero Pad (e.g. PyTorch's ZeroPad2d for TF-style "SAME"): relevance of the
+    """Pad. Constant zero padding (PyTorch's ZeroPad2d for TF-style "SAME"): relevance of the
     padded border goes nowhere (those inputs are constant zeros), the rest is cropped back.
-    A Pad feeding only a Conv is folded into the Conv's own pads by ``graph.passes.fold_pads``."""
+    ``reflect``, ``edge`` and ``wrap`` (a Conv2d with ``padding_mode="reflect"``) copy input
+    elements into the border: each copy's relevance goes back to the element it copies.
+    A zero Pad feeding only a Conv is folded into the Conv's own pads by ``graph.passes.fold_pads``."""
 
     op_types = ("Pad",)
+    MODES = ("constant", "reflect", "edge", "wrap")
 
     def parse(self, node, ctx: ParseContext):
         attrs = ctx.attrs(node)
         mode = attrs.get("mode", b"constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
-        if mode != "constant":
-            raise ctx.fail(node, f"Pad mode '{mode}' (only constant zero padding)")
+        if mode not in self.MODES:
+            raise ctx.fail(node, f"Pad mode '{mode}' (ONNX's are {', '.join(self.MODES)})")
         if ctx.opset >= 11:
             pads = ctx.const(node, 1, "pads")
-            value = ctx.optional_const(node, 2, "constant value")
+            value = ctx.optional_const(node, 2, "constant value") if mode == "constant" else None
             axes = ctx.optional_const(node, 3, "axes")
         else:
             pads, value, axes = np.asarray(attrs.get("pads", [])), attrs.get("value", 0.0), None
-        if value is not None and float(np.asarray(value).reshape(-1)[0] if np.size(value) else 0.0) != 0.0:
+        if mode == "constant" and value is not None \
+                and float(np.asarray(value).reshape(-1)[0] if np.size(value) else 0.0) != 0.0:
             raise ctx.fail(node, "Pad with a non-zero constant")
         shape = ctx.shape(node.input[0])
         rank = len(shape) if shape is not None else len(pads) // 2
@@ -227,26 +231,53 @@ class PadHandler(RouteHandler):
             pads = full
         if len(pads) != 2 * rank or min(pads) < 0:
             raise ctx.fail(node, f"pads {pads} (negative pads crop; not supported)")
-        return node_layer(PadLayer, node, ctx, self, [node.input[0]], pads=tuple(pads))
+        if mode != "constant" and (pads[0] or pads[rank]):
+            raise ctx.fail(node, f"a {mode} Pad of the batch axis")
+        return node_layer(PadLayer, node, ctx, self, [node.input[0]], pads=tuple(pads), mode=mode)
+
+    @staticmethod
+    def sources(layer, axis: int, n: int) -> np.ndarray:
+        """For each position along ``axis`` of the output, the input position it copies (an
+        input of ``n`` there; ``reflect``, ``edge`` and ``wrap`` only)."""
+        rank = len(layer.pads) // 2
+        return np.pad(np.arange(n), (layer.pads[axis], layer.pads[rank + axis]), mode=layer.mode)
 
     def relevance(self, layer, rule, r, ctx):
         pads = layer.pads
         rank = len(pads) // 2
-        index = tuple(slice(pads[i], r.shape[i] - pads[rank + i]) for i in range(rank))
-        return [contiguous(r[index])]
+        if layer.mode == "constant":
+            index = tuple(slice(pads[i], r.shape[i] - pads[rank + i]) for i in range(rank))
+            return [contiguous(r[index])]
+        for a in range(rank):  # along each padded axis, the copies add up on what they copy
+            if pads[a] or pads[rank + a]:
+                src = self.sources(layer, a, r.shape[a] - pads[a] - pads[rank + a])
+                onehot = np.zeros((src.size, src.size - pads[a] - pads[rank + a]),
+                                  np.float64 if r.dtype == np.float64 else np.float32)
+                onehot[np.arange(src.size), src] = 1.0
+                r = np.moveaxis(np.moveaxis(r, a, -1) @ onehot, -1, a)
+        return [r]
 
     def input_boxes(self, layer, box, shapes):
-        """Spans shifted back by the leading pads; a box inside the padding reads nothing."""
+        """Spans shifted back by the leading pads; a box inside a zero padding reads nothing,
+        one in a copying padding reads the elements it copies."""
         dims = input_dims(layer.inputs[0], shapes)
         rank = len(layer.pads) // 2
+        if rank != len(box) + 1:
+            return [None]
+        if layer.mode != "constant":
+            spans = []
+            for a, ((lo, hi), n) in enumerate(zip(box, dims)):
+                picked = self.sources(layer, a + 1, n)[lo:hi + 1]
+                spans.append((int(picked.min()), int(picked.max())))
+            return [tuple(spans)]
         spans = tuple(clip_span(lo - layer.pads[a + 1], hi - layer.pads[a + 1], n)
                       for a, ((lo, hi), n) in enumerate(zip(box, dims)))
-        return [None if None in spans or rank != len(box) + 1 else spans]
+        return [None if None in spans else spans]
 
     def forward(self, layer, inputs):
         pads = layer.pads
         rank = len(pads) // 2
-        return np.pad(inputs[0], [(pads[i], pads[rank + i]) for i in range(rank)])
+        return np.pad(inputs[0], [(pads[i], pads[rank + i]) for i in range(rank)], mode=layer.mode)
 
     def chain_input(self, layer):
         rank = len(layer.pads) // 2  # padding the batch or channel axis would move channels

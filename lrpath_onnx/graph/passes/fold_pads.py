@@ -15,7 +15,7 @@ def run(layers: list[Layer], ctx: PassContext) -> list[Layer]:
     result = list(layers)
     for pad in [l for l in layers if isinstance(l, PadLayer)]:
         p = pad.pads
-        if len(p) != 8 or any(p[i] for i in (0, 1, 4, 5)):
+        if pad.mode != "constant" or len(p) != 8 or any(p[i] for i in (0, 1, 4, 5)):
             continue
         users = [l for l in result if pad.output in l.inputs]
         if len(users) != 1 or not ctx.single_use(pad.output) or not isinstance(users[0], ConvLayer):
