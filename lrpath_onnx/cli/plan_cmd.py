@@ -61,7 +61,8 @@ def plan(model, preset, rules, device, output, as_json, list_presets):
         click.echo(json.dumps(stamp("plan", {
                                **model_json(model, name), "input": graph.input, "input_shape": graph.input_shape,
                                "output": graph.output, "model_output": graph.model_output,
-                               "model_outputs": [o.name for o in loaded.proto.graph.output], "stripped": graph.stripped, "preset": preset,
+                               "model_outputs": [o.name for o in loaded.proto.graph.output],
+                               "stripped": graph.stripped, "preset": preset,
                                "preset_applied": p.applied, "preset_reason": p.reason, "rule_overrides": list(rules),
                                "rules": p.to_json(),
                                "unsupported": [{"op": e.op_type, "node": e.node, "detail": e.detail}
