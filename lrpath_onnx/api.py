@@ -186,6 +186,10 @@ class Analyzer:
         self.cache = WeightCache(self.backend)
         self._extra: set[str] = set()
         self._runtime: ActivationRuntime | None = None
+        #: the model failed on a batch its open batch axis allows and ran one sample alone: a
+        #: batch size of 1 fixed inside it (an exporter's Reshape to (1, …)); from then on it is
+        #: explained one sample at a time
+        self.one_at_a_time = False
 
     def preprocessing(self, **options):
         """The image preprocessing for this model: the zoo entry's, else what the input shape says,
@@ -352,13 +356,18 @@ class Analyzer:
         keep_forward : return the forward tensors too (``Explanation.forward``).
         """
         x = self.check_input(x)
-        fixed = fixed_batch(self.graph.input_shape)
-        if fixed is not None and x.shape[0] != fixed and self._batch_moves():
+        fixed = 1 if self.one_at_a_time else fixed_batch(self.graph.input_shape)
+        if fixed is not None and x.shape[0] != fixed and (self._batch_moves() or self.one_at_a_time):
             return self._explain_in_parts(x, fixed, target, keep, masks)
         if isinstance(target, NeuronTarget):
             self.request(self.graph.find(target.layer).output)
         t0 = time.perf_counter()
-        fwd = self.forward(x)
+        try:
+            fwd = self.forward(x)
+        except InputError:
+            if keep_forward or not self._fails_only_batched(x):
+                raise
+            return self._explain_in_parts(x, 1, target, keep, masks)
         t1 = time.perf_counter()
         start_tensor, start, targets = self._start(fwd, target, x.shape[0])
         exp = self._backward(x, fwd, start_tensor, start, keep, masks, keep_forward)
@@ -372,6 +381,18 @@ class Analyzer:
         if not hasattr(self, "_readers"):
             self._readers = last_readers(self.graph, self._plan)
         return self._readers
+
+    def _fails_only_batched(self, x: np.ndarray) -> bool:
+        """After onnxruntime failed on the batch ``x``: whether its first sample alone runs,
+        in a model whose batch axis is open (then ``one_at_a_time``)."""
+        if x.shape[0] == 1 or self.one_at_a_time or fixed_batch(self.graph.input_shape) is not None:
+            return False
+        try:
+            self.forward(x[:1])
+        except InputError:
+            return False
+        self.one_at_a_time = True
+        return True
 
     def _batch_moves(self) -> bool:
         """Whether some tensor's batch axis is not the first (attention layouts)."""

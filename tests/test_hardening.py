@@ -371,3 +371,52 @@ def test_a_wrong_inferred_shape_does_not_break_the_session(monkeypatch):
     an._runtime = None
     np.testing.assert_array_equal(an.explain(x).relevance, want)
     assert len(refused) == 1
+
+
+def _batch_of_one_inside(tmp_path) -> Path:
+    """An open batch axis, and a Reshape to (1, -1) inside (as exporters bake a dummy input's
+    batch size into a Reshape): a batch of several fails in onnxruntime, one sample runs."""
+    rng = np.random.default_rng(11)
+    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.4,
+             "A": rng.standard_normal((4 * 6 * 6, 5)).astype(np.float32) * 0.1,
+             "shape": np.array([1, -1], np.int64)}
+    nodes = [helper.make_node("Conv", ["X", "W"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "A"], ["logits"], name="head")]
+    model = models.make_model(nodes, [models.vi("X", ["N", 3, 6, 6])], [models.vi("logits", ["N", 5])], inits)
+    return models.save(model, tmp_path / "one.onnx")
+
+
+def test_a_model_with_a_batch_of_one_inside_is_explained_one_sample_at_a_time(tmp_path):
+    path = _batch_of_one_inside(tmp_path)
+    x = np.random.default_rng(0).random((3, 3, 6, 6)).astype(np.float32)
+    an = Analyzer(path, rules=["*=zero"])
+    alone = [an.explain(x[i:i + 1]) for i in range(3)]
+    assert not an.one_at_a_time
+    exp = an.explain(x)
+    assert an.one_at_a_time
+    np.testing.assert_allclose(exp.relevance, np.concatenate([e.relevance for e in alone]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(exp.logits, np.concatenate([e.logits for e in alone]), rtol=1e-6)
+    for i in range(3):
+        np.save(tmp_path / f"x{i}.npy", x[i])
+    npys = [tmp_path / f"x{i}.npy" for i in range(3)]
+    res = lrpath("explain", path, *npys, "--out", tmp_path / "ex", "--batch-size", "3")
+    assert res.returncode == 0 and "[E:onnxruntime" not in res.stderr, res.stderr
+    res = lrpath("evaluate", path, *npys, "--out", tmp_path / "ev", "--methods", "auto,random", "--steps", "4",
+                 "--patch", "2")
+    assert res.returncode == 0 and "[E:onnxruntime" not in res.stderr, res.stderr
+    assert len(json.loads((tmp_path / "ev" / "evaluate.json").read_text())["images"]) == 3
+
+
+def test_onnxruntime_failing_on_every_input_is_one_line_without_its_own_log(tmp_path):
+    """A model that fails on any input: one line naming onnxruntime's error, not its log too."""
+    path = _batch_of_one_inside(tmp_path)
+    model = onnx.load(str(path))
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.zeros((7, 5), np.float32), "A"))
+    onnx.save(model, str(path))
+    np.save(tmp_path / "x.npy", np.zeros((3, 6, 6), np.float32))
+    out = tmp_path / "bad"
+    for cmd in ("explain", "evaluate"):
+        assert_one_line_error(lrpath(cmd, path, tmp_path / "x.npy", "--out", out), "onnxruntime failed on",
+                              out=out)

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..errors import InputError
 from ..evaluate import perturb
 from ..evaluate.methods import MethodContext, check_methods
 from ..evaluate.run import Settings, default_patch, evaluate
@@ -17,7 +18,7 @@ from ..io.inputs import read_ahead
 from ..io.outputs import clean_temporaries, ensure_out_dir, write_json, write_png
 from ..io.schema import model_json, stamp
 from ..runtime.fixed_batch import run_in_chunks
-from ..runtime.session import choose_providers
+from ..runtime.session import QUIET_RUN, choose_providers
 from ..viz.curve import render_curve
 from .options import progress
 from .session import input_options, open_session
@@ -52,13 +53,29 @@ def plain_forward(model_path: Path, device: str, fixed_batch: int | None, inner:
     dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32  # a float16 model
 
     def one(x: np.ndarray) -> np.ndarray:
-        return np.asarray(sess.run(fetch, {name: x.astype(dtype, copy=False)})[0], np.float32)
+        try:
+            out = sess.run(fetch, {name: x.astype(dtype, copy=False)}, QUIET_RUN)[0]
+        except Exception as exc:  # as the analyzer's own session says it: one line, bad input
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"onnxruntime failed on a batch of {x.shape[0]} inputs: {msg}") from None
+        return np.asarray(out, np.float32)
+
+    alone = [False]  # the model runs one sample at a time only (``Analyzer.one_at_a_time``)
 
     def run(x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)
         if fixed_batch and x.shape[0] != fixed_batch:
             return run_in_chunks(one, x, fixed_batch)
-        return one(x)
+        if alone[0] and x.shape[0] > 1:
+            return run_in_chunks(one, x, 1)
+        try:
+            return one(x)
+        except InputError:
+            if fixed_batch or x.shape[0] == 1:
+                raise
+            first = one(x[:1])  # this failing too is the model's error, not the batch's
+            alone[0] = True
+            return np.concatenate([first, run_in_chunks(one, x[1:], 1)])
     return run
 
 

@@ -23,6 +23,13 @@ from ..graph.loader import LoadedModel
 from ..ops import handler_for
 from . import ordered_session
 
+
+#: onnxruntime's own log line for a failed run is not printed: the failure becomes one
+#: ``InputError`` line, or (shapes foreseen wrongly, as a ViT's sequence-first attention
+#: tensors are) a second run that succeeds
+QUIET_RUN = ort.RunOptions()
+QUIET_RUN.log_severity_level = 4
+
 #: weights with at least this many elements are shared with onnxruntime, not copied (the
 #: ops whose handler names a ``shared_weight_input``: dense layers. Not Conv: a shared conv
 #: weight cannot be re-laid out by onnxruntime; measured on VGG16: its forward +10 %, for −140 MB)
@@ -318,7 +325,7 @@ class ActivationRuntime:
             else:
                 binding.bind_output(name, "cpu")
         try:
-            self.session.run_with_iobinding(binding)
+            self.session.run_with_iobinding(binding, QUIET_RUN)
         except Exception as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"onnxruntime failed on this input: {msg}") from None
