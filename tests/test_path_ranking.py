@@ -158,3 +158,22 @@ def test_the_layer_structure_decides_for_every_input(model, skip):
     names = {layer.name for layer in layers}
     dag = layer_dag(layers, {layer.name: links(an, layer, names) for layer in layers})
     assert uneven_join(dag, SOURCE) == skip
+
+
+def test_a_neuron_whose_incoming_flows_cancel_gives_no_edge_a_share_above_one():
+    """m holds 0.001 of the target: +1.0 from a1 and −0.999 from a2 cancel there. Split by R_m
+    the edge a1 → m would pass on 1000 times m's relevance, and the path through m (carrying
+    0.001 of the decision) would rank first."""
+    g = nx.DiGraph()
+    flows = [(SOURCE, "a1", 1.5), (SOURCE, "a2", -0.5), ("a1", "m", 1.0), ("a2", "m", -0.999),
+             ("a1", "n", 0.5), ("a2", "n", 0.499), ("m", SINK, 0.001), ("n", SINK, 0.999)]
+    for u, v, w in flows:
+        g.add_edge(u, v, weight=w)
+    for v, r in (("a1", 1.5), ("a2", -0.5), ("m", 0.001), ("n", 0.999), (SINK, 1.0), (SOURCE, 1.0)):
+        g.nodes[v]["relevance"] = r
+    ranked, _ = best_paths(g, SOURCE, SINK, 4, "carried")
+    assert ranked[0].nodes == [SOURCE, "a1", "n", SINK]
+    assert ranked[0].carried == pytest.approx(0.5)
+    via_m = next(p for p in ranked if "m" in p.nodes)
+    assert via_m.carried == pytest.approx(0.001 * 1.0)  # m's 0.001, all of it along a1 (a2 goes against it)
+    assert all(0 < p.carried <= 1.0 for p in ranked)

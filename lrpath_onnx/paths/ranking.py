@@ -10,7 +10,10 @@ is not: a path through a branch adds two or three flows where one along the skip
 passes its relevance down in proportion to its edges: the target's relevance times, per
 edge u → v, the share ``F[u, v] / R_v`` of v's relevance that goes to u. These parts add up,
 over all paths, to the relevance that reaches the input, whatever the paths' lengths; a
-path along an edge that carries relevance against its neuron's sign has none.
+path along an edge that carries relevance against its neuron's sign has none. A neuron whose
+incoming flows cancel (|R_v| below what its edges of R_v's sign carry together) splits in
+proportion to those edges instead: no share exceeds 1, so a path is never ranked first for
+passing a neuron that holds almost nothing.
 """
 
 from __future__ import annotations
@@ -92,10 +95,20 @@ def _name(node) -> str:
     return f"{node[0]}:{node[1]}" if isinstance(node, tuple) else str(node)
 
 
-def _share(g: nx.DiGraph, u: Hashable, v: Hashable) -> float:
-    """The share of v's relevance that v passes down to u (0 when v holds none)."""
-    rv = g.nodes[v]["relevance"]
-    return g[u][v]["weight"] / rv if rv else 0.0
+def _whole(g: nx.DiGraph, v: Hashable) -> float:
+    """What v's shares divide, signed as v's relevance: R_v, or where v's incoming flows cancel,
+    the larger sum of its edges of R_v's sign (0 when v holds none)."""
+    rv = float(g.nodes[v]["relevance"])
+    if not rv:
+        return 0.0
+    same = sum(max(d["weight"] * rv, 0.0) for _, _, d in g.in_edges(v, data=True)) / abs(rv)
+    return math.copysign(max(abs(rv), same), rv)
+
+
+def _share(g: nx.DiGraph, u: Hashable, v: Hashable, whole: float | None = None) -> float:
+    """The share of v's relevance that v passes down to u (0 when v holds none), at most 1."""
+    whole = _whole(g, v) if whole is None else whole
+    return g[u][v]["weight"] / whole if whole else 0.0
 
 
 def carried(g: nx.DiGraph, path: list, sink: Hashable) -> float:
@@ -112,8 +125,9 @@ def _log_shares(g: nx.DiGraph) -> nx.DiGraph:
     share (it carries relevance against its neuron's sign, or none) cannot be on a path."""
     h = nx.DiGraph()
     h.add_nodes_from(g.nodes)
+    wholes = {v: _whole(g, v) for v in g.nodes if g.in_degree(v)}
     for u, v in g.edges:
-        s = _share(g, u, v)
+        s = _share(g, u, v, wholes[v])
         if s > 0:
             h.add_edge(u, v, weight=math.log(s))
     return h
