@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+import onnx
+from onnx import helper, numpy_helper
 
 from lrpath_onnx import Analyzer
 from tests import models
@@ -88,3 +89,34 @@ def test_auto_gives_inner_batchnorms_the_shift_and_says_so(tmp_path):
     assert plan.rule_for(plan.graph.find("bn")).name == "shift"
     named = Analyzer(path, preset="epsilon-gamma-box").plan()
     assert named.rule_for(named.graph.find("bn")).name == "pass"
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_zero_and_epsilon_on_an_inner_batchnorm_are_the_shift_rule_with_their_epsilon(tmp_path, seed):
+    """``--rule '*=zero'`` means LRP-0 everywhere: the BatchNorm no conv takes in is a linear
+    layer with a diagonal weight and its shift as the bias (was: silently left at ``pass``)."""
+    r_out, r_in, a, s, t = _step("zero", seed, tmp_path)
+    y = a * s + t
+    want = np.where(y != 0, a * s * r_out / np.where(y != 0, y, 1.0), 0.0)
+    np.testing.assert_allclose(r_in, want, rtol=2e-5, atol=1e-6 * np.abs(want).max())
+    r_out, r_in, a, s, t = _step("epsilon:0.5", seed, tmp_path)
+    y = a * s + t
+    want = a * s * r_out / (y + 0.5 * np.where(y >= 0, 1.0, -1.0))
+    np.testing.assert_allclose(r_in, want, rtol=2e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_a_wildcard_zero_rule_reaches_inner_batchnorms_but_not_the_input_normalisation(tmp_path):
+    path, _, _ = preactivation_model(tmp_path / "m.onnx", 1)
+    model = onnx.load(str(path))
+    model.graph.node[0].input[0] = "Xn"  # (X - 0.4) / 0.3 before conv1
+    model.graph.node.insert(0, helper.make_node("Div", ["Xc", "sd"], ["Xn"], name="norm_div"))
+    model.graph.node.insert(0, helper.make_node("Sub", ["X", "mu"], ["Xc"], name="norm_sub"))
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(0.4, np.float32), "mu"),
+                                    numpy_helper.from_array(np.array(0.3, np.float32), "sd")])
+    models.save(model, tmp_path / "norm.onnx")
+    plan = Analyzer(tmp_path / "norm.onnx", rules=["*=zero"]).plan()
+    rules = {e.layer.name: (e.rule.name, e.source) for e in plan.entries if e.layer.op in ("BatchNormalization",
+                                                                                          "Sub", "Div")}
+    assert rules["bn"] == ("zero", "override")
+    assert [r for name, r in rules.items() if name != "bn"] and all(
+        r[0] == "pass" for name, r in rules.items() if name != "bn"), rules

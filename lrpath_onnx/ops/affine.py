@@ -26,10 +26,12 @@ class AffineHandler(OpHandler):
     the ``shift`` rule (the transformer presets, for a position embedding; ``auto``'s
     ``epsilon-gamma-box``, for a BatchNorm no layer takes in), crosses it as a linear layer
     whose shift is a bias: ``R_in = x·scale·R / stab(y)``; under ``ratio``, by the shares of
-    the absolute terms: ``R_in = |x·scale| / (|x·scale| + |shift|) · R``."""
+    the absolute terms: ``R_in = |x·scale| / (|x·scale| + |shift|) · R``. ``zero`` and
+    ``epsilon`` (``--rule '*=zero'``: LRP-0 everywhere) are ``shift`` with their ε: the map is
+    a linear layer with a diagonal weight."""
 
     def accepts(self, layer, rule):
-        return rule.name in ("pass", "shift", "ratio")
+        return rule.name in ("pass", "shift", "ratio", "zero", "epsilon")
 
     def needs(self, layer, rule, shapes):
         if rule.name == "pass":

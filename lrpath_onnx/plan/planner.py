@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ..errors import RuleError
-from ..graph.layers import Layer, LayerGraph
-from .presets import preset_rules
+from ..graph.layers import AffineLayer, Layer, LayerGraph
+from .presets import inner_affine_layers, preset_rules
 from .rules import SPECS, Rule, make_rule, parse_rule
 
 
@@ -90,13 +90,14 @@ def make_plan(graph: LayerGraph, preset: str = "auto", overrides: Iterable[str] 
         else:
             entries.append(PlanEntry(layer, h.default_rule(layer), "fixed" if h.fixed_rule else "preset"))
     overrides = tuple(overrides)
+    inner = {l.name for l in inner_affine_layers(graph)} if overrides else set()
     for text in overrides:
         pattern, rule = parse_override(text)
         hit = [e for e in entries if _matches(e.layer, pattern, graph.aliases)]
         if not hit:
             raise RuleError(f"--rule '{text}': pattern '{pattern}' matches no layer "
                             "(see `lrpath plan` for names and indices)")
-        fit = [e for e in hit if e.layer.handler.accepts(e.layer, rule)]
+        fit = [e for e in hit if e.layer.handler.accepts(e.layer, rule) and _takes(inner, e.layer, rule)]
         if not fit:
             e = hit[0]
             raise RuleError(f"--rule '{text}': layer '{e.layer.name}' ({e.layer.op}) cannot take rule "
@@ -104,6 +105,13 @@ def make_plan(graph: LayerGraph, preset: str = "auto", overrides: Iterable[str] 
         for e in fit:
             e.rule, e.source = rule, "override"
     return Plan(graph, preset, entries, overrides, applied, reason)
+
+
+def _takes(inner_affine: set[str], layer: Layer, rule: Rule) -> bool:
+    """An affine map takes ``zero``/``epsilon`` as a linear layer only inside the network
+    (``inner_affine``: a BatchNorm after a pool or a concat): the input's own normalisation
+    keeps its rule, so relevance stays in the normalised input's space, as under every preset."""
+    return not isinstance(layer, AffineLayer) or rule.name not in ("zero", "epsilon") or layer.name in inner_affine
 
 
 def _rules_for(layer: Layer) -> list[str]:
