@@ -292,6 +292,13 @@ def test_model_output_picks_which_output_of_a_model_with_several_is_explained(tw
                  "auto,random", "--steps", "3", "--patch", "2")
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "ev" / "evaluate.json").read_text())["images"][0]["target"]["index"] < 3
+    res = lrpath("compile", model, d / "x.npy", "--out", tmp_path / "aux.lrp.onnx", "--model-output", "aux",
+                 "--rule", "*=zero", "--check", "--target", "2")
+    assert res.returncode == 0, res.stderr
+    from lrpath_onnx.compile.check import run_compiled
+    (compiled,) = run_compiled(tmp_path / "aux.lrp.onnx", "X", x[None], 2)
+    want = aux.explain(x[None], target=2).relevance
+    np.testing.assert_allclose(compiled, want, atol=1e-5 * np.abs(want).max())
     out = tmp_path / "bad"
     assert_one_line_error(lrpath("explain", model, d / "x.npy", "--out", out, "--model-output", "probs"),
                           "--model-output probs", "0: logits, 1: aux", out=out)

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.outputs import atomic_path
+from .options import output_option
 from .session import open_session
 
 
@@ -38,6 +39,7 @@ from .session import open_session
               help="onnxruntime-web for --web: the npm package's .tgz (`npm pack onnxruntime-web`) or folder "
                    "(default: $LRPATH_ORT_WEB, ./node_modules/onnxruntime-web, ~/.cache/lrpath-onnx/onnxruntime-web-*.tgz).")
 @click.option("--model-name", default=None, help="A zoo model (`lrpath models`); MODEL is then left out.")
+@output_option
 def compile_cmd(args, out, keep_layers, check, web, ort_web, **opts):
     """Write MODEL with its LRP relevance pass as standard ONNX operators.
 
