@@ -358,16 +358,18 @@ class Analyzer:
         x = self.check_input(x)
         fixed = 1 if self.one_at_a_time else fixed_batch(self.graph.input_shape)
         if fixed is not None and x.shape[0] != fixed and (self._batch_moves() or self.one_at_a_time):
-            return self._explain_in_parts(x, fixed, target, keep, masks)
+            self._no_forward_kept(keep_forward)
+            return self._in_parts(x, fixed, target, lambda xs, t: self.explain(xs, t, keep, masks))
         if isinstance(target, NeuronTarget):
             self.request(self.graph.find(target.layer).output)
         t0 = time.perf_counter()
         try:
             fwd = self.forward(x)
         except InputError:
-            if keep_forward or not self._fails_only_batched(x):
+            if not self._fails_only_batched(x):
                 raise
-            return self._explain_in_parts(x, 1, target, keep, masks)
+            self._no_forward_kept(keep_forward)
+            return self._in_parts(x, 1, target, lambda xs, t: self.explain(xs, t, keep, masks))
         t1 = time.perf_counter()
         start_tensor, start, targets = self._start(fwd, target, x.shape[0])
         exp = self._backward(x, fwd, start_tensor, start, keep, masks, keep_forward)
@@ -394,23 +396,30 @@ class Analyzer:
         self.one_at_a_time = True
         return True
 
+    def _no_forward_kept(self, keep_forward: bool) -> None:
+        """A batch explained in parts has no forward tensors of the whole batch to keep."""
+        if keep_forward:
+            raise InputError("this model runs one sample at a time (or a fixed batch with its batch axis moving "
+                             "inside): keep_forward takes one run's samples only; give them separately")
+
     def _batch_moves(self) -> bool:
         """Whether some tensor's batch axis is not the first (attention layouts)."""
         if not hasattr(self, "_moves"):
             self._moves = any(a != 0 for a in self.graph.batch_axes().values())
         return self._moves
 
-    def _explain_in_parts(self, x: np.ndarray, fixed: int, target, keep, masks) -> Explanation:
-        """A fixed-batch model whose batch axis moves inside (a transformer exported for batch 1):
-        the batch is explained ``fixed`` samples at a time and the parts joined, since its
-        tensors cannot be stacked along one axis. A last part short of ``fixed`` samples is
-        filled up with copies of its last sample, whose results are dropped."""
+    def _in_parts(self, x: np.ndarray, fixed: int, target, run) -> Explanation:
+        """A fixed-batch model whose batch axis moves inside (a transformer exported for batch 1),
+        or one that runs one sample at a time (``one_at_a_time``): ``run(part, its targets)``
+        ``fixed`` samples at a time and the parts joined, since the model's tensors cannot be
+        stacked along one axis. A last part short of ``fixed`` samples is filled up with copies
+        of its last sample, whose results are dropped."""
         parts, n = [], x.shape[0]
         xp = padded(x, fixed)
         target = padded_targets(target, xp.shape[0])
         for i in range(0, xp.shape[0], fixed):
             t = target[i:i + fixed] if isinstance(target, (list, tuple, np.ndarray)) else target
-            parts.append(self.explain(xp[i:i + fixed], t, keep, masks))
+            parts.append(run(xp[i:i + fixed], t))
         if xp.shape[0] > n:
             parts[-1] = parts[-1].first(fixed - (xp.shape[0] - n))
         first = parts[0]
@@ -456,8 +465,22 @@ class Analyzer:
             tensor = self.graph.find(tensor).output  # a layer's name, alias or index
         if tensor != self.graph.output:
             self.request(tensor)
+        relevance = np.asarray(relevance)
+
+        def alone(xs, index):  # one sample, its row of ``relevance`` (the part's targets are indices)
+            return self.relevance_from(xs, tensor, relevance[list(index)], keep, dtype, masks)
+
+        if self.one_at_a_time and x.shape[0] > 1:
+            self._no_forward_kept(keep_forward)
+            return self._in_parts(x, 1, list(range(x.shape[0])), alone)
         t0 = time.perf_counter()
-        fwd = self.forward(x)
+        try:
+            fwd = self.forward(x)
+        except InputError:
+            if not self._fails_only_batched(x):
+                raise
+            self._no_forward_kept(keep_forward)
+            return self._in_parts(x, 1, list(range(x.shape[0])), alone)
         t1 = time.perf_counter()
         if dtype != np.float32:
             fwd = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in fwd.items()}
@@ -550,8 +573,15 @@ class Analyzer:
             raise InputError("gradients are taken of a class's logit; an inner-neuron target is for explain")
         x = self.check_input(x)
         self.request(*{t for layer in self.graph.layers for t in layer.inputs})  # every derivative's input
+        if self.one_at_a_time and x.shape[0] > 1:
+            return self._in_parts(x, 1, target, lambda xs, t: self.gradient(xs, t, dtype))
         t0 = time.perf_counter()
-        fwd = self.forward(x)
+        try:
+            fwd = self.forward(x)
+        except InputError:
+            if not self._fails_only_batched(x):
+                raise
+            return self._in_parts(x, 1, target, lambda xs, t: self.gradient(xs, t, dtype))
         t1 = time.perf_counter()
         _, start, targets = self._start(fwd, target, x.shape[0])
         onehot = np.zeros(start.reshape(x.shape[0], -1).shape, dtype)

@@ -264,6 +264,29 @@ def test_modern_ops_on_cuda_match_cpu(tmp_path, preset):
     _close(b.relevance, a.relevance)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_copying_pads_on_cuda_match_cpu(tmp_path, mode):
+    """Pad(reflect / edge) → conv: the copies' relevance summed back on the host, then uploaded."""
+    rng = np.random.default_rng(8)
+    inits = {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64),
+             "W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+             "D": rng.standard_normal((3, 4)).astype(np.float32)}
+    node = helper.make_node
+    nodes = [node("Pad", ["X", "p"], ["xp"], name="pad", mode=mode),
+             node("Conv", ["xp", "W"], ["c"], name="conv", kernel_shape=[3, 3]),
+             node("Relu", ["c"], ["r"], name="relu"),
+             node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+             node("Flatten", ["g"], ["f"], name="flat"),
+             node("Gemm", ["f", "D"], ["logits"], name="fc", transB=1)]
+    path = models.save(models.make_model(nodes, [models.vi("X", ["N", 3, 6, 6])], [models.vi("logits", ["N", 3])],
+                                         inits), tmp_path / "pad.onnx")
+    cpu, gpu = _both(path, preset="epsilon-gamma-box", low=0.0, high=1.0)
+    x = _x(9)
+    a, b = cpu.explain(x), gpu.explain(x)
+    assert isinstance(b.relevance, np.ndarray)
+    _close(b.relevance, a.relevance)
+
+
 def test_gradient_on_cuda_matches_cpu(tiny, tmp_path):
     for path in (tiny, models.save(modern_net(np.random.default_rng(5)), tmp_path / "modern.onnx")):
         cpu, gpu = _both(path)

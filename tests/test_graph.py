@@ -483,7 +483,7 @@ def test_explanations_time_each_layer_step(tmp_path):
     assert sum(exp.layer_seconds.values()) <= exp.timings_s["backward"]
     seen, explain = [], an.explain
     an.explain = lambda *a, **k: seen.append(explain(*a, **k)) or seen[-1]
-    joined = an._explain_in_parts(x, 1, None, (), None)
+    joined = an._in_parts(x, 1, None, lambda xs, t: an.explain(xs, t, (), None))
     assert len(seen) == 3
     for name, t in joined.layer_seconds.items():
         assert t == pytest.approx(sum(p.layer_seconds[name] for p in seen))

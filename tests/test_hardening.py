@@ -403,8 +403,16 @@ def test_a_model_with_a_batch_of_one_inside_is_explained_one_sample_at_a_time(tm
     npys = [tmp_path / f"x{i}.npy" for i in range(3)]
     res = lrpath("explain", path, *npys, "--out", tmp_path / "ex", "--batch-size", "3")
     assert res.returncode == 0 and "[E:onnxruntime" not in res.stderr, res.stderr
-    res = lrpath("evaluate", path, *npys, "--out", tmp_path / "ev", "--methods", "auto,random", "--steps", "4",
-                 "--patch", "2")
+    grads = Analyzer(path).gradient(x)  # a fresh analyzer: the gradient finds it out too
+    np.testing.assert_allclose(grads.relevance, np.concatenate([an.gradient(x[i:i + 1]).relevance for i in range(3)]),
+                               rtol=1e-6, atol=1e-8)
+    start = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)  # a row per sample
+    joined = Analyzer(path, rules=["*=zero"]).relevance_from(x, "logits", start)
+    np.testing.assert_allclose(joined.relevance, np.concatenate(
+        [an.relevance_from(x[i:i + 1], "logits", start[i:i + 1]).relevance for i in range(3)]), rtol=1e-6, atol=1e-8)
+    with pytest.raises(LrpathError, match="one sample at a time"):
+        an.explain(x, keep_forward=True)
+    res = lrpath("evaluate", path, *npys, "--out", tmp_path / "ev", "--steps", "4", "--patch", "2")  # every method
     assert res.returncode == 0 and "[E:onnxruntime" not in res.stderr, res.stderr
     assert len(json.loads((tmp_path / "ev" / "evaluate.json").read_text())["images"]) == 3
 

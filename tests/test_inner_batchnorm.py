@@ -118,5 +118,7 @@ def test_a_wildcard_zero_rule_reaches_inner_batchnorms_but_not_the_input_normali
     rules = {e.layer.name: (e.rule.name, e.source) for e in plan.entries if e.layer.op in ("BatchNormalization",
                                                                                           "Sub", "Div")}
     assert rules["bn"] == ("zero", "override")
-    assert [r for name, r in rules.items() if name != "bn"] and all(
-        r[0] == "pass" for name, r in rules.items() if name != "bn"), rules
+    norm = [name for name in rules if name != "bn"]
+    assert norm and all(rules[name][0] == "pass" for name in norm), rules
+    named = Analyzer(tmp_path / "norm.onnx", rules=[f"{norm[0]}=zero"]).plan()  # named alone, it takes it
+    assert named.rule_for(named.graph.find(norm[0])).name == "zero"

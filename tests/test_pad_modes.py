@@ -12,6 +12,7 @@ import pytest
 from onnx import helper
 
 from lrpath_onnx import Analyzer
+from lrpath_onnx.backward.bounds import box_bounds
 from lrpath_onnx.compile.check import run_compiled
 from lrpath_onnx.compile.model import compile_model, save
 from lrpath_onnx.graph.receptive import receptive_box
@@ -84,6 +85,12 @@ def test_a_reflect_padded_first_conv_keeps_z_b_and_conserves_with_biases(tmp_pat
     exp = an.explain(x, keep=["conv0"])
     below = exp.kept["conv0"]  # relevance at the first conv's output
     assert exp.relevance.sum() == pytest.approx(float(below.sum()), rel=1e-4)
+    # z^B's bounds reach the conv through the pad as the pixels do: reflected, per position
+    low = np.linspace(-1.0, -0.5, int(np.prod(shape)), dtype=np.float32).reshape(1, *shape)
+    padded = an.graph.find("conv0").inputs[0]
+    (lo, hi), = box_bounds(an.graph, an.plan(), low, -low, (1, *shape), {padded: (1, 3, 14, 11)}).values()
+    np.testing.assert_array_equal(lo, np.pad(low, [(0, 0), (0, 0), (2, 1), (1, 2)], mode="reflect"))
+    np.testing.assert_array_equal(hi, -lo)
 
 
 @pytest.mark.parametrize("mode", ["reflect", "edge", "wrap"])

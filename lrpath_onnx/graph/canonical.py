@@ -12,6 +12,7 @@ one run names all of them.
 from __future__ import annotations
 
 import ast
+import re
 from collections import deque
 
 import numpy as np
@@ -231,7 +232,7 @@ def chosen_output(graph: onnx.GraphProto, output: str | None) -> str:
         return names[0]
     if output in names:
         return output
-    if output.strip().isdigit() and int(output) < len(names):
+    if re.fullmatch(r"\s*[0-9]+\s*", output) and int(output) < len(names):
         return names[int(output)]
     raise InputError(f"--model-output {output}: the model has no such output; its outputs are "
                      + ", ".join(f"{i}: {n}" for i, n in enumerate(names)))

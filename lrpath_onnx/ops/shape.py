@@ -248,6 +248,8 @@ class PadHandler(RouteHandler):
         if layer.mode == "constant":
             index = tuple(slice(pads[i], r.shape[i] - pads[rank + i]) for i in range(rank))
             return [contiguous(r[index])]
+        be = ctx.backend  # a GPU's relevance comes over for numpy's products and goes back
+        r = be.to_host(r)
         for a in range(rank):  # along each padded axis, the copies add up on what they copy
             if pads[a] or pads[rank + a]:
                 src = self.sources(layer, a, r.shape[a] - pads[a] - pads[rank + a])
@@ -255,7 +257,7 @@ class PadHandler(RouteHandler):
                                   np.float64 if r.dtype == np.float64 else np.float32)
                 onehot[np.arange(src.size), src] = 1.0
                 r = np.moveaxis(np.moveaxis(r, a, -1) @ onehot, -1, a)
-        return [r]
+        return [be.upload(r)]
 
     def input_boxes(self, layer, box, shapes):
         """Spans shifted back by the leading pads; a box inside a zero padding reads nothing,

@@ -8,12 +8,13 @@ is not: a path through a branch adds two or three flows where one along the skip
 
 ``carried`` scores a path by the part of the decision that follows it when every neuron
 passes its relevance down in proportion to its edges: the target's relevance times, per
-edge u → v, the share ``F[u, v] / R_v`` of v's relevance that goes to u. These parts add up,
-over all paths, to the relevance that reaches the input, whatever the paths' lengths; a
-path along an edge that carries relevance against its neuron's sign has none. A neuron whose
-incoming flows cancel (|R_v| below what its edges of R_v's sign carry together) splits in
-proportion to those edges instead: no share exceeds 1, so a path is never ranked first for
-passing a neuron that holds almost nothing.
+edge u → v, the share ``F[u, v] / W_v`` of v's relevance that goes to u, where ``W_v`` is
+R_v or, if larger, what v's edges of R_v's sign carry together. Where no neuron has edges of
+both signs ``W_v = R_v``, and the parts add up, over all paths, to the relevance that
+reaches the input, whatever the paths' lengths. Elsewhere a neuron splits in proportion to
+its edges of its own sign; a path along an edge against its neuron's sign has none. No
+share exceeds 1, so no path carries more than the target, and a path is never ranked first
+for passing a neuron whose incoming flows cancel (one that holds almost nothing).
 """
 
 from __future__ import annotations

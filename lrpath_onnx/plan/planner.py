@@ -97,22 +97,27 @@ def make_plan(graph: LayerGraph, preset: str = "auto", overrides: Iterable[str] 
         if not hit:
             raise RuleError(f"--rule '{text}': pattern '{pattern}' matches no layer "
                             "(see `lrpath plan` for names and indices)")
-        fit = [e for e in hit if e.layer.handler.accepts(e.layer, rule) and _takes(inner, e.layer, rule)]
+        skip = inner if any(c in pattern for c in "*?[") else None  # a pattern, not a layer named
+        fit = [e for e in hit if e.layer.handler.accepts(e.layer, rule) and _takes(skip, e.layer, rule)]
         if not fit:
             e = hit[0]
             raise RuleError(f"--rule '{text}': layer '{e.layer.name}' ({e.layer.op}) cannot take rule "
-                            f"{rule.name}; it takes {', '.join(_rules_for(e.layer))}")
+                            f"{rule.name}; it takes {', '.join(_rules_for(e.layer, skip))}")
         for e in fit:
             e.rule, e.source = rule, "override"
     return Plan(graph, preset, entries, overrides, applied, reason)
 
 
-def _takes(inner_affine: set[str], layer: Layer, rule: Rule) -> bool:
-    """An affine map takes ``zero``/``epsilon`` as a linear layer only inside the network
-    (``inner_affine``: a BatchNorm after a pool or a concat): the input's own normalisation
-    keeps its rule, so relevance stays in the normalised input's space, as under every preset."""
-    return not isinstance(layer, AffineLayer) or rule.name not in ("zero", "epsilon") or layer.name in inner_affine
+def _takes(inner_affine: set[str] | None, layer: Layer, rule: Rule) -> bool:
+    """Whether a pattern gives ``layer`` ``rule``: an affine map takes ``zero``/``epsilon`` as a
+    linear layer only inside the network (``inner_affine``: a BatchNorm after a pool or a
+    concat). The input's own normalisation keeps its rule, so relevance stays in the
+    normalised input's space, as under every preset; named alone (``inner_affine`` None), it
+    takes them."""
+    return (inner_affine is None or not isinstance(layer, AffineLayer) or rule.name not in ("zero", "epsilon")
+            or layer.name in inner_affine)
 
 
-def _rules_for(layer: Layer) -> list[str]:
-    return [name for name in SPECS if name != "alpha2beta1" and layer.handler.accepts(layer, make_rule(name))]
+def _rules_for(layer: Layer, inner_affine: set[str] | None) -> list[str]:
+    return [name for name in SPECS if name != "alpha2beta1" and layer.handler.accepts(layer, make_rule(name))
+            and _takes(inner_affine, layer, make_rule(name))]
