@@ -468,7 +468,8 @@ class Analyzer:
         relevance = np.asarray(relevance)
 
         def alone(xs, index):  # one sample, its row of ``relevance`` (the part's targets are indices)
-            return self.relevance_from(xs, tensor, relevance[list(index)], keep, dtype, masks)
+            rows = relevance[list(index)] if relevance.ndim and relevance.shape[0] == x.shape[0] else relevance
+            return self.relevance_from(xs, tensor, rows, keep, dtype, masks)
 
         if self.one_at_a_time and x.shape[0] > 1:
             self._no_forward_kept(keep_forward)
