@@ -10,7 +10,7 @@ import pytest
 from tests.cuda_sim_run import run_in_simulator
 
 #: cases in cuda_sim_backend_cases.py; update when cases are added.
-EXPECTED_PASSED = 48
+EXPECTED_PASSED = 50
 
 
 @pytest.mark.slow
