@@ -97,8 +97,8 @@ def _name(node) -> str:
 
 
 def _whole(g: nx.DiGraph, v: Hashable) -> float:
-    """What v's shares divide, signed as v's relevance: R_v, or where v's incoming flows cancel,
-    the larger sum of its edges of R_v's sign (0 when v holds none)."""
+    """What v's shares divide, signed as v's relevance: R_v, or the sum of v's edges of R_v's
+    sign where that is larger (its incoming flows partly cancel); 0 when v holds none."""
     rv = float(g.nodes[v]["relevance"])
     if not rv:
         return 0.0
