@@ -32,11 +32,17 @@ def conservation_warnings(conservation: dict, preset_applied: str | None = None)
         return [f"conservation is {ratio}: relevance is not finite"]
     if WARN_RANGE[0] <= ratio <= WARN_RANGE[1]:
         return []
-    where = ", ".join(f"{name} ×{r:.2g}" for name, r in worst_layers(conservation))
+    worst = worst_layers(conservation)
+    where = ", ".join(f"{name} ×{r:.2g}" for name, r in worst)
+    ops = {l["layer"]: l.get("op") for l in conservation.get("per_layer", [])}
     transformer = preset_applied in ("attnlrp", "cp-lrp")
     if 0 <= ratio < WARN_RANGE[0]:
-        absorbed = ("biases, the class token and the softmax rule's dropped terms take the rest" if transformer
-                    else "biases and stabilisers absorb the rest")
+        if transformer or any(ops.get(name) == "Softmax" for name, _ in worst):  # the loss is attention's
+            absorbed = "biases, the class token and the softmax rule's dropped terms take the rest"
+        elif preset_applied == "conserving":
+            absorbed = "layers whose rules do not conserve take the rest (biases take none here)"
+        else:
+            absorbed = "biases and stabilisers absorb the rest"
         msg = (f"only {ratio:.2%} of the relevance reaches the input (conservation {ratio:.3g}, outside "
                f"[{WARN_RANGE[0]:g}, {WARN_RANGE[1]:g}]): {absorbed}")
     else:

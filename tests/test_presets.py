@@ -152,3 +152,19 @@ def test_conserving_keeps_a_convnext_bounded(tmp_path, seed):
         for layer in c["per_layer"]:
             if layer["rule"].startswith(("gamma", "zplus")) and layer["relevance_out"]:
                 assert layer["ratio"] == pytest.approx(1.0, abs=1e-3), layer
+
+
+def test_the_low_conservation_warning_names_what_took_the_relevance():
+    """Attention's softmax, a conserving preset's non-conserving layers, or biases: whichever
+    the worst layers and the preset point at (a ViT under `conserving` lost it in its softmaxes)."""
+    def record(op):
+        return {"ratio": 0.3, "per_layer": [{"layer": "fc", "op": "Gemm", "ratio": 0.9},
+                                            {"layer": "attn", "op": op, "ratio": 0.35}]}
+    (w,) = conservation_warnings(record("Softmax"), "conserving")
+    assert "softmax rule's dropped terms" in w and "most at attn ×0.35, fc ×0.9" in w
+    (w,) = conservation_warnings(record("Mul"), "conserving")
+    assert "biases take none here" in w and "--preset conserving" not in w
+    (w,) = conservation_warnings(record("Mul"), "epsilon-gamma-box")
+    assert "biases and stabilisers absorb the rest" in w and "--preset conserving keeps relevance" in w
+    (w,) = conservation_warnings(record("Mul"), "attnlrp")
+    assert "class token" in w
