@@ -363,13 +363,9 @@ class Analyzer:
         if isinstance(target, NeuronTarget):
             self.request(self.graph.find(target.layer).output)
         t0 = time.perf_counter()
-        try:
-            fwd = self.forward(x)
-        except InputError:
-            if not self._fails_only_batched(x):
-                raise
-            self._no_forward_kept(keep_forward)
-            return self._in_parts(x, 1, target, lambda xs, t: self.explain(xs, t, keep, masks))
+        fwd, parts = self._forward_or_parts(x, target, lambda xs, t: self.explain(xs, t, keep, masks), keep_forward)
+        if parts is not None:
+            return parts
         t1 = time.perf_counter()
         start_tensor, start, targets = self._start(fwd, target, x.shape[0])
         exp = self._backward(x, fwd, start_tensor, start, keep, masks, keep_forward)
@@ -383,6 +379,19 @@ class Analyzer:
         if not hasattr(self, "_readers"):
             self._readers = last_readers(self.graph, self._plan)
         return self._readers
+
+    def _forward_or_parts(self, x: np.ndarray, target, run, keep_forward: bool = False):
+        """``(x's forward tensors, None)``, or ``(None, x done by run(sample, its target) one
+        sample at a time)`` where the model takes one at a time: known (``one_at_a_time``), or
+        found now (onnxruntime fails on the batch and runs its first sample)."""
+        if not (self.one_at_a_time and x.shape[0] > 1):
+            try:
+                return self.forward(x), None
+            except InputError:
+                if not self._fails_only_batched(x):
+                    raise
+        self._no_forward_kept(keep_forward)
+        return None, self._in_parts(x, 1, target, run)
 
     def _fails_only_batched(self, x: np.ndarray) -> bool:
         """After onnxruntime failed on the batch ``x``: whether its first sample alone runs,
@@ -471,17 +480,10 @@ class Analyzer:
             rows = relevance[list(index)] if relevance.ndim and relevance.shape[0] == x.shape[0] else relevance
             return self.relevance_from(xs, tensor, rows, keep, dtype, masks)
 
-        if self.one_at_a_time and x.shape[0] > 1:
-            self._no_forward_kept(keep_forward)
-            return self._in_parts(x, 1, list(range(x.shape[0])), alone)
         t0 = time.perf_counter()
-        try:
-            fwd = self.forward(x)
-        except InputError:
-            if not self._fails_only_batched(x):
-                raise
-            self._no_forward_kept(keep_forward)
-            return self._in_parts(x, 1, list(range(x.shape[0])), alone)
+        fwd, parts = self._forward_or_parts(x, list(range(x.shape[0])), alone, keep_forward)
+        if parts is not None:
+            return parts
         t1 = time.perf_counter()
         if dtype != np.float32:
             fwd = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in fwd.items()}
@@ -574,15 +576,10 @@ class Analyzer:
             raise InputError("gradients are taken of a class's logit; an inner-neuron target is for explain")
         x = self.check_input(x)
         self.request(*{t for layer in self.graph.layers for t in layer.inputs})  # every derivative's input
-        if self.one_at_a_time and x.shape[0] > 1:
-            return self._in_parts(x, 1, target, lambda xs, t: self.gradient(xs, t, dtype))
         t0 = time.perf_counter()
-        try:
-            fwd = self.forward(x)
-        except InputError:
-            if not self._fails_only_batched(x):
-                raise
-            return self._in_parts(x, 1, target, lambda xs, t: self.gradient(xs, t, dtype))
+        fwd, parts = self._forward_or_parts(x, target, lambda xs, t: self.gradient(xs, t, dtype))
+        if parts is not None:
+            return parts
         t1 = time.perf_counter()
         _, start, targets = self._start(fwd, target, x.shape[0])
         onehot = np.zeros(start.reshape(x.shape[0], -1).shape, dtype)
