@@ -282,7 +282,7 @@ def test_model_output_picks_which_output_of_a_model_with_several_is_explained(tw
                  "--rule", "*=zero")
     assert res.returncode == 0, res.stderr
     info = json.loads((tmp_path / "o" / "x" / "explanation.json").read_text())
-    assert info["target"]["index"] == 2
+    assert info["target"]["index"] == 2 and info["model_output"] == "aux"
     assert info["conservation"]["output_relevance"] == pytest.approx(float(e1.logits[0, 2]), rel=1e-5)
     res = lrpath("plan", model, "--model-output", "aux", "--json")
     plan_json = json.loads(res.stdout)
@@ -294,6 +294,11 @@ def test_model_output_picks_which_output_of_a_model_with_several_is_explained(tw
     image = json.loads((tmp_path / "ev" / "evaluate.json").read_text())["images"][0]
     assert image["target"]["index"] == int(e1.logits[0].argmax())
     assert image["logit"] == pytest.approx(float(e1.logits[0].max()), rel=1e-5)  # the aux head's, not the first's
+    res = lrpath("report", model, d / "x.npy", "--out", tmp_path / "rep", "--model-output", "1")
+    assert res.returncode == 0, res.stderr
+    page = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert (page["model_output"], page["model_outputs"]) == ("aux", ["logits", "aux"])
+    assert "output <code>aux</code> of 2" in (tmp_path / "rep" / "report.html").read_text()
     res = lrpath("compile", model, d / "x.npy", "--out", tmp_path / "aux.lrp.onnx", "--model-output", "aux",
                  "--rule", "*=zero", "--check", "--target", "2")
     assert res.returncode == 0, res.stderr

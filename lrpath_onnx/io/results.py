@@ -66,6 +66,7 @@ def record(an: Analyzer, exp: Explanation, i: int, sample: Sample, labels, batch
         "target": target_json(target, labels, an.output_neuron(target) if is_class else None),
         "logit": float(np.asarray(logits).reshape(-1)[target]) if is_class else None,
         "top5": top_outputs(an, logits, labels),
+        "model_output": an.graph.model_output,
         "preset": an.plan().preset,
         "preset_applied": an.plan().applied,
         "preset_reason": an.plan().reason,

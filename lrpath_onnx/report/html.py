@@ -166,6 +166,14 @@ def _absorbed(cs: dict) -> str:
     return "biases and ε"
 
 
+def _output_note(cs: dict) -> str:
+    """Which output of a model with several is explained (``--model-output``); nothing for one."""
+    outputs = cs.get("model_outputs") or []
+    if len(outputs) < 2:
+        return ""
+    return f" · output <code>{_e(cs['model_output'])}</code> of {len(outputs)}"
+
+
 def _stage_name(key: str, cs: dict) -> str:
     """The timing table's words for a ``timings_s`` key."""
     words = {"explain": "explain (LRP)", "faithfulness": "faithfulness (region perturbation)",
@@ -218,7 +226,7 @@ def render(cs: dict, out: Path) -> str:
     body = f"""
 <main>
 <h1>{heading}</h1>
-<p class=sub>Input <code>{_e(Path(cs['input']).name)}</code> · {stamp} · LRP preset <code>{_e(cs['preset'])}</code>{(' → <code>' + _e(cs['preset_applied']) + '</code>') if cs.get('preset_applied', cs['preset']) != cs['preset'] else ''}
+<p class=sub>Input <code>{_e(Path(cs['input']).name)}</code>{_output_note(cs)} · {stamp} · LRP preset <code>{_e(cs['preset'])}</code>{(' → <code>' + _e(cs['preset_applied']) + '</code>') if cs.get('preset_applied', cs['preset']) != cs['preset'] else ''}
 · relevance on <b>{_e(cs['device'])}</b>, forward on onnxruntime's <b>{_e(cs['provider'])}</b></p>
 
 <section><h2>1. Input and prediction</h2><div class=row>
