@@ -36,3 +36,9 @@ class OutputError(LrpathError):
 
 class NumericalError(LrpathError):
     """Relevance became NaN or infinite; names the layer where it first appeared."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line of an error message: its first line, or its type's name."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

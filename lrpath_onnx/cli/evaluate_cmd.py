@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..evaluate import perturb
 from ..evaluate.methods import MethodContext, check_methods
 from ..evaluate.run import Settings, default_patch, evaluate
@@ -30,7 +30,7 @@ def inner_output(an) -> str | None:
     """The explained tensor when it is not the model's first output (the logits before a final
     Softmax the analyzer strips, or another output chosen with ``--model-output``), for
     ``plain_forward``; None when it is."""
-    first = an.model.proto.graph.output[0].name
+    first = an.graph.model_outputs[0]
     return None if an.graph.output == first and not an.graph.stripped else an.graph.output
 
 
@@ -56,7 +56,7 @@ def plain_forward(model_path: Path, device: str, fixed_batch: int | None, inner:
         try:
             out = sess.run(fetch, {name: x.astype(dtype, copy=False)}, QUIET_RUN)[0]
         except Exception as exc:  # as the analyzer's own session says it: one line, bad input
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = first_line(exc)
             raise InputError(f"onnxruntime failed on a batch of {x.shape[0]} inputs: {msg}") from None
         return np.asarray(out, np.float32)
 

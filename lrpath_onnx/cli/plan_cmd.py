@@ -30,9 +30,8 @@ def presets_text() -> str:
     return "\n".join(lines)
 
 
-def _other_outputs(onnx_graph, chosen: str) -> str:
+def _other_outputs(names: tuple[str, ...], chosen: str) -> str:
     """Where the model has several outputs, which ones ``--model-output`` could pick instead."""
-    names = [o.name for o in onnx_graph.output]
     if len(names) < 2:
         return ""
     return "   (outputs " + ", ".join(f"{i}: {n}" + ("*" if n == chosen else "") for i, n in enumerate(names)) \
@@ -61,7 +60,7 @@ def plan(model, preset, rules, device, output, as_json, list_presets):
         click.echo(json.dumps(stamp("plan", {
                                **model_json(model, name), "input": graph.input, "input_shape": graph.input_shape,
                                "output": graph.output, "model_output": graph.model_output,
-                               "model_outputs": [o.name for o in loaded.proto.graph.output],
+                               "model_outputs": list(graph.model_outputs),
                                "stripped": graph.stripped, "preset": preset,
                                "preset_applied": p.applied, "preset_reason": p.reason, "rule_overrides": list(rules),
                                "rules": p.to_json(),
@@ -71,7 +70,7 @@ def plan(model, preset, rules, device, output, as_json, list_presets):
         click.echo(f"model  {model}  (opset {loaded.opset}" + ("; float16, analysed in float32)" if loaded.widened else ")"))
         click.echo(f"input  {graph.input} {_fmt(graph.input_shape)}   explained output  {graph.output} "
                    f"{_fmt(graph.output_shape)}" + (f"   (stripped: {', '.join(graph.stripped)})" if graph.stripped else "")
-                   + _other_outputs(loaded.proto.graph, graph.model_output))
+                   + _other_outputs(graph.model_outputs, graph.model_output))
         click.echo(f"preset {p.describe()}" + (f"   overrides: {' '.join(rules)}" if rules else "") + "   (* = override)")
         click.echo(p.table())
     if unsupported:

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..backward.linear_rules import WeightCache
 from ..backward.propagate import propagate
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, first_line
 from ..graph.symbolic import Builder, Sym
 from ..ops.emit import output_node, target_logit_nodes
 from ..ops.registry import BackwardContext
@@ -80,7 +80,7 @@ def _at_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
 
         return version_converter.convert_version(proto, OPSET)
     except Exception as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise ModelError(f"compile needs opset {OPSET}; converting the model from opset {current} failed: {msg}") \
             from None
 

@@ -361,7 +361,7 @@ def build_layer_graph(model: LoadedModel, collect: list[UnsupportedOpError] | No
         raise ModelError(f"graph output '{out}' is not computed from the input")
     return LayerGraph(layers=layers, input=x, output=out, input_shape=shapes.get(x) or (),
                       output_shape=shapes.get(out) or (), shapes=shapes, stripped=stripped, shape_probe=probe,
-                      model_output=model_output)
+                      model_output=model_output, model_outputs=tuple(o.name for o in graph.output))
 
 
 #: ops whose output depends on their input's shape only, never on its values

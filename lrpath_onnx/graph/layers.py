@@ -454,7 +454,7 @@ class LayerGraph:
 
     ``input`` is the model's image input, ``output`` the tensor explained (the logits:
     a trailing Softmax is already stripped), ``model_output`` the model output it is read
-    from (the first unless one was chosen), ``shapes`` the statically inferred shapes
+    from (the first of ``model_outputs`` unless one was chosen), ``shapes`` the statically inferred shapes
     (``None`` for unknown dims, the batch dim usually unknown).
     """
 
@@ -468,6 +468,7 @@ class LayerGraph:
     #: shapes inference left open, from onnxruntime runs on zeros: called once, by ``fill_open_shapes``
     shape_probe: Callable[[], dict[str, tuple]] | None = field(default=None, repr=False)
     model_output: str = ""
+    model_outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.producer = {l.output: l for l in self.layers}

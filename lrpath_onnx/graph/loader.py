@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from . import protoscan, upcast
 
 #: initializers with more elements than this are stubbed in the skeleton proto.
@@ -66,7 +66,7 @@ def _parse(path: Path) -> tuple[onnx.ModelProto, list[protoscan.RawTensor]]:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf raises DecodeError and friends
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise ModelError(f"not an ONNX model ({path.name}): {reason}") from None
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise ModelError(f"not an ONNX model ({path.name}): no graph in the protobuf")

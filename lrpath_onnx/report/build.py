@@ -62,8 +62,8 @@ def case_study(ses, sample, out: Path, k: int = 5, per_layer: int = 16, k_max: i
     plan = an.plan()
     page = {**model_json(model_path, model_name), "input": str(sample.source), "sample": sample.name,
             "input_shape": list(x.shape), "layout": layout, "device": an.device, "provider": exp.provider,
-            "model_output": an.graph.model_output,
-            "model_outputs": [o.name for o in an.model.proto.graph.output], "preset": plan.preset, "preset_applied": plan.applied, "rule_overrides": list(plan.overrides),
+            "model_output": an.graph.model_output, "model_outputs": list(an.graph.model_outputs),
+            "preset": plan.preset, "preset_applied": plan.applied, "rule_overrides": list(plan.overrides),
             "rules": plan.to_json(), "top5": top_outputs(an, exp.logits[0], ses.labels, 5),
             "target": target_json(int(exp.targets[0]), ses.labels, an.output_neuron(int(exp.targets[0]))),
             "conservation": {k_: cons[k_] for k_ in ("ratio", "output_relevance", "input_relevance")},

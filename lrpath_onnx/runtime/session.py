@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, first_line
 from ..graph.layers import LayerGraph
 from ..graph.loader import LoadedModel
 from ..ops import handler_for
@@ -200,7 +200,7 @@ class ActivationRuntime:
             try:
                 self.session = ordered_session.inference_session(data, threads, providers)
             except Exception as exc:
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                msg = first_line(exc)
                 raise ModelError(f"onnxruntime cannot run {model.path.name}: {msg}") from None
         del data
         self.provider = self.session.get_providers()[0]
@@ -327,7 +327,7 @@ class ActivationRuntime:
         try:
             self.session.run_with_iobinding(binding, QUIET_RUN)
         except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = first_line(exc)
             raise InputError(f"onnxruntime failed on this input: {msg}") from None
         if len(outs) < len(self.output_names):
             for name, value in zip(self.output_names, binding.get_outputs()):
