@@ -53,6 +53,21 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @njit(parallel=True, cache=True)
+def _relu(x, out):
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = v if v > 0 or v != v else 0.0  # +0 (not −0); NaN stays NaN
+
+
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """max(x, 0) element-wise, in parallel; ``out=x`` rectifies in place (x C-contiguous)."""
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x) if out is None else out
+    _relu(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+@njit(parallel=True, cache=True)
 def _add_product(out, mul, x, coef, first):
     N, C, L = out.shape
     for nc in prange(N * C):

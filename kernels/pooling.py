@@ -169,3 +169,19 @@ def max_switches(x: np.ndarray, kernel: tuple[int, int], strides, pads, dilation
     _max_switches(planes, kernel[0], kernel[1], strides[0], strides[1], pads[0], pads[1],
                   dilations[0], dilations[1], first * C, out)
     return out.reshape((N, C) + tuple(out_hw))
+
+
+@njit(parallel=True, cache=True)
+def _gather(flat, ix, out):
+    for i in prange(ix.size):
+        out[i] = flat[ix[i]]
+
+
+def gather(x: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The max-pool output from its switches: ``x.flat[indices]`` (``max_switches``' flat
+    N·C·H·W indices), shaped like ``indices``, in parallel."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    ix = np.ascontiguousarray(indices, np.int64)
+    out = np.empty(ix.shape, x.dtype)
+    _gather(flat, ix.reshape(-1), out.reshape(-1))
+    return out

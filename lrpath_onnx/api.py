@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .backend import make_backend
+from .backend import CpuBackend, make_backend
 from .backward.bounds import box_bounds
 from .backward.linear_rules import WeightCache
 from .backward.propagate import LayerFlow, last_readers, propagate, session_needs
@@ -30,6 +30,7 @@ from .ops.registry import BackwardContext
 from .plan.planner import Plan, make_plan
 from .runtime.fixed_batch import first_samples, fixed_batch, padded, padded_targets
 from .runtime.replicate import join_runs, replicate_forward
+from .runtime.native import FORWARD_ENGINES, NativeForward, native_reason
 from .runtime.session import ActivationRuntime, default_threads
 
 
@@ -158,13 +159,18 @@ class Analyzer:
         on VGG16) or ``runtime`` (extra Conv/Gemm nodes in the onnxruntime session).
     output : which output of a model with several to explain (its name or index); the first
         by default.
+    forward_engine : what runs the forward pass: ``auto`` (the analyzer's own CPU kernels
+        where every layer is one they run and the backward runs on the CPU, else
+        onnxruntime; ``runtime.native``), ``native`` (those kernels or an error) or
+        ``onnxruntime`` (its tensors bit for bit).
     """
 
     def __init__(self, model_path: str | Path, preset: str = "auto",
                  rules: Sequence[str] = (), device: str = "cpu",
                  low: np.ndarray | float | None = None, high: np.ndarray | float | None = None,
                  threads: int | None = None, rule_forward: str = "kernels",
-                 size: tuple[int, int] | None = None, output: str | None = None) -> None:
+                 size: tuple[int, int] | None = None, output: str | None = None,
+                 forward_engine: str = "auto") -> None:
         self.model_path, self.zoo = _model_file(model_path)
         self.backend = make_backend(device)
         self.device = self.backend.name
@@ -183,9 +189,13 @@ class Analyzer:
         if rule_forward not in ("runtime", "kernels"):
             raise InputError(f"rule_forward must be 'runtime' or 'kernels', got '{rule_forward}'")
         self.rule_forward = rule_forward
+        if forward_engine not in FORWARD_ENGINES:
+            raise InputError(f"forward engine must be one of {', '.join(FORWARD_ENGINES)}, got '{forward_engine}'")
+        self.forward_engine = forward_engine
         self.cache = WeightCache(self.backend)
         self._extra: set[str] = set()
         self._runtime: ActivationRuntime | None = None
+        self._engine: ActivationRuntime | NativeForward | None = None
         #: the model failed on a batch its open batch axis allows and ran one sample alone: a
         #: batch size of 1 fixed inside it (an exporter's Reshape to (1, …)); from then on it is
         #: explained one sample at a time
@@ -271,9 +281,28 @@ class Analyzer:
                                               device, self._threads, nodes, inits)
         return self._runtime
 
+    def engine(self) -> ActivationRuntime | NativeForward:
+        """What runs the forward pass (``forward_engine``): the native kernels or onnxruntime."""
+        if self._engine is None:
+            why = self._native_reason()
+            if why is not None and self.forward_engine == "native":
+                raise InputError(f"--forward-engine native: {why}")
+            self._engine = self.runtime() if why else NativeForward(self.graph, self.requests(), self.backend)
+        return self._engine
+
+    def _native_reason(self) -> str | None:
+        """Why the forward pass is not run natively (None: it is)."""
+        if self.forward_engine == "onnxruntime":
+            return "onnxruntime asked for"
+        if not isinstance(self.backend, CpuBackend):
+            return "the backward pass runs on a GPU (onnxruntime's CUDA provider runs the forward)"
+        if self.rule_forward == "runtime":
+            return "the rules' forward terms are onnxruntime nodes (rule_forward='runtime')"
+        return native_reason(self.graph, self.requests())
+
     @property
     def provider(self) -> str:
-        return self.runtime().provider
+        return self.engine().provider
 
     # ------------------------------------------------------------------ explaining
     def check_input(self, x: np.ndarray) -> np.ndarray:
@@ -298,7 +327,7 @@ class Analyzer:
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """onnxruntime forward of a checked batch, run in chunks of the model's fixed batch
         size if it has one (the last filled up with copies, whose tensors are dropped)."""
-        rt = self.runtime()
+        rt = self.engine()
         fixed = fixed_batch(self.graph.input_shape)
         if fixed is None or x.shape[0] == fixed:
             return rt.run(x)
@@ -547,7 +576,7 @@ class Analyzer:
         new = set(tensors) - have
         if new:
             self._extra |= new
-            self._runtime = None
+            self._runtime = self._engine = None
 
     def _context(self, x: np.ndarray, fwd: dict) -> tuple[BackwardContext, np.ndarray | None]:
         """The backward context of a batch (z^B bounds included) and, per sample, the share of
@@ -611,7 +640,7 @@ class Analyzer:
             relevance=np.asarray(self.backend.to_host(prop.input_relevance)),
             logits=np.array(fwd[self.graph.output]), targets=[],
             start_relevance=start.reshape(n, -1).sum(axis=1, dtype=np.float64),
-            flows=prop.flows, kept=prop.kept, provider=self.runtime().provider, device=self.device,
+            flows=prop.flows, kept=prop.kept, provider=self.provider, device=self.device,
             timings_s={"backward": t2 - t1}, bounds_violation=violation,
             forward=fwd if keep_forward else None, products=ctx.products, layer_seconds=prop.seconds)
 

@@ -154,3 +154,46 @@ def small_cnn(rng, bias=True, bn=False, softmax=False, classes=5):
         nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1))
         out = "probs"
     return make_model(nodes, [vi("X", ["N", 3, 12, 12])], [vi(out, ["N", classes])], inits), inits
+
+
+def mixed_cnn(rng, size=(19, 17), classes=7, gemm=True):
+    """Every layer the native forward runs, at odd sizes: a 3x3 stride-1 conv wide enough for
+    Winograd F(4x4, 3x3), MaxPool 3x3/2 with padding and ceil_mode, a strided dilated 5x5 conv
+    with groups, a 1x1 conv, a residual Add, a BatchNormalization after the Add (an affine
+    layer, not folded), a plain MaxPool 2x2, GlobalAveragePool, Flatten, and a dense layer
+    (Gemm transB=1, or MatMul + Add). Input (N, 3, *size) with small biases."""
+    def w(*s):
+        return (rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:]))).astype(np.float32)
+
+    def b(n):
+        return (rng.standard_normal(n) * 0.1).astype(np.float32)
+
+    inits = {"W1": w(24, 3, 3, 3), "B1": b(24), "W2": w(16, 12, 5, 5), "B2": b(16), "W3": w(16, 16, 1, 1),
+             "g": (1 + 0.3 * rng.standard_normal(16)).astype(np.float32),
+             "be": (0.2 * rng.standard_normal(16)).astype(np.float32),
+             "mu": (0.5 * rng.standard_normal(16)).astype(np.float32),
+             "var": (0.5 + rng.random(16)).astype(np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["X", "W1", "B1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1], ceil_mode=1),
+        helper.make_node("Conv", ["p1", "W2", "B2"], ["c2"], name="conv2", kernel_shape=[5, 5], strides=[2, 1],
+                         pads=[2, 3, 1, 2], dilations=[1, 2], group=2),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "W3"], ["c3"], name="conv3", kernel_shape=[1, 1]),
+        helper.make_node("Add", ["c3", "r2"], ["s"], name="add"),
+        helper.make_node("BatchNormalization", ["s", "g", "be", "mu", "var"], ["bn"], name="bn", epsilon=1e-5),
+        helper.make_node("Relu", ["bn"], ["r3"], name="relu3"),
+        helper.make_node("MaxPool", ["r3"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p2"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["f"], name="flatten", axis=1),
+    ]
+    if gemm:
+        inits.update(W4=w(classes, 16), B4=b(classes))
+        nodes.append(helper.make_node("Gemm", ["f", "W4", "B4"], ["logits"], name="fc", transB=1))
+    else:
+        inits.update(W4=w(classes, 16).T.copy(), B4=b(classes))
+        nodes += [helper.make_node("MatMul", ["f", "W4"], ["m"], name="fc"),
+                  helper.make_node("Add", ["m", "B4"], ["logits"], name="fc_bias")]
+    return make_model(nodes, [vi("X", ["N", 3, *size])], [vi("logits", ["N", classes])], inits)

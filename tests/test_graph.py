@@ -362,7 +362,7 @@ def test_a_batch_run_in_slices_gives_the_tensors_of_one_run(tmp_path, monkeypatc
 
     rng = np.random.default_rng(seed)
     model, _ = models.small_cnn(rng)
-    an = Analyzer(models.save(model, tmp_path / "cnn.onnx"))
+    an = Analyzer(models.save(model, tmp_path / "cnn.onnx"), forward_engine="onnxruntime")
     rt = an.runtime()
     x = rng.standard_normal((5, 3, 12, 12)).astype(np.float32)
     whole = rt.run(x)  # a small model: one run

@@ -152,7 +152,7 @@ def test_auto_device_falls_back_to_the_cpu(zoo, tmp_path):
     res = lrpath("explain", zoo / "cnn.onnx", zoo / "a.png", "--device", "auto", "--out", tmp_path / "o")
     assert res.returncode == 0, res.stderr
     info = json.loads((tmp_path / "o" / "a" / "explanation.json").read_text())
-    assert info["device"] == "cpu" and info["provider"] == "CPUExecutionProvider"
+    assert info["device"] == "cpu" and info["provider"] == "lrpath-cpu-kernels"  # no GPU: the CPU's own forward
 
 
 def test_overflowing_relevance_is_an_error_naming_the_layer(zoo, tmp_path):
@@ -346,13 +346,13 @@ def test_a_wrong_inferred_shape_does_not_break_the_session(monkeypatch):
     """The session declares its added outputs with the graph's inferred shapes (so onnxruntime
     fuses as in the model's own session); an inference that got a dim wrong must not cost the
     explanation."""
-    an = Analyzer(registry.get("mnist-vgg").path(), low=0.0, high=1.0)
+    an = Analyzer(registry.get("mnist-vgg").path(), low=0.0, high=1.0, forward_engine="onnxruntime")
     x = np.random.default_rng(0).uniform(size=(2, 1, 28, 28)).astype(np.float32)
     want = an.explain(x).relevance
     name = next(r for r in sorted(an.requests()) if len(an.graph.shapes.get(r) or ()) == 4)
     shape = an.graph.shapes[name]
     an.graph.shapes[name] = (None, shape[1] + 3) + tuple(shape[2:])
-    an._runtime = None
+    an._runtime = an._engine = None
     np.testing.assert_array_equal(an.explain(x).relevance, want)
     # an onnxruntime that refuses the declared shapes: the session is made without them
     import onnxruntime as ort
@@ -368,7 +368,7 @@ def test_a_wrong_inferred_shape_does_not_break_the_session(monkeypatch):
         return real(data, opts, *args, **kwargs)
 
     monkeypatch.setattr(ort, "InferenceSession", strict)
-    an._runtime = None
+    an._runtime = an._engine = None
     np.testing.assert_array_equal(an.explain(x).relevance, want)
     assert len(refused) == 1
 

@@ -102,7 +102,7 @@ def _paths_work(an: Analyzer, x: np.ndarray, k: int, per_layer: int, layer_maps:
 @click.option("--process-runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="With --processes: runs per command and input count (more runs steady the fastest-run "
                    "figure where a process's start varies by seconds).")
-def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, out, seed, paths_k,
+def bench(model, preset, rules, device, forward_engine, batch_size, runs, warmup, rule_forward, out, seed, paths_k,
           per_layer, deconv_layer, deconv_top, processes, process_runs, layers_n):
     """Time explain stages on MODEL (a path or a zoo name, e.g. vgg16) against onnxruntime's forward.
 
@@ -116,10 +116,11 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
     out = ensure_out_dir(out)  # refused now, not after minutes of timing
     if processes:
         return bench_processes(path, out, device, batch_size, processes, preset, rules, zoo_name(model),
-                               process_runs)
+                               process_runs, forward_engine)
     plain_before = plain_forward_times(path, device, batch_size, runs, warmup, seed)  # before any of our pools
     t0 = time.perf_counter()
-    an = Analyzer(path, preset=preset, rules=rules, device=device, rule_forward=rule_forward)
+    an = Analyzer(path, preset=preset, rules=rules, device=device, rule_forward=rule_forward,
+                  forward_engine=forward_engine)
     shape = tuple(batch_size if i == 0 else d for i, d in enumerate(an.input_shape))
     if any(d is None for d in shape):
         raise InputError(f"model input {an.input_shape} has unknown dims; bench needs a fixed input size")
@@ -174,7 +175,8 @@ def bench(model, preset, rules, device, batch_size, runs, warmup, rule_forward, 
                        "runs": len(ts)})
     result = {"machine": machine(), **model_json(path, zoo_name(model)), "input_shape": list(shape),
               "batch_size": batch_size,
-              "preset": preset, "rule_overrides": list(rules), "rule_forward": rule_forward, "provider": first.provider,
+              "preset": preset, "rule_overrides": list(rules), "rule_forward": rule_forward,
+              "forward_engine": forward_engine, "provider": first.provider,
               "device": an.device, "warmup": warmup, "stages": stages,
               "baseline": "a plain onnxruntime.InferenceSession with default settings in its own process "
                           f"(plain_forward.py), {runs} runs before and {runs} after the analyzer's",

@@ -70,7 +70,7 @@ def _shown(ratio: float | None) -> str:
 
 
 def bench_processes(path: Path, out: Path, device: str, batch: int, n: int, preset: str, rules, model_name,
-                    runs: int = 3) -> int:
+                    runs: int = 3, forward_engine: str = "auto") -> int:
     """Whole-process timings of explain against the plain forward; writes the bench JSON."""
     import click
 
@@ -85,7 +85,8 @@ def bench_processes(path: Path, out: Path, device: str, batch: int, n: int, pres
             files.append(str(Path(tmp) / f"x{i:03d}.npy"))
             np.save(files[-1], rng.random(shape, dtype=np.float32))
         cli = [sys.executable, "-c", "from lrpath_onnx.cli.main import entry; entry()"]
-        extra = ["--preset", preset, "--device", device, *[a for r in rules for a in ("--rule", r)]]
+        extra = ["--preset", preset, "--device", device, "--forward-engine", forward_engine,
+                 *[a for r in rules for a in ("--rule", r)]]
         for _ in range(runs):  # interleaved, so drift hits both alike
             for k in (1, n):
                 t, _ = _run([*cli, "explain", str(path), *files[:k], "--batch-size", str(batch),
@@ -102,7 +103,7 @@ def bench_processes(path: Path, out: Path, device: str, batch: int, n: int, pres
               for name in ("onnxruntime", "explain")]
     result = {"machine": machine(), **model_json(path, model_name), "input_shape": [None, *shape],
               "batch_size": batch, "preset": preset, "rule_overrides": list(rules), "provider": device,
-              "device": device, "stages": stages,
+              "device": device, "forward_engine": forward_engine, "stages": stages,
               "processes": {"inputs": [1, n], "runs": runs, "seconds": {k: {str(m): v for m, v in ts.items()}
                                                                       for k, ts in times.items()}},
               "baseline": "marginal seconds per image, (T(N) − T(1)) / (N − 1), of whole processes, T the "

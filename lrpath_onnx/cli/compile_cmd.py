@@ -64,6 +64,8 @@ def compile_cmd(args, out, keep_layers, check, web, ort_web, **opts):
         raise InputError(f"--out {out}: give a .onnx file name")
     if out.exists() and out.is_dir():
         raise InputError(f"--out {out} is a folder; give a .onnx file name")
+    if opts.get("forward_engine", "auto") == "auto":  # the file runs onnxruntime's forward: --check compares with it
+        opts["forward_engine"] = "onnxruntime"
     ses = open_session(args, out.parent if str(out.parent) else Path("."), inputs_optional=True, **opts)
     if check and not ses.paths:
         raise InputError("--check needs INPUT files (images or .npy tensors) to compare on")

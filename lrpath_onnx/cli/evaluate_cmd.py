@@ -114,7 +114,7 @@ def evaluate_cmd(args, out, methods, patch, steps, baseline, seed, smoothgrad_n,
     forward = plain_forward(an.model_path, opts.get("device", "cpu"), fixed, inner_output(an))
     ctx = MethodContext(str(an.model_path), tuple(opts.get("rules") or ()), an.low, an.high, ses.layout, forward,
                         settings.patch, baseline, seed, smoothgrad_n, smoothgrad_sigma, opts.get("device", "cpu"),
-                        output=an.graph.model_output)
+                        output=an.graph.model_output, forward_engine=opts.get("forward_engine", "auto"))
     target = ses.target if isinstance(ses.target, int) else None
     out = ensure_out_dir(out)
     clean_temporaries(out)

@@ -10,6 +10,7 @@ import click
 
 from ..errors import InputError
 from ..plan.presets import PRESETS
+from ..runtime.native import FORWARD_ENGINES
 
 
 def floats(text: str | None, name: str) -> tuple[float, ...] | None:
@@ -39,7 +40,12 @@ def size(text: str | None) -> tuple[int, int] | None:
 
 
 def device_option(fn):
-    """--device: where the kernels run."""
+    """--device and --forward-engine: where the kernels and the forward pass run."""
+    fn = click.option("--forward-engine", type=click.Choice(list(FORWARD_ENGINES)), default="auto",
+                      show_default=True,
+                      help="What runs the forward pass: the analyzer's own CPU kernels (auto: where every "
+                           "layer is one they run, on --device cpu; else onnxruntime), or onnxruntime "
+                           "(its activations bit for bit).")(fn)
     return click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
                         help="Where the backward kernels run (cuda needs the CUDA kernels and a GPU).")(fn)
 

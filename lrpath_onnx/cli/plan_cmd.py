@@ -44,7 +44,7 @@ def _other_outputs(names: tuple[str, ...], chosen: str) -> str:
 @output_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--presets", "list_presets", is_flag=True, help="List presets and rules, then exit.")
-def plan(model, preset, rules, device, output, as_json, list_presets):
+def plan(model, preset, rules, device, forward_engine, output, as_json, list_presets):
     """Print the LRP rule plan of MODEL (a .onnx file or a zoo name): index, layer, op, rule, parameters."""
     if list_presets:
         click.echo(presets_text())

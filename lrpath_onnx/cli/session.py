@@ -147,7 +147,7 @@ def _zoo_opts(entry) -> dict:
     return pre
 
 
-def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), device="cpu",
+def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), device="cpu", forward_engine="auto",
                  target=None, mean=None, std=None, scale=None, low=None, high=None, size_=None, resize=None,
                  fit=None, layout="auto", channel_order=None, labels=None, max_pixels=50_000_000,
                  output=None, inputs_optional: bool = False, **_ignored) -> Session:
@@ -164,7 +164,8 @@ def open_session(args, out: Path, *, model_name=None, preset="auto", rules=(), d
             "layout": None if layout == "auto" else layout}
     opts = {**_zoo_opts(entry), **{k: v for k, v in opts.items() if v is not None}}
     lo, hi = floats(low, "--low"), floats(high, "--high")
-    an = Analyzer(model, preset=preset, rules=rules, device=device, size=opts.get("size"), output=output)
+    an = Analyzer(model, preset=preset, rules=rules, device=device, size=opts.get("size"), output=output,
+                  forward_engine=forward_engine)
     scaled = raw_pixel_options(an.graph, opts)
     images = any(p.suffix.lower() != ".npy" for p in paths)
     pre = image_preprocess(an.input_shape, opts, images=not paths or images)

@@ -43,6 +43,7 @@ class MethodContext:
     smoothgrad_sigma: float = 0.15
     device: str = "cpu"
     output: str | None = None  # the model output explained (``--model-output``)
+    forward_engine: str = "auto"  # what runs the analyzers' forward passes (``--forward-engine``)
     _analyzers: dict = field(default_factory=dict)
     _random: np.random.Generator | None = None
 
@@ -56,7 +57,7 @@ class MethodContext:
         """One analyzer per preset (the gradient methods share ``auto``'s)."""
         if preset not in self._analyzers:
             an = Analyzer(self.model_path, preset=preset, rules=self.rules if preset in LRP_NAMES else (),
-                          device=self.device, output=self.output)
+                          device=self.device, output=self.output, forward_engine=self.forward_engine)
             an.set_bounds(self.low, self.high)
             self._analyzers[preset] = an
         return self._analyzers[preset]

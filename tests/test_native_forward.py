@@ -1,0 +1,157 @@
+"""The native forward pass (``runtime.native``): the same tensors as onnxruntime's, within
+float32 rounding, on every layer it runs; the engine each setting picks; and the kernels it
+adds (in-place ReLU, the gather behind MaxPool)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from lrpath_onnx.api import Analyzer
+from lrpath_onnx.errors import InputError
+from lrpath_onnx.kernels import elementwise as ew
+from lrpath_onnx.kernels import pooling
+from lrpath_onnx.runtime.native import PROVIDER, NativeForward
+from lrpath_onnx.runtime.session import ActivationRuntime
+from tests import models
+from tests.test_cli import lrpath
+
+
+def _pair(path, **kw):
+    """The same model under both engines, each asked for every layer's output."""
+    nat = Analyzer(path, forward_engine="native", **kw)
+    ort = Analyzer(path, forward_engine="onnxruntime", **kw)
+    every = [layer.output for layer in nat.graph.layers]
+    nat.request(*every)
+    ort.request(*every)
+    return nat, ort
+
+
+def _close(got: np.ndarray, want: np.ndarray, name: str) -> None:
+    scale = float(np.abs(want).max()) or 1.0
+    err = float(np.abs(got.astype(np.float64) - want).max()) / scale
+    assert err < 2e-5, (name, err)
+
+
+@pytest.mark.parametrize("seed,gemm,batch", [(0, True, 3), (1, False, 1), (2, True, 5)])
+def test_native_tensors_match_onnxruntime(tmp_path, seed, gemm, batch):
+    rng = np.random.default_rng(seed)
+    path = models.save(models.mixed_cnn(rng, gemm=gemm), tmp_path / "m.onnx")
+    nat, ort = _pair(path)
+    assert isinstance(nat.engine(), NativeForward) and isinstance(ort.engine(), ActivationRuntime)
+    x = rng.standard_normal((batch, 3, 19, 17)).astype(np.float32)
+    fn, fo = nat.forward(x), ort.forward(x)
+    assert set(fn) == set(fo) and len(fn) >= len(nat.graph.layers)
+    switches = 0
+    for name, want in fo.items():
+        got = fn[name]
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        if want.dtype.kind == "i":  # a switch: the element it picks holds its window's maximum
+            layer = next(l for l in nat.graph.layers if getattr(l, "indices", None) == name)
+            src = fo[layer.inputs[0]].reshape(-1)
+            np.testing.assert_allclose(src[got.reshape(-1)], src[want.reshape(-1)], rtol=0, atol=1e-5)
+            assert np.mean(got == want) > 0.99
+            switches += 1
+        else:
+            _close(got, want, name)
+    assert switches == 2
+    assert fn[nat.graph.output].shape == (batch, 7)
+
+
+def test_vgg_style_explanation_is_the_same_under_both_engines(tmp_path):
+    """LRP on the native forward: relevance as onnxruntime's forward gives it, conservation too."""
+    rng = np.random.default_rng(3)
+    model, _ = models.small_cnn(rng)
+    path = models.save(model, tmp_path / "cnn.onnx")
+    x = rng.standard_normal((4, 3, 12, 12)).astype(np.float32)
+    for preset in ("epsilon-gamma-box", "epsilon-plus"):
+        nat = Analyzer(path, preset=preset, low=-3.0, high=3.0)
+        ort = Analyzer(path, preset=preset, low=-3.0, high=3.0, forward_engine="onnxruntime")
+        en, eo = nat.explain(x), ort.explain(x)
+        assert en.provider == PROVIDER and eo.provider == "CPUExecutionProvider"
+        assert en.targets == eo.targets
+        _close(en.relevance, eo.relevance, preset)
+        for i in range(len(x)):
+            np.testing.assert_allclose(en.conservation(i)["ratio"], eo.conservation(i)["ratio"], atol=1e-4)
+
+
+def _sigmoid_model(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["X", "W"], ["c"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("Sigmoid", ["c"], ["s"], name="gate"),
+             helper.make_node("Flatten", ["s"], ["Y"], name="flat")]
+    model = models.make_model(nodes, [models.vi("X", ["N", 3, 6, 6])], [models.vi("Y", ["N", 64])], {"W": w})
+    return models.save(model, tmp_path / "sig.onnx")
+
+
+def test_auto_falls_back_to_onnxruntime_and_native_says_why(tmp_path):
+    path = _sigmoid_model(tmp_path)
+    assert isinstance(Analyzer(path).engine(), ActivationRuntime)
+    with pytest.raises(InputError, match=r"--forward-engine native: layer 'gate' is activation sigmoid"):
+        Analyzer(path, forward_engine="native").engine()
+    cnn = models.save(models.small_cnn(np.random.default_rng(0))[0], tmp_path / "cnn.onnx")
+    assert isinstance(Analyzer(cnn, rule_forward="runtime", preset="epsilon-gamma-box").engine(), ActivationRuntime)
+    with pytest.raises(InputError, match="forward engine must be one of auto, native, onnxruntime"):
+        Analyzer(cnn, forward_engine="tvm")
+
+
+def test_in_place_relu_only_where_no_one_else_reads_the_convolution(tmp_path):
+    path = models.save(models.mixed_cnn(np.random.default_rng(0)), tmp_path / "m.onnx")
+    an = Analyzer(path, forward_engine="native")
+    eng = an.engine()
+    # relu1 and relu2 follow a convolution read by nothing else; relu3 follows a BatchNorm
+    assert eng._in_place == {"relu1", "relu2"}
+    an.request("c1", "r1")  # conv1's output, asked for: relu1 must leave it as it is
+    x = np.random.default_rng(1).standard_normal((2, 3, 19, 17)).astype(np.float32)
+    fwd = an.forward(x)
+    assert an.engine()._in_place == {"relu2"}
+    assert (fwd["c1"] < 0).any() and np.array_equal(fwd["r1"], np.maximum(fwd["c1"], 0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_relu_kernel_against_numpy(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 5, 7, 11)).astype(np.float32)
+    x[0, 0, 0, :3] = [-0.0, np.nan, 0.0]
+    want = np.where(x > 0, x, 0).astype(np.float32)
+    want[0, 0, 0, 1] = np.nan
+    got = ew.relu(x)
+    np.testing.assert_array_equal(got, want)
+    assert not np.signbit(got[0, 0, 0, 0])  # +0, not −0
+    y = x.copy()
+    assert ew.relu(y, out=y) is y
+    np.testing.assert_array_equal(y, want)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gather_is_the_max_pool_onnxruntime_computes(seed):
+    rng = np.random.default_rng(seed)
+    x = np.maximum(rng.standard_normal((2, 3, 9, 8)), 0).astype(np.float32)  # ties at 0, as after a ReLU
+    for kernel, strides, pads, dil, ceil in [((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),
+                                             ((3, 3), (2, 1), (1, 1, 1, 0), (1, 2), 1)]:
+        values, indices = models.maxpool_indices(x, kernel, strides, pads, dil, ceil)
+        got = pooling.max_switches(x, kernel, strides, pads, dil, values.shape[2:])
+        np.testing.assert_array_equal(got, indices)
+        np.testing.assert_array_equal(pooling.gather(x, got), values)
+
+
+def test_cli_forward_engine_names_its_provider(tmp_path):
+    model, _ = models.small_cnn(np.random.default_rng(0))
+    path = models.save(model, tmp_path / "cnn.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((3, 12, 12)).astype(np.float32))
+    providers = {}
+    for engine in ("auto", "onnxruntime"):
+        res = lrpath("explain", path, tmp_path / "x.npy", "--out", tmp_path / engine, "--forward-engine", engine)
+        assert res.returncode == 0, res.stderr
+        (doc,) = (tmp_path / engine).rglob("explanation.json")
+        providers[engine] = json.loads(doc.read_text())["provider"]
+    assert providers == {"auto": PROVIDER, "onnxruntime": "CPUExecutionProvider"}
+    sig = _sigmoid_model(tmp_path)
+    np.save(tmp_path / "s.npy", np.zeros((3, 6, 6), np.float32))
+    res = lrpath("explain", sig, tmp_path / "s.npy", "--out", tmp_path / "n", "--forward-engine", "native")
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: --forward-engine native: layer 'gate' is activation sigmoid"]
