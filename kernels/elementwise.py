@@ -53,17 +53,22 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @njit(parallel=True, cache=True)
-def _relu(x, out):
+def _clamp(x, lo, hi, out):
     for i in prange(x.size):
         v = x[i]
-        out[i] = v if v > 0 or v != v else 0.0  # +0 (not −0); NaN stays NaN
+        if v < lo:
+            v = lo
+        elif v > hi:
+            v = hi
+        out[i] = v + 0  # NaN stays NaN; -0 becomes +0
 
 
-def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """max(x, 0) element-wise, in parallel; ``out=x`` rectifies in place (x C-contiguous)."""
+def clamp(x: np.ndarray, lo: float = 0.0, hi: float = np.inf, out: np.ndarray | None = None) -> np.ndarray:
+    """``min(max(x, lo), hi)`` element-wise, in parallel (ReLU: the defaults; ReLU6: hi=6);
+    ``out=x`` clamps in place (x C-contiguous)."""
     x = np.ascontiguousarray(x)
     out = np.empty_like(x) if out is None else out
-    _relu(x.reshape(-1), out.reshape(-1))
+    _clamp(x.reshape(-1), x.dtype.type(lo), x.dtype.type(hi), out.reshape(-1))
     return out
 
 

@@ -30,7 +30,7 @@ from .ops.registry import BackwardContext
 from .plan.planner import Plan, make_plan
 from .runtime.fixed_batch import first_samples, fixed_batch, padded, padded_targets
 from .runtime.replicate import join_runs, replicate_forward
-from .runtime.native import FORWARD_ENGINES, NativeForward, native_reason
+from .runtime.native import FORWARD_ENGINES, NativeForward, native_reason, slower_reason
 from .runtime.session import ActivationRuntime, default_threads
 
 
@@ -160,9 +160,10 @@ class Analyzer:
     output : which output of a model with several to explain (its name or index); the first
         by default.
     forward_engine : what runs the forward pass: ``auto`` (the analyzer's own CPU kernels
-        where every layer is one they run and the backward runs on the CPU, else
-        onnxruntime; ``runtime.native``), ``native`` (those kernels or an error) or
-        ``onnxruntime`` (its tensors bit for bit).
+        where every layer is one they run, the backward runs on the CPU and Winograd-sized
+        3x3 convolutions carry a large forward, as in VGG16; else onnxruntime; see
+        ``runtime.native``), ``native`` (those kernels wherever they run every layer, or an
+        error) or ``onnxruntime`` (its tensors bit for bit).
     """
 
     def __init__(self, model_path: str | Path, preset: str = "auto",
@@ -298,7 +299,10 @@ class Analyzer:
             return "the backward pass runs on a GPU (onnxruntime's CUDA provider runs the forward)"
         if self.rule_forward == "runtime":
             return "the rules' forward terms are onnxruntime nodes (rule_forward='runtime')"
-        return native_reason(self.graph, self.requests())
+        why = native_reason(self.graph, self.requests())
+        if why is None and self.forward_engine == "auto":
+            why = slower_reason(self.graph)
+        return why
 
     @property
     def provider(self) -> str:

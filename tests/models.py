@@ -197,3 +197,89 @@ def mixed_cnn(rng, size=(19, 17), classes=7, gemm=True):
         nodes += [helper.make_node("MatMul", ["f", "W4"], ["m"], name="fc"),
                   helper.make_node("Add", ["m", "B4"], ["logits"], name="fc_bias")]
     return make_model(nodes, [vi("X", ["N", 3, *size])], [vi("logits", ["N", classes])], inits)
+
+
+def concat_pool_cnn(rng, size=(13, 11), classes=4):
+    """Two branches joined by Concat (an AveragePool 3x3/1 counting its padding beside a 1x1
+    conv + ReLU), then AveragePool 2x2/2 with ceil_mode not counting padding, Flatten, Gemm:
+    the other layers the native forward runs. Input (N, 3, *size)."""
+    def w(*s):
+        return (rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:]))).astype(np.float32)
+
+    h, wd = (size[0] + 1) // 2, (size[1] + 1) // 2
+    inits = {"W1": w(6, 3, 3, 3), "W2": w(5, 6, 1, 1), "B2": (rng.standard_normal(5) * 0.1).astype(np.float32),
+             "W3": w(classes, 11 * h * wd)}
+    nodes = [
+        helper.make_node("Conv", ["X", "W1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("AveragePool", ["r1"], ["a1"], name="avg3", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         count_include_pad=1),
+        helper.make_node("Conv", ["r1", "W2", "B2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Concat", ["a1", "r2"], ["cat"], name="concat", axis=1),
+        helper.make_node("AveragePool", ["cat"], ["a2"], name="avg2", kernel_shape=[2, 2], strides=[2, 2],
+                         ceil_mode=1),
+        helper.make_node("Flatten", ["a2"], ["f"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["f", "W3"], ["logits"], name="fc", transB=1),
+    ]
+    return make_model(nodes, [vi("X", ["N", 3, *size])], [vi("logits", ["N", classes])], inits)
+
+
+def nhwc_cnn(rng, size=(10, 9), classes=3, reshape=(0, -1)):
+    """A Keras-style export: NHWC input transposed to NCHW, Conv, ReLU6 (Clip 0..6), a depthwise
+    conv, transposed back to NHWC and flattened by a Reshape to ``reshape`` (tf2onnx's), Gemm.
+    ``reshape="dynamic"``: the shape computed at run time, (batch, -1) from Shape → Gather →
+    Concat (PyTorch's ``x.view(x.size(0), -1)``)."""
+    def w(*s):
+        return (rng.standard_normal(s) * np.sqrt(6.0 / np.prod(s[1:]))).astype(np.float32)
+
+    h, wd = size
+    inits = {"W1": w(8, 3, 3, 3), "B1": (rng.standard_normal(8) * 0.5).astype(np.float32), "W2": w(8, 1, 3, 3),
+             "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32),
+             "W3": w(h * wd * 8, classes)}
+    nodes = [
+        helper.make_node("Transpose", ["X"], ["xt"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["xt", "W1", "B1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="relu6"),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"], name="dw", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Transpose", ["r2"], ["t2"], name="to_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["t2", "shape"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "W3"], ["logits"], name="fc"),
+    ]
+    if reshape == "dynamic":
+        inits.update(zero=np.array([0], np.int64), minus1=np.array([-1], np.int64))
+        nodes[6:6] = [helper.make_node("Shape", ["t2"], ["s"], name="shape_of"),
+                      helper.make_node("Gather", ["s", "zero"], ["n"], name="batch_dim", axis=0),
+                      helper.make_node("Concat", ["n", "minus1"], ["shape"], name="target", axis=0)]
+    else:
+        inits["shape"] = np.array(reshape, np.int64)
+    return make_model(nodes, [vi("X", ["N", h, wd, 3])], [vi("logits", ["N", classes])], inits)
+
+
+def wide_cnn(rng, pointwise=False, size=128, channels=96):
+    """Two 3x3 stride-1 convolutions of ``channels`` on a ``size``² map (1.4 G multiply-adds
+    per sample at the defaults: a forward Winograd carries), or with ``pointwise`` a 3x3 conv
+    feeding three 1x1 ones of 4x the channels (most of the work outside Winograd); then
+    GlobalAveragePool, Flatten, Gemm. Weights only: for the engine choice, never run."""
+    c4 = 4 * channels if pointwise else channels
+    inits = {"W1": (rng.standard_normal((channels, 3, 3, 3)) * 0.1).astype(np.float32),
+             "W2": (rng.standard_normal((c4, channels, 1 if pointwise else 3, 1 if pointwise else 3)) * 0.05)
+             .astype(np.float32), "W4": (rng.standard_normal((10, c4)) * 0.1).astype(np.float32)}
+    k2 = [1, 1] if pointwise else [3, 3]
+    nodes = [helper.make_node("Conv", ["X", "W1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "W2"], ["c2"], name="conv2", kernel_shape=k2,
+                              pads=[0, 0, 0, 0] if pointwise else [1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2")]
+    src = "r2"
+    if pointwise:
+        for i in (3, 4):
+            inits[f"W{i}x"] = (rng.standard_normal((c4, c4, 1, 1)) * 0.05).astype(np.float32)
+            nodes += [helper.make_node("Conv", [src, f"W{i}x"], [f"c{i}"], name=f"conv{i}", kernel_shape=[1, 1]),
+                      helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+            src = f"r{i}"
+    nodes += [helper.make_node("GlobalAveragePool", [src], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["f"], name="flatten", axis=1),
+              helper.make_node("Gemm", ["f", "W4"], ["logits"], name="fc", transB=1)]
+    return make_model(nodes, [vi("X", ["N", 3, size, size])], [vi("logits", ["N", 10])], inits)

@@ -14,7 +14,7 @@ from lrpath_onnx.api import Analyzer
 from lrpath_onnx.errors import InputError
 from lrpath_onnx.kernels import elementwise as ew
 from lrpath_onnx.kernels import pooling
-from lrpath_onnx.runtime.native import PROVIDER, NativeForward
+from lrpath_onnx.runtime.native import MIN_MACS, PROVIDER, NativeForward, multiply_adds, slower_reason
 from lrpath_onnx.runtime.session import ActivationRuntime
 from tests import models
 from tests.test_cli import lrpath
@@ -36,13 +36,10 @@ def _close(got: np.ndarray, want: np.ndarray, name: str) -> None:
     assert err < 2e-5, (name, err)
 
 
-@pytest.mark.parametrize("seed,gemm,batch", [(0, True, 3), (1, False, 1), (2, True, 5)])
-def test_native_tensors_match_onnxruntime(tmp_path, seed, gemm, batch):
-    rng = np.random.default_rng(seed)
-    path = models.save(models.mixed_cnn(rng, gemm=gemm), tmp_path / "m.onnx")
+def _same_forward(path, x):
+    """Both engines' tensors for ``x``, checked equal within rounding; (native's, the switches seen)."""
     nat, ort = _pair(path)
     assert isinstance(nat.engine(), NativeForward) and isinstance(ort.engine(), ActivationRuntime)
-    x = rng.standard_normal((batch, 3, 19, 17)).astype(np.float32)
     fn, fo = nat.forward(x), ort.forward(x)
     assert set(fn) == set(fo) and len(fn) >= len(nat.graph.layers)
     switches = 0
@@ -57,8 +54,23 @@ def test_native_tensors_match_onnxruntime(tmp_path, seed, gemm, batch):
             switches += 1
         else:
             _close(got, want, name)
-    assert switches == 2
-    assert fn[nat.graph.output].shape == (batch, 7)
+    return fn, switches
+
+
+@pytest.mark.parametrize("seed,gemm,batch", [(0, True, 3), (1, False, 1), (2, True, 5)])
+def test_native_tensors_match_onnxruntime(tmp_path, seed, gemm, batch):
+    rng = np.random.default_rng(seed)
+    path = models.save(models.mixed_cnn(rng, gemm=gemm), tmp_path / "m.onnx")
+    fn, switches = _same_forward(path, rng.standard_normal((batch, 3, 19, 17)).astype(np.float32))
+    assert switches == 2 and fn["logits"].shape == (batch, 7)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_concat_and_average_pools_match_onnxruntime(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    path = models.save(models.concat_pool_cnn(rng), tmp_path / "c.onnx")
+    fn, switches = _same_forward(path, rng.standard_normal((3, 3, 13, 11)).astype(np.float32))
+    assert switches == 0 and fn["logits"].shape == (3, 4) and fn["cat"].shape == (3, 11, 13, 11)
 
 
 def test_vgg_style_explanation_is_the_same_under_both_engines(tmp_path):
@@ -68,7 +80,7 @@ def test_vgg_style_explanation_is_the_same_under_both_engines(tmp_path):
     path = models.save(model, tmp_path / "cnn.onnx")
     x = rng.standard_normal((4, 3, 12, 12)).astype(np.float32)
     for preset in ("epsilon-gamma-box", "epsilon-plus"):
-        nat = Analyzer(path, preset=preset, low=-3.0, high=3.0)
+        nat = Analyzer(path, preset=preset, low=-3.0, high=3.0, forward_engine="native")
         ort = Analyzer(path, preset=preset, low=-3.0, high=3.0, forward_engine="onnxruntime")
         en, eo = nat.explain(x), ort.explain(x)
         assert en.provider == PROVIDER and eo.provider == "CPUExecutionProvider"
@@ -76,6 +88,28 @@ def test_vgg_style_explanation_is_the_same_under_both_engines(tmp_path):
         _close(en.relevance, eo.relevance, preset)
         for i in range(len(x)):
             np.testing.assert_allclose(en.conservation(i)["ratio"], eo.conservation(i)["ratio"], atol=1e-4)
+
+
+@pytest.mark.parametrize("seed,reshape", [(0, (0, -1)), (1, (-1, 720)), (2, "dynamic")])
+def test_keras_style_transposes_relu6_and_reshape_match_onnxruntime(tmp_path, seed, reshape):
+    rng = np.random.default_rng(seed)
+    path = models.save(models.nhwc_cnn(rng, reshape=reshape), tmp_path / "k.onnx")
+    x = (rng.standard_normal((3, 10, 9, 3)) * 2).astype(np.float32)
+    fn, _ = _same_forward(path, x)
+    assert fn["r1"].max() == 6.0 and fn["r1"].min() == 0.0  # the Clip bites at both ends
+    assert fn["logits"].shape == (3, 3)
+
+
+def test_a_reshape_to_one_sample_stays_with_onnxruntime(tmp_path):
+    """A Reshape to (1, -1), as an export for one sample bakes in: not run natively (onnxruntime
+    refuses a batch of several there, and the analyzer then explains one sample at a time)."""
+    path = models.save(models.nhwc_cnn(np.random.default_rng(0), reshape=(1, -1)), tmp_path / "one.onnx")
+    with pytest.raises(InputError, match="layer 'flatten' is Reshape not keeping an open batch axis first"):
+        Analyzer(path, forward_engine="native").engine()
+    an = Analyzer(path)
+    x = np.random.default_rng(1).standard_normal((2, 10, 9, 3)).astype(np.float32)
+    assert an.explain(x).relevance.shape == x.shape and an.one_at_a_time
+    assert isinstance(an.engine(), ActivationRuntime)
 
 
 def _sigmoid_model(tmp_path):
@@ -86,6 +120,21 @@ def _sigmoid_model(tmp_path):
              helper.make_node("Flatten", ["s"], ["Y"], name="flat")]
     model = models.make_model(nodes, [models.vi("X", ["N", 3, 6, 6])], [models.vi("Y", ["N", 64])], {"W": w})
     return models.save(model, tmp_path / "sig.onnx")
+
+
+def test_auto_runs_natively_only_where_winograd_carries_a_large_forward(tmp_path):
+    rng = np.random.default_rng(0)
+    big = models.save(models.wide_cnn(rng), tmp_path / "wide.onnx")
+    assert multiply_adds(Analyzer(big).graph)[0] > MIN_MACS
+    assert isinstance(Analyzer(big).engine(), NativeForward)
+    pointwise = Analyzer(models.save(models.wide_cnn(rng, pointwise=True), tmp_path / "pw.onnx"))
+    assert slower_reason(pointwise.graph) == "only 1% of the multiply-adds in 3x3 stride-1 convolutions"
+    assert isinstance(pointwise.engine(), ActivationRuntime)
+    assert isinstance(Analyzer(pointwise.model_path, forward_engine="native").engine(), NativeForward)
+    small = Analyzer(models.save(models.small_cnn(rng)[0], tmp_path / "cnn.onnx"))
+    assert "onnxruntime's lower overhead wins" in slower_reason(small.graph)
+    assert isinstance(small.engine(), ActivationRuntime) and small.provider == "CPUExecutionProvider"
+    assert isinstance(Analyzer(big, device="cpu", forward_engine="onnxruntime").engine(), ActivationRuntime)
 
 
 def test_auto_falls_back_to_onnxruntime_and_native_says_why(tmp_path):
@@ -113,17 +162,17 @@ def test_in_place_relu_only_where_no_one_else_reads_the_convolution(tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_relu_kernel_against_numpy(seed):
+@pytest.mark.parametrize("lo,hi", [(0.0, np.inf), (0.0, 6.0), (-1.5, 0.25)])
+def test_clamp_kernel_against_numpy(seed, lo, hi):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((3, 5, 7, 11)).astype(np.float32)
+    x = (rng.standard_normal((3, 5, 7, 11)) * 4).astype(np.float32)
     x[0, 0, 0, :3] = [-0.0, np.nan, 0.0]
-    want = np.where(x > 0, x, 0).astype(np.float32)
-    want[0, 0, 0, 1] = np.nan
-    got = ew.relu(x)
+    want = np.clip(x, lo, hi)  # keeps the NaN
+    got = ew.clamp(x, lo, hi)
     np.testing.assert_array_equal(got, want)
-    assert not np.signbit(got[0, 0, 0, 0])  # +0, not −0
+    assert not np.signbit(got[0, 0, 0, 0]) or lo < 0  # ReLU's 0 is +0, not −0
     y = x.copy()
-    assert ew.relu(y, out=y) is y
+    assert ew.clamp(y, lo, hi, out=y) is y
     np.testing.assert_array_equal(y, want)
 
 
@@ -144,12 +193,12 @@ def test_cli_forward_engine_names_its_provider(tmp_path):
     path = models.save(model, tmp_path / "cnn.onnx")
     np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((3, 12, 12)).astype(np.float32))
     providers = {}
-    for engine in ("auto", "onnxruntime"):
+    for engine in ("native", "onnxruntime"):
         res = lrpath("explain", path, tmp_path / "x.npy", "--out", tmp_path / engine, "--forward-engine", engine)
         assert res.returncode == 0, res.stderr
         (doc,) = (tmp_path / engine).rglob("explanation.json")
         providers[engine] = json.loads(doc.read_text())["provider"]
-    assert providers == {"auto": PROVIDER, "onnxruntime": "CPUExecutionProvider"}
+    assert providers == {"native": PROVIDER, "onnxruntime": "CPUExecutionProvider"}
     sig = _sigmoid_model(tmp_path)
     np.save(tmp_path / "s.npy", np.zeros((3, 6, 6), np.float32))
     res = lrpath("explain", sig, tmp_path / "s.npy", "--out", tmp_path / "n", "--forward-engine", "native")

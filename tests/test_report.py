@@ -64,7 +64,7 @@ def test_report_is_one_self_contained_file(report):
     rec = json.loads((report / "report.json").read_text())
     assert len(rec["top5"]) == 5 and rec["top5"][0]["index"] == rec["target"]["index"] == 3
     assert 0.9 < rec["conservation"]["ratio"] < 1.1
-    assert rec["provider"] == "lrpath-cpu-kernels" and rec["device"] == "cpu"
+    assert rec["provider"] == "CPUExecutionProvider" and rec["device"] == "cpu"
     assert rec["deconv"] and all(d["layer"].startswith("features.") for d in rec["deconv"])
     assert set(rec["timings_s"]) and all(v > 0 for v in rec["timings_s"].values())
 

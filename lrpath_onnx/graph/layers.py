@@ -270,10 +270,13 @@ class SumPairLayer(Layer):
 
 @dataclass(eq=False)
 class ReshapeLayer(Layer):
-    """Flatten/Reshape/Squeeze/Unsqueeze; ``out_shape`` the static shape without batch (or None)."""
+    """Flatten/Reshape/Squeeze/Unsqueeze; ``out_shape`` the static shape without batch (or None);
+    ``target`` a Reshape's constant shape operand as written (0: the input's dim, -1: inferred;
+    None where it is not a constant, or 0 means a zero dim, ``allowzero``)."""
 
     axis: int = 1
     out_shape: tuple | None = None
+    target: tuple | None = None
     kind: ClassVar[str] = ROUTE
     family: ClassVar[str] = "reshape"
 

@@ -51,8 +51,13 @@ class ReshapeHandler(RouteHandler):
     def parse(self, node, ctx: ParseContext):
         attrs = ctx.attrs(node)
         static = ctx.shape(node.output[0])
+        target = None
+        if node.op_type == "Reshape" and len(node.input) > 1 and ctx.is_const(node.input[1]):
+            target = tuple(int(d) for d in np.asarray(ctx.consts[node.input[1]]).reshape(-1))
+            if attrs.get("allowzero", 0) and 0 in target:
+                target = None
         return node_layer(ReshapeLayer, node, ctx, self, [node.input[0]], axis=int(attrs.get("axis", 1)),
-                          out_shape=tuple(static[1:]) if static_dims(static) else None)
+                          out_shape=tuple(static[1:]) if static_dims(static) else None, target=target)
 
     def needs(self, layer, rule, shapes):
         """The input's run-time shape, unless its static shape is batch-first with every other
