@@ -47,6 +47,6 @@ def dense_flow(mul: np.ndarray | None, s: np.ndarray, w: np.ndarray, rows: np.nd
                cols: np.ndarray) -> np.ndarray:
     """F (N, len(rows), len(cols)) = m_i · w[i, j] · s_j for a dense layer (w is (in, out))."""
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-    wsub = np.asarray(w[rows][:, cols], s.dtype)
+    wsub = np.asarray(w[np.ix_(rows, cols)], s.dtype)  # the pairs only, not whole rows of w
     m = np.ones((s.shape[0], len(rows)), s.dtype) if mul is None else mul[:, rows]
     return m[:, :, None] * wsub[None] * s[:, None, cols]

@@ -57,7 +57,8 @@ def neuron_maps(an: Analyzer, exp: Explanation, layer: str, channels, sample: in
 
 def layer_share(relevance: np.ndarray, mask: np.ndarray) -> float | None:
     """s_l: the share of a layer's relevance (per channel, summed over positions) on the mask."""
-    per_channel = np.asarray(relevance, np.float64).reshape(len(mask), -1).sum(axis=1)
+    # summed in float64 without a float64 copy of the map (VGG16's 15 graph layers: 22 ms a copy)
+    per_channel = np.asarray(relevance).reshape(len(mask), -1).sum(axis=1, dtype=np.float64)
     total = per_channel.sum()
     return float(per_channel[np.asarray(mask) > 0].sum() / total) if total else None
 

@@ -21,6 +21,7 @@ import numpy as np
 from ..api import Analyzer, Explanation, NeuronTarget
 from ..errors import InputError
 from ..graph.layers import BILINEAR, NORM, SOFTMAX, ConvLayer, Layer
+from ..kernels import elementwise as _ew
 from .optimizer import get_optimizer
 from .ranking import uneven_join
 
@@ -186,8 +187,11 @@ class NeuronGraph:
 
 
 def _per_neuron(t: np.ndarray) -> np.ndarray:
-    return t.reshape(t.shape[0], t.shape[1], -1).sum(axis=2, dtype=np.float64) if t.ndim > 2 else \
-        t.astype(np.float64)
+    """(N, C) float64 totals per channel (numba's vectorised row sums: numpy's float64 reduce of
+    float32 maps casts in small buffers, 21 ms for VGG16's graph layers against 7)."""
+    if t.ndim <= 2:
+        return t.astype(np.float64)
+    return _ew.sample_sums(t.reshape(t.shape[0] * t.shape[1], -1)).reshape(t.shape[:2])
 
 
 def select(relevance: np.ndarray, activation: np.ndarray | None, how: str, per_layer: int,
