@@ -108,9 +108,9 @@ def bench(model, preset, rules, device, forward_engine, batch_size, runs, warmup
 
     Stages: onnxruntime forward (a plain session with default settings in its own process, as
     a user would run the model; timed before and after the rest), forward with activations
-    (the analyzer's session), backward, total. Reported as median seconds per image and as
-    ratios to the plain forward, all measured in this run; plus peak RSS. With --processes,
-    whole command runs instead.
+    (the analyzer's: its own kernels or its onnxruntime session, --forward-engine), backward,
+    total. Reported as median seconds per image and as ratios to the plain forward, all
+    measured in this run; plus peak RSS. With --processes, whole command runs instead.
     """
     path = model_file(model)
     out = ensure_out_dir(out)  # refused now, not after minutes of timing
