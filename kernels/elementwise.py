@@ -56,9 +56,9 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _clamp(x, lo, hi, out):
     for i in prange(x.size):
         v = x[i]
-        if v < lo:
+        if v < lo:  # ONNX's Clip: min(max(x, lo), hi), so hi wins where lo > hi
             v = lo
-        elif v > hi:
+        if v > hi:
             v = hi
         out[i] = v + 0  # NaN stays NaN; -0 becomes +0
 

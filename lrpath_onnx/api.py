@@ -288,7 +288,7 @@ class Analyzer:
             why = self._native_reason()
             if why is not None and self.forward_engine == "native":
                 raise InputError(f"--forward-engine native: {why}")
-            self._engine = self.runtime() if why else NativeForward(self.graph, self.requests(), self.backend)
+            self._engine = self.runtime() if why else NativeForward(self.graph, self.requests(), lambda: self.backend)
         return self._engine
 
     def _native_reason(self) -> str | None:
@@ -329,8 +329,9 @@ class Analyzer:
         return np.ascontiguousarray(x)
 
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """onnxruntime forward of a checked batch, run in chunks of the model's fixed batch
-        size if it has one (the last filled up with copies, whose tensors are dropped)."""
+        """The forward tensors of a checked batch (``engine``: the native kernels or onnxruntime),
+        run in chunks of the model's fixed batch size if it has one (the last filled up with
+        copies, whose tensors are dropped)."""
         rt = self.engine()
         fixed = fixed_batch(self.graph.input_shape)
         if fixed is None or x.shape[0] == fixed:

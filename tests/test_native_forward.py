@@ -143,9 +143,39 @@ def test_auto_falls_back_to_onnxruntime_and_native_says_why(tmp_path):
     with pytest.raises(InputError, match=r"--forward-engine native: layer 'gate' is activation sigmoid"):
         Analyzer(path, forward_engine="native").engine()
     cnn = models.save(models.small_cnn(np.random.default_rng(0))[0], tmp_path / "cnn.onnx")
-    assert isinstance(Analyzer(cnn, rule_forward="runtime", preset="epsilon-gamma-box").engine(), ActivationRuntime)
+    with pytest.raises(InputError, match=r"forward terms are onnxruntime nodes \(rule_forward='runtime'\)"):
+        Analyzer(cnn, rule_forward="runtime", preset="epsilon-gamma-box", forward_engine="native").engine()
     with pytest.raises(InputError, match="forward engine must be one of auto, native, onnxruntime"):
         Analyzer(cnn, forward_engine="tvm")
+
+
+@pytest.mark.parametrize("preset", ["epsilon-gamma-box", "epsilon-plus"])
+def test_what_the_backward_pass_asks_for_matches_onnxruntime(tmp_path, preset):
+    """The requests of a plan alone (ReLUs in place, tensors let go on the way), not every
+    layer's output: the same tensors as onnxruntime's session returns."""
+    rng = np.random.default_rng(4)
+    path = models.save(models.mixed_cnn(rng), tmp_path / "m.onnx")
+    nat = Analyzer(path, preset=preset, forward_engine="native")
+    ort = Analyzer(path, preset=preset, forward_engine="onnxruntime")
+    assert nat.engine()._in_place == {"relu1", "relu2"}
+    x = rng.standard_normal((2, 3, 19, 17)).astype(np.float32)
+    fn, fo = nat.forward(x), ort.forward(x)
+    assert set(fn) == set(fo)
+    for name, want in fo.items():
+        if want.dtype.kind == "f":
+            _close(fn[name], want, name)
+
+
+def test_an_input_the_layers_cannot_take_is_one_input_error(tmp_path):
+    """An open height, then Flatten into a dense layer: the size it was made for runs, another
+    fails at the dense layer as one line (as onnxruntime's failure is), not a traceback."""
+    model = models.concat_pool_cnn(np.random.default_rng(0))
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    path = models.save(model, tmp_path / "open.onnx")
+    an = Analyzer(path, forward_engine="native")
+    assert an.forward(np.zeros((1, 3, 13, 11), np.float32))["logits"].shape == (1, 4)
+    with pytest.raises(InputError, match=r"the forward pass failed on this input at layer 'fc' \(Gemm\)"):
+        an.forward(np.zeros((1, 3, 9, 11), np.float32))
 
 
 def test_in_place_relu_only_where_no_one_else_reads_the_convolution(tmp_path):
@@ -162,15 +192,16 @@ def test_in_place_relu_only_where_no_one_else_reads_the_convolution(tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("lo,hi", [(0.0, np.inf), (0.0, 6.0), (-1.5, 0.25)])
+@pytest.mark.parametrize("lo,hi", [(0.0, np.inf), (0.0, 6.0), (-1.5, 0.25), (1.0, 0.5)])
 def test_clamp_kernel_against_numpy(seed, lo, hi):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((3, 5, 7, 11)) * 4).astype(np.float32)
     x[0, 0, 0, :3] = [-0.0, np.nan, 0.0]
-    want = np.clip(x, lo, hi)  # keeps the NaN
+    want = np.minimum(np.maximum(x, lo), hi)  # ONNX's Clip (hi wins where lo > hi); keeps the NaN
     got = ew.clamp(x, lo, hi)
     np.testing.assert_array_equal(got, want)
     assert not np.signbit(got[0, 0, 0, 0]) or lo < 0  # ReLU's 0 is +0, not −0
+    assert np.isnan(got[0, 0, 0, 1])
     y = x.copy()
     assert ew.clamp(y, lo, hi, out=y) is y
     np.testing.assert_array_equal(y, want)

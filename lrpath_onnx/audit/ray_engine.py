@@ -50,7 +50,7 @@ class _Worker:
         self.evaluator = Evaluator(ses, cfg, checks, expected, regions)
 
     def where(self) -> tuple[str, str]:
-        """(relevance device, onnxruntime provider) of this worker (making its session now)."""
+        """(relevance device, what runs the forward: onnxruntime's provider or the native kernels) of this worker (making its session now)."""
         an = self.evaluator.ses.an
         return an.device, an.provider
 

@@ -227,7 +227,7 @@ def render(cs: dict, out: Path) -> str:
 <main>
 <h1>{heading}</h1>
 <p class=sub>Input <code>{_e(Path(cs['input']).name)}</code>{_output_note(cs)} · {stamp} · LRP preset <code>{_e(cs['preset'])}</code>{(' → <code>' + _e(cs['preset_applied']) + '</code>') if cs.get('preset_applied', cs['preset']) != cs['preset'] else ''}
-· relevance on <b>{_e(cs['device'])}</b>, forward on onnxruntime's <b>{_e(cs['provider'])}</b></p>
+· relevance on <b>{_e(cs['device'])}</b>, forward by <b>{_e(cs['provider'])}</b></p>
 
 <section><h2>1. Input and prediction</h2><div class=row>
 {_fig(out / 'input.png', 'The input as the model sees it (after resize, crop and channel order).', pixel)}
@@ -255,7 +255,7 @@ preset {_e(cs['preset'])}{(' + ' + _e(', '.join(cs['rule_overrides']))) if cs['r
 <figcaption>Seconds per stage on this machine ({_e(cs['machine']['cpu'])}, Python {_e(cs['machine']['python'])}).</figcaption></figure>
 <div class=kv style="flex:1 1 300px"><div>model</div><div><code>{_e(cs['model'])}</code></div>
 <div>input tensor</div><div>{_e(cs['input_shape'])} ({_e(cs['layout'])})</div>
-<div>relevance device</div><div>{_e(cs['device'])}</div><div>onnxruntime provider</div><div>{_e(cs['provider'])}</div>
+<div>relevance device</div><div>{_e(cs['device'])}</div><div>forward by</div><div>{_e(cs['provider'])}</div>
 <div>neurons per layer</div><div>{cs['per_layer']}</div></div></div></section>
 </main>"""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'

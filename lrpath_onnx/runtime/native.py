@@ -7,20 +7,23 @@ its plain forward (Intel CI type); the backward pass's own Winograd F(4×4, 3×3
 the same 13 convolutions in about two thirds of onnxruntime's plain forward. So where every
 layer of the canonical graph is one it runs (``unsupported``), the CPU analyzer runs the forward
 itself. Its tensors then differ from onnxruntime's by float32 rounding (a few 1e-6 relative
-on VGG16), as two runtimes' do; ``forward="onnxruntime"`` keeps them onnxruntime's.
+on VGG16), as two runtimes' do; ``forward_engine="onnxruntime"`` keeps them onnxruntime's.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
+from ..errors import InputError, first_line
 from ..graph.layers import (ActivationLayer, AffineLayer, AvgPoolLayer, ConcatLayer, ConvLayer, DenseLayer, Layer,
                             LayerGraph, MaxPoolLayer, MergeLayer, ReshapeLayer, TransposeLayer)
 from ..kernels import elementwise as _ew
 from ..kernels import pooling as _pool
 from ..kernels import winograd as _wino
 
-#: the engines ``Analyzer(forward=)`` and ``--forward`` choose from
+#: the engines ``Analyzer(forward_engine=)`` and ``--forward-engine`` choose from
 FORWARD_ENGINES = ("auto", "native", "onnxruntime")
 
 #: what ``Explanation.provider`` says for this engine
@@ -63,7 +66,9 @@ def unsupported(layer: Layer, graph: LayerGraph) -> str | None:
     if isinstance(layer, MaxPoolLayer):
         return None
     if isinstance(layer, DenseLayer):
-        return None if layer.rank == 2 and not layer.trans_a else "a dense layer over tokens or with transA"
+        src = graph.shapes.get(layer.inputs[0])
+        ok = layer.rank == 2 and not layer.trans_a and src is not None and len(src) == 2
+        return None if ok else "a dense layer over tokens, of an input of unknown rank, or with transA"
     if isinstance(layer, ReshapeLayer):
         if layer.op == "Flatten":
             return None if layer.axis == 1 else f"Flatten (axis {layer.axis})"
@@ -79,7 +84,9 @@ def unsupported(layer: Layer, graph: LayerGraph) -> str | None:
     if isinstance(layer, AvgPoolLayer):
         return None if layer.op in ("GlobalAveragePool", "AveragePool") else layer.op
     if isinstance(layer, ConcatLayer):
-        return None if not layer.constants and layer.axis != 0 else "Concat with constant pieces or along the batch"
+        rank = len(graph.shapes.get(layer.output) or ())
+        ok = not layer.constants and rank and layer.axis % rank != 0
+        return None if ok else "Concat with constant pieces, of unknown rank or along the batch"
     return layer.op
 
 
@@ -150,8 +157,10 @@ class NativeForward:
 
     provider = PROVIDER
 
-    def __init__(self, graph: LayerGraph, requests: set[str], backend) -> None:
-        self.graph, self.backend = graph, backend
+    def __init__(self, graph: LayerGraph, requests: set[str], backend_of: Callable[[], Any]) -> None:
+        """``backend_of()``: the analyzer's backend at each run (``compile --check`` swaps in
+        an exact one for a comparison)."""
+        self.graph, self._backend_of = graph, backend_of
         self.wanted = (set(requests) | {graph.output}) - {graph.input}
         self._in_place: set[str] = set()  # ReLU layers applied in place to their convolution's output
         last_use: dict[str, int] = {}
@@ -166,13 +175,23 @@ class NativeForward:
             if name not in self.wanted and name != graph.input:
                 self._drop_after.setdefault(i, []).append(name)
 
+    @property
+    def backend(self):
+        return self._backend_of()
+
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The requested tensors for ``x``; an input the layers cannot take (a size the model's
+        dense layers do not fit) is an ``InputError`` naming the layer, as onnxruntime's is."""
         x = np.ascontiguousarray(x, np.float32)
         values: dict[str, np.ndarray] = {self.graph.input: x}
         out: dict[str, np.ndarray] = {}
         with self.backend.threads.blas_single():
             for i, layer in enumerate(self.graph.layers):
-                y = self._step(layer, [values[n] for n in layer.inputs], out)
+                try:
+                    y = self._step(layer, [values[n] for n in layer.inputs], out)
+                except (ValueError, IndexError) as exc:
+                    raise InputError(f"the forward pass failed on this input at layer '{layer.name}' "
+                                     f"({layer.op}): {first_line(exc)}") from None
                 values[layer.output] = y
                 if layer.output in self.wanted:
                     out[layer.output] = y
