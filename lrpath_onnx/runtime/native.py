@@ -162,7 +162,7 @@ class NativeForward:
         an exact one for a comparison)."""
         self.graph, self._backend_of = graph, backend_of
         self.wanted = (set(requests) | {graph.output}) - {graph.input}
-        self._in_place: set[str] = set()  # ReLU layers applied in place to their convolution's output
+        self._in_place: set[str] = set()  # ReLU/Clip layers applied in place to their convolution's output
         last_use: dict[str, int] = {}
         for i, layer in enumerate(graph.layers):
             for name in layer.inputs:
