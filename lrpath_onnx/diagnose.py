@@ -23,6 +23,14 @@ def worst_layers(conservation: dict, k: int = 3) -> list[tuple[str, float]]:
     return rows[:k]
 
 
+def _drops_relevance(op: str | None) -> bool:
+    """Whether layers of this op drop relevance by their rule's design (the handler says)."""
+    from .ops import handler_for
+
+    handler = handler_for(op) if op else None
+    return bool(handler is not None and handler.drops_relevance)
+
+
 def conservation_warnings(conservation: dict, preset_applied: str | None = None) -> list[str]:
     """Warnings for one sample's conservation record (``Explanation.conservation(i)``)."""
     ratio = conservation.get("ratio")
@@ -37,7 +45,7 @@ def conservation_warnings(conservation: dict, preset_applied: str | None = None)
     ops = {l["layer"]: l.get("op") for l in conservation.get("per_layer", [])}
     transformer = preset_applied in ("attnlrp", "cp-lrp")
     if 0 <= ratio < WARN_RANGE[0]:
-        if transformer or any(ops.get(name) == "Softmax" for name, _ in worst):  # the loss is attention's
+        if transformer or any(_drops_relevance(ops.get(name)) for name, _ in worst):  # the loss is attention's
             absorbed = "biases, the class token and the softmax rule's dropped terms take the rest"
         elif preset_applied == "conserving":
             absorbed = "layers whose rules do not conserve take the rest (biases take none here)"

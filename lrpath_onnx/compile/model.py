@@ -22,6 +22,7 @@ from ..backward.linear_rules import WeightCache
 from ..backward.propagate import propagate
 from ..errors import InputError, ModelError, first_line
 from ..graph.symbolic import Builder, Sym
+from ..ops import handler_for
 from ..ops.emit import output_node, target_logit_nodes
 from ..ops.registry import BackwardContext
 from ..runtime.session import add_switch_outputs
@@ -63,9 +64,10 @@ def _keep_unpacked(proto: onnx.ModelProto) -> None:
     inits = {t.name: t for t in g.initializer}
     declared = {v.name for v in g.input}
     for node in g.node:
-        if node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits \
-                and node.input[1] not in declared:
-            t = inits[node.input[1]]
+        handler = handler_for(node.op_type)
+        at = None if handler is None else handler.shared_weight_input  # a dense layer's weight operand
+        if at is not None and len(node.input) > at and node.input[at] in inits and node.input[at] not in declared:
+            t = inits[node.input[at]]
             g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
             declared.add(t.name)
 

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..graph.layers import ActivationLayer
+from ..kernels import elementwise as _ew
 from .registry import BackwardContext, OpHandler, ParseContext, node_layer, register
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -185,6 +186,19 @@ class ActivationHandler(OpHandler):
             params = {"exponent": float(e.reshape(-1)[0])}
         ctx.data_input(node)
         return node_layer(ActivationLayer, node, ctx, self, [node.input[0]], fn=fn, params=params)
+
+    native_in_place = True
+
+    def native_refusal(self, layer, shapes):
+        return None if layer.fn in ("relu", "clip") and not layer.parts else f"activation {layer.fn}"
+
+    def native_forward(self, layer, inputs, backend, in_place=False):
+        """ReLU and Clip (ReLU6) as one parallel clamp, in place where the input is the layer's own."""
+        p = layer.params
+        lo = 0.0 if layer.fn == "relu" else (-np.inf if p.get("min") is None else float(p["min"]))
+        hi = np.inf if layer.fn == "relu" or p.get("max") is None else float(p["max"])
+        x = inputs[0]
+        return {layer.output: _ew.clamp(x, lo, hi, out=x if in_place else None)}
 
     def forward(self, layer, inputs):
         x = inputs[0]

@@ -62,6 +62,9 @@ class AffineHandler(OpHandler):
         x = inputs[0]
         return x * layer.scale.astype(x.dtype) + layer.shift.astype(x.dtype)
 
+    def native_refusal(self, layer, shapes):
+        return None
+
     def tangent(self, layer, ins):
         v, dv = ins[0]
         return self.forward(layer, [v]), dv * layer.scale.astype(v.dtype)

@@ -6,6 +6,7 @@ import numpy as np
 from onnx import helper
 
 from ..graph.layers import ConvLayer
+from ..kernels import winograd as _wino
 from ..kernels.conv import ConvGeometry
 from .linear import LinearHandler
 from .registry import ParseContext, input_dims, node_layer, register, window_boxes
@@ -152,6 +153,22 @@ class ConvHandler(LinearHandler):
         w = layer.weight.astype(x.dtype)
         b = layer.bias
         return CpuBackend().conv2d(x, w, layer.geometry, None if b is None else b.astype(x.dtype))
+
+    def native_refusal(self, layer, shapes):
+        return None
+
+    def native_forward(self, layer, inputs, backend, in_place=False):
+        """The backend's convolution (Winograd for 3x3 stride-1 layers)."""
+        return {layer.output: backend.conv2d(inputs[0], layer.weight, layer.geometry, layer.bias)}
+
+    def multiply_adds(self, layer, shapes):
+        out = shapes.get(layer.output)
+        if not out or any(d is None for d in out[1:]):
+            return None
+        _, c, kh, kw = layer.weight.shape
+        macs = float(np.prod(out[1:])) * c * kh * kw
+        g = layer.geometry
+        return macs, macs if _wino.applies(kh, kw, g.strides, g.dilations, g.groups) else 0.0
 
     def neurons(self, layer):
         return layer.in_channels, layer.out_channels

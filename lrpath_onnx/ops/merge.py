@@ -51,6 +51,9 @@ class MergeHandler(OpHandler):
         out = sum(inputs[1:], inputs[0])
         return out if layer.const is None else out + layer.const.astype(out.dtype)
 
+    def native_refusal(self, layer, shapes):
+        return None
+
     def tangent(self, layer, ins):
         return self.forward(layer, [v for v, _ in ins]), sum(d for _, d in ins)
 
@@ -163,6 +166,11 @@ class ConcatHandler(OpHandler):
             out.append(None if span is None else box[:axis] + (span,) + box[axis + 1:])
             start += dims[axis]
         return out
+
+    def native_refusal(self, layer, shapes):
+        rank = len(shapes.get(layer.output) or ())
+        ok = not layer.constants and rank and layer.axis % rank != 0
+        return None if ok else "Concat with constant pieces, of unknown rank or along the batch"
 
     def forward(self, layer, inputs):
         batch = inputs[0].shape[0]

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from ..graph.layers import AvgPoolLayer, MaxPoolLayer, PoolWindow
 from ..kernels.conv import ConvGeometry
-from ..kernels.pooling import max_switches
+from ..kernels.pooling import gather, max_switches
 from .conv import resolve_pads
 from .linear import LinearHandler
 from .registry import (BackwardContext, ChannelKeeping, OpHandler, ParseContext, input_dims, node_layer, register,
@@ -95,6 +95,18 @@ class MaxPoolHandler(ChannelKeeping, OpHandler):
                                 first)
 
         return {layer.indices: (layer.inputs[0], switches)}
+
+    def native_refusal(self, layer, shapes):
+        return None
+
+    def native_forward(self, layer, inputs, backend, in_place=False):
+        """The switches (``max_switches``, onnxruntime's Indices), then the values they pick."""
+        w, g, x = layer.window, layer.window.geometry, inputs[0]
+        idx = max_switches(x, w.kernel, g.strides, g.pads, g.dilations, w.out_size(x.shape[2], x.shape[3]))
+        return {layer.output: gather(x, idx), layer.indices: idx}
+
+    def native_outputs(self, layer):
+        return layer.output, layer.indices
 
     def relevance(self, layer, rule, r, ctx: BackwardContext):
         shape = ctx.shape_of(layer.inputs[0])
@@ -239,13 +251,22 @@ class AveragePoolHandler(ChannelKeeping, LinearHandler):
     def cache_key(self, layer, a):
         return f"{layer.name}@{a.shape[2]}x{a.shape[3]}"
 
-    def forward(self, layer, inputs):
+    def forward(self, layer, inputs, backend=None):
         from ..backend import CpuBackend
 
         x = inputs[0]
-        lin = PoolMap(layer, CpuBackend(), x.shape, layer.window.out_size(*x.shape[2:]))
+        lin = PoolMap(layer, backend or CpuBackend(), x.shape, layer.window.out_size(*x.shape[2:]))
         out = lin.forward(x, lin.weight.astype(x.dtype))
         return out if layer.keepdims else out.reshape(out.shape[:2])
+
+    def native_refusal(self, layer, shapes):
+        return None if layer.op in ("GlobalAveragePool", "AveragePool") else layer.op
+
+    def native_forward(self, layer, inputs, backend, in_place=False):
+        """A global pool as the mean over each map; windows through the backend's kernels."""
+        if layer.op == "GlobalAveragePool":
+            return {layer.output: inputs[0].mean(axis=(2, 3), keepdims=True, dtype=np.float32)}
+        return {layer.output: self.forward(layer, inputs, backend)}
 
     def infer_shape(self, layer, in_shapes, readers):
         src = in_shapes[0]

@@ -166,6 +166,11 @@ class OpHandler:
     fixed_rule: str | None = "pass"
     #: index of the node input that is a (large) weight onnxruntime may share with us
     shared_weight_input: int | None = None
+    #: ``native_forward`` may overwrite its input when it is the layer's alone (``in_place``)
+    native_in_place: bool = False
+    #: its rule drops terms of the relevance by design (attention's softmax): the
+    #: low-conservation warning names it when the layer is among the worst
+    drops_relevance: bool = False
 
     def parse(self, node: onnx.NodeProto, ctx: ParseContext) -> Layer | Alias | Strip:
         raise NotImplementedError
@@ -220,6 +225,28 @@ class OpHandler:
 
     def forward(self, layer: Layer, inputs: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError(f"no numpy forward for {layer.op}")
+
+    # -- the native forward pass (``runtime.native``) ---------------------------------------
+    def native_refusal(self, layer: Layer, shapes: dict[str, tuple]) -> str | None:
+        """Why the analyzer's own CPU kernels cannot run this layer's forward (None: they can).
+        By default they cannot: a handler that can says so and gives ``native_forward``."""
+        return layer.op
+
+    def native_forward(self, layer: Layer, inputs: list[np.ndarray], backend,
+                       in_place: bool = False) -> dict[str, np.ndarray]:
+        """{tensor: value} this layer computes on ``backend`` (its output, and a MaxPool's
+        switches). ``in_place``: the input is this layer's alone to overwrite (element-wise
+        layers may). By default the numpy ``forward``."""
+        return {layer.output: np.asarray(self.forward(layer, inputs), np.float32)}
+
+    def native_outputs(self, layer: Layer) -> tuple[str, ...]:
+        """The tensors ``native_forward`` returns."""
+        return (layer.output,)
+
+    def multiply_adds(self, layer: Layer, shapes: dict[str, tuple]) -> tuple[float, float] | None:
+        """(multiply-adds, of those in Winograd's 3x3 stride-1 convolutions) per sample of this
+        layer's forward (None: unknown); products only, the rest is not counted."""
+        return 0.0, 0.0
 
     # -- graph facts ------------------------------------------------------------------------
     def nonneg_output(self, layer: Layer, nonneg_inputs: list[bool]) -> bool:

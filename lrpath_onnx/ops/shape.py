@@ -42,6 +42,31 @@ class RouteHandler(OpHandler):
         return all(nonneg_inputs)
 
 
+def _batch_led(shapes: dict[str, tuple], *names: str) -> bool:
+    """Whether every one of these tensors has its open batch axis first (static shapes)."""
+    return all((shapes.get(n) or (0,))[0] is None for n in names)
+
+
+def _keeps_batch(layer: ReshapeLayer, shapes: dict[str, tuple]) -> bool:
+    """Whether a Reshape keeps each sample apart, batch first. A constant shape operand must
+    copy the batch dim (0) or infer it (-1) from the other dims, which then hold exactly one
+    sample's values (not a Reshape to (1, …), as an export for one sample bakes in). One
+    computed at run time (``x.view(x.size(0), -1)``: Shape → Gather → Concat) is taken as
+    shape inference saw it: the batch open and first on both sides, one sample's size kept."""
+    t, src = layer.target, shapes.get(layer.inputs[0])
+    if not src or any(d is None for d in src[1:]) or layer.out_shape is None:
+        return False
+    if t is None:
+        return (_batch_led(shapes, layer.inputs[0], layer.output)
+                and int(np.prod(layer.out_shape)) == int(np.prod(src[1:])))
+    if not t or t[0] not in (0, -1):
+        return False
+    if t[0] == 0:  # the batch copied: the other dims hold one sample's values
+        return True
+    rest = [src[i] if d == 0 else d for i, d in enumerate(t) if i > 0]
+    return all(d > 0 for d in rest) and int(np.prod(rest)) == int(np.prod(src[1:]))
+
+
 @register
 class ReshapeHandler(RouteHandler):
     """Flatten, Reshape, Squeeze, Unsqueeze: relevance is reshaped back to the input's shape."""
@@ -91,6 +116,13 @@ class ReshapeHandler(RouteHandler):
         if layer.out_shape is None:
             raise NotImplementedError(f"'{layer.name}' has no static output shape")
         return x.reshape((x.shape[0],) + tuple(layer.out_shape))
+
+    def native_refusal(self, layer, shapes):
+        """Flatten at axis 1, and a Reshape that keeps the batch first (``_keeps_batch``)."""
+        if layer.op == "Flatten":
+            return None if layer.axis == 1 else f"Flatten (axis {layer.axis})"
+        ok = layer.op == "Reshape" and _keeps_batch(layer, shapes)
+        return None if ok else f"{layer.op} not keeping an open batch axis first"
 
     def infer_shape(self, layer, in_shapes, readers):
         """A flatten into a dense layer has that layer's input features (tf2onnx computes the
@@ -156,6 +188,13 @@ class TransposeHandler(RouteHandler):
 
     def forward(self, layer, inputs):
         return np.transpose(inputs[0], layer.perm)
+
+    def native_refusal(self, layer, shapes):
+        ok = layer.perm[:1] == (0,) and _batch_led(shapes, layer.inputs[0], layer.output)
+        return None if ok else f"Transpose {list(layer.perm)}"
+
+    def native_forward(self, layer, inputs, backend, in_place=False):
+        return {layer.output: np.ascontiguousarray(np.transpose(inputs[0], layer.perm))}
 
     def infer_shape(self, layer, in_shapes, readers):
         src = in_shapes[0]

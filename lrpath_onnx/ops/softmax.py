@@ -28,6 +28,7 @@ class SoftmaxHandler(OpHandler):
 
     op_types = ("Softmax", "LogSoftmax")
     fixed_rule = "softmax"
+    drops_relevance = True
 
     def parse(self, node, ctx):
         return Strip(node.output[0], node.input[0])
