@@ -292,16 +292,34 @@ class PadHandler(RouteHandler):
         if layer.mode == "constant":
             index = tuple(slice(pads[i], r.shape[i] - pads[rank + i]) for i in range(rank))
             return [contiguous(r[index])]
-        be = ctx.backend  # a GPU's relevance comes over for numpy's products and goes back
+        be = ctx.backend  # a GPU's relevance comes over for numpy's sums and goes back
         r = be.to_host(r)
         for a in range(rank):  # along each padded axis, the copies add up on what they copy
             if pads[a] or pads[rank + a]:
-                src = self.sources(layer, a, r.shape[a] - pads[a] - pads[rank + a])
-                onehot = np.zeros((src.size, src.size - pads[a] - pads[rank + a]),
-                                  np.float64 if r.dtype == np.float64 else np.float32)
-                onehot[np.arange(src.size), src] = 1.0
-                r = np.moveaxis(np.moveaxis(r, a, -1) @ onehot, -1, a)
+                r = self._gather_back(layer, r, a) if isinstance(r, np.ndarray) else self._onehot_back(layer, r, a)
         return [be.upload(r)]
+
+    def _gather_back(self, layer, r: np.ndarray, a: int) -> np.ndarray:
+        """Axis ``a`` of an array: its interior as it is, plus the border's few copies added on
+        the elements they copy (one pass; a product with the one-hot matrix of ``sources``
+        costs 0.7 G multiply-adds per axis on a 64-channel 224x224 map)."""
+        lo, hi = layer.pads[a], layer.pads[len(layer.pads) // 2 + a]
+        n = r.shape[a] - lo - hi
+        src = self.sources(layer, a, n)
+        moved = np.moveaxis(r, a, -1)
+        out = moved[..., lo:lo + n].copy()
+        for j in (*range(lo), *range(lo + n, lo + n + hi)):
+            out[..., src[j]] += moved[..., j]
+        return np.moveaxis(out, -1, a)
+
+    def _onehot_back(self, layer, r, a: int):
+        """Axis ``a`` as a product with the one-hot matrix of ``sources``: what a compiled
+        graph (``lrpath compile``'s symbolic tensors) can write."""
+        lo, hi = layer.pads[a], layer.pads[len(layer.pads) // 2 + a]
+        src = self.sources(layer, a, r.shape[a] - lo - hi)
+        onehot = np.zeros((src.size, src.size - lo - hi), np.float64 if r.dtype == np.float64 else np.float32)
+        onehot[np.arange(src.size), src] = 1.0
+        return np.moveaxis(np.moveaxis(r, a, -1) @ onehot, -1, a)
 
     def input_boxes(self, layer, box, shapes):
         """Spans shifted back by the leading pads; a box inside a zero padding reads nothing,
